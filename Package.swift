@@ -1,0 +1,84 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "pmfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "mkfs.pmfs", targets: ["MkfsPmfs"]),
+        .executable(name: "fsck.pmfs", targets: ["FsckPmfs"]),
+        .executable(name: "pmfs-inspect", targets: ["PmfsInspect"]),
+        .executable(name: "pmfs-torture", targets: ["PmfsTorture"]),
+        .library(name: "PMFSMetadata", targets: ["PMFSMetadata"]),
+        .library(name: "PMFSCheck", targets: ["PMFSCheck"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        // C shims over libpmemobj and the on-media structures (fixed layout).
+        .target(
+            name: "CPMDK",
+            linkerSettings: [.linkedLibrary("pmemobj"), .linkedLibrary("pmem")]
+        ),
+        // The persistent-memory metadata engine: inodes, directories, extents, free space.
+        .target(
+            name: "PMFSMetadata",
+            dependencies: [
+                "CPMDK",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The checker behind fsck.pmfs: numbered passes over a pool, repair with -y.
+        .target(
+            name: "PMFSCheck",
+            dependencies: ["PMFSMetadata", "CPMDK"]
+        ),
+        .executableTarget(
+            name: "MkfsPmfs",
+            dependencies: [
+                "PMFSMetadata",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "FsckPmfs",
+            dependencies: [
+                "PMFSMetadata", "PMFSCheck",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "PmfsInspect",
+            dependencies: [
+                "PMFSMetadata",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Child process of the crash tests: random namespace operations until killed.
+        .executableTarget(
+            name: "PmfsTorture",
+            dependencies: [
+                "PMFSMetadata",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "PMFSMetadataTests",
+            dependencies: ["PMFSMetadata", "PMFSCheck", "CPMDK"]
+        ),
+        .executableTarget(
+            name: "MetadataBenchmarks",
+            dependencies: [
+                "PMFSMetadata",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/MetadataBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ]
+)

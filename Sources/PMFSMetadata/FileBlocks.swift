@@ -1,0 +1,147 @@
+import CPMDK
+import Glibc
+import SystemPackage
+
+/// The extent-map half of file data: which device blocks hold a file's blocks.
+/// The data tier (a later layer) reads and writes the blocks themselves.
+extension MetadataStore {
+    func regularFile(_ ino: UInt64) throws -> UnsafeMutablePointer<pmfs_inode> {
+        let p = try inodes.inode(ino)
+        switch FileType(mode: p.pointee.mode) {
+        case .regular: return p
+        case .directory: throw Errno.isDirectory
+        default: throw Errno.invalidArgument
+        }
+    }
+
+    /// The mapping of file blocks [start, start+count): mapped runs and holes, in order.
+    public func mapBlocks(_ ino: UInt64, start: UInt64, count: UInt64) throws -> [ExtentSegment] {
+        try locks.withShared(ino) {
+            let p = try regularFile(ino)
+            return try segments(ExtentTree(pool: pool, inode: p), start, start &+ count)
+        }
+    }
+
+    func segments(_ tree: ExtentTree, _ start: UInt64, _ end: UInt64) throws -> [ExtentSegment] {
+        var result: [ExtentSegment] = []
+        var position = start
+        for e in try tree.overlapping(start, end) {
+            if e.fileBlock > position {
+                result.append(ExtentSegment(fileBlock: position, length: e.fileBlock - position, deviceBlock: nil, unwritten: false))
+                position = e.fileBlock
+            }
+            let segEnd = min(e.end, end)
+            result.append(ExtentSegment(fileBlock: position, length: segEnd - position,
+                                        deviceBlock: e.deviceBlock + (position - e.fileBlock),
+                                        unwritten: e.flags & PMFS_EXTENT_UNWRITTEN != 0))
+            position = segEnd
+        }
+        if position < end { result.append(ExtentSegment(fileBlock: position, length: end - position, deviceBlock: nil, unwritten: false)) }
+        return result
+    }
+
+    /// Allocates device blocks for every hole in [start, start+count) in one
+    /// transaction and returns the mapping of the whole range. New extents are
+    /// marked unwritten when `unwritten` (fallocate). Space comes from where the
+    /// file's previous extent ends when possible, so sequential writers get
+    /// contiguous blocks. ENOSPC leaves everything as it was.
+    @discardableResult
+    public func allocateBlocks(_ ino: UInt64, start: UInt64, count: UInt64, unwritten: Bool = false) throws -> [ExtentSegment] {
+        guard count > 0 else { return [] }
+        guard start <= Self.maxFileSize / UInt64(blockSize), count <= Self.maxFileSize / UInt64(blockSize) - start else { throw Errno.fileTooLarge }
+        return try locks.withExclusive(ino) {
+            let p = try regularFile(ino)
+            let tree = ExtentTree(pool: pool, inode: p)
+            return try pool.transaction { tx in
+                for hole in try segments(tree, start, start + count) where hole.deviceBlock == nil {
+                    var fileBlock = hole.fileBlock
+                    let goal = try tree.floor(fileBlock).map { $0.deviceBlock + $0.length + (fileBlock - $0.end) }
+                    for run in try space.allocate(hole.length, goal: goal, in: tx) {
+                        try insertMerging(tree, ExtentTree.Entry(fileBlock: fileBlock, deviceBlock: run.start, length: run.length,
+                                                                 flags: unwritten ? PMFS_EXTENT_UNWRITTEN : 0), tx)
+                        fileBlock += run.length
+                    }
+                    try tx.snapshot(field(p, \.blocks))
+                    p.pointee.blocks += hole.length * UInt64(blockSize / 512)
+                }
+                return try segments(tree, start, start + count)
+            }
+        }
+    }
+
+    /// Inserts `e`, extending the previous extent instead when it continues it.
+    private func insertMerging(_ tree: ExtentTree, _ e: ExtentTree.Entry, _ tx: Transaction) throws {
+        if let prev = try tree.floor(e.fileBlock), prev.end == e.fileBlock, prev.deviceBlock + prev.length == e.deviceBlock,
+           prev.flags == e.flags, prev.length + e.length <= UInt64(UInt32.max) {
+            var grown = prev
+            grown.length += e.length
+            try tree.update(grown, in: tx)
+        } else {
+            try tree.insert(e, in: tx)
+        }
+    }
+
+    /// Frees the blocks of [start, start+count), leaving a hole.
+    public func punchBlocks(_ ino: UInt64, start: UInt64, count: UInt64) throws {
+        guard count > 0 else { return }
+        try locks.withExclusive(ino) {
+            let p = try regularFile(ino)
+            try pool.transaction { tx in
+                try punchBlocksLocked(ino, p, from: start, to: start &+ count < start ? UInt64.max : start + count, tx)
+                try tx.snapshot(field(p, \.ctime))
+                try tx.snapshot(field(p, \.mtime))
+                let now = Timestamp.now().persistent
+                p.pointee.ctime = now
+                p.pointee.mtime = now
+            }
+        }
+    }
+
+    /// Marks [start, start+count) as written (after the data tier wrote it):
+    /// unwritten extents in the range are split at the edges and cleared.
+    public func markWritten(_ ino: UInt64, start: UInt64, count: UInt64) throws {
+        guard count > 0 else { return }
+        try locks.withExclusive(ino) {
+            let p = try regularFile(ino)
+            let tree = ExtentTree(pool: pool, inode: p)
+            try pool.transaction { tx in
+                let end = start + count
+                for e in try tree.overlapping(start, end) where e.flags & PMFS_EXTENT_UNWRITTEN != 0 {
+                    let lo = max(e.fileBlock, start), hi = min(e.end, end)
+                    try tree.remove(e.fileBlock, in: tx)
+                    if e.fileBlock < lo {
+                        try tree.insert(ExtentTree.Entry(fileBlock: e.fileBlock, deviceBlock: e.deviceBlock, length: lo - e.fileBlock, flags: e.flags), in: tx)
+                    }
+                    try tree.insert(ExtentTree.Entry(fileBlock: lo, deviceBlock: e.deviceBlock + (lo - e.fileBlock), length: hi - lo,
+                                                     flags: e.flags & ~PMFS_EXTENT_UNWRITTEN), in: tx)
+                    if hi < e.end {
+                        try tree.insert(ExtentTree.Entry(fileBlock: hi, deviceBlock: e.deviceBlock + (hi - e.fileBlock), length: e.end - hi, flags: e.flags), in: tx)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the mapping of file blocks [from, to) inside `tx`, freeing the device blocks.
+    func punchBlocksLocked(_ ino: UInt64, _ p: UnsafeMutablePointer<pmfs_inode>, from: UInt64, to: UInt64, _ tx: Transaction) throws {
+        guard from < to else { return }
+        let tree = ExtentTree(pool: pool, inode: p)
+        var freed: UInt64 = 0
+        for e in try tree.overlapping(from, to) {
+            let lo = max(e.fileBlock, from), hi = min(e.end, to)
+            try tree.remove(e.fileBlock, in: tx)
+            if e.fileBlock < lo {
+                try tree.insert(ExtentTree.Entry(fileBlock: e.fileBlock, deviceBlock: e.deviceBlock, length: lo - e.fileBlock, flags: e.flags), in: tx)
+            }
+            if hi < e.end {
+                try tree.insert(ExtentTree.Entry(fileBlock: hi, deviceBlock: e.deviceBlock + (hi - e.fileBlock), length: e.end - hi, flags: e.flags), in: tx)
+            }
+            try space.free(e.deviceBlock + (lo - e.fileBlock), hi - lo, in: tx)
+            freed += hi - lo
+        }
+        if freed > 0 {
+            try tx.snapshot(field(p, \.blocks))
+            p.pointee.blocks -= freed * UInt64(blockSize / 512)
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import CPMDK
+import SystemPackage
+
+/// The inode table: O(1) lookup of an inode by number (chunk, then slot), and
+/// allocation of free numbers from a DRAM list rebuilt by a scan at open.
+final class InodeTable: @unchecked Sendable {
+    private let pool: PersistentPool
+    private let table: UnsafeMutablePointer<pmfs_inode_table>
+    /// Free inode numbers, popped by allocation; pushed only after a free commits.
+    private var freeNumbers: [UInt64] = []
+    private let freeListLock = Mutex()
+    /// Held by a transaction that grows the table, until it ends.
+    let growthLock = Mutex()
+    private(set) var liveCount: UInt64 = 0
+
+    static let perChunk = UInt64(PMFS_INODES_PER_CHUNK)
+
+    init(pool: PersistentPool, tableOffset: UInt64) throws {
+        self.pool = pool
+        table = try pool.pointer(tableOffset)
+        guard table.pointee.chunk_count <= UInt64(PMFS_MAX_INODE_CHUNKS) else {
+            throw PoolError.corrupt("inode table claims \(table.pointee.chunk_count) chunks")
+        }
+    }
+
+    var chunkCount: UInt64 { table.pointee.chunk_count }
+    var capacity: UInt64 { chunkCount * Self.perChunk }
+
+    func chunkOffset(_ chunk: UInt64) -> UInt64 {
+        cpmdk_inode_table_chunks(table)[Int(chunk)]
+    }
+
+    /// The inode slot for `ino`, whether in use or free; nil if beyond the table.
+    @inline(__always)
+    func slot(_ ino: UInt64) throws -> UnsafeMutablePointer<pmfs_inode>? {
+        let chunk = ino / Self.perChunk
+        guard ino != 0, chunk < chunkCount else { return nil }
+        let off = chunkOffset(chunk)
+        let chunkPtr: UnsafeMutablePointer<pmfs_inode> = try pool.pointer(off)
+        return chunkPtr + Int(ino % Self.perChunk)
+    }
+
+    /// The in-use inode `ino`, or ENOENT / ESTALE.
+    @inline(__always)
+    func inode(_ ino: UInt64) throws -> UnsafeMutablePointer<pmfs_inode> {
+        guard let p = try slot(ino), p.pointee.mode != 0 else { throw Errno.noSuchFileOrDirectory }
+        return p
+    }
+
+    /// Scans every chunk to rebuild the free list. Returns the live inodes seen.
+    func rebuildFreeList() throws {
+        var free: [UInt64] = []
+        var live: UInt64 = 0
+        for chunk in 0..<chunkCount {
+            let base: UnsafeMutablePointer<pmfs_inode> = try pool.pointer(chunkOffset(chunk))
+            for i in 0..<Self.perChunk {
+                let ino = chunk * Self.perChunk + i
+                if ino == 0 { continue }
+                if base[Int(i)].mode == 0 { free.append(ino) } else { live += 1 }
+            }
+        }
+        // Pop from the end: lowest numbers first keeps the table dense.
+        freeNumbers = free.reversed()
+        liveCount = live
+    }
+
+    var freeCount: UInt64 { freeListLock.withLock { UInt64(freeNumbers.count) } }
+
+    /// Takes a free inode number for a new inode in `tx`, growing the table if
+    /// needed. The slot is written by the caller; the number returns to the free
+    /// list if the transaction aborts.
+    func allocate(in tx: Transaction) throws -> UInt64 {
+        if let ino = popFree(tx) { return ino }
+        tx.hold(.inodeAllocation, growthLock)
+        // Another transaction may have grown the table while we waited.
+        if let ino = popFree(tx) { return ino }
+        let chunk = table.pointee.chunk_count
+        guard chunk < UInt64(PMFS_MAX_INODE_CHUNKS) else { throw Errno.noSpace }
+        let off = try tx.allocate(size: MemoryLayout<pmfs_inode>.stride * Int(Self.perChunk), type: PMFS_T_INODE_CHUNK)
+        let slot = cpmdk_inode_table_chunks(table) + Int(chunk)
+        try tx.snapshot(slot)
+        slot.pointee = off
+        try tx.snapshot(field(table, \.chunk_count))
+        table.pointee.chunk_count = chunk + 1
+        let first = chunk == 0 ? 1 : chunk * Self.perChunk
+        let rest = (first + 1)..<((chunk + 1) * Self.perChunk)
+        tx.onCommit { [self] in
+            freeListLock.withLock {
+                freeNumbers.append(contentsOf: rest.reversed())
+                liveCount += 1
+            }
+        }
+        return first
+    }
+
+    private func popFree(_ tx: Transaction) -> UInt64? {
+        let ino: UInt64? = freeListLock.withLock {
+            guard let n = freeNumbers.popLast() else { return nil }
+            liveCount += 1
+            return n
+        }
+        if let ino {
+            tx.onAbort { [self] in freeListLock.withLock { freeNumbers.append(ino); liveCount -= 1 } }
+        }
+        return ino
+    }
+
+    /// Marks `ino` free in `tx` (mode 0); the number is reusable once `tx` commits.
+    func release(_ ino: UInt64, in tx: Transaction) throws {
+        let p = try inode(ino)
+        try tx.snapshot(p)
+        let generation = p.pointee.generation
+        p.pointee = pmfs_inode()
+        p.pointee.generation = generation
+        tx.onCommit { [self] in freeListLock.withLock { freeNumbers.append(ino); liveCount -= 1 } }
+    }
+}

@@ -1,0 +1,116 @@
+import Glibc
+
+/// A reader-writer lock over pthread_rwlock_t, heap-allocated so it never moves.
+final class ReadWriteLock: @unchecked Sendable {
+    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+
+    init() {
+        lock = .allocate(capacity: 1)
+        pthread_rwlock_init(lock, nil)
+    }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    func lockShared() { pthread_rwlock_rdlock(lock) }
+    func lockExclusive() { pthread_rwlock_wrlock(lock) }
+    func unlock() { pthread_rwlock_unlock(lock) }
+
+    func withShared<T>(_ body: () throws -> T) rethrows -> T {
+        lockShared(); defer { unlock() }
+        return try body()
+    }
+
+    func withExclusive<T>(_ body: () throws -> T) rethrows -> T {
+        lockExclusive(); defer { unlock() }
+        return try body()
+    }
+}
+
+/// A plain mutex for short DRAM critical sections.
+final class Mutex: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock(); defer { unlock() }
+        return try body()
+    }
+}
+
+/// Inode locks, striped: inode n is guarded by stripe n mod count. Operations on
+/// several inodes lock their stripes in ascending stripe order, so two operations
+/// can never wait on each other in a cycle.
+final class InodeLockTable: @unchecked Sendable {
+    private let stripes: [ReadWriteLock]
+    private let mask: UInt64
+
+    init(stripeCount: Int = 1024) {
+        precondition(stripeCount > 0 && stripeCount & (stripeCount - 1) == 0)
+        stripes = (0..<stripeCount).map { _ in ReadWriteLock() }
+        mask = UInt64(stripeCount - 1)
+    }
+
+    private func stripeIndex(_ ino: UInt64) -> Int {
+        // Mix the bits so consecutive inode numbers and a parent/child pair rarely share a stripe.
+        var x = ino &* 0x9E37_79B9_7F4A_7C15
+        x ^= x >> 29
+        return Int(x & mask)
+    }
+
+    func withShared<T>(_ ino: UInt64, _ body: () throws -> T) rethrows -> T {
+        try stripes[stripeIndex(ino)].withShared(body)
+    }
+
+    func withExclusive<T>(_ ino: UInt64, _ body: () throws -> T) rethrows -> T {
+        try stripes[stripeIndex(ino)].withExclusive(body)
+    }
+
+    /// Locks the stripes of all `inos` exclusively, in ascending stripe order.
+    func withExclusive<T>(_ inos: [UInt64], _ body: () throws -> T) rethrows -> T {
+        try withStripes(inos, exclusive: true, body)
+    }
+
+    /// Locks the stripes of all `inos` shared, in ascending stripe order.
+    func withShared<T>(_ inos: [UInt64], _ body: () throws -> T) rethrows -> T {
+        try withStripes(inos, exclusive: false, body)
+    }
+
+    private func withStripes<T>(_ inos: [UInt64], exclusive: Bool, _ body: () throws -> T) rethrows -> T {
+        var indices = inos.map(stripeIndex)
+        indices.sort()
+        var unique: [Int] = []
+        unique.reserveCapacity(indices.count)
+        for i in indices where unique.last != i { unique.append(i) }
+        for i in unique {
+            if exclusive { stripes[i].lockExclusive() } else { stripes[i].lockShared() }
+        }
+        defer { for i in unique.reversed() { stripes[i].unlock() } }
+        return try body()
+    }
+}
+
+/// Locks that guard pool-wide structures. A transaction that needs several takes
+/// them in ascending rank and holds them until it has committed or aborted, so no
+/// other transaction can snapshot the same words before the outcome is known.
+enum GlobalLockRank: Int, Comparable {
+    case orphanList = 1
+    case inodeAllocation = 2
+    case spaceMap = 3
+
+    static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}

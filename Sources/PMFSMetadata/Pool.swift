@@ -1,0 +1,171 @@
+import CPMDK
+import Glibc
+import SystemPackage
+
+/// An open libpmemobj pool: the mapping, bounds-checked access to objects by
+/// offset, and transactions.
+final class PersistentPool: @unchecked Sendable {
+    let handle: OpaquePointer
+    let base: UnsafeMutableRawPointer
+    let size: UInt64
+    let path: String
+    let uuidLo: UInt64
+    private var closed = false
+
+    private init(handle: OpaquePointer, path: String) throws {
+        self.handle = handle
+        self.path = path
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw PoolError.cannotOpen(path: path, reason: String(cString: strerror(errno)))
+        }
+        size = UInt64(st.st_size)
+        let rootOff = cpmdk_root(handle, MemoryLayout<pmfs_superblock>.size)
+        guard rootOff != 0, let rootPtr = pmemobj_direct(PMEMoid(pool_uuid_lo: cpmdk_pool_uuid_lo(handle), off: rootOff)) else {
+            throw PoolError.cannotOpen(path: path, reason: "no root object: \(String(cString: cpmdk_errormsg()))")
+        }
+        base = rootPtr - Int(rootOff)
+        uuidLo = cpmdk_pool_uuid_lo(handle)
+        rootOffset = rootOff
+    }
+
+    let rootOffset: UInt64
+
+    static func create(path: String, size: UInt64) throws -> PersistentPool {
+        guard let h = pmemobj_create(path, PMFS_LAYOUT_NAME, Int(size), 0o600) else {
+            let e = errno
+            let msg = String(cString: cpmdk_errormsg())
+            if e == EEXIST { throw PoolError.alreadyFormatted(path: path) }
+            throw PoolError.cannotCreate(path: path, reason: msg.isEmpty ? String(cString: strerror(e)) : msg)
+        }
+        do { return try PersistentPool(handle: h, path: path) } catch { pmemobj_close(h); throw error }
+    }
+
+    static func open(path: String) throws -> PersistentPool {
+        guard let h = pmemobj_open(path, PMFS_LAYOUT_NAME) else {
+            let e = errno
+            let msg = String(cString: cpmdk_errormsg())
+            if e == EINVAL, access(path, R_OK) == 0 { throw PoolError.notPMFS(path: path) }
+            throw PoolError.cannotOpen(path: path, reason: msg.isEmpty ? String(cString: strerror(e)) : msg)
+        }
+        do { return try PersistentPool(handle: h, path: path) } catch { pmemobj_close(h); throw error }
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        pmemobj_close(handle)
+    }
+
+    deinit { close() }
+
+    /// A typed pointer to the object at `offset`, refusing offsets outside the pool.
+    @inline(__always)
+    func pointer<T>(_ offset: UInt64, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
+        guard offset >= 4096, offset &+ UInt64(MemoryLayout<T>.size) <= size, offset % 8 == 0 else {
+            throw PoolError.corrupt("reference to offset \(offset) outside the pool (\(T.self))")
+        }
+        return (base + Int(offset)).assumingMemoryBound(to: T.self)
+    }
+
+    @inline(__always)
+    func raw(_ offset: UInt64, length: Int) throws -> UnsafeMutableRawPointer {
+        guard offset >= 4096, offset &+ UInt64(length) <= size else {
+            throw PoolError.corrupt("reference to offset \(offset)+\(length) outside the pool")
+        }
+        return base + Int(offset)
+    }
+
+    func offset(of pointer: UnsafeRawPointer) -> UInt64 {
+        UInt64(pointer - UnsafeRawPointer(base))
+    }
+
+    var superblock: UnsafeMutablePointer<pmfs_superblock> {
+        (base + Int(rootOffset)).assumingMemoryBound(to: pmfs_superblock.self)
+    }
+
+    func persist(_ pointer: UnsafeRawPointer, _ length: Int) {
+        cpmdk_persist(handle, pointer, length)
+    }
+
+    /// Runs `body` as one pmemobj transaction: every snapshot and allocation in it
+    /// commits together or not at all. Errors thrown by `body` abort it.
+    func transaction<T>(_ body: (Transaction) throws -> T) throws -> T {
+        let rc = cpmdk_tx_begin(handle)
+        guard rc == 0 else { throw Errno.fromPMDK(rc) }
+        let tx = Transaction(pool: self)
+        let result: T
+        do {
+            result = try body(tx)
+        } catch {
+            let code: Int32 = (error as? Errno)?.rawValue ?? ECANCELED
+            _ = cpmdk_tx_finish(code == 0 ? ECANCELED : code)
+            tx.finish(committed: false)
+            throw error
+        }
+        let err = cpmdk_tx_finish(0)
+        if err != 0 {
+            tx.finish(committed: false)
+            throw Errno.fromPMDK(err)
+        }
+        tx.finish(committed: true)
+        return result
+    }
+}
+
+/// The Swift side of one pmemobj transaction: snapshots, allocations, frees, and
+/// the DRAM work that must wait for the outcome (free lists, counters, locks).
+final class Transaction {
+    let pool: PersistentPool
+    private var commitActions: [() -> Void] = []
+    private var abortActions: [() -> Void] = []
+    private var heldLocks: [(GlobalLockRank, Mutex)] = []
+
+    init(pool: PersistentPool) { self.pool = pool }
+
+    /// Records the current contents of `count` values at `pointer` in the undo log.
+    @inline(__always)
+    func snapshot<T>(_ pointer: UnsafeMutablePointer<T>, count: Int = 1) throws {
+        let rc = cpmdk_tx_snapshot(pointer, MemoryLayout<T>.stride * count)
+        if rc != 0 { throw Errno.fromPMDK(rc) }
+    }
+
+    func snapshotRaw(_ pointer: UnsafeMutableRawPointer, _ length: Int) throws {
+        let rc = cpmdk_tx_snapshot(pointer, length)
+        if rc != 0 { throw Errno.fromPMDK(rc) }
+    }
+
+    /// Allocates a zeroed object of `size` bytes; new objects need no snapshot.
+    func allocate(size: Int, type: pmfs_type_num) throws -> UInt64 {
+        let off = cpmdk_tx_zalloc(size, UInt64(type.rawValue))
+        if off == 0 { throw Errno.noSpace }
+        return off
+    }
+
+    func free(_ offset: UInt64) throws {
+        guard offset != 0 else { return }
+        let rc = cpmdk_tx_free_off(pool.uuidLo, offset)
+        if rc != 0 { throw Errno.fromPMDK(rc) }
+    }
+
+    func onCommit(_ action: @escaping () -> Void) { commitActions.append(action) }
+    func onAbort(_ action: @escaping () -> Void) { abortActions.append(action) }
+
+    /// Takes a pool-wide lock until the transaction ends. Ranks must ascend.
+    func hold(_ rank: GlobalLockRank, _ lock: Mutex) {
+        if heldLocks.contains(where: { $0.0 == rank }) { return }
+        precondition(heldLocks.last.map { $0.0 < rank } ?? true, "global locks taken out of rank order")
+        lock.lock()
+        heldLocks.append((rank, lock))
+    }
+
+    fileprivate func finish(committed: Bool) {
+        if committed {
+            for a in commitActions { a() }
+        } else {
+            for a in abortActions.reversed() { a() }
+        }
+        for (_, l) in heldLocks.reversed() { l.unlock() }
+        heldLocks.removeAll()
+    }
+}

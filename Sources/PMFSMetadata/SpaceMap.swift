@@ -1,0 +1,181 @@
+import CPMDK
+import SystemPackage
+
+/// The free-space map of the data device: a persistent bitmap (1 = in use),
+/// changed only inside transactions, with a DRAM summary of free blocks per
+/// group so allocation skips full regions. A transaction that touches the map
+/// holds `lock` until it ends, so no two transactions snapshot the same word.
+final class SpaceMap: @unchecked Sendable {
+    private let pool: PersistentPool
+    private let bitmap: UnsafeMutablePointer<pmfs_space_bitmap>
+    private let words: UnsafeMutablePointer<UInt64>
+    let blockCount: UInt64
+    let reservedBlocks: UInt64
+    let lock = Mutex()
+
+    /// Blocks per summary group (a 4 KiB stretch of bitmap).
+    static let groupBlocks: UInt64 = 32768
+    private var groupFree: [UInt32]
+    private(set) var freeBlocks: UInt64 = 0
+    /// Where the last allocation ended: the next search starts there.
+    private var cursor: UInt64 = 0
+
+    init(pool: PersistentPool, bitmapOffset: UInt64) throws {
+        self.pool = pool
+        bitmap = try pool.pointer(bitmapOffset)
+        blockCount = bitmap.pointee.block_count
+        reservedBlocks = bitmap.pointee.reserved_blocks
+        let wordCount = bitmap.pointee.word_count
+        guard wordCount == (blockCount + 63) / 64, reservedBlocks <= blockCount else {
+            throw PoolError.corrupt("space bitmap header (\(blockCount) blocks, \(wordCount) words)")
+        }
+        _ = try pool.raw(bitmapOffset, length: MemoryLayout<pmfs_space_bitmap>.size + Int(wordCount) * 8)
+        words = (UnsafeMutableRawPointer(bitmap) + MemoryLayout<pmfs_space_bitmap>.size).assumingMemoryBound(to: UInt64.self)
+        groupFree = Array(repeating: 0, count: Int((blockCount + Self.groupBlocks - 1) / Self.groupBlocks))
+        rebuildSummary()
+    }
+
+    var wordCount: Int { Int(bitmap.pointee.word_count) }
+
+    /// Size in bytes of the bitmap object for a device of `blocks` blocks.
+    static func objectSize(blocks: UInt64) -> Int {
+        MemoryLayout<pmfs_space_bitmap>.size + Int((blocks + 63) / 64) * 8
+    }
+
+    /// Initializes a freshly allocated (zeroed) bitmap object: reserved blocks in use.
+    static func format(_ p: UnsafeMutablePointer<pmfs_space_bitmap>, blocks: UInt64, reserved: UInt64) {
+        p.pointee.block_count = blocks
+        p.pointee.reserved_blocks = reserved
+        p.pointee.word_count = (blocks + 63) / 64
+        let w = (UnsafeMutableRawPointer(p) + MemoryLayout<pmfs_space_bitmap>.size).assumingMemoryBound(to: UInt64.self)
+        for b in 0..<reserved { w[Int(b / 64)] |= 1 << (b % 64) }
+        // Bits past the end of the device read as in use, so no search runs off it.
+        if blocks % 64 != 0 { w[Int(blocks / 64)] |= ~((1 << (blocks % 64)) - 1) }
+    }
+
+    func rebuildSummary() {
+        var total: UInt64 = 0
+        for g in 0..<groupFree.count {
+            let start = UInt64(g) * Self.groupBlocks
+            let end = min(start + Self.groupBlocks, blockCount)
+            var free: UInt64 = 0
+            var w = Int(start / 64)
+            while UInt64(w) * 64 < end {
+                free += UInt64(64 - words[w].nonzeroBitCount)
+                w += 1
+            }
+            groupFree[g] = UInt32(free)
+            total += free
+        }
+        freeBlocks = total
+    }
+
+    @inline(__always)
+    func isUsed(_ block: UInt64) -> Bool {
+        words[Int(block / 64)] & (1 << (block % 64)) != 0
+    }
+
+    /// Allocates up to `count` blocks in `tx`, preferring to start at `goal`
+    /// (where the file's last extent ends), as few runs as possible. Returns the
+    /// runs; throws ENOSPC without changing anything if the device lacks space.
+    func allocate(_ count: UInt64, goal: UInt64?, in tx: Transaction) throws -> [(start: UInt64, length: UInt64)] {
+        tx.hold(.spaceMap, lock)
+        guard count <= freeBlocks else { throw Errno.noSpace }
+        var runs: [(start: UInt64, length: UInt64)] = []
+        var remaining = count
+        var position = goal.map { $0 < blockCount ? $0 : cursor } ?? cursor
+        var wrapped = false
+        while remaining > 0 {
+            guard let start = findFree(from: position) else {
+                if wrapped { throw Errno.noSpace }
+                wrapped = true
+                position = reservedBlocks
+                continue
+            }
+            var end = start
+            let limit = min(start + remaining, blockCount, start + UInt64(UInt32.max))
+            while end < limit && !isUsed(end) { end += 1 }
+            try mark(start, end - start, used: true, tx)
+            runs.append((start, end - start))
+            remaining -= end - start
+            position = end
+        }
+        cursor = position
+        return runs
+    }
+
+    /// Returns blocks to the free map in `tx`.
+    func free(_ start: UInt64, _ length: UInt64, in tx: Transaction) throws {
+        guard length > 0 else { return }
+        tx.hold(.spaceMap, lock)
+        guard start >= reservedBlocks, start + length <= blockCount else {
+            throw PoolError.corrupt("freeing blocks \(start)+\(length) outside the device")
+        }
+        try mark(start, length, used: false, tx)
+    }
+
+    /// Sets or clears the bits of [start, start+length), snapshotting their words.
+    /// Every bit must currently be in the opposite state (a double allocation or
+    /// double free is damage, not something to paper over).
+    private func mark(_ start: UInt64, _ length: UInt64, used: Bool, _ tx: Transaction) throws {
+        let firstWord = Int(start / 64), lastWord = Int((start + length - 1) / 64)
+        try tx.snapshot(words + firstWord, count: lastWord - firstWord + 1)
+        var b = start
+        let end = start + length
+        while b < end {
+            let w = Int(b / 64)
+            let bit = b % 64
+            let n = min(64 - bit, end - b)
+            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
+            if used {
+                guard words[w] & mask == 0 else { throw PoolError.corrupt("block \(b) allocated twice") }
+                words[w] |= mask
+            } else {
+                guard words[w] & mask == mask else { throw PoolError.corrupt("block \(b) freed twice") }
+                words[w] &= ~mask
+            }
+            b += n
+        }
+        adjust(start, length, delta: used ? -1 : 1)
+        tx.onAbort { [self] in adjust(start, length, delta: used ? 1 : -1) }
+    }
+
+    private func adjust(_ start: UInt64, _ length: UInt64, delta: Int64) {
+        var b = start
+        let end = start + length
+        while b < end {
+            let g = Int(b / Self.groupBlocks)
+            let n = min((UInt64(g) + 1) * Self.groupBlocks, end) - b
+            groupFree[g] = UInt32(Int64(groupFree[g]) + delta * Int64(n))
+            b += n
+        }
+        freeBlocks = UInt64(Int64(freeBlocks) + delta * Int64(length))
+    }
+
+    /// The first free block at or after `from`, skipping full groups.
+    private func findFree(from: UInt64) -> UInt64? {
+        var b = max(from, reservedBlocks)
+        while b < blockCount {
+            let g = Int(b / Self.groupBlocks)
+            if groupFree[g] == 0 {
+                b = (UInt64(g) + 1) * Self.groupBlocks
+                continue
+            }
+            let groupEnd = min((UInt64(g) + 1) * Self.groupBlocks, blockCount)
+            while b < groupEnd {
+                let w = Int(b / 64)
+                let freeBits = ~words[w] & (~0 << (b % 64))
+                if freeBits != 0 {
+                    let found = UInt64(w) * 64 + UInt64(freeBits.trailingZeroBitCount)
+                    return found < blockCount ? found : nil
+                }
+                b = UInt64(w + 1) * 64
+            }
+        }
+        return nil
+    }
+
+    /// A copy of the bitmap words, for the checker.
+    func wordsSnapshot() -> [UInt64] { Array(UnsafeBufferPointer(start: words, count: wordCount)) }
+    var wordsPointer: UnsafeMutablePointer<UInt64> { words }
+}

@@ -1,0 +1,159 @@
+import CPMDK
+import Glibc
+import SystemPackage
+
+/// A directory entry name: 1 to 255 bytes, any byte but '/' and NUL.
+public struct FileName: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+
+    /// Validates a name; "." and ".." are valid names here and handled by the caller.
+    public init(bytes: [UInt8]) throws(Errno) {
+        guard !bytes.isEmpty else { throw .noSuchFileOrDirectory }
+        guard bytes.count <= Int(PMFS_NAME_MAX) else { throw .fileNameTooLong }
+        guard !bytes.contains(0x2F), !bytes.contains(0) else { throw .invalidArgument }
+        self.bytes = bytes
+    }
+
+    public init(_ string: String) throws(Errno) {
+        try self.init(bytes: Array(string.utf8))
+    }
+
+    var isDot: Bool { bytes == [0x2E] }
+    var isDotDot: Bool { bytes == [0x2E, 0x2E] }
+
+    public var description: String { String(decoding: bytes, as: UTF8.self) }
+}
+
+public enum FileType: UInt8, Sendable {
+    case unknown = 0, fifo = 1, characterDevice = 2, directory = 4, blockDevice = 6
+    case regular = 8, symbolicLink = 10, socket = 12
+
+    public init(mode: UInt32) {
+        switch mode & UInt32(S_IFMT) {
+        case UInt32(S_IFIFO): self = .fifo
+        case UInt32(S_IFCHR): self = .characterDevice
+        case UInt32(S_IFDIR): self = .directory
+        case UInt32(S_IFBLK): self = .blockDevice
+        case UInt32(S_IFREG): self = .regular
+        case UInt32(S_IFLNK): self = .symbolicLink
+        case UInt32(S_IFSOCK): self = .socket
+        default: self = .unknown
+        }
+    }
+}
+
+public struct Timestamp: Hashable, Sendable, Comparable {
+    public var seconds: Int64
+    public var nanoseconds: UInt32
+
+    public init(seconds: Int64, nanoseconds: UInt32) {
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+
+    public static func now() -> Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+    }
+
+    public static func < (a: Timestamp, b: Timestamp) -> Bool {
+        (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
+    }
+
+    init(_ t: pmfs_timespec) { self.init(seconds: t.sec, nanoseconds: t.nsec) }
+    var persistent: pmfs_timespec { pmfs_timespec(sec: seconds, nsec: nanoseconds, reserved: 0) }
+}
+
+/// Everything stat(2) reports of an inode, plus its generation.
+public struct InodeAttributes: Hashable, Sendable {
+    public var ino: UInt64
+    public var generation: UInt64
+    public var mode: UInt32
+    public var nlink: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var size: UInt64
+    /// 512-byte units allocated on the data device.
+    public var blocks: UInt64
+    public var rdev: UInt64
+    public var atime: Timestamp
+    public var mtime: Timestamp
+    public var ctime: Timestamp
+    public var btime: Timestamp
+    public var flags: UInt32
+
+    public var type: FileType { FileType(mode: mode) }
+    public var permissions: UInt32 { mode & 0o7777 }
+}
+
+/// A requested change of attributes (setattr); nil fields stay as they are.
+public struct AttributeChanges: Sendable {
+    public var mode: UInt32?       // permission bits only; the type never changes
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: UInt64?
+    public var atime: Timestamp?
+    public var mtime: Timestamp?
+    public var ctime: Timestamp?
+    public var flags: UInt32?
+
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil,
+                atime: Timestamp? = nil, mtime: Timestamp? = nil, ctime: Timestamp? = nil, flags: UInt32? = nil) {
+        self.mode = mode; self.uid = uid; self.gid = gid; self.size = size
+        self.atime = atime; self.mtime = mtime; self.ctime = ctime; self.flags = flags
+    }
+}
+
+/// Who creates a new inode and with what.
+public struct NewInode: Sendable {
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var rdev: UInt64
+
+    public init(mode: UInt32, uid: UInt32 = 0, gid: UInt32 = 0, rdev: UInt64 = 0) {
+        self.mode = mode; self.uid = uid; self.gid = gid; self.rdev = rdev
+    }
+}
+
+public struct RenameFlags: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// RENAME_NOREPLACE: fail with EEXIST if the target exists.
+    public static let noReplace = RenameFlags(rawValue: 1)
+    /// RENAME_EXCHANGE: swap the two entries atomically.
+    public static let exchange = RenameFlags(rawValue: 2)
+}
+
+public struct DirectoryEntry: Hashable, Sendable {
+    public var name: [UInt8]
+    public var ino: UInt64
+    public var type: FileType
+    /// The cookie to pass back to continue after this entry.
+    public var nextCookie: UInt64
+}
+
+public enum XattrSetMode: Sendable {
+    case any, create, replace
+}
+
+/// One piece of a file's block range: mapped to the data device, or a hole.
+public struct ExtentSegment: Hashable, Sendable {
+    public var fileBlock: UInt64
+    public var length: UInt64
+    /// nil for a hole.
+    public var deviceBlock: UInt64?
+    /// Allocated by fallocate but never written: reads as zeros.
+    public var unwritten: Bool
+}
+
+public struct FileSystemStatistics: Sendable {
+    public var blockSize: UInt32
+    public var totalBlocks: UInt64
+    public var freeBlocks: UInt64
+    public var totalInodes: UInt64
+    public var freeInodes: UInt64
+    public var nameMax: UInt32
+    public var poolBytes: UInt64
+}
