@@ -28,11 +28,11 @@ extension MetadataStore {
                 if let atime = changes.atime { p.pointee.atime = atime.persistent }
                 if let mtime = changes.mtime { p.pointee.mtime = mtime.persistent }
                 if let flags = changes.flags { p.pointee.attr_flags = flags }
-                if let size = changes.size, size != p.pointee.size {
-                    if size < p.pointee.size {
-                        let keep = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
-                        try punchBlocksLocked(ino, p, from: keep, to: UInt64.max, tx)
-                    }
+                if let size = changes.size {
+                    // Any truncate, even to the current size, drops blocks past the new
+                    // end (fallocate KEEP_SIZE leftovers), as ext4 and xfs do.
+                    let keep = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
+                    try punchBlocksLocked(ino, p, from: keep, to: UInt64.max, tx)
                     p.pointee.size = size
                     if changes.mtime == nil { p.pointee.mtime = now }
                 }
