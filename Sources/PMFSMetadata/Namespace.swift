@@ -114,6 +114,8 @@ extension MetadataStore {
         return try locks.withExclusive(parent) {
             _ = try liveDirectory(parent)
             return try pool.transaction { tx in
+                // The orphan list ranks before inode allocation: take it first.
+                tx.hold(.orphanList, orphanLock)
                 let now = Timestamp.now().persistent
                 let (ino, child) = try initInode(new, tx, now)
                 child.pointee.nlink = 0

@@ -107,7 +107,7 @@ struct pmfs_inode {
     uint64_t orphan_next;       /* orphan list links (inode numbers) */
     uint64_t orphan_prev;
     uint64_t extent_count;      /* regular files: extents in the tree */
-    uint8_t reserved[64];
+    uint8_t reserved[88];
 };
 
 /* Free-space map of the data device: one bit per block, 1 = in use. Blocks
@@ -202,5 +202,13 @@ struct pmfs_data_header {
     uint8_t data_uuid[16];
     uint64_t checksum;          /* FNV-1a 64 of the bytes before this field */
 };
+
+/* The sizes design/format.md promises; a change here is a format change. */
+_Static_assert(sizeof(struct pmfs_superblock) == 480, "superblock size");
+_Static_assert(sizeof(struct pmfs_inode) == 256, "inode size");
+_Static_assert(sizeof(struct pmfs_directory) == 488, "directory header size");
+_Static_assert(sizeof(struct pmfs_dirent) == 64, "dirent size");
+_Static_assert(sizeof(struct pmfs_extent_node) == 736, "extent node size");
+_Static_assert(sizeof(struct pmfs_data_header) == 64, "data header size");
 
 #endif
