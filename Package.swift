@@ -24,6 +24,29 @@ let package = Package(
             name: "CPMDK",
             linkerSettings: [.linkedLibrary("pmemobj"), .linkedLibrary("pmem")]
         ),
+        // C shims over liburing (feature macros, flag macros, O_DIRECT).
+        .target(
+            name: "CURing",
+            linkerSettings: [.linkedLibrary("uring")]
+        ),
+        // The data tier's I/O: the data device and its io_uring / thread-pool engines.
+        .target(
+            name: "PMFSData",
+            dependencies: [
+                "CURing",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The file-system core: file data (cache, write-back, fsync) over the
+        // metadata engine and the data tier.
+        .target(
+            name: "PMFSCore",
+            dependencies: [
+                "PMFSMetadata", "PMFSData",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
             name: "PMFSMetadata",
@@ -66,6 +89,10 @@ let package = Package(
                 "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        .testTarget(
+            name: "PMFSCoreTests",
+            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",

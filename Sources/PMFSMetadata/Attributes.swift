@@ -54,7 +54,7 @@ extension MetadataStore {
     /// All names and values of one inode together.
     public static let xattrTotalMax = 1 << 20
 
-    static func validateXattrName(_ name: [UInt8]) throws {
+    package static func validateXattrName(_ name: [UInt8]) throws {
         guard !name.isEmpty, !name.contains(0) else { throw Errno.invalidArgument }
         guard name.count <= xattrNameMax else { throw Errno.outOfRange }
         let prefixes: [[UInt8]] = ["user.", "trusted.", "security.", "system."].map { Array($0.utf8) }
@@ -69,7 +69,7 @@ extension MetadataStore {
     }
 
     /// Record layout: name length (1 byte), value length (4 bytes LE), name, value.
-    static func decodeXattrs(_ bytes: [UInt8]) throws -> [(name: [UInt8], value: [UInt8])] {
+    package static func decodeXattrs(_ bytes: [UInt8]) throws -> [(name: [UInt8], value: [UInt8])] {
         var result: [(name: [UInt8], value: [UInt8])] = []
         var i = 0
         while i < bytes.count {
@@ -86,7 +86,7 @@ extension MetadataStore {
         return result
     }
 
-    static func encodeXattrs(_ records: [(name: [UInt8], value: [UInt8])]) -> [UInt8] {
+    package static func encodeXattrs(_ records: [(name: [UInt8], value: [UInt8])]) -> [UInt8] {
         var out: [UInt8] = []
         for r in records {
             out.append(UInt8(r.name.count))

@@ -5,7 +5,7 @@ import SystemPackage
 /// holds CHUNK0 << k items, so a directory of n entries wastes at most half
 /// its last chunk and needs no copying to grow.
 @inline(__always)
-func geometricChunk(_ index: UInt64) -> (chunk: Int, offset: Int) {
+package func geometricChunk(_ index: UInt64) -> (chunk: Int, offset: Int) {
     let q = index / UInt64(PMFS_DIR_CHUNK0) + 1
     let k = 63 - q.leadingZeroBitCount
     let start = UInt64(PMFS_DIR_CHUNK0) * ((1 << UInt64(k)) - 1)
@@ -13,7 +13,7 @@ func geometricChunk(_ index: UInt64) -> (chunk: Int, offset: Int) {
 }
 
 @inline(__always)
-func geometricChunkSize(_ chunk: Int) -> Int { Int(PMFS_DIR_CHUNK0) << chunk }
+package func geometricChunkSize(_ chunk: Int) -> Int { Int(PMFS_DIR_CHUNK0) << chunk }
 
 /// One directory's index: linear hashing over chained 64-byte entries.
 ///
@@ -21,12 +21,12 @@ func geometricChunkSize(_ chunk: Int) -> Int { Int(PMFS_DIR_CHUNK0) << chunk }
 /// one its hash addresses; every free slot below slot_count is on the free
 /// list; entry_count is the number of live slots; a slot never moves while its
 /// entry lives (readdir cookies are slot positions).
-struct DirectoryIndex {
+package struct DirectoryIndex {
     let pool: PersistentPool
     let dir: UnsafeMutablePointer<pmfs_directory>
     let seed: UInt64
 
-    init(pool: PersistentPool, offset: UInt64, seed: UInt64) throws {
+    package init(pool: PersistentPool, offset: UInt64, seed: UInt64) throws {
         self.pool = pool
         dir = try pool.pointer(offset)
         self.seed = seed
@@ -39,7 +39,7 @@ struct DirectoryIndex {
     }
 
     /// Allocates an empty directory in `tx` and returns its offset.
-    static func create(in tx: Transaction) throws -> UInt64 {
+    package static func create(in tx: Transaction) throws -> UInt64 {
         let off = try tx.allocate(size: MemoryLayout<pmfs_directory>.size, type: PMFS_T_DIRECTORY)
         let d: UnsafeMutablePointer<pmfs_directory> = try tx.pool.pointer(off)
         d.pointee.bucket_count = UInt64(PMFS_DIR_CHUNK0)
@@ -101,7 +101,7 @@ struct DirectoryIndex {
     // MARK: lookup
 
     /// The slot holding `name`, or nil.
-    func find(_ name: FileName) throws -> UInt64? {
+    package func find(_ name: FileName) throws -> UInt64? {
         try name.bytes.withUnsafeBytes { nb in
             let h = nameHash(nb, seed: seed)
             var link = try bucketHead(bucketIndex(h))
@@ -122,7 +122,7 @@ struct DirectoryIndex {
 
     // MARK: changes (inside a transaction, directory locked exclusively)
 
-    func insert(_ name: FileName, ino: UInt64, type: FileType, in tx: Transaction) throws {
+    package func insert(_ name: FileName, ino: UInt64, type: FileType, in tx: Transaction) throws {
         let h = name.bytes.withUnsafeBytes { nameHash($0, seed: seed) }
         try tx.snapshot(dir)
         let index = try takeSlot(tx)
@@ -152,7 +152,7 @@ struct DirectoryIndex {
     }
 
     /// Removes the entry in `index` (found by `find`).
-    func remove(slot index: UInt64, in tx: Transaction) throws {
+    package func remove(slot index: UInt64, in tx: Transaction) throws {
         let entry = try slot(index)
         let h = entry.pointee.hash
         let b = try bucket(bucketIndex(h))
@@ -293,7 +293,7 @@ struct DirectoryIndex {
         }
     }
 
-    static func storeBlob(_ bytes: [UInt8], type: pmfs_type_num, in tx: Transaction) throws -> UInt64 {
+    package static func storeBlob(_ bytes: [UInt8], type: pmfs_type_num, in tx: Transaction) throws -> UInt64 {
         let off = try tx.allocate(size: 8 + bytes.count, type: type)
         let blob: UnsafeMutablePointer<pmfs_blob> = try tx.pool.pointer(off)
         blob.pointee.length = UInt64(bytes.count)

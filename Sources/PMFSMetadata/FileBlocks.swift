@@ -70,7 +70,7 @@ extension MetadataStore {
     }
 
     /// Inserts `e`, extending the previous extent instead when it continues it.
-    private func insertMerging(_ tree: ExtentTree, _ e: ExtentTree.Entry, _ tx: Transaction) throws {
+    func insertMerging(_ tree: ExtentTree, _ e: ExtentTree.Entry, _ tx: Transaction) throws {
         if let prev = try tree.floor(e.fileBlock), prev.end == e.fileBlock, prev.deviceBlock + prev.length == e.deviceBlock,
            prev.flags == e.flags, prev.length + e.length <= UInt64(UInt32.max) {
             var grown = prev
@@ -103,21 +103,25 @@ extension MetadataStore {
         guard count > 0 else { return }
         try locks.withExclusive(ino) {
             let p = try regularFile(ino)
-            let tree = ExtentTree(pool: pool, inode: p)
             try pool.transaction { tx in
-                let end = start + count
-                for e in try tree.overlapping(start, end) where e.flags & PMFS_EXTENT_UNWRITTEN != 0 {
-                    let lo = max(e.fileBlock, start), hi = min(e.end, end)
-                    try tree.remove(e.fileBlock, in: tx)
-                    if e.fileBlock < lo {
-                        try tree.insert(ExtentTree.Entry(fileBlock: e.fileBlock, deviceBlock: e.deviceBlock, length: lo - e.fileBlock, flags: e.flags), in: tx)
-                    }
-                    try tree.insert(ExtentTree.Entry(fileBlock: lo, deviceBlock: e.deviceBlock + (lo - e.fileBlock), length: hi - lo,
-                                                     flags: e.flags & ~PMFS_EXTENT_UNWRITTEN), in: tx)
-                    if hi < e.end {
-                        try tree.insert(ExtentTree.Entry(fileBlock: hi, deviceBlock: e.deviceBlock + (hi - e.fileBlock), length: e.end - hi, flags: e.flags), in: tx)
-                    }
-                }
+                try markWrittenLocked(p, start: start, count: count, tx)
+            }
+        }
+    }
+
+    func markWrittenLocked(_ p: UnsafeMutablePointer<pmfs_inode>, start: UInt64, count: UInt64, _ tx: Transaction) throws {
+        let tree = ExtentTree(pool: pool, inode: p)
+        let end = start + count
+        for e in try tree.overlapping(start, end) where e.flags & PMFS_EXTENT_UNWRITTEN != 0 {
+            let lo = max(e.fileBlock, start), hi = min(e.end, end)
+            try tree.remove(e.fileBlock, in: tx)
+            if e.fileBlock < lo {
+                try tree.insert(ExtentTree.Entry(fileBlock: e.fileBlock, deviceBlock: e.deviceBlock, length: lo - e.fileBlock, flags: e.flags), in: tx)
+            }
+            try tree.insert(ExtentTree.Entry(fileBlock: lo, deviceBlock: e.deviceBlock + (lo - e.fileBlock), length: hi - lo,
+                                             flags: e.flags & ~PMFS_EXTENT_UNWRITTEN), in: tx)
+            if hi < e.end {
+                try tree.insert(ExtentTree.Entry(fileBlock: hi, deviceBlock: e.deviceBlock + (hi - e.fileBlock), length: e.end - hi, flags: e.flags), in: tx)
             }
         }
     }

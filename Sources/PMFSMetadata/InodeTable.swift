@@ -11,7 +11,9 @@ final class InodeTable: @unchecked Sendable {
     private let freeListLock = Mutex()
     /// Held by a transaction that grows the table, until it ends.
     let growthLock = Mutex()
-    private(set) var liveCount: UInt64 = 0
+    private var live: UInt64 = 0
+    /// Inodes in use (committed or being created).
+    var liveCount: UInt64 { freeListLock.withLock { live } }
 
     static let perChunk = UInt64(PMFS_INODES_PER_CHUNK)
 
@@ -61,7 +63,7 @@ final class InodeTable: @unchecked Sendable {
         }
         // Pop from the end: lowest numbers first keeps the table dense.
         freeNumbers = free.reversed()
-        liveCount = live
+        self.live = live
     }
 
     var freeCount: UInt64 { freeListLock.withLock { UInt64(freeNumbers.count) } }
@@ -87,7 +89,7 @@ final class InodeTable: @unchecked Sendable {
         tx.onCommit { [self] in
             freeListLock.withLock {
                 freeNumbers.append(contentsOf: rest.reversed())
-                liveCount += 1
+                live += 1
             }
         }
         return first
@@ -96,11 +98,11 @@ final class InodeTable: @unchecked Sendable {
     private func popFree(_ tx: Transaction) -> UInt64? {
         let ino: UInt64? = freeListLock.withLock {
             guard let n = freeNumbers.popLast() else { return nil }
-            liveCount += 1
+            live += 1
             return n
         }
         if let ino {
-            tx.onAbort { [self] in freeListLock.withLock { freeNumbers.append(ino); liveCount -= 1 } }
+            tx.onAbort { [self] in freeListLock.withLock { freeNumbers.append(ino); live -= 1 } }
         }
         return ino
     }
@@ -112,6 +114,6 @@ final class InodeTable: @unchecked Sendable {
         let generation = p.pointee.generation
         p.pointee = pmfs_inode()
         p.pointee.generation = generation
-        tx.onCommit { [self] in freeListLock.withLock { freeNumbers.append(ino); liveCount -= 1 } }
+        tx.onCommit { [self] in freeListLock.withLock { freeNumbers.append(ino); live -= 1 } }
     }
 }

@@ -1,7 +1,7 @@
 /// The seeded hash of directory entry names. The seed is secret per file system
 /// (drawn at mkfs), so a guest cannot aim names at one hash chain.
 @inline(__always)
-func nameHash(_ name: UnsafeRawBufferPointer, seed: UInt64) -> UInt32 {
+package func nameHash(_ name: UnsafeRawBufferPointer, seed: UInt64) -> UInt32 {
     var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ seed
     for byte in name {
         h ^= UInt64(byte)

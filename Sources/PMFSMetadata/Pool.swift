@@ -4,12 +4,12 @@ import SystemPackage
 
 /// An open libpmemobj pool: the mapping, bounds-checked access to objects by
 /// offset, and transactions.
-final class PersistentPool: @unchecked Sendable {
-    let handle: OpaquePointer
-    let base: UnsafeMutableRawPointer
-    let size: UInt64
-    let path: String
-    let uuidLo: UInt64
+package final class PersistentPool: @unchecked Sendable {
+    package let handle: OpaquePointer
+    package let base: UnsafeMutableRawPointer
+    package let size: UInt64
+    package let path: String
+    package let uuidLo: UInt64
     private var closed = false
 
     private init(handle: OpaquePointer, path: String) throws {
@@ -29,7 +29,7 @@ final class PersistentPool: @unchecked Sendable {
         rootOffset = rootOff
     }
 
-    let rootOffset: UInt64
+    package let rootOffset: UInt64
 
     static func create(path: String, size: UInt64) throws -> PersistentPool {
         guard let h = pmemobj_create(path, PMFS_LAYOUT_NAME, Int(size), 0o600) else {
@@ -41,7 +41,7 @@ final class PersistentPool: @unchecked Sendable {
         do { return try PersistentPool(handle: h, path: path) } catch { pmemobj_close(h); throw error }
     }
 
-    static func open(path: String) throws -> PersistentPool {
+    package static func open(path: String) throws -> PersistentPool {
         guard let h = pmemobj_open(path, PMFS_LAYOUT_NAME) else {
             let e = errno
             let msg = String(cString: cpmdk_errormsg())
@@ -51,7 +51,7 @@ final class PersistentPool: @unchecked Sendable {
         do { return try PersistentPool(handle: h, path: path) } catch { pmemobj_close(h); throw error }
     }
 
-    func close() {
+    package func close() {
         guard !closed else { return }
         closed = true
         pmemobj_close(handle)
@@ -61,7 +61,7 @@ final class PersistentPool: @unchecked Sendable {
 
     /// A typed pointer to the object at `offset`, refusing offsets outside the pool.
     @inline(__always)
-    func pointer<T>(_ offset: UInt64, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
+    package func pointer<T>(_ offset: UInt64, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
         guard offset >= 4096, offset &+ UInt64(MemoryLayout<T>.size) <= size, offset % 8 == 0 else {
             throw PoolError.corrupt("reference to offset \(offset) outside the pool (\(T.self))")
         }
@@ -69,28 +69,28 @@ final class PersistentPool: @unchecked Sendable {
     }
 
     @inline(__always)
-    func raw(_ offset: UInt64, length: Int) throws -> UnsafeMutableRawPointer {
+    package func raw(_ offset: UInt64, length: Int) throws -> UnsafeMutableRawPointer {
         guard offset >= 4096, offset &+ UInt64(length) <= size else {
             throw PoolError.corrupt("reference to offset \(offset)+\(length) outside the pool")
         }
         return base + Int(offset)
     }
 
-    func offset(of pointer: UnsafeRawPointer) -> UInt64 {
+    package func offset(of pointer: UnsafeRawPointer) -> UInt64 {
         UInt64(pointer - UnsafeRawPointer(base))
     }
 
-    var superblock: UnsafeMutablePointer<pmfs_superblock> {
+    package var superblock: UnsafeMutablePointer<pmfs_superblock> {
         (base + Int(rootOffset)).assumingMemoryBound(to: pmfs_superblock.self)
     }
 
-    func persist(_ pointer: UnsafeRawPointer, _ length: Int) {
+    package func persist(_ pointer: UnsafeRawPointer, _ length: Int) {
         cpmdk_persist(handle, pointer, length)
     }
 
     /// Runs `body` as one pmemobj transaction: every snapshot and allocation in it
     /// commits together or not at all. Errors thrown by `body` abort it.
-    func transaction<T>(_ body: (Transaction) throws -> T) throws -> T {
+    package func transaction<T>(_ body: (Transaction) throws -> T) throws -> T {
         let rc = cpmdk_tx_begin(handle)
         guard rc == 0 else { throw Errno.fromPMDK(rc) }
         let tx = Transaction(pool: self)
@@ -115,8 +115,8 @@ final class PersistentPool: @unchecked Sendable {
 
 /// The Swift side of one pmemobj transaction: snapshots, allocations, frees, and
 /// the DRAM work that must wait for the outcome (free lists, counters, locks).
-final class Transaction {
-    let pool: PersistentPool
+package final class Transaction {
+    package let pool: PersistentPool
     private var commitActions: [() -> Void] = []
     private var abortActions: [() -> Void] = []
     private var heldLocks: [(GlobalLockRank, Mutex)] = []
@@ -125,24 +125,24 @@ final class Transaction {
 
     /// Records the current contents of `count` values at `pointer` in the undo log.
     @inline(__always)
-    func snapshot<T>(_ pointer: UnsafeMutablePointer<T>, count: Int = 1) throws {
+    package func snapshot<T>(_ pointer: UnsafeMutablePointer<T>, count: Int = 1) throws {
         let rc = cpmdk_tx_snapshot(pointer, MemoryLayout<T>.stride * count)
         if rc != 0 { throw Errno.fromPMDK(rc) }
     }
 
-    func snapshotRaw(_ pointer: UnsafeMutableRawPointer, _ length: Int) throws {
+    package func snapshotRaw(_ pointer: UnsafeMutableRawPointer, _ length: Int) throws {
         let rc = cpmdk_tx_snapshot(pointer, length)
         if rc != 0 { throw Errno.fromPMDK(rc) }
     }
 
     /// Allocates a zeroed object of `size` bytes; new objects need no snapshot.
-    func allocate(size: Int, type: pmfs_type_num) throws -> UInt64 {
+    package func allocate(size: Int, type: pmfs_type_num) throws -> UInt64 {
         let off = cpmdk_tx_zalloc(size, UInt64(type.rawValue))
         if off == 0 { throw Errno.noSpace }
         return off
     }
 
-    func free(_ offset: UInt64) throws {
+    package func free(_ offset: UInt64) throws {
         guard offset != 0 else { return }
         let rc = cpmdk_tx_free_off(pool.uuidLo, offset)
         if rc != 0 { throw Errno.fromPMDK(rc) }

@@ -19,6 +19,14 @@ final class SpaceMap: @unchecked Sendable {
     private(set) var freeBlocks: UInt64 = 0
     /// Where the last allocation ended: the next search starts there.
     private var cursor: UInt64 = 0
+    /// Delayed allocation, in DRAM only. `claimed` marks blocks chosen for data
+    /// being written but not yet committed to the bitmap (nobody else may take
+    /// them); `reserved` counts blocks promised to cached writes that have no
+    /// blocks chosen yet. Both are lost on a crash, which is right: nothing in
+    /// the pool refers to them.
+    private var claimed: [UInt64]
+    private(set) var claimedBlocks: UInt64 = 0
+    private(set) var reservedCount: UInt64 = 0
 
     init(pool: PersistentPool, bitmapOffset: UInt64) throws {
         self.pool = pool
@@ -32,6 +40,7 @@ final class SpaceMap: @unchecked Sendable {
         _ = try pool.raw(bitmapOffset, length: MemoryLayout<pmfs_space_bitmap>.size + Int(wordCount) * 8)
         words = (UnsafeMutableRawPointer(bitmap) + MemoryLayout<pmfs_space_bitmap>.size).assumingMemoryBound(to: UInt64.self)
         groupFree = Array(repeating: 0, count: Int((blockCount + Self.groupBlocks - 1) / Self.groupBlocks))
+        claimed = Array(repeating: 0, count: Int(wordCount))
         rebuildSummary()
     }
 
@@ -80,7 +89,14 @@ final class SpaceMap: @unchecked Sendable {
     /// runs; throws ENOSPC without changing anything if the device lacks space.
     func allocate(_ count: UInt64, goal: UInt64?, in tx: Transaction) throws -> [(start: UInt64, length: UInt64)] {
         tx.hold(.spaceMap, lock)
-        guard count <= freeBlocks else { throw Errno.noSpace }
+        guard count <= freeBlocks - claimedBlocks - reservedCount else { throw Errno.noSpace }
+        let runs = try chooseRuns(count, goal: goal)
+        for run in runs { try mark(run.start, run.length, used: true, tx) }
+        return runs
+    }
+
+    /// Picks free, unclaimed runs totalling `count` blocks (caller holds `lock`).
+    private func chooseRuns(_ count: UInt64, goal: UInt64?) throws -> [(start: UInt64, length: UInt64)] {
         var runs: [(start: UInt64, length: UInt64)] = []
         var remaining = count
         var position = goal.map { $0 < blockCount ? $0 : cursor } ?? cursor
@@ -94,14 +110,83 @@ final class SpaceMap: @unchecked Sendable {
             }
             var end = start
             let limit = min(start + remaining, blockCount, start + UInt64(UInt32.max))
-            while end < limit && !isUsed(end) { end += 1 }
-            try mark(start, end - start, used: true, tx)
+            while end < limit && !isUsed(end) && !isClaimed(end) { end += 1 }
             runs.append((start, end - start))
+            // Runs chosen here must not be chosen again by this same search.
+            setClaimed(start, end - start, true)
             remaining -= end - start
             position = end
         }
         cursor = position
+        for run in runs { setClaimed(run.start, run.length, false) }
         return runs
+    }
+
+    @inline(__always)
+    func isClaimed(_ block: UInt64) -> Bool {
+        claimed[Int(block / 64)] & (1 << (block % 64)) != 0
+    }
+
+    private func setClaimed(_ start: UInt64, _ length: UInt64, _ on: Bool) {
+        var b = start
+        let end = start + length
+        while b < end {
+            let w = Int(b / 64), bit = b % 64
+            let n = min(64 - bit, end - b)
+            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
+            if on { claimed[w] |= mask } else { claimed[w] &= ~mask }
+            b += n
+        }
+    }
+
+    // MARK: delayed allocation
+
+    /// Promises `count` blocks to cached writes; ENOSPC if the device cannot hold them.
+    func reserve(_ count: UInt64) throws {
+        try lock.withLock {
+            guard count <= freeBlocks - claimedBlocks - reservedCount else { throw Errno.noSpace }
+            reservedCount += count
+        }
+    }
+
+    func unreserve(_ count: UInt64) {
+        lock.withLock { reservedCount -= min(count, reservedCount) }
+    }
+
+    /// Chooses device blocks for `count` reserved blocks of data about to be
+    /// written, near `goal`; they stay free in the pool until `commitClaimed`.
+    func claim(_ count: UInt64, goal: UInt64?, fromReservation: UInt64) throws -> [(start: UInt64, length: UInt64)] {
+        try lock.withLock {
+            let taken = min(fromReservation, reservedCount)
+            guard count <= freeBlocks - claimedBlocks - (reservedCount - taken) else { throw Errno.noSpace }
+            let runs = try chooseRuns(count, goal: goal)
+            for run in runs { setClaimed(run.start, run.length, true) }
+            reservedCount -= taken
+            claimedBlocks += count
+            return runs
+        }
+    }
+
+    /// Gives claimed blocks back (the write failed or was abandoned).
+    func releaseClaim(_ start: UInt64, _ length: UInt64) {
+        lock.withLock {
+            setClaimed(start, length, false)
+            claimedBlocks -= length
+        }
+    }
+
+    /// Marks claimed blocks in use in `tx`; the claim ends when `tx` commits.
+    func commitClaimed(_ start: UInt64, _ length: UInt64, in tx: Transaction) throws {
+        tx.hold(.spaceMap, lock)
+        try mark(start, length, used: true, tx)
+        // Counted as claimed until the outcome is known; then either used or claimed again.
+        adjustClaimedForCommit(start, length, tx)
+    }
+
+    private func adjustClaimedForCommit(_ start: UInt64, _ length: UInt64, _ tx: Transaction) {
+        setClaimed(start, length, false)
+        claimedBlocks -= length
+        tx.onAbort { [self] in setClaimed(start, length, true); claimedBlocks += length }
     }
 
     /// Returns blocks to the free map in `tx`.
@@ -164,7 +249,7 @@ final class SpaceMap: @unchecked Sendable {
             let groupEnd = min((UInt64(g) + 1) * Self.groupBlocks, blockCount)
             while b < groupEnd {
                 let w = Int(b / 64)
-                let freeBits = ~words[w] & (~0 << (b % 64))
+                let freeBits = ~(words[w] | claimed[w]) & (~0 << (b % 64))
                 if freeBits != 0 {
                     let found = UInt64(w) * 64 + UInt64(freeBits.trailingZeroBitCount)
                     return found < blockCount ? found : nil

@@ -1,0 +1,93 @@
+#include "curing.h"
+#include <errno.h>
+
+int curing_init(struct io_uring *ring, unsigned entries) {
+    return io_uring_queue_init(entries, ring, 0);
+}
+
+void curing_exit(struct io_uring *ring) { io_uring_queue_exit(ring); }
+
+int curing_register_file(struct io_uring *ring, int fd) {
+    return io_uring_register_files(ring, &fd, 1);
+}
+
+int curing_register_buffer(struct io_uring *ring, void *base, size_t length) {
+    struct iovec iov = { base, length };
+    return io_uring_register_buffers(ring, &iov, 1);
+}
+
+static struct io_uring_sqe *sqe_for(struct io_uring *ring, int fixed_file, uint64_t tag) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return NULL;
+    io_uring_sqe_set_data64(sqe, tag);
+    (void)fixed_file;
+    return sqe;
+}
+
+int curing_queue_read(struct io_uring *ring, int fd, int fixed_file, void *buf, unsigned length,
+                      uint64_t offset, int fixed_buffer, uint64_t tag) {
+    struct io_uring_sqe *sqe = sqe_for(ring, fixed_file, tag);
+    if (!sqe) return -EBUSY;
+    int target = fixed_file ? 0 : fd;
+    if (fixed_buffer >= 0)
+        io_uring_prep_read_fixed(sqe, target, buf, length, offset, fixed_buffer);
+    else
+        io_uring_prep_read(sqe, target, buf, length, offset);
+    io_uring_sqe_set_data64(sqe, tag);
+    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+    return 0;
+}
+
+int curing_queue_write(struct io_uring *ring, int fd, int fixed_file, const void *buf, unsigned length,
+                       uint64_t offset, int fixed_buffer, uint64_t tag) {
+    struct io_uring_sqe *sqe = sqe_for(ring, fixed_file, tag);
+    if (!sqe) return -EBUSY;
+    int target = fixed_file ? 0 : fd;
+    if (fixed_buffer >= 0)
+        io_uring_prep_write_fixed(sqe, target, buf, length, offset, fixed_buffer);
+    else
+        io_uring_prep_write(sqe, target, buf, length, offset);
+    io_uring_sqe_set_data64(sqe, tag);
+    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+    return 0;
+}
+
+int curing_queue_vectored(struct io_uring *ring, int write, int fd, int fixed_file, const struct iovec *iov,
+                          unsigned count, uint64_t offset, uint64_t tag) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    int target = fixed_file ? 0 : fd;
+    if (write)
+        io_uring_prep_writev(sqe, target, iov, count, offset);
+    else
+        io_uring_prep_readv(sqe, target, iov, count, offset);
+    io_uring_sqe_set_data64(sqe, tag);
+    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+    return 0;
+}
+
+int curing_queue_fsync(struct io_uring *ring, int fd, int fixed_file, int datasync, uint64_t tag) {
+    struct io_uring_sqe *sqe = sqe_for(ring, fixed_file, tag);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fsync(sqe, fixed_file ? 0 : fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    io_uring_sqe_set_data64(sqe, tag);
+    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+    return 0;
+}
+
+int curing_submit_and_wait(struct io_uring *ring, unsigned wait_for) {
+    return io_uring_submit_and_wait(ring, wait_for);
+}
+
+unsigned curing_reap(struct io_uring *ring, uint64_t *tags, int32_t *results, unsigned max) {
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(ring, head, cqe) {
+        if (n == max) break;
+        tags[n] = io_uring_cqe_get_data64(cqe);
+        results[n] = cqe->res;
+        n++;
+    }
+    io_uring_cq_advance(ring, n);
+    return n;
+}

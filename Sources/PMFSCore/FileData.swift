@@ -1,0 +1,35 @@
+import PMFSMetadata
+
+/// DRAM state of one regular file's data: its cached pages and what write-back
+/// still owes the pool. `lock` serializes data operations on the file.
+final class FileData: @unchecked Sendable {
+    let ino: UInt64
+    let lock = ConditionLock()
+
+    // Guarded by the cache lock.
+    var pages: [UInt64: Int32] = [:]
+    var dirtyBlocks: Set<UInt64> = []
+
+    // Guarded by `lock`.
+    /// The size readers see: includes writes not yet written back.
+    var size: UInt64
+    /// The size last committed to the pool.
+    var persistedSize: UInt64
+    /// mtime of writes not yet committed.
+    var pendingMtime: Timestamp?
+    /// Dirty blocks that hold a space reservation (they fill holes).
+    var reserved: Set<UInt64> = []
+    /// When the oldest dirty page was dirtied (monotonic ns), 0 if clean.
+    var dirtySince: UInt64 = 0
+    /// Sequential read detection and the read-ahead window, in blocks.
+    var lastReadEnd: UInt64 = UInt64.max
+    var readAheadBlocks: UInt64 = 0
+
+    init(ino: UInt64, size: UInt64) {
+        self.ino = ino
+        self.size = size
+        self.persistedSize = size
+    }
+
+    var needsCommit: Bool { size != persistedSize || pendingMtime != nil }
+}

@@ -1,0 +1,164 @@
+import Glibc
+import PMFSData
+import PMFSMetadata
+import SystemPackage
+
+/// truncate, fallocate, lseek(SEEK_DATA/SEEK_HOLE) and copy_file_range.
+extension FileSystem {
+    public struct FallocateMode: OptionSet, Sendable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let keepSize = FallocateMode(rawValue: 0x01)
+        public static let punchHole = FallocateMode(rawValue: 0x02)
+        public static let zeroRange = FallocateMode(rawValue: 0x10)
+    }
+
+    public enum SeekTarget: Sendable { case data, hole }
+
+    /// Sets the size. Shrinking drops cached pages past the end and zeroes the
+    /// tail of a partial last block on the device before the pool records the
+    /// new size, so a later extension can never uncover old bytes.
+    func truncate(_ ino: UInt64, size: UInt64, mtime: Timestamp?) throws {
+        guard size <= MetadataStore.maxFileSize else { throw Errno.fileTooLarge }
+        let f = try fileData(ino)
+        try f.lock.withLock {
+            if size < f.size {
+                let keep = (size + blockSize - 1) / blockSize
+                dropPages(f, from: keep, to: UInt64.max)
+                if size % blockSize != 0 { try zeroInBlock(f, size / blockSize, from: Int(size % blockSize), to: Int(blockSize)) }
+            }
+            f.size = size
+            // The zeroed tail and everything else is written back, then one
+            // transaction sets the size and frees the blocks past the end.
+            try writeBack(f, flushDevice: false)
+            _ = try metadata.setattr(ino, AttributeChanges(size: size, mtime: mtime))
+            f.persistedSize = size
+            f.pendingMtime = nil
+        }
+    }
+
+    /// Drops the cached pages of blocks [from, to), returning their reservations.
+    func dropPages(_ f: FileData, from: UInt64, to: UInt64) {
+        for b in cache.cachedBlocks(f, from: from, to: to) {
+            cache.drop(f, b)
+            if f.reserved.remove(b) != nil { metadata.unreserveBlocks(1) }
+        }
+    }
+
+    /// Zeroes bytes [from, to) of `block` through the cache (file lock held).
+    func zeroInBlock(_ f: FileData, _ block: UInt64, from: Int, to: Int) throws {
+        guard from < to else { return }
+        // Only blocks with data need zeroing: a hole or unwritten block reads zeros already.
+        let seg = try metadata.mapBlocks(f.ino, start: block, count: 1)[0]
+        let cached = cache.lookup(f, block)
+        if let c = cached { cache.unpin(c) }
+        guard cached != nil || (seg.deviceBlock != nil && !seg.unwritten) else { return }
+        let zeros = [UInt8](repeating: 0, count: to - from)
+        _ = try zeros.withUnsafeBytes {
+            try writeLocked(f, offset: block * blockSize + UInt64(from), from: $0, sync: .none, updateSize: false)
+        }
+    }
+
+    public func fallocate(_ ino: UInt64, mode: FallocateMode, offset: UInt64, length: UInt64) throws {
+        guard length > 0 else { throw Errno.invalidArgument }
+        let known: FallocateMode = [.keepSize, .punchHole, .zeroRange]
+        guard mode.rawValue & ~known.rawValue == 0 else { throw Errno.notSupported }
+        if mode.contains(.punchHole) && (!mode.contains(.keepSize) || mode.contains(.zeroRange)) { throw Errno.notSupported }
+        guard offset <= MetadataStore.maxFileSize, length <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
+        let f = try fileData(ino)
+        let end = offset + length
+        let firstFull = (offset + blockSize - 1) / blockSize, endFull = end / blockSize
+        try f.lock.withLock {
+            if mode.contains(.punchHole) || mode.contains(.zeroRange) {
+                // Partial blocks at the edges are zeroed; whole blocks are unmapped.
+                let limit = mode.contains(.punchHole) ? min(end, f.size) : end
+                if offset < limit {
+                    if offset / blockSize == (limit - 1) / blockSize && (offset % blockSize != 0 || limit % blockSize != 0) {
+                        try zeroInBlock(f, offset / blockSize, from: Int(offset % blockSize), to: Int((limit - 1) % blockSize) + 1)
+                    } else {
+                        if offset % blockSize != 0 { try zeroInBlock(f, offset / blockSize, from: Int(offset % blockSize), to: Int(blockSize)) }
+                        if limit % blockSize != 0 && limit > firstFull * blockSize {
+                            try zeroInBlock(f, limit / blockSize, from: 0, to: Int(limit % blockSize))
+                        }
+                    }
+                }
+                if firstFull < endFull {
+                    dropPages(f, from: firstFull, to: endFull)
+                    try writeBack(f, flushDevice: false)
+                    try metadata.punchBlocks(ino, start: firstFull, count: endFull - firstFull)
+                    if mode.contains(.zeroRange) {
+                        try metadata.allocateBlocks(ino, start: firstFull, count: endFull - firstFull, unwritten: true)
+                    }
+                }
+            } else {
+                // Preallocation: blocks for every hole, read as zeros until written.
+                try writeBack(f, flushDevice: false)
+                let first = offset / blockSize, last = (end - 1) / blockSize
+                try metadata.allocateBlocks(ino, start: first, count: last - first + 1, unwritten: true)
+            }
+            if !mode.contains(.keepSize) && end > f.size {
+                f.size = end
+                f.pendingMtime = Timestamp.now()
+                try writeBack(f, flushDevice: false)
+            } else if mode.contains(.punchHole) || mode.contains(.zeroRange) {
+                f.pendingMtime = Timestamp.now()
+            }
+        }
+    }
+
+    /// lseek SEEK_DATA / SEEK_HOLE: data is a written extent or a cached page;
+    /// unwritten extents and holes are holes; EOF is a hole. ENXIO past EOF.
+    public func seek(_ ino: UInt64, from offset: UInt64, to target: SeekTarget) throws -> UInt64 {
+        let f = try fileData(ino)
+        return try f.lock.withLock {
+            guard offset < f.size else { throw Errno.noSuchAddressOrDevice }
+            let endBlock = (f.size + blockSize - 1) / blockSize
+            var block = offset / blockSize
+            let cachedBlocks = Set(cache.cachedBlocks(f, from: block, to: endBlock))
+            let segments = try metadata.mapBlocks(ino, start: block, count: endBlock - block)
+            func isData(_ b: UInt64) -> Bool {
+                if cachedBlocks.contains(b) { return true }
+                guard let s = segments.first(where: { b >= $0.fileBlock && b < $0.fileBlock + $0.length }) else { return false }
+                return s.deviceBlock != nil && !s.unwritten
+            }
+            // Walk segment by segment, block by block only where pages are cached.
+            while block < endBlock {
+                let data = isData(block)
+                if (target == .data) == data {
+                    return max(offset, block * blockSize)
+                }
+                block += 1
+            }
+            if target == .hole { return f.size }
+            throw Errno.noSuchAddressOrDevice
+        }
+    }
+
+    /// Copies `length` bytes between files (or within one) through the cache.
+    public func copyFileRange(from source: UInt64, offset sourceOffset: UInt64, to target: UInt64, offset targetOffset: UInt64,
+                              length: UInt64) throws -> UInt64 {
+        if source == target {
+            let overlap = sourceOffset < targetOffset + length && targetOffset < sourceOffset + length
+            if overlap { throw Errno.invalidArgument }
+        }
+        let chunk = 1 << 20
+        var buffer = [UInt8](repeating: 0, count: chunk)
+        var copied: UInt64 = 0
+        while copied < length {
+            let want = Int(min(UInt64(chunk), length - copied))
+            let n = try buffer.withUnsafeMutableBytes { try read(source, offset: sourceOffset + copied, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
+            if n == 0 { break }
+            let w = try buffer.withUnsafeBytes { try write(target, offset: targetOffset + copied, from: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            copied += UInt64(w)
+            if w < n { break }
+        }
+        return copied
+    }
+
+    /// For crash tests: stop without writing anything back (as kill -9 would).
+    public func abandonForTesting() {
+        stopBackgroundWriter()
+        let all = takeAllFiles()
+        for f in all { f.lock.withLock { for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) } } }
+    }
+}

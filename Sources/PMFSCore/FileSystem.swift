@@ -1,0 +1,497 @@
+import Dispatch
+import Glibc
+import Logging
+import PMFSData
+import PMFSMetadata
+import SystemPackage
+
+/// The file-system core: file data over the metadata engine and the data tier.
+///
+/// Writes land in the write-back cache; a write into a hole reserves device
+/// space at once (ENOSPC is reported then, never after the write was
+/// acknowledged). Write-back, by fsync, by age, by dirty ratio or on shutdown,
+/// writes the dirty blocks (claiming blocks for holes, adjacent pages as one
+/// vectored write), flushes the device when new blocks or sizes must be
+/// committed, and then commits the extent map, size and mtime in one pmemobj
+/// transaction. fsync therefore costs the data writes, one device flush and one
+/// transaction. See design/architecture.md for what survives a crash.
+public final class FileSystem: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Hard limit of cached file data.
+        public var cacheBytes: Int = 256 << 20
+        /// false: write-through (every write goes to the device at once), for comparison.
+        public var writeBack: Bool = true
+        /// Dirty data older than this is written back in the background.
+        public var writeBackAgeMilliseconds: Int = 5000
+        /// Background write-back starts above this share of dirty frames.
+        public var dirtyRatio: Double = 0.5
+        /// Largest read-ahead window, in blocks.
+        public var maxReadAheadBlocks: UInt64 = 256
+        public init() {}
+    }
+
+    public enum SyncMode: Sendable { case none, data, all }
+
+    public let metadata: MetadataStore
+    public let device: DataDevice
+    let cache: PageCache
+    let options: Options
+    let logger: Logger
+    let blockSize: UInt64
+    private let filesLock = ConditionLock()
+    private var files: [UInt64: FileData] = [:]
+    private var flusher: DispatchSourceTimer?
+    private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
+
+    public init(metadata: MetadataStore, device: DataDevice, options: Options = Options(),
+                logger: Logger = Logger(label: "pmfs.core")) throws {
+        self.metadata = metadata
+        self.device = device
+        self.options = options
+        self.logger = logger
+        blockSize = UInt64(metadata.blockSize)
+        cache = PageCache(bytes: options.cacheBytes)
+        let timer = DispatchSource.makeTimerSource(queue: flusherQueue)
+        timer.schedule(deadline: .now() + .milliseconds(200), repeating: .milliseconds(200))
+        timer.setEventHandler { [weak self] in self?.backgroundWriteBack() }
+        timer.resume()
+        flusher = timer
+    }
+
+    /// Writes everything back and stops the background writer.
+    public func shutdown() throws {
+        stopBackgroundWriter()
+        try syncAll()
+    }
+
+    func stopBackgroundWriter() {
+        flusher?.cancel()
+        flusher = nil
+        flusherQueue.sync {}
+    }
+
+    func takeAllFiles() -> [FileData] {
+        filesLock.withLock {
+            let all = Array(files.values)
+            files.removeAll()
+            return all
+        }
+    }
+
+    // MARK: per-file state
+
+    func fileData(_ ino: UInt64) throws -> FileData {
+        if let f = filesLock.withLock({ files[ino] }) { return f }
+        let attrs = try metadata.getattr(ino)
+        guard attrs.type == .regular else { throw attrs.type == .directory ? Errno.isDirectory : Errno.invalidArgument }
+        return filesLock.withLock {
+            if let f = files[ino] { return f }
+            let f = FileData(ino: ino, size: attrs.size)
+            files[ino] = f
+            return f
+        }
+    }
+
+    /// Drops all cached state of a file whose inode is gone (releasing its reservations).
+    public func discard(_ ino: UInt64) {
+        guard let f = filesLock.withLock({ files.removeValue(forKey: ino) }) else { return }
+        f.lock.withLock {
+            for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) }
+            metadata.unreserveBlocks(UInt64(f.reserved.count))
+            f.reserved.removeAll()
+        }
+    }
+
+    /// Attributes as readers should see them: size, mtime and blocks include
+    /// cached writes not yet written back.
+    public func getattr(_ ino: UInt64) throws -> InodeAttributes {
+        var a = try metadata.getattr(ino)
+        if a.type == .regular, let f = filesLock.withLock({ files[ino] }) {
+            f.lock.withLock {
+                a.size = f.size
+                if let m = f.pendingMtime { a.mtime = m; a.ctime = max(a.ctime, m) }
+                a.blocks += UInt64(f.reserved.count) * (blockSize / 512)
+            }
+        }
+        return a
+    }
+
+    /// setattr with size changes going through the cache (truncate).
+    public func setattr(_ ino: UInt64, _ changes: AttributeChanges) throws -> InodeAttributes {
+        var rest = changes
+        if let size = changes.size {
+            try truncate(ino, size: size, mtime: changes.mtime)
+            rest.size = nil
+        }
+        if rest.mode != nil || rest.uid != nil || rest.gid != nil || rest.atime != nil || rest.mtime != nil || rest.ctime != nil || rest.flags != nil {
+            if rest.mtime != nil, let f = filesLock.withLock({ files[ino] }) {
+                // An explicit mtime wins over one a pending write-back would commit.
+                f.lock.withLock { f.pendingMtime = nil }
+            }
+            _ = try metadata.setattr(ino, rest)
+        }
+        return try getattr(ino)
+    }
+
+    // MARK: frames
+
+    /// A pinned frame for `block` of `f`, making room if the cache is full of
+    /// dirty pages: first by writing back this file, then others, then waiting.
+    private func frame(_ f: FileData, _ block: UInt64) throws -> Int32 {
+        var attempts = 0
+        while true {
+            if let frame = cache.insert(f, block) { return frame }
+            attempts += 1
+            if !f.dirtyBlocks.isEmpty && attempts == 1 {
+                try writeBack(f, flushDevice: false)
+                continue
+            }
+            if writeBackOthers(except: f) { continue }
+            cache.waitForFrames()
+            if attempts > 10_000 { throw Errno.noMemory }
+        }
+    }
+
+    // MARK: read
+
+    /// Reads up to `buffer.count` bytes at `offset`; returns bytes read (0 at EOF).
+    public func read(_ ino: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let f = try fileData(ino)
+        return try f.lock.withLock {
+            guard offset < f.size, buffer.count > 0 else { return 0 }
+            let end = min(f.size, offset + UInt64(buffer.count))
+            let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
+            // Sequential reads grow the read-ahead window.
+            if offset == f.lastReadEnd {
+                f.readAheadBlocks = min(max(f.readAheadBlocks * 2, 8), options.maxReadAheadBlocks)
+            } else {
+                f.readAheadBlocks = 0
+            }
+            f.lastReadEnd = end
+            let eofBlock = (f.size + blockSize - 1) / blockSize
+            // Pin at most a quarter of the cache at a time, so a large read on a
+            // small cache proceeds chunk by chunk instead of waiting for frames.
+            let chunkBlocks = UInt64(max(1, cache.frameCount / 4))
+            var copied = 0
+            var position = offset
+            var chunkStart = firstBlock
+            while chunkStart <= lastBlock {
+                let chunkEnd = min(lastBlock + 1, chunkStart + chunkBlocks)
+                let fetchEnd = chunkEnd == lastBlock + 1 ? min(eofBlock, chunkEnd + f.readAheadBlocks) : chunkEnd
+                let frames = try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd)
+                let stop = min(end, chunkEnd * blockSize)
+                while position < stop {
+                    let b = position / blockSize
+                    let within = Int(position % blockSize)
+                    let n = Int(min(blockSize - UInt64(within), stop - position))
+                    let fr = frames[Int(b - chunkStart)]
+                    if fr >= 0 {
+                        (buffer.baseAddress! + copied).copyMemory(from: cache.memory(fr) + within, byteCount: n)
+                    } else {
+                        memset(buffer.baseAddress! + copied, 0, n)
+                    }
+                    copied += n
+                    position += UInt64(n)
+                }
+                for fr in frames where fr >= 0 { cache.unpin(fr) }
+                chunkStart = chunkEnd
+            }
+            if !options.writeBack { dropClean(f) }
+            return copied
+        }
+    }
+
+    /// Pins frames for blocks [from, to) (-1 for holes and unwritten blocks that
+    /// are not cached), reading missing mapped blocks from the device; also reads
+    /// ahead (unpinned) up to `readAheadTo`. File lock held.
+    private func loadBlocks(_ f: FileData, from: UInt64, to: UInt64, readAheadTo: UInt64) throws -> [Int32] {
+        var frames = [Int32](repeating: -1, count: Int(to - from))
+        var missing: [UInt64] = []
+        for b in from..<to {
+            if let fr = cache.lookup(f, b) { frames[Int(b - from)] = fr } else { missing.append(b) }
+        }
+        let aheadStart = to
+        if missing.isEmpty && readAheadTo <= aheadStart { return frames }
+        var pinned: [Int32] = []
+        do {
+            var requests: [BlockIORequest] = []
+            var readFrames: [(UInt64, Int32)] = []
+            let spanStart = missing.first ?? aheadStart
+            let spanEnd = max(missing.last.map { $0 + 1 } ?? 0, readAheadTo)
+            let wanted = Set(missing)
+            for seg in try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart) {
+                guard let dev = seg.deviceBlock, !seg.unwritten else { continue }
+                var current: (start: UInt64, device: UInt64, iov: [iovec])? = nil
+                for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
+                    let isAhead = b >= aheadStart
+                    guard wanted.contains(b) || isAhead else {
+                        if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)); current = nil }
+                        continue
+                    }
+                    // Read-ahead never waits for frames: it stops when the cache is full.
+                    let fr: Int32
+                    if isAhead {
+                        // Cached already (or no frame free): nothing to read ahead here.
+                        guard let got = cache.insert(f, b, onlyIfAbsent: true) else {
+                            if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)); current = nil }
+                            continue
+                        }
+                        fr = got
+                    } else {
+                        fr = try frame(f, b)
+                    }
+                    pinned.append(fr)
+                    readFrames.append((b, fr))
+                    let devBlock = dev + (b - seg.fileBlock)
+                    let v = iovec(iov_base: cache.memory(fr), iov_len: Int(blockSize))
+                    if let c = current, c.start + UInt64(c.iov.count) == b, c.iov.count < 256 {
+                        current!.iov.append(v)
+                    } else {
+                        if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)) }
+                        current = (b, devBlock, [v])
+                    }
+                }
+                if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)) }
+            }
+            try device.engine.perform(requests)
+            for (b, fr) in readFrames {
+                if b < to { frames[Int(b - from)] = fr } else { cache.unpin(fr) }
+            }
+        } catch {
+            // Pages whose read failed must not stay cached with garbage in them.
+            for fr in pinned { cache.unpin(fr) }
+            for b in missing { if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) } }
+            for fr in frames where fr >= 0 { cache.unpin(fr) }
+            throw (error as? Errno) ?? Errno.ioError
+        }
+        return frames
+    }
+
+    private func dropClean(_ f: FileData) {
+        for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) where !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
+    }
+
+    // MARK: write
+
+    /// Writes `data` at `offset`; returns the bytes written. With `sync`, the
+    /// data (and, for .all, the metadata) is durable when this returns (O_SYNC, O_DSYNC).
+    public func write(_ ino: UInt64, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode = .none) throws -> Int {
+        let f = try fileData(ino)
+        guard data.count > 0 else { return 0 }
+        guard offset <= MetadataStore.maxFileSize, UInt64(data.count) <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
+        return try f.lock.withLock { try writeLocked(f, offset: offset, from: data, sync: sync, updateSize: true) }
+    }
+
+    /// The body of `write`, with the file lock held. Zeroing (truncate, punch)
+    /// passes `updateSize: false`: it changes bytes, not the size.
+    func writeLocked(_ f: FileData, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode, updateSize: Bool) throws -> Int {
+        let ino = f.ino
+        let end = offset + UInt64(data.count)
+        var written = 0
+        do {
+            let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
+            let mapping = try metadata.mapBlocks(ino, start: firstBlock, count: lastBlock - firstBlock + 1)
+            var position = offset
+            for seg in mapping {
+                for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
+                    let within = Int(position % blockSize)
+                    let n = Int(min(blockSize - UInt64(within), end - position))
+                    let fullBlock = within == 0 && n == Int(blockSize)
+                    // A write into a hole needs space promised before it is accepted.
+                    let needsReservation = seg.deviceBlock == nil && !f.reserved.contains(b) && !f.dirtyBlocks.contains(b)
+                    if needsReservation {
+                        do { try metadata.reserveBlocks(1) } catch {
+                            if written > 0 { return try finishWrite(f, written: written, end: position, sync: sync, updateSize: updateSize) }
+                            throw error
+                        }
+                    }
+                    let fr: Int32
+                    if let cached = cache.lookup(f, b) {
+                        fr = cached
+                    } else {
+                        do { fr = try frame(f, b) } catch {
+                            if needsReservation { metadata.unreserveBlocks(1) }
+                            throw error
+                        }
+                        if !fullBlock {
+                            // Read-modify-write of a partial block: fetch what is there.
+                            if let dev = seg.deviceBlock, !seg.unwritten, b * blockSize < f.size {
+                                do {
+                                    try device.engine.perform([BlockIORequest(kind: .read, buffer: cache.memory(fr), length: Int(blockSize),
+                                                                              offset: (dev + (b - seg.fileBlock)) * blockSize)])
+                                } catch {
+                                    cache.unpin(fr)
+                                    cache.drop(f, b)
+                                    if needsReservation { metadata.unreserveBlocks(1) }
+                                    throw Errno.ioError
+                                }
+                            } else {
+                                memset(cache.memory(fr), 0, Int(blockSize))
+                            }
+                        }
+                    }
+                    (cache.memory(fr) + within).copyMemory(from: data.baseAddress! + written, byteCount: n)
+                    if needsReservation { f.reserved.insert(b) }
+                    if f.dirtyBlocks.isEmpty { f.dirtySince = monotonicNanoseconds() }
+                    cache.markDirty(fr)
+                    cache.unpin(fr)
+                    written += n
+                    position += UInt64(n)
+                }
+            }
+        }
+        return try finishWrite(f, written: written, end: end, sync: sync, updateSize: updateSize)
+    }
+
+    /// Size and mtime after a write, then write-through or sync if asked.
+    private func finishWrite(_ f: FileData, written: Int, end: UInt64, sync: SyncMode, updateSize: Bool) throws -> Int {
+        if updateSize && end > f.size { f.size = end }
+        f.pendingMtime = Timestamp.now()
+        if sync != .none || !options.writeBack {
+            try writeBack(f, flushDevice: sync != .none)
+            if !options.writeBack { dropClean(f) }
+        }
+        return written
+    }
+
+    // MARK: write-back
+
+    /// Writes every dirty page of `f` to the device and commits what the pool
+    /// must learn (new extents, written unwritten ranges, size, mtime) in one
+    /// transaction, after a device flush. File lock held.
+    func writeBack(_ f: FileData, flushDevice: Bool) throws {
+        let dirty = cache.pinDirty(f)
+        defer { for d in dirty { cache.unpin(d.frame) } }
+        if dirty.isEmpty && !f.needsCommit {
+            if flushDevice { try flushDeviceOrThrow() }
+            return
+        }
+        var requests: [BlockIORequest] = []
+        var mappings: [NewMapping] = []
+        var claims: [BlockRun] = []
+        var writtenRanges: [(start: UInt64, count: UInt64)] = []
+        var redundantReservations: [UInt64] = []
+        var consumedReservations: [UInt64] = []
+        do {
+            var i = 0
+            while i < dirty.count {
+                // A run of consecutive dirty blocks.
+                var j = i + 1
+                while j < dirty.count && dirty[j].block == dirty[j - 1].block + 1 { j += 1 }
+                let runStart = dirty[i].block
+                for seg in try metadata.mapBlocks(f.ino, start: runStart, count: UInt64(j - i)) {
+                    var deviceStarts: [(fileBlock: UInt64, device: UInt64, length: UInt64)] = []
+                    if let dev = seg.deviceBlock {
+                        deviceStarts = [(seg.fileBlock, dev, seg.length)]
+                        if seg.unwritten { writtenRanges.append((seg.fileBlock, seg.length)) }
+                        for b in seg.fileBlock..<(seg.fileBlock + seg.length) where f.reserved.contains(b) { redundantReservations.append(b) }
+                    } else {
+                        let held = (seg.fileBlock..<(seg.fileBlock + seg.length)).filter { f.reserved.contains($0) }
+                        let runs = try metadata.claimBlocks(f.ino, fileBlock: seg.fileBlock, count: seg.length, fromReservation: UInt64(held.count))
+                        consumedReservations += held
+                        claims += runs
+                        var fb = seg.fileBlock
+                        for r in runs {
+                            mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length))
+                            deviceStarts.append((fb, r.start, r.length))
+                            fb += r.length
+                        }
+                    }
+                    for piece in deviceStarts {
+                        // One vectored write per device-contiguous piece (at most 1 MiB).
+                        var b = piece.fileBlock
+                        while b < piece.fileBlock + piece.length {
+                            let count = min(256, piece.fileBlock + piece.length - b)
+                            let iov = (0..<count).map { k -> iovec in
+                                let fr = dirty[i + Int(b + k - runStart)].frame
+                                return iovec(iov_base: cache.memory(fr), iov_len: Int(blockSize))
+                            }
+                            requests.append(BlockIORequest(kind: .write, segments: iov, offset: (piece.device + (b - piece.fileBlock)) * blockSize))
+                            b += count
+                        }
+                    }
+                }
+                i = j
+            }
+            try device.engine.perform(requests)
+            let commit = !mappings.isEmpty || !writtenRanges.isEmpty || f.needsCommit
+            // New blocks must be on stable storage before the pool points at them.
+            if commit || flushDevice { try flushDeviceOrThrow() }
+            if commit {
+                try metadata.commitWrites(f.ino, mappings: mappings, written: writtenRanges, size: f.size, mtime: f.pendingMtime)
+                f.persistedSize = f.size
+                f.pendingMtime = nil
+            }
+        } catch {
+            metadata.releaseClaimedBlocks(claims)
+            // The reservations taken by the claims go back so the pages can be retried.
+            if !consumedReservations.isEmpty { try? metadata.reserveBlocks(UInt64(consumedReservations.count)) }
+            logger.error("write-back of inode \(f.ino) failed: \(error)")
+            throw (error as? Errno) ?? Errno.ioError
+        }
+        for b in consumedReservations { f.reserved.remove(b) }
+        for b in redundantReservations { f.reserved.remove(b) }
+        metadata.unreserveBlocks(UInt64(redundantReservations.count))
+        for d in dirty { cache.markClean(d.frame) }
+        f.dirtySince = 0
+    }
+
+    private func flushDeviceOrThrow() throws {
+        do { try device.engine.flush() } catch { throw Errno.ioError }
+    }
+
+    /// Writes back other files whose locks are free; true if any frame came clean.
+    private func writeBackOthers(except current: FileData) -> Bool {
+        let candidates = filesLock.withLock { files.values.filter { $0 !== current } }
+        var progressed = false
+        for f in candidates where !f.dirtyBlocks.isEmpty {
+            guard f.lock.tryLock() else { continue }
+            defer { f.lock.unlock() }
+            if (try? writeBack(f, flushDevice: false)) != nil { progressed = true }
+        }
+        return progressed
+    }
+
+    private func backgroundWriteBack() {
+        let now = monotonicNanoseconds()
+        let age = UInt64(options.writeBackAgeMilliseconds) * 1_000_000
+        let pressure = cache.dirtyRatio > options.dirtyRatio
+        let candidates = filesLock.withLock { Array(files.values) }
+        for f in candidates {
+            guard f.lock.tryLock() else { continue }
+            defer { f.lock.unlock() }
+            let old = f.dirtySince != 0 && now - f.dirtySince >= age
+            if (pressure && !f.dirtyBlocks.isEmpty) || old || (f.dirtyBlocks.isEmpty && f.needsCommit) {
+                try? writeBack(f, flushDevice: false)
+            }
+        }
+    }
+
+    // MARK: fsync
+
+    /// Makes every acknowledged write of `ino` durable: its dirty blocks, one
+    /// device flush, one transaction. Namespace changes are durable already, so
+    /// fsync of a directory has nothing to do.
+    public func fsync(_ ino: UInt64, dataOnly: Bool = false) throws {
+        guard let f = filesLock.withLock({ files[ino] }) else {
+            // Nothing cached: everything of this file is already on the device and in the pool.
+            _ = try metadata.getattr(ino)
+            return
+        }
+        try f.lock.withLock {
+            // fdatasync may skip a commit that only changes mtime.
+            if dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize {
+                try flushDeviceOrThrow()
+                return
+            }
+            try writeBack(f, flushDevice: true)
+        }
+    }
+
+    /// Writes back every file (syncfs, shutdown).
+    public func syncAll() throws {
+        let all = filesLock.withLock { Array(files.values) }
+        for f in all { try f.lock.withLock { try writeBack(f, flushDevice: false) } }
+        try flushDeviceOrThrow()
+    }
+}

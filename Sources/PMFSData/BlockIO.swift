@@ -1,0 +1,78 @@
+import Glibc
+
+/// One read or write of the data device: the buffers in `segments`, in order,
+/// to or from `offset`. Buffers are 4 KiB aligned when the device uses O_DIRECT.
+/// Several segments make one vectored transfer (adjacent cache pages written
+/// as one large device write).
+public struct BlockIORequest: @unchecked Sendable {
+    public enum Kind: Sendable { case read, write }
+    public var kind: Kind
+    public var segments: [iovec]
+    public var offset: UInt64
+    public var length: Int { segments.reduce(0) { $0 + $1.iov_len } }
+
+    public init(kind: Kind, buffer: UnsafeMutableRawPointer, length: Int, offset: UInt64) {
+        self.init(kind: kind, segments: [iovec(iov_base: buffer, iov_len: length)], offset: offset)
+    }
+
+    public init(kind: Kind, segments: [iovec], offset: UInt64) {
+        self.kind = kind
+        self.segments = segments
+        self.offset = offset
+    }
+}
+
+/// How the data tier moves blocks: a batch of requests submitted together and
+/// waited for together, and a device flush. io_uring is the production engine;
+/// the thread engine is the fallback where io_uring is unavailable. An SPDK
+/// NVMe driver would be a third.
+public protocol BlockIOEngine: AnyObject, Sendable {
+    var name: String { get }
+    /// Performs every request; throws the first error (short transfers are errors).
+    func perform(_ requests: [BlockIORequest]) throws
+    /// Makes every completed write durable (fdatasync / NVMe flush).
+    func flush() throws
+    func close()
+}
+
+public enum IOEngineChoice: String, Sendable, CaseIterable {
+    case auto, iouring = "io_uring", threads
+}
+
+public enum DataDeviceError: Error, CustomStringConvertible {
+    case open(path: String, errno: IOErrno)
+    case io(String, errno: IOErrno)
+    case ioUringUnavailable(IOErrno)
+
+    public var description: String {
+        switch self {
+        case .open(let path, let e): return "cannot open data device \(path): \(e)"
+        case .io(let what, let e): return "data device I/O failed (\(what)): \(e)"
+        case .ioUringUnavailable(let e): return "io_uring is unavailable on this kernel (\(e))"
+        }
+    }
+}
+
+/// An errno value from the data path, printed as strerror does.
+public struct IOErrno: Error, Equatable, Sendable, CustomStringConvertible {
+    public let code: Int32
+    public init(_ code: Int32) { self.code = code }
+    public var description: String { String(cString: strerror(code)) }
+}
+
+/// Memory aligned for O_DIRECT, freed on deinit.
+public final class AlignedBuffer: @unchecked Sendable {
+    public let pointer: UnsafeMutableRawPointer
+    public let count: Int
+
+    public init(count: Int, alignment: Int = 4096) {
+        var p: UnsafeMutableRawPointer? = nil
+        let rounded = (count + alignment - 1) / alignment * alignment
+        precondition(posix_memalign(&p, alignment, max(rounded, alignment)) == 0, "out of memory")
+        pointer = p!
+        self.count = rounded
+        memset(pointer, 0, rounded)
+    }
+
+    deinit { free(pointer) }
+}

@@ -1,0 +1,125 @@
+import CURing
+import Dispatch
+import Glibc
+import Synchronization
+import Logging
+
+/// The data device: a block device or a preallocated file, opened with O_DIRECT
+/// where the file system allows it (tmpfs does not: then buffered, and said so).
+public final class DataDevice: @unchecked Sendable {
+    public let path: String
+    public let fd: Int32
+    public let size: UInt64
+    public let direct: Bool
+    public let engine: BlockIOEngine
+
+    public init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data")) throws {
+        self.path = path
+        var fd = Glibc.open(path, O_RDWR | O_CLOEXEC | curing_O_DIRECT)
+        var direct = true
+        if fd < 0 && errno == EINVAL {
+            // The file system under the data file has no O_DIRECT (tmpfs).
+            fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            direct = false
+            if fd >= 0 { logger.notice("data device \(path) does not support O_DIRECT; using buffered I/O") }
+        }
+        guard fd >= 0 else { throw DataDeviceError.open(path: path, errno: IOErrno(errno)) }
+        self.fd = fd
+        self.direct = direct
+        var st = stat()
+        fstat(fd, &st)
+        if st.st_mode & S_IFMT == S_IFBLK {
+            size = UInt64(lseek(fd, 0, SEEK_END))
+        } else {
+            size = UInt64(st.st_size)
+        }
+        switch choice {
+        case .threads:
+            engine = ThreadPoolEngine(fd: fd)
+        case .iouring:
+            engine = try IOUringEngine(fd: fd)
+        case .auto:
+            do {
+                engine = try IOUringEngine(fd: fd)
+            } catch {
+                logger.warning("\(error); falling back to the thread-pool engine")
+                engine = ThreadPoolEngine(fd: fd)
+            }
+        }
+        logger.info("data device \(path): \(size) bytes, \(direct ? "O_DIRECT" : "buffered"), engine \(engine.name)")
+    }
+
+    public func close() {
+        engine.close()
+        Glibc.close(fd)
+    }
+}
+
+/// The fallback engine: pread/pwrite, a batch spread over a few threads.
+public final class ThreadPoolEngine: BlockIOEngine, @unchecked Sendable {
+    public let name = "threads"
+    private let fd: Int32
+
+    public init(fd: Int32) { self.fd = fd }
+
+    public func perform(_ requests: [BlockIORequest]) throws {
+        if requests.count == 1 { try Self.run(fd, requests[0]); return }
+        let firstError = Mutex<DataDeviceError?>(nil)
+        let fd = fd
+        DispatchQueue.concurrentPerform(iterations: min(requests.count, 8)) { worker in
+            for i in stride(from: worker, to: requests.count, by: min(requests.count, 8)) {
+                do { try Self.run(fd, requests[i]) } catch {
+                    firstError.withLock { if $0 == nil { $0 = error as? DataDeviceError } }
+                }
+            }
+        }
+        if let e = firstError.withLock({ $0 }) { throw e }
+    }
+
+    /// Performs one request with preadv/pwritev, resuming after short transfers;
+    /// a read past the end of the device reads zeros.
+    static func run(_ fd: Int32, _ r: BlockIORequest) throws {
+        var segments = r.segments
+        var offset = off_t(r.offset)
+        var first = 0
+        while first < segments.count {
+            let n: Int = segments.withUnsafeMutableBufferPointer { iov in
+                let base = iov.baseAddress! + first
+                let count = Int32(iov.count - first)
+                switch r.kind {
+                case .read: return preadv(fd, base, count, offset)
+                case .write: return pwritev(fd, base, count, offset)
+                }
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DataDeviceError.io("\(r.kind) \(r.length) bytes at \(r.offset)", errno: IOErrno(errno))
+            }
+            if n == 0 {
+                if r.kind == .read {
+                    for i in first..<segments.count { memset(segments[i].iov_base, 0, segments[i].iov_len) }
+                    return
+                }
+                throw DataDeviceError.io("short write at \(r.offset)", errno: IOErrno(ENOSPC))
+            }
+            offset += off_t(n)
+            var left = n
+            while left > 0 && first < segments.count {
+                if left >= segments[first].iov_len {
+                    left -= segments[first].iov_len
+                    first += 1
+                } else {
+                    segments[first].iov_base += left
+                    segments[first].iov_len -= left
+                    left = 0
+                }
+            }
+        }
+    }
+
+    public func flush() throws {
+        guard fdatasync(fd) == 0 else { throw DataDeviceError.io("flush", errno: IOErrno(errno)) }
+    }
+
+    public func close() {}
+}

@@ -1,0 +1,92 @@
+import Glibc
+import PMFSData
+@testable import PMFSCore
+@testable import PMFSMetadata
+
+/// A formatted pool plus data file on /dev/shm, served by a FileSystem.
+final class CoreFixture {
+    let poolPath: String
+    let dataPath: String
+    var metadata: MetadataStore!
+    var device: DataDevice!
+    var fs: FileSystem!
+    let options: FileSystem.Options
+    let engine: IOEngineChoice
+
+    init(dataBlocks: UInt64 = 16384, options: FileSystem.Options = FileSystem.Options(), engine: IOEngineChoice = .auto) throws {
+        setenv("PMEM_IS_PMEM_FORCE", "1", 1)
+        setenv("PMEMOBJ_CONF", "sds.at_create=0", 1)
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        poolPath = "/dev/shm/pmfs-core-\(tag).pool"
+        dataPath = "/dev/shm/pmfs-core-\(tag).data"
+        self.options = options
+        self.engine = engine
+        let fd = open(dataPath, O_CREAT | O_RDWR | O_TRUNC, 0o600)
+        precondition(fd >= 0)
+        ftruncate(fd, off_t(dataBlocks * 4096))
+        close(fd)
+        var fo = MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: dataBlocks)
+        fo.label = "core-test"
+        metadata = try MetadataStore.format(poolPath: poolPath, options: fo)
+        try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: dataPath)
+        device = try DataDevice(path: dataPath, engine: engine)
+        fs = try FileSystem(metadata: metadata, device: device, options: options)
+    }
+
+    /// A clean stop and start: everything written back, pool closed and reopened.
+    func restart() throws {
+        try fs.shutdown()
+        device.close()
+        try metadata.close()
+        try reopen()
+    }
+
+    /// A crash: nothing written back, the pool never marked clean.
+    func crashAndReopen() throws {
+        fs.abandonForTesting()
+        device.close()
+        metadata.pool.close()
+        try reopen()
+    }
+
+    private func reopen() throws {
+        metadata = try MetadataStore.open(poolPath: poolPath, dataDevice: try DataDeviceHeader.read(from: dataPath))
+        device = try DataDevice(path: dataPath, engine: engine)
+        fs = try FileSystem(metadata: metadata, device: device, options: options)
+    }
+
+    deinit {
+        if let fs { try? fs.shutdown() }
+        device?.close()
+        try? metadata?.close()
+        unlink(poolPath)
+        unlink(dataPath)
+    }
+
+    func newFile(_ n: String) throws -> UInt64 {
+        try metadata.create(1, try FileName(n), NewInode(mode: UInt32(S_IFREG) | 0o644)).ino
+    }
+
+    func write(_ ino: UInt64, _ offset: UInt64, _ bytes: [UInt8], sync: FileSystem.SyncMode = .none) throws -> Int {
+        try bytes.withUnsafeBytes { try fs.write(ino, offset: offset, from: $0, sync: sync) }
+    }
+
+    func read(_ ino: UInt64, _ offset: UInt64, _ count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0xEE, count: count)
+        let n = try out.withUnsafeMutableBytes { try fs.read(ino, offset: offset, into: $0) }
+        return Array(out.prefix(n))
+    }
+}
+
+/// A deterministic generator (SplitMix64), so a failing seed can be replayed.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

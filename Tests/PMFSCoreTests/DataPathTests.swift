@@ -1,0 +1,229 @@
+import Glibc
+import PMFSData
+import SystemPackage
+import Testing
+@testable import PMFSCore
+@testable import PMFSMetadata
+
+@Suite struct DataPathTests {
+    @Test(arguments: [IOEngineChoice.iouring, .threads])
+    func writeReadAnyOffset(engine: IOEngineChoice) throws {
+        let t = try CoreFixture(engine: engine)
+        #expect(t.device.engine.name == (engine == .threads ? "threads" : "io_uring"))
+        let ino = try t.newFile("f")
+        let a = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(try t.write(ino, 1234, a) == a.count)
+        #expect(try t.fs.getattr(ino).size == 1234 + 10_000)
+        #expect(try t.read(ino, 0, 1234) == [UInt8](repeating: 0, count: 1234))
+        #expect(try t.read(ino, 1234, 10_000) == a)
+        #expect(try t.read(ino, 11_000, 100_000).count == 234)   // short read at EOF
+        #expect(try t.read(ino, 20_000, 10).isEmpty)
+        try t.restart()
+        #expect(try t.read(ino, 1234, 10_000) == a)
+        #expect(try t.metadata.getattr(ino).size == 11_234)
+    }
+
+    @Test func holesReadAsZerosAndSparseFilesStaySparse() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("sparse")
+        let far: UInt64 = 16 << 40   // 16 TiB
+        #expect(try t.write(ino, far, [1, 2, 3]) == 3)
+        #expect(try t.fs.getattr(ino).size == far + 3)
+        #expect(try t.read(ino, far - 2, 5) == [0, 0, 1, 2, 3])
+        #expect(try t.read(ino, 1 << 30, 8) == [UInt8](repeating: 0, count: 8))
+        try t.fs.fsync(ino)
+        #expect(try t.metadata.getattr(ino).blocks == 8)   // one block allocated
+    }
+
+    @Test func overwriteInPlaceKeepsBlocks() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [UInt8](repeating: 1, count: 8192))
+        try t.fs.fsync(ino)
+        let before = try t.metadata.mapBlocks(ino, start: 0, count: 2)
+        _ = try t.write(ino, 100, [UInt8](repeating: 2, count: 5000))
+        try t.fs.fsync(ino)
+        #expect(try t.metadata.mapBlocks(ino, start: 0, count: 2) == before)
+        var expected = [UInt8](repeating: 1, count: 8192)
+        for i in 100..<5100 { expected[i] = 2 }
+        try t.restart()
+        #expect(try t.read(ino, 0, 8192) == expected)
+    }
+
+    @Test func sequentialWritesGetContiguousBlocks() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("seq")
+        let chunk = [UInt8](repeating: 9, count: 64 << 10)
+        for i in 0..<32 { _ = try t.write(ino, UInt64(i * chunk.count), chunk) ; if i % 5 == 0 { try t.fs.fsync(ino) } }
+        try t.fs.fsync(ino)
+        let map = try t.metadata.mapBlocks(ino, start: 0, count: 512)
+        #expect(map.count <= 2, "\(map.count) extents for a sequentially written file")
+    }
+
+    @Test func truncateDownZeroesTailAndUpReadsZeros() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [UInt8](repeating: 0xAA, count: 3 * 4096))
+        try t.fs.fsync(ino)
+        _ = try t.fs.setattr(ino, AttributeChanges(size: 5000))
+        #expect(try t.fs.getattr(ino).size == 5000)
+        #expect(try t.metadata.getattr(ino).blocks == 16)
+        _ = try t.fs.setattr(ino, AttributeChanges(size: 3 * 4096))
+        var expected = [UInt8](repeating: 0xAA, count: 5000) + [UInt8](repeating: 0, count: 3 * 4096 - 5000)
+        #expect(try t.read(ino, 0, 3 * 4096) == expected)
+        // The zeroed tail survives a crash too: the device holds zeros past 5000.
+        try t.crashAndReopen()
+        #expect(try t.read(ino, 0, 3 * 4096) == expected)
+        _ = try t.fs.setattr(ino, AttributeChanges(size: 0))
+        #expect(try t.read(ino, 0, 10).isEmpty)
+        #expect(try t.metadata.getattr(ino).blocks == 0)
+        expected = []
+        _ = expected
+    }
+
+    @Test func fallocateModes() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        let free0 = t.metadata.statistics().freeBlocks
+        try t.fs.fallocate(ino, mode: [], offset: 0, length: 10 * 4096)
+        #expect(try t.fs.getattr(ino).size == 10 * 4096)
+        #expect(t.metadata.statistics().freeBlocks == free0 - 10)
+        #expect(try t.read(ino, 0, 10 * 4096) == [UInt8](repeating: 0, count: 10 * 4096))
+        // KEEP_SIZE allocates past EOF without growing the file.
+        try t.fs.fallocate(ino, mode: .keepSize, offset: 10 * 4096, length: 4 * 4096)
+        #expect(try t.fs.getattr(ino).size == 10 * 4096)
+        #expect(t.metadata.statistics().freeBlocks == free0 - 14)
+        // Writing into preallocated space uses it, without new allocation.
+        _ = try t.write(ino, 4096, [UInt8](repeating: 5, count: 4096))
+        try t.fs.fsync(ino)
+        #expect(t.metadata.statistics().freeBlocks == free0 - 14)
+        #expect(try t.read(ino, 4096, 4096) == [UInt8](repeating: 5, count: 4096))
+        // PUNCH_HOLE: partial edges zeroed, whole blocks freed, size kept.
+        _ = try t.write(ino, 0, [UInt8](repeating: 7, count: 10 * 4096))
+        try t.fs.fsync(ino)
+        try t.fs.fallocate(ino, mode: [.punchHole, .keepSize], offset: 2048, length: 3 * 4096)
+        let data = try t.read(ino, 0, 5 * 4096)
+        #expect(data[0..<2048].allSatisfy { $0 == 7 })
+        #expect(data[2048..<(2048 + 3 * 4096)].allSatisfy { $0 == 0 })
+        #expect(data[(2048 + 3 * 4096)...].allSatisfy { $0 == 7 })
+        #expect(try t.fs.getattr(ino).size == 10 * 4096)
+        #expect(t.metadata.statistics().freeBlocks == free0 - 14 + 2)
+        // ZERO_RANGE: reads zeros, space stays allocated.
+        try t.fs.fallocate(ino, mode: .zeroRange, offset: 6 * 4096, length: 2 * 4096)
+        #expect(try t.read(ino, 6 * 4096, 2 * 4096) == [UInt8](repeating: 0, count: 2 * 4096))
+        #expect(t.metadata.statistics().freeBlocks == free0 - 12)
+        #expect(throws: Errno.notSupported) { try t.fs.fallocate(ino, mode: .punchHole, offset: 0, length: 1) }
+        #expect(throws: Errno.invalidArgument) { try t.fs.fallocate(ino, mode: [], offset: 0, length: 0) }
+        try t.restart()
+        let again = try t.read(ino, 0, 10 * 4096)
+        #expect(again[0..<2048].allSatisfy { $0 == 7 } && again[(6 * 4096)..<(8 * 4096)].allSatisfy { $0 == 0 })
+    }
+
+    @Test func seekDataAndHole() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [1])
+        _ = try t.write(ino, 10 * 4096, [UInt8](repeating: 2, count: 4096))
+        #expect(try t.fs.seek(ino, from: 0, to: .data) == 0)
+        #expect(try t.fs.seek(ino, from: 0, to: .hole) == 4096)
+        #expect(try t.fs.seek(ino, from: 4096, to: .data) == 10 * 4096)
+        try t.fs.fsync(ino)   // same answers from the extent map
+        #expect(try t.fs.seek(ino, from: 5, to: .hole) == 4096)
+        #expect(try t.fs.seek(ino, from: 4096, to: .data) == 10 * 4096)
+        #expect(try t.fs.seek(ino, from: 10 * 4096, to: .hole) == 11 * 4096)
+        #expect(throws: Errno.noSuchAddressOrDevice) { try t.fs.seek(ino, from: 11 * 4096, to: .data) }
+    }
+
+    @Test func copyFileRangeCopiesBytes() throws {
+        let t = try CoreFixture()
+        let a = try t.newFile("a"), b = try t.newFile("b")
+        let bytes = (0..<50_000).map { UInt8(truncatingIfNeeded: $0 * 31) }
+        _ = try t.write(a, 0, bytes)
+        #expect(try t.fs.copyFileRange(from: a, offset: 1000, to: b, offset: 7, length: 40_000) == 40_000)
+        #expect(try t.read(b, 7, 40_000) == Array(bytes[1000..<41_000]))
+        #expect(try t.fs.copyFileRange(from: a, offset: 49_000, to: b, offset: 0, length: 10_000) == 1000)
+        #expect(throws: Errno.invalidArgument) { try t.fs.copyFileRange(from: a, offset: 0, to: a, offset: 10, length: 100) }
+    }
+
+    @Test func deviceFullIsENOSPCAtWriteTime() throws {
+        let t = try CoreFixture(dataBlocks: 64)
+        let ino = try t.newFile("f")
+        let free = t.metadata.statistics().freeBlocks
+        let big = [UInt8](repeating: 1, count: Int(free + 10) * 4096)
+        // The write is cut short where space ends (as ext4 does), nothing is lost.
+        let n = try t.write(ino, 0, big)
+        #expect(n == Int(free) * 4096)
+        #expect(throws: Errno.noSpace) { try t.write(ino, UInt64(n), [1]) }
+        try t.fs.fsync(ino)
+        #expect(t.metadata.statistics().freeBlocks == 0)
+        #expect(try t.read(ino, 0, n) == Array(big[0..<n]))
+        // Space comes back on delete.
+        t.fs.discard(ino)
+        try t.metadata.unlink(1, try FileName("f"))
+        #expect(t.metadata.statistics().freeBlocks == free)
+        let g = try t.newFile("g")
+        #expect(try t.write(g, 0, [UInt8](repeating: 3, count: 4096 * 10)) == 40960)
+    }
+
+    @Test func tinyCacheEvictsAndThrottles() throws {
+        var o = FileSystem.Options()
+        o.cacheBytes = 16 * 4096
+        let t = try CoreFixture(options: o)
+        let files = try (0..<4).map { try t.newFile("f\($0)") }
+        var model: [UInt64: [UInt8]] = [:]
+        for (i, ino) in files.enumerated() {
+            let bytes = (0..<(200 * 1024)).map { UInt8(truncatingIfNeeded: $0 &+ i * 13) }
+            _ = try t.write(ino, 0, bytes)
+            model[ino] = bytes
+        }
+        #expect(t.fs.cache.frameCount == 16)
+        for ino in files { #expect(try t.read(ino, 0, 200 * 1024) == model[ino]) }
+        try t.restart()
+        for ino in files { #expect(try t.read(ino, 0, 200 * 1024) == model[ino]) }
+    }
+
+    @Test func writeThroughWritesAtOnce() throws {
+        var o = FileSystem.Options()
+        o.writeBack = false
+        let t = try CoreFixture(options: o)
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [UInt8](repeating: 4, count: 9000))
+        #expect(try t.metadata.getattr(ino).size == 9000)   // committed already
+        try t.crashAndReopen()
+        #expect(try t.read(ino, 0, 9000) == [UInt8](repeating: 4, count: 9000))
+    }
+
+    @Test func fsyncedDataSurvivesACrashAndUnsyncedDataIsOldOrNew() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [UInt8](repeating: 1, count: 4096 * 4))
+        try t.fs.fsync(ino)
+        _ = try t.write(ino, 4096 * 4, [UInt8](repeating: 2, count: 4096))   // never synced
+        try t.crashAndReopen()
+        #expect(try t.metadata.getattr(ino).size == 4096 * 4)
+        #expect(try t.read(ino, 0, 4096 * 5) == [UInt8](repeating: 1, count: 4096 * 4))
+        #expect(try t.metadata.statistics().freeBlocks == t.metadata.statistics().totalBlocks - 4)
+    }
+
+    @Test func syncWritesAreDurableOnReturn() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [UInt8](repeating: 6, count: 5000), sync: .data)
+        try t.crashAndReopen()
+        #expect(try t.read(ino, 0, 5000) == [UInt8](repeating: 6, count: 5000))
+    }
+
+    @Test func readAheadGrowsOnSequentialReads() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [UInt8](repeating: 8, count: 1 << 20))
+        try t.restart()
+        var offset: UInt64 = 0
+        while offset < 1 << 20 {
+            #expect(try t.read(ino, offset, 4096) == [UInt8](repeating: 8, count: 4096))
+            offset += 4096
+        }
+        let f = try t.fs.fileData(ino)
+        #expect(f.readAheadBlocks > 8)
+    }
+}
