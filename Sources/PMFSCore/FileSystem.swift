@@ -444,9 +444,11 @@ public final class FileSystem: @unchecked Sendable {
     private func writeBackOthers(except current: FileData) -> Bool {
         let candidates = filesLock.withLock { files.values.filter { $0 !== current } }
         var progressed = false
-        for f in candidates where !f.dirtyBlocks.isEmpty {
+        for f in candidates {
             guard f.lock.tryLock() else { continue }
             defer { f.lock.unlock() }
+            // dirtyBlocks only changes under the file lock, so it is read here.
+            guard !f.dirtyBlocks.isEmpty else { continue }
             if (try? writeBack(f, flushDevice: false)) != nil { progressed = true }
         }
         return progressed
@@ -460,7 +462,7 @@ public final class FileSystem: @unchecked Sendable {
         for f in candidates {
             guard f.lock.tryLock() else { continue }
             defer { f.lock.unlock() }
-            let old = f.dirtySince != 0 && now - f.dirtySince >= age
+            let old = f.dirtySince != 0 && now >= f.dirtySince + age
             if (pressure && !f.dirtyBlocks.isEmpty) || old || (f.dirtyBlocks.isEmpty && f.needsCommit) {
                 try? writeBack(f, flushDevice: false)
             }
