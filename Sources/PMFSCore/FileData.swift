@@ -6,6 +6,9 @@ final class FileData: @unchecked Sendable {
     let ino: UInt64
     let lock = ConditionLock()
 
+    /// Operations using this state now (guarded by the file-system's files lock).
+    var users = 0
+
     // Guarded by the cache lock.
     var pages: [UInt64: Int32] = [:]
     var dirtyBlocks: Set<UInt64> = []

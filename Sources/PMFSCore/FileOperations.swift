@@ -20,8 +20,7 @@ extension FileSystem {
     /// new size, so a later extension can never uncover old bytes.
     func truncate(_ ino: UInt64, size: UInt64, mtime: Timestamp?) throws {
         guard size <= MetadataStore.maxFileSize else { throw Errno.fileTooLarge }
-        let f = try fileData(ino)
-        try f.lock.withLock {
+        try withFile(ino) { f in try f.lock.withLock {
             if size < f.size {
                 let keep = (size + blockSize - 1) / blockSize
                 dropPages(f, from: keep, to: UInt64.max)
@@ -34,7 +33,7 @@ extension FileSystem {
             _ = try metadata.setattr(ino, AttributeChanges(size: size, mtime: mtime))
             f.persistedSize = size
             f.pendingMtime = nil
-        }
+        } }
     }
 
     /// Drops the cached pages of blocks [from, to), returning their reservations.
@@ -65,10 +64,9 @@ extension FileSystem {
         guard mode.rawValue & ~known.rawValue == 0 else { throw Errno.notSupported }
         if mode.contains(.punchHole) && (!mode.contains(.keepSize) || mode.contains(.zeroRange)) { throw Errno.notSupported }
         guard offset <= MetadataStore.maxFileSize, length <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
-        let f = try fileData(ino)
         let end = offset + length
         let firstFull = (offset + blockSize - 1) / blockSize, endFull = end / blockSize
-        try f.lock.withLock {
+        try withFile(ino) { f in try f.lock.withLock {
             if mode.contains(.punchHole) || mode.contains(.zeroRange) {
                 // Partial blocks at the edges are zeroed; whole blocks are unmapped.
                 let limit = mode.contains(.punchHole) ? min(end, f.size) : end
@@ -103,14 +101,13 @@ extension FileSystem {
             } else if mode.contains(.punchHole) || mode.contains(.zeroRange) {
                 f.pendingMtime = Timestamp.now()
             }
-        }
+        } }
     }
 
     /// lseek SEEK_DATA / SEEK_HOLE: data is a written extent or a cached page;
     /// unwritten extents and holes are holes; EOF is a hole. ENXIO past EOF.
     public func seek(_ ino: UInt64, from offset: UInt64, to target: SeekTarget) throws -> UInt64 {
-        let f = try fileData(ino)
-        return try f.lock.withLock {
+        return try withFile(ino) { f in try f.lock.withLock {
             guard offset < f.size else { throw Errno.noSuchAddressOrDevice }
             let endBlock = (f.size + blockSize - 1) / blockSize
             var block = offset / blockSize
@@ -131,7 +128,7 @@ extension FileSystem {
             }
             if target == .hole { return f.size }
             throw Errno.noSuchAddressOrDevice
-        }
+        } }
     }
 
     /// Copies `length` bytes between files (or within one) through the cache.

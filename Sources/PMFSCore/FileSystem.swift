@@ -80,15 +80,46 @@ public final class FileSystem: @unchecked Sendable {
 
     // MARK: per-file state
 
-    func fileData(_ ino: UInt64) throws -> FileData {
-        if let f = filesLock.withLock({ files[ino] }) { return f }
+    /// Runs `body` with the file's state, created on first use. The state is
+    /// marked in use meanwhile, so the background writer never prunes it from
+    /// under an operation (two states for one file would disagree on its size).
+    func withFile<T>(_ ino: UInt64, _ body: (FileData) throws -> T) throws -> T {
+        let f = try acquireFile(ino)
+        defer { filesLock.withLock { f.users -= 1 } }
+        return try body(f)
+    }
+
+    private func acquireFile(_ ino: UInt64) throws -> FileData {
+        if let f = filesLock.withLock({ () -> FileData? in
+            let f = files[ino]
+            f?.users += 1
+            return f
+        }) { return f }
         let attrs = try metadata.getattr(ino)
         guard attrs.type == .regular else { throw attrs.type == .directory ? Errno.isDirectory : Errno.invalidArgument }
         return filesLock.withLock {
-            if let f = files[ino] { return f }
-            let f = FileData(ino: ino, size: attrs.size)
+            let f = files[ino] ?? FileData(ino: ino, size: attrs.size)
             files[ino] = f
+            f.users += 1
             return f
+        }
+    }
+
+    /// For tests: the state of a file, if any.
+    func fileData(_ ino: UInt64) throws -> FileData { try withFile(ino) { $0 } }
+
+    /// Forgets states of idle files that have nothing cached and nothing owed.
+    private func pruneIdleFiles() {
+        let idle = filesLock.withLock { files.values.filter { $0.users == 0 } }
+        for f in idle {
+            guard f.lock.tryLock() else { continue }
+            let empty = cache.cachedBlocks(f, from: 0, to: UInt64.max).isEmpty && !f.needsCommit && f.reserved.isEmpty
+            f.lock.unlock()
+            guard empty else { continue }
+            filesLock.withLock {
+                // Still idle, and nobody took it in the meantime.
+                if f.users == 0, files[f.ino] === f { files[f.ino] = nil }
+            }
         }
     }
 
@@ -156,8 +187,7 @@ public final class FileSystem: @unchecked Sendable {
 
     /// Reads up to `buffer.count` bytes at `offset`; returns bytes read (0 at EOF).
     public func read(_ ino: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let f = try fileData(ino)
-        return try f.lock.withLock {
+        return try withFile(ino) { f in try f.lock.withLock {
             guard offset < f.size, buffer.count > 0 else { return 0 }
             let end = min(f.size, offset + UInt64(buffer.count))
             let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
@@ -198,7 +228,7 @@ public final class FileSystem: @unchecked Sendable {
             }
             if !options.writeBack { dropClean(f) }
             return copied
-        }
+        } }
     }
 
     /// Pins frames for blocks [from, to) (-1 for holes and unwritten blocks that
@@ -276,10 +306,9 @@ public final class FileSystem: @unchecked Sendable {
     /// Writes `data` at `offset`; returns the bytes written. With `sync`, the
     /// data (and, for .all, the metadata) is durable when this returns (O_SYNC, O_DSYNC).
     public func write(_ ino: UInt64, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode = .none) throws -> Int {
-        let f = try fileData(ino)
         guard data.count > 0 else { return 0 }
         guard offset <= MetadataStore.maxFileSize, UInt64(data.count) <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
-        return try f.lock.withLock { try writeLocked(f, offset: offset, from: data, sync: sync, updateSize: true) }
+        return try withFile(ino) { f in try f.lock.withLock { try writeLocked(f, offset: offset, from: data, sync: sync, updateSize: true) } }
     }
 
     /// The body of `write`, with the file lock held. Zeroing (truncate, punch)
@@ -455,6 +484,7 @@ public final class FileSystem: @unchecked Sendable {
     }
 
     private func backgroundWriteBack() {
+        defer { pruneIdleFiles() }
         let now = monotonicNanoseconds()
         let age = UInt64(options.writeBackAgeMilliseconds) * 1_000_000
         let pressure = cache.dirtyRatio > options.dirtyRatio
