@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "fsck.pmfs", targets: ["FsckPmfs"]),
         .executable(name: "pmfs-inspect", targets: ["PmfsInspect"]),
         .executable(name: "pmfs-torture", targets: ["PmfsTorture"]),
+        .executable(name: "pmfs-crash-writer", targets: ["PmfsCrashWriter"]),
         .library(name: "PMFSMetadata", targets: ["PMFSMetadata"]),
         .library(name: "PMFSCheck", targets: ["PMFSCheck"]),
     ],
@@ -90,9 +91,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Child process of the data crash tests: writes and fsyncs until killed.
+        .executableTarget(
+            name: "PmfsCrashWriter",
+            dependencies: [
+                "PMFSCore", "PMFSData", "PMFSMetadata",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "PMFSCoreTests",
-            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata"]
+            // The crash tests run the writer, so it is built before them.
+            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PmfsCrashWriter"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",
