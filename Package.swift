@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "pmfs-inspect", targets: ["PmfsInspect"]),
         .executable(name: "pmfs-torture", targets: ["PmfsTorture"]),
         .executable(name: "pmfs-crash-writer", targets: ["PmfsCrashWriter"]),
+        .executable(name: "pmfs-bench-data", targets: ["PmfsDataBench"]),
         .library(name: "PMFSMetadata", targets: ["PMFSMetadata"]),
         .library(name: "PMFSCheck", targets: ["PMFSCheck"]),
     ],
@@ -89,6 +90,14 @@ let package = Package(
             dependencies: [
                 "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The data-tier benchmark against ext4 (tools/bench/data.sh).
+        .executableTarget(
+            name: "PmfsDataBench",
+            dependencies: [
+                "PMFSCore", "PMFSData", "PMFSMetadata",
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Child process of the data crash tests: writes and fsyncs until killed.
