@@ -80,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsInspect",
             dependencies: [
-                "PMFSMetadata",
+                "PMFSMetadata", "CPMDK",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -116,6 +116,11 @@ let package = Package(
         .testTarget(
             name: "PMFSMetadataTests",
             dependencies: ["PMFSMetadata", "PMFSCheck", "CPMDK"]
+        ),
+        // Runs the built mkfs.pmfs and pmfs-inspect; depending on them gets them built first.
+        .testTarget(
+            name: "ToolsTests",
+            dependencies: ["PMFSMetadata", "MkfsPmfs", "PmfsInspect"]
         ),
         .executableTarget(
             name: "MetadataBenchmarks",
