@@ -20,6 +20,7 @@ package final class PersistentPool: @unchecked Sendable {
             throw PoolError.cannotOpen(path: path, reason: String(cString: strerror(errno)))
         }
         size = UInt64(st.st_size)
+        Self.closeOnExec(poolDevice: st.st_dev, inode: st.st_ino)
         let rootOff = cpmdk_root(handle, MemoryLayout<pmfs_superblock>.size)
         guard rootOff != 0, let rootPtr = pmemobj_direct(PMEMoid(pool_uuid_lo: cpmdk_pool_uuid_lo(handle), off: rootOff)) else {
             throw PoolError.cannotOpen(path: path, reason: "no root object: \(String(cString: cpmdk_errormsg()))")
@@ -30,6 +31,22 @@ package final class PersistentPool: @unchecked Sendable {
     }
 
     package let rootOffset: UInt64
+
+    /// PMDK keeps the pool file open (holding its lock) without FD_CLOEXEC; a
+    /// child started meanwhile would inherit the lock and keep the pool "in use"
+    /// after we close it. Mark every descriptor of the pool file close-on-exec.
+    private static func closeOnExec(poolDevice: dev_t, inode: ino_t) {
+        guard let dir = opendir("/proc/self/fd") else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard let fd = Int32(name) else { continue }
+            var st = stat()
+            if fstat(fd, &st) == 0, st.st_dev == poolDevice, st.st_ino == inode {
+                _ = fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC)
+            }
+        }
+    }
 
     static func create(path: String, size: UInt64) throws -> PersistentPool {
         guard let h = pmemobj_create(path, PMFS_LAYOUT_NAME, Int(size), 0o600) else {
