@@ -117,6 +117,10 @@ let package = Package(
             name: "PMFSMetadataTests",
             dependencies: ["PMFSMetadata", "PMFSCheck", "CPMDK"]
         ),
+        .testTarget(
+            name: "PMFSCheckTests",
+            dependencies: ["PMFSCheck", "PMFSMetadata", "CPMDK"]
+        ),
         // Runs the built mkfs.pmfs and pmfs-inspect; depending on them gets them built first.
         .testTarget(
             name: "ToolsTests",

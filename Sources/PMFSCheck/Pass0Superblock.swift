@@ -1,0 +1,165 @@
+import CPMDK
+import Glibc
+import PMFSMetadata
+
+/// Pass 0: the superblock (the pool's root object) and the two pool-wide
+/// objects it names, the inode table and the space bitmap. Also lists every
+/// allocated object, so later passes can check each reference's type and size
+/// and pass 6 can find leaks. Returns false when the check cannot go on.
+extension CheckRun {
+    func pass0Superblock() -> Bool {
+        collectObjects()
+        guard fatal == nil else { return false }
+
+        let magic = sb.pointee.magic
+        guard magic == PMFS_MAGIC else {
+            fatal = "bad superblock magic 0x\(String(magic, radix: 16)) (expected 0x\(String(PMFS_MAGIC, radix: 16))): not a pmfs pool, or its superblock is destroyed"
+            return false
+        }
+        let version = sb.pointee.format_version
+        if version > PMFS_FORMAT_VERSION {
+            fatal = "pool format version \(version) is newer than this fsck.pmfs understands (\(PMFS_FORMAT_VERSION))"
+            return false
+        }
+        if version == 0 {
+            found(.superblockVersion, "superblock format version is 0") {
+                try update(field(sb, \.format_version)) { $0 = PMFS_FORMAT_VERSION }
+            }
+        }
+        if sb.pointee.incompat_features & ~PMFS_INCOMPAT_KNOWN != 0 || sb.pointee.rocompat_features & ~PMFS_ROCOMPAT_KNOWN != 0 {
+            fatal = "pool uses features this fsck.pmfs does not know (incompat 0x\(String(sb.pointee.incompat_features, radix: 16)), rocompat 0x\(String(sb.pointee.rocompat_features, radix: 16)))"
+            return false
+        }
+        let state = sb.pointee.state
+        if state != PMFS_STATE_CLEAN && state != PMFS_STATE_IN_USE {
+            found(.superblockState, "superblock state is \(state), neither clean (1) nor in use (2)") {
+                try update(field(sb, \.state)) { $0 = PMFS_STATE_CLEAN }
+            }
+        } else if state == PMFS_STATE_IN_USE {
+            progress("pool was not closed cleanly")
+        }
+        if sb.pointee.block_size != 4096 || sb.pointee.inodes_per_chunk != PMFS_INODES_PER_CHUNK {
+            found(.superblockGeometry, "superblock block size \(sb.pointee.block_size), inodes per chunk \(sb.pointee.inodes_per_chunk)") {
+                try transaction { tx in
+                    try tx.snapshot(field(sb, \.block_size))
+                    try tx.snapshot(field(sb, \.inodes_per_chunk))
+                    sb.pointee.block_size = 4096
+                    sb.pointee.inodes_per_chunk = PMFS_INODES_PER_CHUNK
+                }
+            }
+        }
+        seed = sb.pointee.hash_seed
+
+        // The inode table.
+        let tableSize = MemoryLayout<pmfs_inode_table>.size
+        var tableOff = sb.pointee.inode_table_off
+        if let why = validate(tableOff, PMFS_T_INODE_TABLE, minSize: tableSize) {
+            guard let only = onlyObject(PMFS_T_INODE_TABLE, minSize: tableSize) else {
+                found(.superblockInodeTable, "superblock inode table reference: \(why), and no single inode table object to use instead")
+                fatal = "the inode table is lost"
+                return false
+            }
+            found(.superblockInodeTable, "superblock inode table reference: \(why); object at \(only) is the only inode table") {
+                try update(field(sb, \.inode_table_off)) { $0 = only }
+            }
+            tableOff = only
+        }
+        _ = claim(tableOff, PMFS_T_INODE_TABLE, minSize: tableSize, owner: 0)
+        table = try? pool.pointer(tableOff)
+
+        // The space bitmap: header, then its agreement with the superblock.
+        let headerSize = MemoryLayout<pmfs_space_bitmap>.size
+        var bitmapOff = sb.pointee.space_bitmap_off
+        if let why = validate(bitmapOff, PMFS_T_SPACE_BITMAP, minSize: headerSize) {
+            guard let only = onlyObject(PMFS_T_SPACE_BITMAP, minSize: headerSize) else {
+                found(.superblockBitmap, "superblock space bitmap reference: \(why), and no single bitmap object to use instead")
+                fatal = "the space bitmap is lost"
+                return false
+            }
+            found(.superblockBitmap, "superblock space bitmap reference: \(why); object at \(only) is the only space bitmap") {
+                try update(field(sb, \.space_bitmap_off)) { $0 = only }
+            }
+            bitmapOff = only
+        }
+        _ = claim(bitmapOff, PMFS_T_SPACE_BITMAP, minSize: headerSize, owner: 0)
+        guard let bm: UnsafeMutablePointer<pmfs_space_bitmap> = try? pool.pointer(bitmapOff) else { fatal = "space bitmap unreadable"; return false }
+        bitmap = bm
+        let objectSize = objects[bitmapOff]?.size ?? 0
+        func fits(_ blocks: UInt64) -> Bool {
+            blocks >= 16 && blocks < 1 << 40 && UInt64(headerSize) + (blocks + 63) / 64 * 8 <= UInt64(objectSize)
+        }
+        let bc = bm.pointee.block_count, wc = bm.pointee.word_count
+        let headerConsistent = fits(bc) && wc == (bc + 63) / 64
+        let superblockBlocks = sb.pointee.data_blocks
+        if headerConsistent && bc != superblockBlocks {
+            found(.superblockDataBlocks, "superblock says the data device has \(superblockBlocks) blocks, the space bitmap covers \(bc)") {
+                try update(field(sb, \.data_blocks)) { $0 = bc }
+            }
+        } else if !headerConsistent {
+            guard fits(superblockBlocks) else {
+                found(.bitmapHeader, "space bitmap header (\(bc) blocks, \(wc) words) and superblock (\(superblockBlocks) blocks) both disagree with the bitmap object's \(objectSize) bytes")
+                fatal = "the size of the data device is unknown"
+                return false
+            }
+            found(.bitmapHeader, "space bitmap header says \(bc) blocks in \(wc) words; the superblock says \(superblockBlocks) blocks") {
+                try transaction { tx in
+                    try tx.snapshot(field(bm, \.block_count))
+                    try tx.snapshot(field(bm, \.word_count))
+                    bm.pointee.block_count = superblockBlocks
+                    bm.pointee.word_count = (superblockBlocks + 63) / 64
+                }
+            }
+        }
+        dataBlocks = headerConsistent ? bc : superblockBlocks
+        wordCount = Int((dataBlocks + 63) / 64)
+        bitmapWords = (UnsafeMutableRawPointer(bm) + headerSize).assumingMemoryBound(to: UInt64.self)
+        let rb = bm.pointee.reserved_blocks
+        if rb != 1 {
+            // v1 reserves exactly the header block; anything else is damage.
+            found(.bitmapReserved, "space bitmap reserves \(rb) blocks, v1 reserves 1 (the data device header)") {
+                try update(field(bm, \.reserved_blocks)) { $0 = 1 }
+            }
+        }
+        reservedBlocks = 1
+        return true
+    }
+
+    /// Lists every allocated object by pmemobj iteration.
+    private func collectObjects() {
+        let limit = Int(pool.size / 64) + 1
+        var off = cpmdk_first(pool.handle)
+        while off != 0 {
+            guard objects[off] == nil, objects.count < limit, off < pool.size else {
+                fatal = "the pool's object heap cannot be walked (object list loops at offset \(off))"
+                return
+            }
+            objects[off] = PoolObject(type: cpmdk_type_num(pool.handle, off), size: cpmdk_usable_size(pool.handle, off), owner: nil)
+            off = cpmdk_next(pool.handle, off)
+        }
+    }
+
+    private func onlyObject(_ type: pmfs_type_num, minSize: Int) -> UInt64? {
+        let matches = objects.filter { $0.value.type == UInt64(type.rawValue) && $0.value.size >= minSize }
+        return matches.count == 1 ? matches.first!.key : nil
+    }
+
+    /// Without -f on a clean pool: count, do not check (as e2fsck on a clean fs).
+    func quickCount() {
+        guard let table else { return }
+        let count = min(table.pointee.chunk_count, UInt64(PMFS_MAX_INODE_CHUNKS))
+        let chunkBytes = Int(PMFS_INODES_PER_CHUNK) * MemoryLayout<pmfs_inode>.stride
+        for c in 0..<Int(count) {
+            let off = cpmdk_inode_table_chunks(table)[c]
+            guard validate(off, PMFS_T_INODE_CHUNK, minSize: chunkBytes) == nil,
+                  let base: UnsafeMutablePointer<pmfs_inode> = try? pool.pointer(off) else { continue }
+            for i in 0..<Int(PMFS_INODES_PER_CHUNK) where base[i].mode != 0 && (c > 0 || i > 0) {
+                liveInodes += 1
+                if FileType(mode: base[i].mode) == .directory { directoryCount += 1 }
+            }
+        }
+        var used: UInt64 = 0
+        for w in 0..<wordCount { used += UInt64(bitmapWords[w].nonzeroBitCount) }
+        let tail = UInt64(wordCount) * 64 - dataBlocks
+        usedBlocks = used - min(used, tail + reservedBlocks)
+    }
+}

@@ -1,0 +1,94 @@
+import CPMDK
+import PMFSMetadata
+
+/// Pass 3a: the orphan list. From superblock.orphan_head, doubly linked through
+/// orphan_next/orphan_prev: every member live, flagged PMFS_INODE_ORPHAN, named
+/// by no directory entry (a directory also empty), reached once (no loops).
+/// Inodes flagged but not on the list, and stale links on inodes off it, are
+/// damage too. The fix rewrites the list from the inodes that qualify, in list
+/// order; pass 4 then sets their link counts to 0. Needs pass 2's entry counts.
+extension CheckRun {
+    func pass3Orphans() {
+        var pending: [Int] = []
+        var listed: [UInt64] = []
+        var seen = Set<UInt64>()
+        var previous: UInt64 = 0
+        var current = sb.pointee.orphan_head
+        while current != 0 {
+            let from = previous == 0 ? "the list head" : "inode \(previous)"
+            guard isLive(current), let p = inode(current) else {
+                pending.append(found(.orphanList, "orphan list: \(from) links to \(current < capacity ? "free inode" : "inode beyond the table:") \(current)"))
+                break
+            }
+            guard seen.insert(current).inserted else {
+                pending.append(found(.orphanList, "orphan list: \(from) links back to inode \(current) (a loop)"))
+                break
+            }
+            if p.pointee.orphan_prev != previous {
+                pending.append(found(.orphanList, "orphan list: inode \(current) has orphan_prev \(p.pointee.orphan_prev), should be \(previous)"))
+            }
+            listed.append(current)
+            previous = current
+            current = p.pointee.orphan_next
+        }
+
+        var orphans: [UInt64] = []
+        var touched = Set(listed)
+        for ino in listed {
+            let info = inodes[Int(ino)]
+            if info.references > 0 {
+                pending.append(found(.orphanLinked, "\(describe(ino)) is on the orphan list but has \(info.references) directory entries"))
+            } else if info.type == .directory && (entryCounts[ino] ?? 0) > 0 {
+                pending.append(found(.orphanLinked, "directory \(ino) is on the orphan list but holds \(entryCounts[ino]!) entries"))
+            } else {
+                if info.flags & PMFS_INODE_ORPHAN == 0 {
+                    pending.append(found(.orphanFlag, "\(describe(ino)) is on the orphan list without the orphan flag"))
+                }
+                orphans.append(ino)
+            }
+        }
+        for ino in 1..<max(capacity, 1) where inodes[Int(ino)].type != nil && !seen.contains(ino) {
+            let info = inodes[Int(ino)]
+            guard let p = inode(ino) else { continue }
+            if info.flags & PMFS_INODE_ORPHAN != 0 {
+                let empty = info.type != .directory || (entryCounts[ino] ?? 0) == 0
+                if info.references == 0 && p.pointee.nlink == 0 && empty {
+                    // An orphan whose list links were lost: put it back on the list.
+                    pending.append(found(.orphanFlag, "\(describe(ino)) is flagged as an orphan but is not on the orphan list"))
+                    orphans.append(ino)
+                } else {
+                    pending.append(found(.orphanFlag, "\(describe(ino)) is flagged as an orphan but has links"))
+                }
+                touched.insert(ino)
+            } else if p.pointee.orphan_next != 0 || p.pointee.orphan_prev != 0 {
+                pending.append(found(.orphanList, "\(describe(ino)) is not an orphan but has orphan links \(p.pointee.orphan_prev)/\(p.pointee.orphan_next)"))
+                touched.insert(ino)
+            }
+        }
+        for ino in orphans { inodes[Int(ino)].orphan = true }
+
+        fix(pending) {
+            let keep = Set(orphans)
+            try transaction { tx in
+                for ino in touched.sorted() where !keep.contains(ino) {
+                    guard let p = inode(ino) else { continue }
+                    try tx.snapshot(p)
+                    p.pointee.flags &= ~PMFS_INODE_ORPHAN
+                    p.pointee.orphan_next = 0
+                    p.pointee.orphan_prev = 0
+                }
+                for (i, ino) in orphans.enumerated() {
+                    guard let p = inode(ino) else { continue }
+                    try tx.snapshot(p)
+                    p.pointee.flags |= PMFS_INODE_ORPHAN
+                    p.pointee.orphan_prev = i == 0 ? 0 : orphans[i - 1]
+                    p.pointee.orphan_next = i + 1 < orphans.count ? orphans[i + 1] : 0
+                }
+                try tx.snapshot(field(sb, \.orphan_head))
+                sb.pointee.orphan_head = orphans.first ?? 0
+            }
+            for ino in touched where !keep.contains(ino) { inodes[Int(ino)].flags &= ~PMFS_INODE_ORPHAN }
+            for ino in orphans { inodes[Int(ino)].flags |= PMFS_INODE_ORPHAN }
+        }
+    }
+}

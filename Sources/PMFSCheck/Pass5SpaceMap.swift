@@ -1,0 +1,96 @@
+import CPMDK
+import PMFSMetadata
+
+/// Pass 5: the free-space bitmap must be exactly the reserved blocks plus every
+/// kept extent, with the bits past the end of the device set (so no search runs
+/// off it). Differences are reported as runs of blocks; the fix rewrites the
+/// differing words, a bounded number per transaction.
+extension CheckRun {
+    func pass5SpaceMap() {
+        var expected = [UInt64](repeating: 0, count: wordCount)
+        func set(_ start: UInt64, _ length: UInt64) {
+            var b = start
+            let end = start + length
+            while b < end {
+                let bit = b % 64
+                let n = min(64 - bit, end - b)
+                expected[Int(b / 64)] |= n == 64 ? ~0 : ((1 << n) - 1) << bit
+                b += n
+            }
+        }
+        set(0, reservedBlocks)
+        var used: UInt64 = 0
+        for list in extents.values {
+            for e in list {
+                set(e.deviceBlock, e.length)
+                used += e.length
+            }
+        }
+        usedBlocks = used
+        if dataBlocks % 64 != 0 { expected[wordCount - 1] |= ~((1 << (dataBlocks % 64)) - 1) }
+
+        // Runs of blocks whose bit is wrong, by kind.
+        var runs: [(start: UInt64, end: UInt64, shouldBeUsed: Bool)] = []
+        var tailWrong = false
+        var differing: [Int] = []
+        for w in 0..<wordCount {
+            let actual = bitmapWords[w]
+            guard actual != expected[w] else { continue }
+            differing.append(w)
+            var diff = actual ^ expected[w]
+            while diff != 0 {
+                let bit = UInt64(diff.trailingZeroBitCount)
+                diff &= diff - 1
+                let b = UInt64(w) * 64 + bit
+                if b >= dataBlocks { tailWrong = true; continue }
+                let shouldBeUsed = expected[w] & (1 << bit) != 0
+                if let last = runs.last, last.end == b, last.shouldBeUsed == shouldBeUsed {
+                    runs[runs.count - 1].end = b + 1
+                } else {
+                    runs.append((b, b + 1, shouldBeUsed))
+                }
+            }
+        }
+        guard !differing.isEmpty else { return }
+        var pending: [Int] = []
+        let shown = 20
+        for r in runs.prefix(shown) {
+            let range = r.end - r.start == 1 ? "block \(r.start)" : "blocks \(r.start)-\(r.end - 1)"
+            if r.shouldBeUsed {
+                let owner = r.start < reservedBlocks ? "reserved" : owners(of: r.start).map { "used by inode \($0)" }.joined(separator: ", ")
+                pending.append(found(.bitmapUsedMarkedFree, "\(range) \(r.end - r.start == 1 ? "is" : "are") \(owner) but marked free"))
+            } else {
+                pending.append(found(.bitmapFreeMarkedUsed, "\(range) \(r.end - r.start == 1 ? "is marked in use but belongs" : "are marked in use but belong") to no file"))
+            }
+        }
+        if runs.count > shown {
+            let rest = runs.dropFirst(shown)
+            let blocks = rest.reduce(0) { $0 + $1.end - $1.start }
+            let code: ProblemCode = rest.contains { $0.shouldBeUsed } ? .bitmapUsedMarkedFree : .bitmapFreeMarkedUsed
+            pending.append(found(code, "and \(rest.count) more runs (\(blocks) blocks) marked wrongly"))
+        }
+        if tailWrong {
+            pending.append(found(.bitmapTail, "bits past the last block (\(dataBlocks)) are not all set"))
+        }
+        fix(pending) {
+            var i = 0
+            while i < differing.count {
+                let batch = differing[i..<min(i + 4096, differing.count)]
+                try transaction { tx in
+                    for w in batch {
+                        try tx.snapshot(bitmapWords + w)
+                        bitmapWords[w] = expected[w]
+                    }
+                }
+                i += batch.count
+            }
+        }
+    }
+
+    /// Files with an extent covering `block` (for messages).
+    private func owners(of block: UInt64) -> [UInt64] {
+        extents.compactMap { ino, list in
+            list.contains { $0.deviceBlock <= block && block < $0.deviceBlock + $0.length } ? ino : nil
+        }.sorted()
+    }
+}
