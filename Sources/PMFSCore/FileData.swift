@@ -8,6 +8,8 @@ final class FileData: @unchecked Sendable {
 
     /// Operations using this state now (guarded by the file-system's files lock).
     var users = 0
+    /// The inode was freed: nothing may be written back (files lock).
+    var dead = false
 
     // Guarded by the cache lock.
     var pages: [UInt64: Int32] = [:]

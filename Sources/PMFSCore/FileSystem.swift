@@ -40,6 +40,8 @@ public final class FileSystem: @unchecked Sendable {
     let blockSize: UInt64
     private let filesLock = ConditionLock()
     private var files: [UInt64: FileData] = [:]
+    /// States of freed inodes whose pages are still to be dropped.
+    private var deadFiles: [FileData] = []
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
 
@@ -51,6 +53,7 @@ public final class FileSystem: @unchecked Sendable {
         self.logger = logger
         blockSize = UInt64(metadata.blockSize)
         cache = PageCache(bytes: options.cacheBytes)
+        metadata.onInodeReleased { [weak self] ino in self?.inodeReleased(ino) }
         let timer = DispatchSource.makeTimerSource(queue: flusherQueue)
         timer.schedule(deadline: .now() + .milliseconds(200), repeating: .milliseconds(200))
         timer.setEventHandler { [weak self] in self?.backgroundWriteBack() }
@@ -61,6 +64,7 @@ public final class FileSystem: @unchecked Sendable {
     /// Writes everything back and stops the background writer.
     public func shutdown() throws {
         stopBackgroundWriter()
+        reapDeadFiles()
         try syncAll()
     }
 
@@ -123,13 +127,31 @@ public final class FileSystem: @unchecked Sendable {
         }
     }
 
-    /// Drops all cached state of a file whose inode is gone (releasing its reservations).
-    public func discard(_ ino: UInt64) {
-        guard let f = filesLock.withLock({ files.removeValue(forKey: ino) }) else { return }
-        f.lock.withLock {
-            for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) }
-            metadata.unreserveBlocks(UInt64(f.reserved.count))
-            f.reserved.removeAll()
+    /// Forgets a file whose inode was freed. Called by the engine with its locks
+    /// held, so it only unhooks the state; the background writer drops the
+    /// pages and returns the reservations later.
+    func inodeReleased(_ ino: UInt64) {
+        filesLock.withLock {
+            if let f = files.removeValue(forKey: ino) {
+                f.dead = true
+                deadFiles.append(f)
+            }
+        }
+    }
+
+    /// Drops what dead files still hold in the cache.
+    private func reapDeadFiles() {
+        let dead = filesLock.withLock { () -> [FileData] in
+            let all = deadFiles
+            deadFiles.removeAll()
+            return all
+        }
+        for f in dead {
+            f.lock.withLock {
+                for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) }
+                metadata.unreserveBlocks(UInt64(f.reserved.count))
+                f.reserved.removeAll()
+            }
         }
     }
 
@@ -389,6 +411,7 @@ public final class FileSystem: @unchecked Sendable {
     /// must learn (new extents, written unwritten ranges, size, mtime) in one
     /// transaction, after a device flush. File lock held.
     func writeBack(_ f: FileData, flushDevice: Bool) throws {
+        if f.dead { return }
         let dirty = cache.pinDirty(f)
         defer { for d in dirty { cache.unpin(d.frame) } }
         if dirty.isEmpty && !f.needsCommit {
@@ -484,6 +507,7 @@ public final class FileSystem: @unchecked Sendable {
     }
 
     private func backgroundWriteBack() {
+        reapDeadFiles()
         defer { pruneIdleFiles() }
         let now = monotonicNanoseconds()
         let age = UInt64(options.writeBackAgeMilliseconds) * 1_000_000

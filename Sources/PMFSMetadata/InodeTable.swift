@@ -12,6 +12,9 @@ final class InodeTable: @unchecked Sendable {
     /// Held by a transaction that grows the table, until it ends.
     let growthLock = Mutex()
     private var live: UInt64 = 0
+    /// Called when a freed inode's transaction commits, before its number is
+    /// reusable. It runs with engine locks held: it must not block on them.
+    var releaseObserver: (@Sendable (UInt64) -> Void)?
     /// Inodes in use (committed or being created).
     var liveCount: UInt64 { freeListLock.withLock { live } }
 
@@ -114,6 +117,10 @@ final class InodeTable: @unchecked Sendable {
         let generation = p.pointee.generation
         p.pointee = pmfs_inode()
         p.pointee.generation = generation
-        tx.onCommit { [self] in freeListLock.withLock { freeNumbers.append(ino); live -= 1 } }
+        tx.onCommit { [self] in
+            // Upper layers forget the inode before its number can be reused.
+            releaseObserver?(ino)
+            freeListLock.withLock { freeNumbers.append(ino); live -= 1 }
+        }
     }
 }

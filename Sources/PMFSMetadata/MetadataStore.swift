@@ -237,6 +237,13 @@ public final class MetadataStore: @unchecked Sendable {
         }
     }
 
+    /// Registers the one observer told of every freed inode (the file-system core,
+    /// which must drop cached state before the number is reused). It is called
+    /// with engine locks held and must only take locks of its own.
+    public func onInodeReleased(_ observer: @escaping @Sendable (UInt64) -> Void) {
+        inodes.releaseObserver = observer
+    }
+
     func pinLockedIncrement(_ ino: UInt64) { pinLock.withLock { pins[ino, default: 0] += 1 } }
 
     func pinLockedDecrement(_ ino: UInt64) {
