@@ -5,6 +5,7 @@ let package = Package(
     name: "pmfs",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "pmfsd", targets: ["Pmfsd"]),
         .executable(name: "mkfs.pmfs", targets: ["MkfsPmfs"]),
         .executable(name: "fsck.pmfs", targets: ["FsckPmfs"]),
         .executable(name: "pmfs-inspect", targets: ["PmfsInspect"]),
@@ -49,6 +50,24 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The FUSE kernel ABI (linux/fuse.h) and mount constants.
+        .target(name: "CFUSE"),
+        // The transport-independent FUSE engine: decode, dispatch, encode.
+        .target(name: "FUSEProtocol", dependencies: ["CFUSE"]),
+        // pmfs behind the FUSE engine: FUSE operations over the metadata engine and the core.
+        .target(
+            name: "PMFSServer",
+            dependencies: [
+                "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSMetadata",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The host transport: /dev/fuse, mount(2), worker threads.
+        .target(
+            name: "FUSEDevice",
+            dependencies: ["FUSEProtocol", "CFUSE", .product(name: "Logging", package: "swift-log")]
+        ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
             name: "PMFSMetadata",
@@ -62,6 +81,14 @@ let package = Package(
         .target(
             name: "PMFSCheck",
             dependencies: ["PMFSMetadata", "CPMDK"]
+        ),
+        .executableTarget(
+            name: "Pmfsd",
+            dependencies: [
+                "PMFSServer", "FUSEDevice", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .executableTarget(
             name: "MkfsPmfs",

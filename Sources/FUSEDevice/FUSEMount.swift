@@ -1,0 +1,140 @@
+import CFUSE
+import FUSEProtocol
+import Glibc
+import Logging
+import Synchronization
+
+public enum FUSEMountError: Error, CustomStringConvertible {
+    case noDevice(String)
+    case badMountPoint(String)
+    case busy(String)
+    case mountFailed(String, Int32)
+
+    public var description: String {
+        switch self {
+        case .noDevice(let why): return "cannot open /dev/fuse: \(why) (is the fuse module loaded? are you root?)"
+        case .badMountPoint(let why): return why
+        case .busy(let path): return "mount point \(path) is busy: something is already mounted there"
+        case .mountFailed(let path, let e): return "mount of \(path) failed: \(String(cString: strerror(e)))"
+        }
+    }
+}
+
+/// The host transport: /dev/fuse, mounted with mount(2) directly (root), read
+/// by a few worker threads. It only moves bytes; the FUSE engine does the rest.
+public final class FUSEMount: @unchecked Sendable {
+    public let mountPoint: String
+    public let server: FUSEServer
+    let fd: Int32
+    let logger: Logger
+    private let stopped = Atomic<Bool>(false)
+
+    /// Opens /dev/fuse and mounts it at `mountPoint`. `default_permissions`
+    /// makes the kernel check permissions; `allow_other` lets every user in.
+    public init(mountPoint: String, server: FUSEServer, fsName: String, logger: Logger = Logger(label: "pmfs.fuse")) throws {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard realpath(mountPoint, &resolved) != nil else {
+            throw FUSEMountError.badMountPoint("mount point \(mountPoint): \(String(cString: strerror(errno)))")
+        }
+        let path = String(cString: resolved)
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw FUSEMountError.badMountPoint("mount point \(path) is not a directory")
+        }
+        if Self.isMountPoint(path) { throw FUSEMountError.busy(path) }
+        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw FUSEMountError.noDevice(String(cString: strerror(errno))) }
+        let options = "fd=\(fd),rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other,max_read=\(server.maxWrite)"
+        guard Glibc.mount(fsName, path, "fuse.pmfs", UInt(cfuse_ms_nosuid | cfuse_ms_nodev), options) == 0 else {
+            let e = errno
+            close(fd)
+            throw FUSEMountError.mountFailed(path, e)
+        }
+        self.mountPoint = path
+        self.server = server
+        self.fd = fd
+        self.logger = logger
+    }
+
+    /// True if `path` is the mount point of some mount (from /proc/self/mountinfo).
+    static func isMountPoint(_ path: String) -> Bool {
+        guard let f = fopen("/proc/self/mountinfo", "r") else { return false }
+        defer { fclose(f) }
+        var line: UnsafeMutablePointer<CChar>? = nil
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, f) > 0 {
+            let fields = String(cString: line!).split(separator: " ")
+            if fields.count > 4, Self.unescape(String(fields[4])) == path { return true }
+        }
+        return false
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as octal.
+    static func unescape(_ s: String) -> String {
+        var out = ""
+        var i = s.startIndex
+        while i < s.endIndex {
+            if s[i] == "\\", let end = s.index(i, offsetBy: 4, limitedBy: s.endIndex), let v = UInt8(s[s.index(after: i)..<end], radix: 8) {
+                out.append(Character(UnicodeScalar(v)))
+                i = end
+            } else {
+                out.append(s[i])
+                i = s.index(after: i)
+            }
+        }
+        return out
+    }
+
+    /// Serves requests on `workers` threads until the file system is unmounted.
+    public func serve(workers: Int = 4) {
+        var threads: [pthread_t] = []
+        for _ in 0..<max(1, workers) {
+            let box = Unmanaged.passRetained(self)
+            var thread = pthread_t()
+            let rc = pthread_create(&thread, nil, { arg in
+                let mount = Unmanaged<FUSEMount>.fromOpaque(arg!).takeRetainedValue()
+                mount.workerLoop()
+                return nil
+            }, box.toOpaque())
+            if rc == 0 { threads.append(thread) } else { box.release() }
+        }
+        for t in threads { pthread_join(t, nil) }
+    }
+
+    private func workerLoop() {
+        let size = max(server.maxRequestSize, 1 << 17)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { buffer.deallocate() }
+        let fd = self.fd
+        while !stopped.load(ordering: .relaxed) {
+            let n = read(fd, buffer, size)
+            if n < 0 {
+                switch errno {
+                case EINTR, EAGAIN, ENOENT: continue   // ENOENT: the request was interrupted before we read it
+                case ENODEV: stopped.store(true, ordering: .relaxed); return   // unmounted
+                default:
+                    logger.error("reading /dev/fuse: \(String(cString: strerror(errno)))")
+                    stopped.store(true, ordering: .relaxed)
+                    return
+                }
+            }
+            server.handle(UnsafeRawBufferPointer(start: buffer, count: n)) { reply in
+                let w = reply.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                // ENOENT: the kernel no longer waits for this request (interrupted).
+                if w < 0 && errno != ENOENT && errno != ENODEV {
+                    Logger(label: "pmfs.fuse").warning("writing a reply: \(String(cString: strerror(errno)))")
+                }
+            }
+        }
+    }
+
+    /// Detaches the mount: workers see ENODEV and return from `serve`.
+    public func unmount() {
+        if umount2(mountPoint, cfuse_mnt_detach) != 0 && errno != EINVAL {
+            logger.warning("unmount of \(mountPoint): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    deinit { close(fd) }
+}

@@ -1,0 +1,172 @@
+import CFUSE
+
+/// Who asks: the caller's credentials and the request's identity.
+public struct FUSERequest: Sendable {
+    public var unique: UInt64
+    public var nodeid: UInt64
+    public var uid: UInt32
+    public var gid: UInt32
+    public var pid: UInt32
+    public var opcode: UInt32
+}
+
+/// Attributes as FUSE carries them.
+public struct FUSEAttributes: Sendable {
+    public var ino: UInt64
+    public var size: UInt64
+    public var blocks: UInt64
+    public var atime: (seconds: Int64, nanoseconds: UInt32)
+    public var mtime: (seconds: Int64, nanoseconds: UInt32)
+    public var ctime: (seconds: Int64, nanoseconds: UInt32)
+    public var mode: UInt32
+    public var nlink: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var rdev: UInt32
+    public var blockSize: UInt32
+
+    public init(ino: UInt64, size: UInt64, blocks: UInt64, atime: (Int64, UInt32), mtime: (Int64, UInt32), ctime: (Int64, UInt32),
+                mode: UInt32, nlink: UInt32, uid: UInt32, gid: UInt32, rdev: UInt32, blockSize: UInt32) {
+        self.ino = ino; self.size = size; self.blocks = blocks
+        self.atime = atime; self.mtime = mtime; self.ctime = ctime
+        self.mode = mode; self.nlink = nlink; self.uid = uid; self.gid = gid; self.rdev = rdev; self.blockSize = blockSize
+    }
+
+    var wire: fuse_attr {
+        fuse_attr(ino: ino, size: size, blocks: blocks, atime: UInt64(bitPattern: atime.seconds), mtime: UInt64(bitPattern: mtime.seconds),
+                  ctime: UInt64(bitPattern: ctime.seconds), atimensec: atime.nanoseconds, mtimensec: mtime.nanoseconds,
+                  ctimensec: ctime.nanoseconds, mode: mode, nlink: nlink, uid: uid, gid: gid, rdev: rdev, blksize: blockSize, flags: 0)
+    }
+}
+
+/// A looked-up (or created) inode: the kernel now holds one more reference.
+public struct FUSEEntry: Sendable {
+    public var nodeid: UInt64
+    public var generation: UInt64
+    public var attributes: FUSEAttributes
+    public var entryTimeout: Double
+    public var attributeTimeout: Double
+
+    public init(nodeid: UInt64, generation: UInt64, attributes: FUSEAttributes, entryTimeout: Double, attributeTimeout: Double) {
+        self.nodeid = nodeid; self.generation = generation; self.attributes = attributes
+        self.entryTimeout = entryTimeout; self.attributeTimeout = attributeTimeout
+    }
+}
+
+/// What SETATTR asks to change (nil = leave it).
+public struct FUSESetattr: Sendable {
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: UInt64?
+    public var atime: TimeChange?
+    public var mtime: TimeChange?
+    public var ctime: (Int64, UInt32)?
+    public var handle: UInt64?
+    /// FATTR_KILL_SUIDGID: clear set-user/group-ID (handle_killpriv_v2).
+    public var killSuidGid: Bool
+
+    public enum TimeChange: Sendable { case now, set(Int64, UInt32) }
+}
+
+public struct FUSEOpenResult: Sendable {
+    public var handle: UInt64
+    /// FOPEN_* flags (direct I/O, keep cache, ...).
+    public var flags: UInt32
+    public init(handle: UInt64, flags: UInt32 = 0) { self.handle = handle; self.flags = flags }
+}
+
+public struct FUSEDirectoryEntry: Sendable {
+    public var ino: UInt64
+    public var nextOffset: UInt64
+    public var type: UInt32
+    public var name: [UInt8]
+    public init(ino: UInt64, nextOffset: UInt64, type: UInt32, name: [UInt8]) {
+        self.ino = ino; self.nextOffset = nextOffset; self.type = type; self.name = name
+    }
+}
+
+public struct FUSEStatistics: Sendable {
+    public var blocks: UInt64, freeBlocks: UInt64, availableBlocks: UInt64
+    public var files: UInt64, freeFiles: UInt64
+    public var blockSize: UInt32, nameLength: UInt32, fragmentSize: UInt32
+    public init(blocks: UInt64, freeBlocks: UInt64, availableBlocks: UInt64, files: UInt64, freeFiles: UInt64,
+                blockSize: UInt32, nameLength: UInt32, fragmentSize: UInt32) {
+        self.blocks = blocks; self.freeBlocks = freeBlocks; self.availableBlocks = availableBlocks
+        self.files = files; self.freeFiles = freeFiles; self.blockSize = blockSize; self.nameLength = nameLength
+        self.fragmentSize = fragmentSize
+    }
+}
+
+/// A POSIX record lock or flock as FUSE describes it.
+public struct FUSELock: Sendable, Equatable {
+    public var start: UInt64
+    public var end: UInt64       // inclusive; UInt64.max = to EOF
+    public var type: Int32       // F_RDLCK, F_WRLCK, F_UNLCK
+    public var pid: UInt32
+    public init(start: UInt64, end: UInt64, type: Int32, pid: UInt32) {
+        self.start = start; self.end = end; self.type = type; self.pid = pid
+    }
+}
+
+/// How a deferred reply is delivered (SETLKW waits without holding a worker).
+public typealias FUSEReplySink = @Sendable ([UInt8]) -> Void
+
+/// One method per FUSE operation, typed: the file system behind the FUSE
+/// engine. Nothing here knows the wire format. Errors are errno values
+/// (thrown as `FUSEError`). Methods not implemented answer ENOSYS.
+public protocol FUSEOperations: AnyObject, Sendable {
+    func initialize(capabilities: UInt64) -> UInt64
+    func destroy()
+    func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry
+    func forget(nodeid: UInt64, count: UInt64)
+    func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double)
+    func setattr(_ r: FUSERequest, nodeid: UInt64, _ changes: FUSESetattr) throws -> (FUSEAttributes, Double)
+    func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8]
+    func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry
+    func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry
+    func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry
+    func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws
+    func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws
+    func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws
+    func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry
+    func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult
+    func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult)
+    func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult)
+    func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into: UnsafeMutableRawBufferPointer) throws -> Int
+    func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int
+    func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws
+    func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws
+    func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws
+    func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult
+    /// Entries from `offset` on; the engine stops packing when the reply is full
+    /// (the kernel asks again from the last offset it saw).
+    func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry]
+    /// A readdirplus entry: a lookup that counts as one (nil: skip the entry, it went away).
+    func readdirplusEntry(_ r: FUSERequest, parent: UInt64, entry: FUSEDirectoryEntry) throws -> FUSEEntry?
+    func releasedir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64) throws
+    func fsyncdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws
+    func statfs(_ r: FUSERequest, nodeid: UInt64) throws -> FUSEStatistics
+    func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws
+    func getxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws -> [UInt8]
+    func listxattr(_ r: FUSERequest, nodeid: UInt64) throws -> [[UInt8]]
+    func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws
+    func access(_ r: FUSERequest, nodeid: UInt64, mask: UInt32) throws
+    func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock
+    /// Sets or clears a lock. With `wait`, a conflicting lock is waited for and
+    /// the reply goes through `reply` later (or now); `interrupt(unique:)` ends the wait with EINTR.
+    func setlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool, wait: Bool,
+               reply: @escaping @Sendable (Int32) -> Void)
+    func interrupt(unique: UInt64)
+    func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws
+    func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64
+    func copyFileRange(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64,
+                       toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64
+    func syncfs(_ r: FUSERequest) throws
+}
+
+/// An errno for the reply.
+public struct FUSEError: Error, Sendable, Equatable {
+    public let errno: Int32
+    public init(_ errno: Int32) { self.errno = errno }
+}

@@ -1,0 +1,144 @@
+import FUSEProtocol
+import Glibc
+import Synchronization
+
+/// POSIX record locks (per owner, byte ranges, split and merged as fcntl does)
+/// and flock locks (per open file, whole file), per inode. SETLKW waiters are
+/// parked with their reply and woken when a lock goes away, or ended with EINTR
+/// by an INTERRUPT. Locks are advisory and live in DRAM: a restart drops them,
+/// as a reboot drops a local file system's.
+final class LockManager: Sendable {
+    struct Held: Equatable {
+        var owner: UInt64
+        var pid: UInt32
+        var type: Int32
+        var start: UInt64
+        var end: UInt64        // inclusive
+        var flock: Bool
+    }
+
+    struct Waiter {
+        var unique: UInt64
+        var ino: UInt64
+        var wanted: Held
+        var reply: @Sendable (Int32) -> Void
+    }
+
+    private struct State {
+        var locks: [UInt64: [Held]] = [:]
+        var waiters: [Waiter] = []
+    }
+
+    private let state = Mutex(State())
+
+    private static func conflicts(_ a: Held, _ b: Held) -> Bool {
+        guard a.flock == b.flock, a.owner != b.owner else { return false }
+        guard a.type == F_WRLCK || b.type == F_WRLCK else { return false }
+        return a.start <= b.end && b.start <= a.end
+    }
+
+    func test(ino: UInt64, _ wanted: Held) -> Held? {
+        state.withLock { s in s.locks[ino]?.first { Self.conflicts($0, wanted) } }
+    }
+
+    /// Applies a lock or unlock; false if a conflicting lock is held.
+    private static func apply(_ s: inout State, ino: UInt64, _ wanted: Held) -> Bool {
+        var list = s.locks[ino] ?? []
+        if wanted.type != F_UNLCK, list.contains(where: { conflicts($0, wanted) }) { return false }
+        // Remove this owner's overlap with the range, keeping the parts outside it.
+        var kept: [Held] = []
+        for h in list {
+            guard h.owner == wanted.owner, h.flock == wanted.flock, h.start <= wanted.end, wanted.start <= h.end else {
+                kept.append(h)
+                continue
+            }
+            if h.start < wanted.start { var left = h; left.end = wanted.start - 1; kept.append(left) }
+            if h.end > wanted.end { var right = h; right.start = wanted.end + 1; kept.append(right) }
+        }
+        list = kept
+        if wanted.type != F_UNLCK {
+            var merged = wanted
+            // Merge with adjacent or overlapping ranges of the same owner and type.
+            list.removeAll { h in
+                guard h.owner == merged.owner, h.flock == merged.flock, h.type == merged.type else { return false }
+                let touching = h.start <= merged.end &+ 1 && merged.start <= h.end &+ 1
+                if touching { merged.start = min(merged.start, h.start); merged.end = max(merged.end, h.end) }
+                return touching
+            }
+            list.append(merged)
+        }
+        s.locks[ino] = list.isEmpty ? nil : list
+        return true
+    }
+
+    /// SETLK / SETLKW. The reply is sent now, or when the lock is granted.
+    func set(ino: UInt64, unique: UInt64, _ wanted: Held, wait: Bool, reply: @escaping @Sendable (Int32) -> Void) {
+        var granted: [Waiter] = []
+        let answer: Int32? = state.withLock { s in
+            if Self.apply(&s, ino: ino, wanted) {
+                granted = Self.wake(&s)
+                return 0
+            }
+            if !wait { return EAGAIN }
+            s.waiters.append(Waiter(unique: unique, ino: ino, wanted: wanted, reply: reply))
+            return nil
+        }
+        if let answer { reply(answer) }
+        for w in granted { w.reply(0) }
+    }
+
+    /// Grants every waiter that can now have its lock (lock held).
+    private static func wake(_ s: inout State) -> [Waiter] {
+        var granted: [Waiter] = []
+        var progress = true
+        while progress {
+            progress = false
+            for (i, w) in s.waiters.enumerated() where apply(&s, ino: w.ino, w.wanted) {
+                granted.append(w)
+                s.waiters.remove(at: i)
+                progress = true
+                break
+            }
+        }
+        return granted
+    }
+
+    /// Drops every POSIX lock of `owner` on `ino` (close of any descriptor, FLUSH).
+    func releasePosix(ino: UInt64, owner: UInt64) {
+        releaseWhere(ino: ino) { $0.owner == owner && !$0.flock }
+    }
+
+    /// Drops the flock of `owner` on `ino` (last close of the open file).
+    func releaseFlock(ino: UInt64, owner: UInt64) {
+        releaseWhere(ino: ino) { $0.owner == owner && $0.flock }
+    }
+
+    private func releaseWhere(ino: UInt64, _ match: (Held) -> Bool) {
+        let granted: [Waiter] = state.withLock { s in
+            guard let list = s.locks[ino], list.contains(where: match) else { return [] }
+            let rest = list.filter { !match($0) }
+            s.locks[ino] = rest.isEmpty ? nil : rest
+            return Self.wake(&s)
+        }
+        for w in granted { w.reply(0) }
+    }
+
+    /// INTERRUPT: a waiting SETLKW gives up with EINTR.
+    func interrupt(unique: UInt64) {
+        let victim: Waiter? = state.withLock { s in
+            guard let i = s.waiters.firstIndex(where: { $0.unique == unique }) else { return nil }
+            return s.waiters.remove(at: i)
+        }
+        victim?.reply(EINTR)
+    }
+
+    /// Ends every wait (unmount): the waiters get EINTR.
+    func cancelAll() {
+        let all = state.withLock { s in
+            let w = s.waiters
+            s.waiters.removeAll()
+            return w
+        }
+        for w in all { w.reply(EINTR) }
+    }
+}

@@ -1,0 +1,413 @@
+import CFUSE
+import FUSEProtocol
+import Glibc
+import Logging
+import PMFSCore
+import PMFSMetadata
+import Synchronization
+import SystemPackage
+
+/// The FUSE operations of pmfs: FUSE requests mapped onto the metadata engine
+/// and the file-system core. Node IDs are inode numbers (1 is the root, as
+/// FUSE_ROOT_ID); every entry handed to the kernel pins its inode until the
+/// kernel forgets it, so files unlinked while in use live on as orphans.
+///
+/// Permissions: the mount uses default_permissions (the kernel checks mode
+/// bits and ownership, as for a local file system); pmfs adds what a file
+/// system must do itself: setgid directories, clearing set-user/group-ID on
+/// write, truncate and chown (handle_killpriv_v2), and ACCESS for peers that ask.
+public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
+    public let metadata: MetadataStore
+    public let fs: FileSystem
+    let logger: Logger
+    let locks = LockManager()
+    /// Cache lifetime of names and attributes in the kernel. Short, because
+    /// another client (a guest) may change the same files.
+    public var entryTimeout = 1.0
+    public var attributeTimeout = 1.0
+
+    struct Handle {
+        var ino: UInt64
+        var flags: UInt32
+        var directory: Bool
+    }
+    private let handles = Mutex<(next: UInt64, table: [UInt64: Handle])>((1, [:]))
+
+    public init(metadata: MetadataStore, fs: FileSystem, logger: Logger = Logger(label: "pmfs.fuse")) {
+        self.metadata = metadata
+        self.fs = fs
+        self.logger = logger
+    }
+
+    // MARK: helpers
+
+    /// Runs an operation, turning engine errors into errno replies.
+    @inline(__always)
+    func run<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as Errno {
+            throw FUSEError(e.rawValue)
+        } catch let e as FUSEError {
+            throw e
+        } catch let e as PoolError {
+            logger.error("\(e)")
+            throw FUSEError(EIO)
+        } catch {
+            logger.error("\(error)")
+            throw FUSEError(EIO)
+        }
+    }
+
+    func fileName(_ bytes: [UInt8]) throws -> FileName {
+        do { return try FileName(bytes: bytes) } catch { throw FUSEError(error.rawValue) }
+    }
+
+    func attributes(_ a: InodeAttributes) -> FUSEAttributes {
+        FUSEAttributes(ino: a.ino, size: a.size, blocks: a.blocks, atime: (a.atime.seconds, a.atime.nanoseconds),
+                       mtime: (a.mtime.seconds, a.mtime.nanoseconds), ctime: (a.ctime.seconds, a.ctime.nanoseconds),
+                       mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, rdev: UInt32(truncatingIfNeeded: a.rdev), blockSize: 4096)
+    }
+
+    /// An entry for a pinned inode, with the attributes readers should see.
+    func entry(_ a: InodeAttributes) throws -> FUSEEntry {
+        let merged = a.type == .regular ? try fs.getattr(a.ino) : a
+        return FUSEEntry(nodeid: a.ino, generation: a.generation, attributes: attributes(merged),
+                         entryTimeout: entryTimeout, attributeTimeout: attributeTimeout)
+    }
+
+    /// Owner of a new inode: the caller, with the group of a setgid directory.
+    func owner(_ r: FUSERequest, parent: UInt64, mode: UInt32) throws -> (uid: UInt32, gid: UInt32, mode: UInt32) {
+        let p = try metadata.getattr(parent)
+        if p.mode & ModeBits.setGID != 0 {
+            let isDir = mode & ModeBits.typeMask == ModeBits.directory
+            return (r.uid, p.gid, isDir ? mode | ModeBits.setGID : mode)
+        }
+        return (r.uid, r.gid, mode)
+    }
+
+    func newHandle(_ h: Handle) -> UInt64 {
+        handles.withLock { state in
+            let id = state.next
+            state.next += 1
+            state.table[id] = h
+            return id
+        }
+    }
+
+    func handle(_ id: UInt64) -> Handle? { handles.withLock { $0.table[id] } }
+
+    /// Clears set-user-ID, and set-group-ID where group execute is set, as a
+    /// write or truncate by the owner does on a local file system.
+    func killPrivileges(_ ino: UInt64) throws {
+        let a = try metadata.getattr(ino)
+        var mode = a.mode & 0o7777
+        let before = mode
+        mode &= ~ModeBits.setUID
+        if mode & ModeBits.groupExecute != 0 { mode &= ~ModeBits.setGID }
+        if mode != before { _ = try metadata.setattr(ino, AttributeChanges(mode: mode)) }
+    }
+
+    // MARK: session
+
+    public func initialize(capabilities: UInt64) -> UInt64 { capabilities }
+
+    public func destroy() {
+        locks.cancelAll()
+        do { try fs.syncAll() } catch { logger.error("sync at DESTROY failed: \(error)") }
+    }
+
+    // MARK: names
+
+    public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry {
+        try run { try entry(try metadata.lookup(parent, try fileName(name), pin: true)) }
+    }
+
+    public func forget(nodeid: UInt64, count: UInt64) {
+        do { try metadata.unpin(nodeid, count: Int(clamping: count)) } catch {
+            logger.debug("forget \(nodeid): \(error)")
+        }
+    }
+
+    public func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) {
+        try run { (attributes(try fs.getattr(nodeid)), attributeTimeout) }
+    }
+
+    public func setattr(_ r: FUSERequest, nodeid: UInt64, _ c: FUSESetattr) throws -> (FUSEAttributes, Double) {
+        try run {
+            let current = try metadata.getattr(nodeid)
+            var changes = AttributeChanges()
+            var mode = c.mode.map { $0 & 0o7777 }
+            if (c.uid != nil && c.uid != current.uid) || (c.gid != nil && c.gid != current.gid) || c.killSuidGid {
+                // chown, and truncate/write with KILL_SUIDGID, clear set-ID bits of non-directories.
+                if current.type != .directory {
+                    var m = mode ?? current.permissions
+                    m &= ~ModeBits.setUID
+                    if m & ModeBits.groupExecute != 0 { m &= ~ModeBits.setGID }
+                    if m != current.permissions || mode != nil { mode = m }
+                }
+            }
+            changes.mode = mode
+            changes.uid = c.uid
+            changes.gid = c.gid
+            switch c.atime {
+            case .now: changes.atime = Timestamp.now()
+            case .set(let s, let ns): changes.atime = Timestamp(seconds: s, nanoseconds: ns)
+            case nil: break
+            }
+            switch c.mtime {
+            case .now: changes.mtime = Timestamp.now()
+            case .set(let s, let ns): changes.mtime = Timestamp(seconds: s, nanoseconds: ns)
+            case nil: break
+            }
+            if let (s, ns) = c.ctime { changes.ctime = Timestamp(seconds: s, nanoseconds: ns) }
+            changes.size = c.size
+            let a = current.type == .regular ? try fs.setattr(nodeid, changes) : try metadata.setattr(nodeid, changes)
+            return (attributes(a), attributeTimeout)
+        }
+    }
+
+    public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] {
+        try run { try metadata.readlink(nodeid) }
+    }
+
+    public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry {
+        try run {
+            let o = try owner(r, parent: parent, mode: ModeBits.symlink | 0o777)
+            return try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
+        }
+    }
+
+    public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry {
+        try run {
+            let o = try owner(r, parent: parent, mode: mode)
+            return try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
+        }
+    }
+
+    public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry {
+        try run {
+            let o = try owner(r, parent: parent, mode: ModeBits.directory | (mode & 0o7777))
+            return try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
+        }
+    }
+
+    public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
+        try run { try metadata.unlink(parent, try fileName(name)) }
+    }
+
+    public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
+        try run { try metadata.rmdir(parent, try fileName(name)) }
+    }
+
+    public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws {
+        try run {
+            guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
+            try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
+        }
+    }
+
+    public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry {
+        try run { try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true)) }
+    }
+
+    // MARK: files
+
+    public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
+        try run {
+            let a = try metadata.getattr(nodeid)
+            switch a.type {
+            case .directory: throw FUSEError(EISDIR)
+            case .regular: break
+            default: throw FUSEError(EINVAL)   // the kernel opens device nodes and fifos itself
+            }
+            if Int32(flags) & O_TRUNC != 0 && Int32(flags) & O_ACCMODE != O_RDONLY {
+                if killSuidGid { try killPrivileges(nodeid) }
+                _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
+            }
+            return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)))
+        }
+    }
+
+    public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
+        try run {
+            let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
+            let a = try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true)
+            let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
+            return (try entry(a), FUSEOpenResult(handle: h))
+        }
+    }
+
+    public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
+        try run {
+            let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
+            let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
+            let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
+            return (try entry(a), FUSEOpenResult(handle: h))
+        }
+    }
+
+    public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try run { try fs.read(nodeid, offset: offset, into: buffer) }
+    }
+
+    public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int {
+        try run {
+            if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
+            let openFlags = self.handle(handle).map { Int32(bitPattern: $0.flags) } ?? 0
+            let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
+            return try fs.write(nodeid, offset: offset, from: data, sync: sync)
+        }
+    }
+
+    public func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws {
+        // close(2) of any descriptor drops the process's POSIX locks on the file.
+        locks.releasePosix(ino: nodeid, owner: lockOwner)
+    }
+
+    public func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws {
+        if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0 { locks.releaseFlock(ino: nodeid, owner: lockOwner) }
+        _ = handles.withLock { $0.table.removeValue(forKey: handle) }
+    }
+
+    public func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws {
+        try run { try fs.fsync(nodeid, dataOnly: dataOnly) }
+    }
+
+    // MARK: directories
+
+    public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult {
+        try run {
+            guard try metadata.getattr(nodeid).type == .directory else { throw FUSEError(ENOTDIR) }
+            return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: true)))
+        }
+    }
+
+    public func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {
+        try run {
+            try metadata.readdir(nodeid, cookie: offset, limit: limit).map {
+                FUSEDirectoryEntry(ino: $0.ino, nextOffset: $0.nextCookie, type: UInt32($0.type.rawValue), name: $0.name)
+            }
+        }
+    }
+
+    public func readdirplusEntry(_ r: FUSERequest, parent: UInt64, entry e: FUSEDirectoryEntry) throws -> FUSEEntry? {
+        do {
+            return try run { try entry(try metadata.lookup(parent, try fileName(e.name), pin: true)) }
+        } catch let error as FUSEError where error.errno == ENOENT {
+            return nil   // removed since the listing was read
+        }
+    }
+
+    public func releasedir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64) throws {
+        _ = handles.withLock { $0.table.removeValue(forKey: handle) }
+    }
+
+    /// Namespace operations are durable when they return: nothing to do.
+    public func fsyncdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws {}
+
+    public func statfs(_ r: FUSERequest, nodeid: UInt64) throws -> FUSEStatistics {
+        let s = metadata.statistics()
+        return FUSEStatistics(blocks: s.totalBlocks, freeBlocks: s.freeBlocks, availableBlocks: s.freeBlocks, files: s.totalInodes,
+                              freeFiles: s.freeInodes, blockSize: s.blockSize, nameLength: s.nameMax, fragmentSize: s.blockSize)
+    }
+
+    // MARK: xattrs
+
+    public func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws {
+        try run {
+            let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
+            try metadata.setxattr(nodeid, name, Array(value), mode: mode)
+        }
+    }
+
+    public func getxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws -> [UInt8] {
+        try run { try metadata.getxattr(nodeid, name) }
+    }
+
+    public func listxattr(_ r: FUSERequest, nodeid: UInt64) throws -> [[UInt8]] {
+        try run { try metadata.listxattr(nodeid) }
+    }
+
+    public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws {
+        try run { try metadata.removexattr(nodeid, name) }
+    }
+
+    /// ACCESS (peers without default_permissions): owner, group, other bits; root
+    /// may do anything but execute a file with no execute bit.
+    public func access(_ r: FUSERequest, nodeid: UInt64, mask: UInt32) throws {
+        try run {
+            let a = try metadata.getattr(nodeid)
+            let want = mask & 7
+            if want == 0 { return }
+            if r.uid == 0 {
+                if want & 1 != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
+                return
+            }
+            let bits: UInt32 = r.uid == a.uid ? (a.mode >> 6) & 7 : (r.gid == a.gid ? (a.mode >> 3) & 7 : a.mode & 7)
+            guard bits & want == want else { throw FUSEError(EACCES) }
+        }
+    }
+
+    // MARK: locks
+
+    func held(_ owner: UInt64, _ lock: FUSELock, flock: Bool) -> LockManager.Held {
+        // flock locks cover the whole file.
+        LockManager.Held(owner: owner, pid: lock.pid, type: lock.type, start: flock ? 0 : lock.start,
+                         end: flock ? UInt64.max : lock.end, flock: flock)
+    }
+
+    public func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock {
+        if let c = locks.test(ino: nodeid, held(owner, lock, flock: flock)) {
+            return FUSELock(start: c.start, end: c.end, type: c.type, pid: c.pid)
+        }
+        return FUSELock(start: lock.start, end: lock.end, type: Int32(F_UNLCK), pid: 0)
+    }
+
+    public func setlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool, wait: Bool,
+                      reply: @escaping @Sendable (Int32) -> Void) {
+        guard lock.type == F_RDLCK || lock.type == F_WRLCK || lock.type == F_UNLCK else { reply(EINVAL); return }
+        guard lock.start <= lock.end else { reply(EINVAL); return }
+        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock), wait: wait, reply: reply)
+    }
+
+    public func interrupt(unique: UInt64) { locks.interrupt(unique: unique) }
+
+    // MARK: data
+
+    public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws {
+        try run { try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length) }
+    }
+
+    public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
+        try run {
+            switch Int32(whence) {
+            case 3: return try fs.seek(nodeid, from: offset, to: .data)   // SEEK_DATA
+            case 4: return try fs.seek(nodeid, from: offset, to: .hole)   // SEEK_HOLE
+            default: throw FUSEError(EINVAL)
+            }
+        }
+    }
+
+    public func copyFileRange(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64,
+                              toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 {
+        try run {
+            guard flags == 0 else { throw FUSEError(EINVAL) }
+            return try fs.copyFileRange(from: nodeid, offset: offset, to: toNode, offset: toOffset, length: min(length, 1 << 30))
+        }
+    }
+
+    public func syncfs(_ r: FUSERequest) throws {
+        try run { try fs.syncAll() }
+    }
+}
+
+/// Mode bits spelled out once (Glibc and the kernel headers both define the
+/// S_* names, which makes them ambiguous in a module that imports both).
+enum ModeBits {
+    static let typeMask: UInt32 = 0o170000
+    static let directory: UInt32 = 0o040000
+    static let regular: UInt32 = 0o100000
+    static let symlink: UInt32 = 0o120000
+    static let setUID: UInt32 = 0o4000
+    static let setGID: UInt32 = 0o2000
+    static let groupExecute: UInt32 = 0o0010
+}
