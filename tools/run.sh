@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds pmfs (release), makes the file system if there is none yet (or with
-# --reformat), and shows it. Serving it (FUSE / vhost-user) will be the last
-# step, in serve() below.
+# --reformat), shows it, and serves it: pmfsd mounts it on the host through
+# /dev/fuse and runs in the foreground until Ctrl-C / SIGTERM (which unmounts
+# and closes the pool cleanly). The vhost-user socket for guests comes later.
 #
 #   PMFS_POOL       metadata pool         (default /dev/shm/pmfs/pmfs.pool)
 #   PMFS_DATA       data device or file   (default /var/lib/pmfs/data.img)
 #   PMFS_DATA_SIZE  size of a new data file (default 4G, preallocated)
+#   PMFS_MOUNT      host mount point      (default /mnt/pmfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
@@ -13,11 +15,12 @@ command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
 pool=${PMFS_POOL:-/dev/shm/pmfs/pmfs.pool}
 data=${PMFS_DATA:-/var/lib/pmfs/data.img}
 data_size=${PMFS_DATA_SIZE:-4G}
+mount_point=${PMFS_MOUNT:-/mnt/pmfs}
 reformat=0
 for arg in "$@"; do
     case $arg in
         --reformat) reformat=1 ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; echo "usage: tools/run.sh [--reformat]"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; echo "usage: tools/run.sh [--reformat]"; exit 0 ;;
         *) echo "run.sh: unknown argument '$arg' (usage: tools/run.sh [--reformat])" >&2; exit 2 ;;
     esac
 done
@@ -55,9 +58,9 @@ echo
 "$bin/pmfs-inspect" tree --pool "$pool"
 
 serve() {
-    # Not yet: a later change starts the FUSE / vhost-user server here, e.g.
-    #   exec "$bin/pmfsd" --pool "$pool" --data "$data" ...
+    mkdir -p "$mount_point"
     echo
-    echo "run.sh: the file system is ready ($pool + $data); serving it is not implemented yet"
+    echo "run.sh: serving on $mount_point (Ctrl-C to stop)"
+    exec "$bin/pmfsd" --pool "$pool" --data "$data" --mount "$mount_point"
 }
 serve

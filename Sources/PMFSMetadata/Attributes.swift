@@ -42,6 +42,24 @@ extension MetadataStore {
         }
     }
 
+    /// Records a read access (relatime: only when atime is older than mtime or
+    /// ctime, or a day old), without touching ctime. Returns whether it wrote.
+    @discardableResult
+    public func noteAccess(_ ino: UInt64, at now: Timestamp = .now()) throws -> Bool {
+        try locks.withExclusive(ino) {
+            let p = try inodes.inode(ino)
+            let atime = Timestamp(p.pointee.atime)
+            guard atime < Timestamp(p.pointee.mtime) || atime < Timestamp(p.pointee.ctime) || now.seconds - atime.seconds >= 86_400 else {
+                return false
+            }
+            try pool.transaction { tx in
+                try tx.snapshot(field(p, \.atime))
+                p.pointee.atime = now.persistent
+            }
+            return true
+        }
+    }
+
     /// The largest file size: 2^32 blocks * 4 KiB * 2^12... bounded by 64-bit block keys; 8 EiB - 1 block.
     public static let maxFileSize: UInt64 = (1 << 63) - 4096
 }

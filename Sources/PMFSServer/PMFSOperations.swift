@@ -246,7 +246,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        try run { try fs.read(nodeid, offset: offset, into: buffer) }
+        try run {
+            let n = try fs.read(nodeid, offset: offset, into: buffer)
+            try noteAccess(nodeid)
+            return n
+        }
     }
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int {
@@ -283,7 +287,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {
         try run {
-            try metadata.readdir(nodeid, cookie: offset, limit: limit).map {
+            if offset == 0 { try metadata.noteAccess(nodeid) }
+            return try metadata.readdir(nodeid, cookie: offset, limit: limit).map {
                 FUSEDirectoryEntry(ino: $0.ino, nextOffset: $0.nextCookie, type: UInt32($0.type.rawValue), name: $0.name)
             }
         }
@@ -294,6 +299,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             return try run { try entry(try metadata.lookup(parent, try fileName(e.name), pin: true)) }
         } catch let error as FUSEError where error.errno == ENOENT {
             return nil   // removed since the listing was read
+        }
+    }
+
+    /// relatime: a read moves atime only when it is older than mtime/ctime or a
+    /// day old; the check is a DRAM read, the rare update one small transaction.
+    func noteAccess(_ ino: UInt64) throws {
+        let a = try fs.getattr(ino)
+        if a.atime < a.mtime || a.atime < a.ctime || Timestamp.now().seconds - a.atime.seconds >= 86_400 {
+            try metadata.noteAccess(ino)
         }
     }
 
