@@ -117,6 +117,17 @@ let package = Package(
             dependencies: [
                 "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Kills pmfs-torture at random points and checks the pool after each kill.
+        // Depends on it for its model (and so that it is built before the tests).
+        .testTarget(
+            name: "CrashTests",
+            dependencies: [
+                "PMFSMetadata", "PMFSCheck", "PmfsTorture",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The data-tier benchmark against ext4 (tools/bench/data.sh).
