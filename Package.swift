@@ -68,6 +68,13 @@ let package = Package(
             name: "FUSEDevice",
             dependencies: ["FUSEProtocol", "CFUSE", .product(name: "Logging", package: "swift-log")]
         ),
+        // C helpers for vhost-user: SCM_RIGHTS, ring memory ordering, eventfd.
+        .target(name: "CVhost"),
+        // The guest transport: a vhost-user-fs backend over split virtqueues.
+        .target(
+            name: "VhostUser",
+            dependencies: ["CVhost", "FUSEProtocol", .product(name: "Logging", package: "swift-log")]
+        ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
             name: "PMFSMetadata",
@@ -85,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "Pmfsd",
             dependencies: [
-                "PMFSServer", "FUSEDevice", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata",
+                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

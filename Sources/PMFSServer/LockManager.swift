@@ -10,6 +10,7 @@ import Synchronization
 final class LockManager: Sendable {
     struct Held: Equatable {
         var owner: UInt64
+        var session: UInt64
         var pid: UInt32
         var type: Int32
         var start: UInt64
@@ -32,7 +33,7 @@ final class LockManager: Sendable {
     private let state = Mutex(State())
 
     private static func conflicts(_ a: Held, _ b: Held) -> Bool {
-        guard a.flock == b.flock, a.owner != b.owner else { return false }
+        guard a.flock == b.flock, a.owner != b.owner || a.session != b.session else { return false }
         guard a.type == F_WRLCK || b.type == F_WRLCK else { return false }
         return a.start <= b.end && b.start <= a.end
     }
@@ -48,7 +49,7 @@ final class LockManager: Sendable {
         // Remove this owner's overlap with the range, keeping the parts outside it.
         var kept: [Held] = []
         for h in list {
-            guard h.owner == wanted.owner, h.flock == wanted.flock, h.start <= wanted.end, wanted.start <= h.end else {
+            guard h.owner == wanted.owner, h.session == wanted.session, h.flock == wanted.flock, h.start <= wanted.end, wanted.start <= h.end else {
                 kept.append(h)
                 continue
             }
@@ -60,7 +61,7 @@ final class LockManager: Sendable {
             var merged = wanted
             // Merge with adjacent or overlapping ranges of the same owner and type.
             list.removeAll { h in
-                guard h.owner == merged.owner, h.flock == merged.flock, h.type == merged.type else { return false }
+                guard h.owner == merged.owner, h.session == merged.session, h.flock == merged.flock, h.type == merged.type else { return false }
                 let touching = h.start <= merged.end &+ 1 && merged.start <= h.end &+ 1
                 if touching { merged.start = min(merged.start, h.start); merged.end = max(merged.end, h.end) }
                 return touching
@@ -104,16 +105,32 @@ final class LockManager: Sendable {
     }
 
     /// Drops every POSIX lock of `owner` on `ino` (close of any descriptor, FLUSH).
-    func releasePosix(ino: UInt64, owner: UInt64) {
-        releaseWhere(ino: ino) { $0.owner == owner && !$0.flock }
+    func releasePosix(ino: UInt64, owner: UInt64, session: UInt64) {
+        releaseWhere(ino: ino) { $0.owner == owner && $0.session == session && !$0.flock }
     }
 
     /// Drops the flock of `owner` on `ino` (last close of the open file).
-    func releaseFlock(ino: UInt64, owner: UInt64) {
-        releaseWhere(ino: ino) { $0.owner == owner && $0.flock }
+    func releaseFlock(ino: UInt64, owner: UInt64, session: UInt64) {
+        releaseWhere(ino: ino) { $0.owner == owner && $0.session == session && $0.flock }
+    }
+
+    /// Drops every lock and wait of a session that ended.
+    func releaseSession(_ session: UInt64) {
+        let (granted, cancelled): ([Waiter], [Waiter]) = state.withLock { s in
+            for (ino, list) in s.locks {
+                let rest = list.filter { $0.session != session }
+                s.locks[ino] = rest.isEmpty ? nil : rest
+            }
+            let mine = s.waiters.filter { $0.wanted.session == session }
+            s.waiters.removeAll { $0.wanted.session == session }
+            return (Self.wake(&s), mine)
+        }
+        for w in cancelled { w.reply(EINTR) }
+        for w in granted { w.reply(0) }
     }
 
     private func releaseWhere(ino: UInt64, _ match: (Held) -> Bool) {
+        // (a closure over the lock state: called with the lock held)
         let granted: [Waiter] = state.withLock { s in
             guard let list = s.locks[ino], list.contains(where: match) else { return [] }
             let rest = list.filter { !match($0) }
@@ -141,4 +158,12 @@ final class LockManager: Sendable {
         }
         for w in all { w.reply(EINTR) }
     }
+}
+
+/// The lock table of one served file system, shared by its sessions.
+public final class SharedLocks: Sendable {
+    let manager = LockManager()
+    private let nextSession = Mutex<UInt64>(1)
+    public init() {}
+    func newSession() -> UInt64 { nextSession.withLock { v in defer { v += 1 }; return v } }
 }

@@ -20,7 +20,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public let metadata: MetadataStore
     public let fs: FileSystem
     let logger: Logger
-    let locks = LockManager()
+    let locks: LockManager
     /// Cache lifetime of names and attributes in the kernel. Short, because
     /// another client (a guest) may change the same files.
     public var entryTimeout = 1.0
@@ -32,11 +32,34 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         var directory: Bool
     }
     private let handles = Mutex<(next: UInt64, table: [UInt64: Handle])>((1, [:]))
+    /// The kernel's references (lookup counts) held by this session, per inode.
+    private let lookups = Mutex<[UInt64: UInt64]>([:])
+    /// This session's identity in the lock table shared by all sessions.
+    let session: UInt64
 
-    public init(metadata: MetadataStore, fs: FileSystem, logger: Logger = Logger(label: "pmfs.fuse")) {
+    /// `locks` is shared by every session serving the same file system (the
+    /// host mount and each guest), so their locks conflict as they should.
+    public init(metadata: MetadataStore, fs: FileSystem, locks: SharedLocks = SharedLocks(), logger: Logger = Logger(label: "pmfs.fuse")) {
         self.metadata = metadata
         self.fs = fs
         self.logger = logger
+        self.locks = locks.manager
+        self.session = locks.newSession()
+    }
+
+    /// The peer is gone (guest reboot, QEMU exit, unmount): drop its kernel
+    /// references (orphans it alone held are freed), handles and locks.
+    public func endSession() {
+        let held = lookups.withLock { table in
+            let all = table
+            table.removeAll()
+            return all
+        }
+        for (ino, count) in held where count > 0 {
+            do { try metadata.unpin(ino, count: Int(clamping: count)) } catch { logger.debug("unpin \(ino): \(error)") }
+        }
+        handles.withLock { $0.table.removeAll() }
+        locks.releaseSession(session)
     }
 
     // MARK: helpers
@@ -68,7 +91,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     /// An entry for a pinned inode, with the attributes readers should see.
+    /// Every entry is one more kernel reference, counted for this session.
     func entry(_ a: InodeAttributes) throws -> FUSEEntry {
+        lookups.withLock { $0[a.ino, default: 0] += 1 }
         let merged = a.type == .regular ? try fs.getattr(a.ino) : a
         return FUSEEntry(nodeid: a.ino, generation: a.generation, attributes: attributes(merged),
                          entryTimeout: entryTimeout, attributeTimeout: attributeTimeout)
@@ -111,7 +136,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func initialize(capabilities: UInt64) -> UInt64 { capabilities }
 
     public func destroy() {
-        locks.cancelAll()
+        endSession()
         do { try fs.syncAll() } catch { logger.error("sync at DESTROY failed: \(error)") }
     }
 
@@ -122,7 +147,14 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func forget(nodeid: UInt64, count: UInt64) {
-        do { try metadata.unpin(nodeid, count: Int(clamping: count)) } catch {
+        let dropped: UInt64 = lookups.withLock { table in
+            let held = table[nodeid] ?? 0
+            let n = min(held, count)
+            table[nodeid] = held - n == 0 ? nil : held - n
+            return n
+        }
+        guard dropped > 0 else { return }
+        do { try metadata.unpin(nodeid, count: Int(clamping: dropped)) } catch {
             logger.debug("forget \(nodeid): \(error)")
         }
     }
@@ -264,11 +296,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws {
         // close(2) of any descriptor drops the process's POSIX locks on the file.
-        locks.releasePosix(ino: nodeid, owner: lockOwner)
+        locks.releasePosix(ino: nodeid, owner: lockOwner, session: session)
     }
 
     public func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws {
-        if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0 { locks.releaseFlock(ino: nodeid, owner: lockOwner) }
+        if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0 { locks.releaseFlock(ino: nodeid, owner: lockOwner, session: session) }
         _ = handles.withLock { $0.table.removeValue(forKey: handle) }
     }
 
@@ -364,8 +396,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: locks
 
     func held(_ owner: UInt64, _ lock: FUSELock, flock: Bool) -> LockManager.Held {
-        // flock locks cover the whole file.
-        LockManager.Held(owner: owner, pid: lock.pid, type: lock.type, start: flock ? 0 : lock.start,
+        // flock locks cover the whole file. Owners are only unique within a session.
+        LockManager.Held(owner: owner, session: session, pid: lock.pid, type: lock.type, start: flock ? 0 : lock.start,
                          end: flock ? UInt64.max : lock.end, flock: flock)
     }
 

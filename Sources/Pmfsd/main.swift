@@ -1,4 +1,5 @@
-// pmfsd: serves a pmfs file system. Today: a host mount through /dev/fuse.
+// pmfsd: serves a pmfs file system to VM guests (vhost-user-fs socket) and on
+// the host (/dev/fuse mount), both at once if asked: one live file system.
 import ArgumentParser
 import Dispatch
 import FUSEDevice
@@ -9,11 +10,12 @@ import PMFSCore
 import PMFSData
 import PMFSMetadata
 import PMFSServer
+import VhostUser
 
 struct Pmfsd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfsd",
-        abstract: "Serve a pmfs file system (metadata pool + data device) through FUSE.")
+        abstract: "Serve a pmfs file system (metadata pool + data device) to guests and on the host.")
 
     @Option(help: "The metadata pool (made by mkfs.pmfs).")
     var pool: String
@@ -22,7 +24,16 @@ struct Pmfsd: ParsableCommand {
     var data: String
 
     @Option(help: "Mount the file system here on the host (/dev/fuse).")
-    var mount: String
+    var mount: String?
+
+    @Option(help: "Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path).")
+    var socket: String?
+
+    @Option(help: "The tag guests mount (set on QEMU's device; logged here for reference).")
+    var tag: String = "pmfs"
+
+    @Option(help: "Request queues offered to guests (the device's num-request-queues).")
+    var queues: Int = 1
 
     @Option(help: "Write-back cache size, with K/M/G suffix.")
     var cacheSize: String = "256M"
@@ -53,6 +64,10 @@ struct Pmfsd: ParsableCommand {
         guard let cacheBytes = parseSize(cacheSize), cacheBytes >= 64 << 10 else {
             throw ValidationError("--cache-size: a size of at least 64K, like 256M")
         }
+        guard mount != nil || socket != nil else {
+            throw ValidationError("nothing to serve: give --mount DIR, --socket PATH, or both")
+        }
+        guard (1...64).contains(queues) else { throw ValidationError("--queues must be 1...64") }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
                 throw PoolError.dataDevice(path: data, reason: "no pmfs header (not made by mkfs.pmfs)")
@@ -66,21 +81,49 @@ struct Pmfsd: ParsableCommand {
             options.cacheBytes = cacheBytes
             options.writeBack = !writeThrough
             let fs = try FileSystem(metadata: metadata, device: device, options: options)
-            let operations = PMFSOperations(metadata: metadata, fs: fs)
-            let server = FUSEServer(operations: operations)
-            let host = try FUSEMount(mountPoint: mount, server: server, fsName: "pmfs")
-            logger.notice("serving \(pool) on \(host.mountPoint) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
+            let locks = SharedLocks()
+            var host: FUSEMount? = nil
+            if let mount {
+                let server = FUSEServer(operations: PMFSOperations(metadata: metadata, fs: fs, locks: locks))
+                host = try FUSEMount(mountPoint: mount, server: server, fsName: "pmfs")
+                logger.notice("host mount on \(host!.mountPoint)")
+            }
+            var guest: VhostUserBackend? = nil
+            var guestThread: Thread? = nil
+            if let socket {
+                let operations = PMFSOperations(metadata: metadata, fs: fs, locks: locks)
+                let backend = try VhostUserBackend(socketPath: socket, server: FUSEServer(operations: operations), requestQueues: queues)
+                // A guest that reboots or a QEMU that goes away ends its FUSE session.
+                backend.onSessionEnd = { operations.endSession() }
+                guest = backend
+                guestThread = Thread { backend.serve() }
+                logger.notice("vhost-user-fs socket \(socket) (tag \(tag), \(queues) request queue(s))")
+            }
+            logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 
-            // SIGTERM / SIGINT: unmount; the workers then return and we shut down cleanly.
+            // SIGTERM / SIGINT: unmount and stop listening; then shut down cleanly.
             signal(SIGTERM, SIG_IGN)
             signal(SIGINT, SIG_IGN)
+            let done = DispatchSemaphore(value: 0)
             let signals = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
                 let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                s.setEventHandler { logger.notice("signal \(sig): unmounting"); host.unmount() }
+                s.setEventHandler {
+                    logger.notice("signal \(sig): stopping")
+                    host?.unmount()
+                    guest?.stop()
+                    done.signal()
+                }
                 s.resume()
                 return s
             }
-            host.serve(workers: workers)
+            guestThread?.start()
+            if let host {
+                host.serve(workers: workers)   // returns when unmounted (by us or by umount)
+                guest?.stop()
+            } else {
+                done.wait()
+            }
+            guestThread?.join()
             _ = signals
             try fs.shutdown()
             device.close()
@@ -111,3 +154,21 @@ func parseSize(_ s: String) -> Int? {
 }
 
 Pmfsd.main()
+
+/// A joinable thread running a closure.
+final class Thread: @unchecked Sendable {
+    private let body: () -> Void
+    private var thread = pthread_t()
+    private var started = false
+    init(_ body: @escaping () -> Void) { self.body = body }
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        started = pthread_create(&thread, nil, { arg in
+            let t = Unmanaged<Thread>.fromOpaque(arg!).takeRetainedValue()
+            t.body()
+            return nil
+        }, box.toOpaque()) == 0
+        if !started { box.release() }
+    }
+    func join() { if started { pthread_join(thread, nil); started = false } }
+}

@@ -1,0 +1,31 @@
+/* C helpers for the vhost-user backend: SCM_RIGHTS messages (CMSG_* are
+ * macros Swift cannot call), memory-ordering primitives for shared rings, and
+ * eventfd/poll wrappers. */
+#ifndef CVHOST_H
+#define CVHOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Receives up to `capacity` bytes and up to `max_fds` descriptors in one
+ * message; returns bytes received, 0 on EOF, -errno on error. */
+long cvhost_recv_with_fds(int sock, void *buf, size_t capacity, int *fds, int max_fds, int *nfds);
+/* Receives exactly `length` bytes (message payload), -errno on error, 0 on EOF. */
+long cvhost_recv_exact(int sock, void *buf, size_t length);
+long cvhost_send(int sock, const void *buf, size_t length);
+
+static inline uint16_t cvhost_load_acquire_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void cvhost_store_release_u16(volatile uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint16_t cvhost_load_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void cvhost_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* accept4 with SOCK_CLOEXEC (not visible to Swift without _GNU_SOURCE). */
+int cvhost_accept(int listen_fd);
+int cvhost_eventfd(void);
+/* Waits until `fd1` or `fd2` is readable; returns a bit mask (1, 2), 0 on timeout, -errno. */
+int cvhost_wait2(int fd1, int fd2, int timeout_ms);
+/* Reads (drains) an eventfd counter; returns the value or 0. */
+uint64_t cvhost_eventfd_drain(int fd);
+int cvhost_eventfd_signal(int fd);
+
+#endif

@@ -1,0 +1,81 @@
+#define _GNU_SOURCE
+#include "cvhost.h"
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+long cvhost_recv_with_fds(int sock, void *buf, size_t capacity, int *fds, int max_fds, int *nfds) {
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    struct iovec iov = { buf, capacity };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    long n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    *nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *received = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*nfds < max_fds) fds[(*nfds)++] = received[i];
+            else close(received[i]);   /* more than we accept: do not leak them */
+        }
+    }
+    return n;
+}
+
+long cvhost_recv_exact(int sock, void *buf, size_t length) {
+    size_t done = 0;
+    while (done < length) {
+        long n = recv(sock, (char *)buf + done, length - done, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -errno;
+        if (n == 0) return 0;
+        done += (size_t)n;
+    }
+    return (long)done;
+}
+
+long cvhost_send(int sock, const void *buf, size_t length) {
+    size_t done = 0;
+    while (done < length) {
+        long n = send(sock, (const char *)buf + done, length - done, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -errno;
+        done += (size_t)n;
+    }
+    return (long)done;
+}
+
+int cvhost_accept(int listen_fd) { return accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int cvhost_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int cvhost_wait2(int fd1, int fd2, int timeout_ms) {
+    struct pollfd p[2] = { { fd1, POLLIN, 0 }, { fd2, POLLIN, 0 } };
+    int n = poll(p, 2, timeout_ms);   /* negative descriptors are ignored */
+    if (n < 0) return -errno;
+    int mask = 0;
+    if (p[0].revents) mask |= 1;
+    if (p[1].revents) mask |= 2;
+    return mask;
+}
+
+uint64_t cvhost_eventfd_drain(int fd) {
+    uint64_t v = 0;
+    if (read(fd, &v, sizeof v) != sizeof v) return 0;
+    return v;
+}
+
+int cvhost_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    return write(fd, &one, sizeof one) == sizeof one ? 0 : -errno;
+}

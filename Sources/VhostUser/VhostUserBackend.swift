@@ -1,0 +1,450 @@
+import CVhost
+import FUSEProtocol
+import Glibc
+import Logging
+
+/// The vhost-user-fs backend: QEMU's vhost-user-fs-pci device connects to our
+/// Unix socket, shares the guest's memory and the virtqueues, and the guest's
+/// virtiofs driver sends FUSE requests through them. Queue 0 is the
+/// high-priority queue (FORGET, INTERRUPT); queues 1...N carry requests. Each
+/// queue has a worker thread woken by its kick eventfd.
+public final class VhostUserBackend: @unchecked Sendable {
+    // Message types (docs/interop/vhost-user.rst).
+    enum Request: UInt32 {
+        case getFeatures = 1, setFeatures, setOwner, resetOwner, setMemTable, setLogBase, setLogFD
+        case setVringNum, setVringAddr, setVringBase, getVringBase, setVringKick, setVringCall, setVringErr
+        case getProtocolFeatures, setProtocolFeatures, getQueueNum, setVringEnable, sendRARP, netSetMTU
+        case setBackendReqFD, iotlbMessage, setVringEndian, getConfig, setConfig
+        case resetDevice = 34
+        case getMaxMemSlots = 36
+    }
+
+    static let versionFlag: UInt32 = 0x1
+    static let replyFlag: UInt32 = 0x4
+    static let needReplyFlag: UInt32 = 0x8
+
+    static let featureVersion1: UInt64 = 1 << 32
+    static let featureIndirect: UInt64 = 1 << 28
+    static let featureEventIndex: UInt64 = 1 << 29
+    static let featureProtocol: UInt64 = 1 << 30
+    static let protocolMQ: UInt64 = 1 << 0
+    static let protocolReplyAck: UInt64 = 1 << 3
+    static let protocolResetDevice: UInt64 = 1 << 13
+
+    public let socketPath: String
+    public let server: FUSEServer
+    public let requestQueues: Int
+    let logger: Logger
+    /// Called when the front end goes away or resets: the guest's FUSE session is over.
+    public var onSessionEnd: (@Sendable () -> Void)?
+
+    let offeredFeatures = featureVersion1 | featureIndirect | featureEventIndex | featureProtocol
+    let offeredProtocol = protocolMQ | protocolReplyAck | protocolResetDevice
+    var ackedFeatures: UInt64 = 0
+    var ackedProtocol: UInt64 = 0
+    var memory = GuestMemory.empty
+    var queues: [Virtqueue]
+    var workers: [Int: (thread: pthread_t, stop: Int32)] = [:]
+    /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
+    let memoryLock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+    private var listenFD: Int32 = -1
+    private var connection: Int32 = -1
+    private var stopping = false
+
+    public init(socketPath: String, server: FUSEServer, requestQueues: Int = 1, logger: Logger = Logger(label: "pmfs.vhost")) throws {
+        self.socketPath = socketPath
+        self.server = server
+        self.requestQueues = max(1, requestQueues)
+        self.logger = logger
+        queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
+        pthread_rwlock_init(memoryLock, nil)
+        try listen()
+    }
+
+    private func listen() throws {
+        unlink(socketPath)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VhostError.socket("socket: \(String(cString: strerror(errno)))") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array(socketPath.utf8)
+        guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { close(fd); throw VhostError.socket("socket path too long: \(socketPath)") }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, Glibc.listen(fd, 1) == 0 else {
+            let e = String(cString: strerror(errno))
+            close(fd)
+            throw VhostError.socket("cannot listen on \(socketPath): \(e)")
+        }
+        listenFD = fd
+    }
+
+    /// Accepts front ends one after the other until `stop()`: a guest that
+    /// reboots or a QEMU that exits and reconnects gets a fresh device.
+    public func serve() {
+        while !stopping {
+            let conn = cvhost_accept(listenFD)
+            if conn < 0 {
+                if errno == EINTR { continue }
+                if stopping { break }
+                logger.error("accept: \(String(cString: strerror(errno)))")
+                break
+            }
+            logger.notice("front end connected on \(socketPath)")
+            connection = conn
+            handleConnection(conn)
+            connection = -1
+            close(conn)
+            resetDevice()
+            onSessionEnd?()
+            logger.notice("front end disconnected; waiting for the next one")
+        }
+    }
+
+    public func stop() {
+        stopping = true
+        if connection >= 0 { shutdown(connection, Int32(SHUT_RDWR)) }
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        close(listenFD)
+        unlink(socketPath)
+    }
+
+    // MARK: messages
+
+    private func handleConnection(_ conn: Int32) {
+        var header = [UInt8](repeating: 0, count: 12)
+        var payload = [UInt8](repeating: 0, count: 4096)
+        var fds = [Int32](repeating: -1, count: 8)
+        while true {
+            var nfds: Int32 = 0
+            let n = header.withUnsafeMutableBytes { h in fds.withUnsafeMutableBufferPointer { cvhost_recv_with_fds(conn, h.baseAddress, 12, $0.baseAddress, 8, &nfds) } }
+            if n <= 0 { return }
+            let received = Array(fds.prefix(Int(nfds)))
+            guard n == 12 || (n < 12 && header.withUnsafeMutableBytes({ cvhost_recv_exact(conn, $0.baseAddress! + n, 12 - n) }) == 12 - n) else {
+                received.forEach { close($0) }
+                return
+            }
+            let request = header.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+            let flags = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }
+            let size = Int(header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) })
+            guard size <= payload.count else {
+                logger.error("vhost-user message \(request) claims \(size) bytes; closing the connection")
+                received.forEach { close($0) }
+                return
+            }
+            if size > 0 {
+                guard payload.withUnsafeMutableBytes({ cvhost_recv_exact(conn, $0.baseAddress, size) }) == size else {
+                    received.forEach { close($0) }
+                    return
+                }
+            }
+            let body = Array(payload.prefix(size))
+            let result = handleMessage(request, body, received)
+            var reply: [UInt8]? = nil
+            switch result {
+            case .reply(let bytes): reply = bytes
+            case .ack(let ok):
+                if ackedProtocol & Self.protocolReplyAck != 0 && flags & Self.needReplyFlag != 0 {
+                    reply = withUnsafeBytes(of: UInt64(ok ? 0 : 1)) { Array($0) }
+                }
+            case .close:
+                return
+            }
+            if let reply {
+                var out: [UInt8] = []
+                withUnsafeBytes(of: request) { out += $0 }
+                withUnsafeBytes(of: Self.versionFlag | Self.replyFlag) { out += $0 }
+                withUnsafeBytes(of: UInt32(reply.count)) { out += $0 }
+                out += reply
+                if out.withUnsafeBytes({ cvhost_send(conn, $0.baseAddress, $0.count) }) < 0 { return }
+            }
+        }
+    }
+
+    enum Outcome { case reply([UInt8]), ack(Bool), close }
+
+    private func u64(_ v: UInt64) -> Outcome { .reply(withUnsafeBytes(of: v) { Array($0) }) }
+
+    private func queue(_ index: UInt32) -> Virtqueue? {
+        Int(index) < queues.count ? queues[Int(index)] : nil
+    }
+
+    // swiftlint:disable:next cyclomatic_complexity function_body_length
+    private func handleMessage(_ code: UInt32, _ body: [UInt8], _ fds: [Int32]) -> Outcome {
+        func load<T>(_ offset: Int, _ type: T.Type) -> T? {
+            guard offset + MemoryLayout<T>.size <= body.count else { return nil }
+            return body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: T.self) }
+        }
+        func closeFDs() { fds.forEach { close($0) } }
+        guard let request = Request(rawValue: code) else {
+            logger.warning("unsupported vhost-user message \(code)")
+            closeFDs()
+            return .ack(false)
+        }
+        switch request {
+        case .getFeatures:
+            return u64(offeredFeatures)
+        case .setFeatures:
+            guard let f = load(0, UInt64.self), f & ~offeredFeatures == 0 else { return .ack(false) }
+            ackedFeatures = f
+            for q in queues { q.eventIndex = f & Self.featureEventIndex != 0 }
+            return .ack(true)
+        case .getProtocolFeatures:
+            return u64(offeredProtocol)
+        case .setProtocolFeatures:
+            guard let f = load(0, UInt64.self) else { return .ack(false) }
+            ackedProtocol = f & offeredProtocol
+            return .ack(true)
+        case .setOwner:
+            return .ack(true)
+        case .resetOwner, .resetDevice:
+            resetDevice()
+            onSessionEnd?()
+            return .ack(true)
+        case .getQueueNum:
+            return u64(UInt64(queues.count))
+        case .setMemTable:
+            return .ack(setMemoryTable(body, fds))
+        case .setVringNum:
+            guard let i = load(0, UInt32.self), let num = load(4, UInt32.self), let q = queue(i),
+                  num > 0, num <= 32768, num & (num - 1) == 0 else { return .ack(false) }
+            q.size = UInt16(truncatingIfNeeded: num == 32768 ? 32768 : num)
+            return .ack(true)
+        case .setVringAddr:
+            guard let i = load(0, UInt32.self), let q = queue(i), let d = load(8, UInt64.self), let u = load(16, UInt64.self),
+                  let a = load(24, UInt64.self) else { return .ack(false) }
+            q.descriptorAddress = d; q.usedAddress = u; q.availableAddress = a
+            readLocked { _ = q.attach(memory) }
+            return .ack(true)
+        case .setVringBase:
+            guard let i = load(0, UInt32.self), let base = load(4, UInt32.self), let q = queue(i) else { return .ack(false) }
+            q.lastAvailable = UInt16(truncatingIfNeeded: base)
+            q.usedIndex = UInt16(truncatingIfNeeded: base)
+            return .ack(true)
+        case .getVringBase:
+            guard let i = load(0, UInt32.self), let q = queue(i) else { return .ack(false) }
+            stopWorker(Int(i))
+            var state = [UInt8]()
+            withUnsafeBytes(of: i) { state += $0 }
+            withUnsafeBytes(of: UInt32(q.lastAvailable)) { state += $0 }
+            if q.kickFD >= 0 { close(q.kickFD); q.kickFD = -1 }
+            return .reply(state)
+        case .setVringKick, .setVringCall, .setVringErr:
+            guard let v = load(0, UInt64.self), let q = queue(UInt32(v & 0xff)) else { closeFDs(); return .ack(false) }
+            let fd: Int32 = v & 0x100 != 0 ? -1 : (fds.first ?? -1)
+            for extra in fds.dropFirst() { close(extra) }
+            switch request {
+            case .setVringKick:
+                stopWorker(q.index)
+                if q.kickFD >= 0 { close(q.kickFD) }
+                q.kickFD = fd
+                // Without protocol features a ring starts when it gets its kick.
+                if ackedFeatures & Self.featureProtocol == 0 { q.enabled = true }
+                startWorkerIfReady(q)
+            case .setVringCall:
+                q.lock.withLock {
+                    if q.callFD >= 0 { close(q.callFD) }
+                    q.callFD = fd
+                }
+            default:
+                if q.errorFD >= 0 { close(q.errorFD) }
+                q.errorFD = fd
+            }
+            return .ack(true)
+        case .setVringEnable:
+            guard let i = load(0, UInt32.self), let on = load(4, UInt32.self), let q = queue(i) else { return .ack(false) }
+            q.enabled = on != 0
+            if q.enabled { startWorkerIfReady(q) } else { stopWorker(q.index) }
+            return .ack(true)
+        case .setBackendReqFD:
+            closeFDs()
+            return .ack(true)
+        case .getMaxMemSlots:
+            return u64(8)
+        default:
+            logger.warning("vhost-user message \(request) is not supported")
+            closeFDs()
+            return .ack(false)
+        }
+    }
+
+    private func readLocked<T>(_ body: () -> T) -> T {
+        pthread_rwlock_rdlock(memoryLock); defer { pthread_rwlock_unlock(memoryLock) }
+        return body()
+    }
+
+    /// SET_MEM_TABLE: u32 count, u32 padding, then per region guest address,
+    /// size, front-end address, mmap offset; one fd per region.
+    private func setMemoryTable(_ body: [UInt8], _ fds: [Int32]) -> Bool {
+        defer { fds.forEach { close($0) } }   // the mappings keep what they need
+        guard body.count >= 8 else { return false }
+        let count = Int(body.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+        guard count > 0, count <= 8, count == fds.count, body.count >= 8 + 32 * count else { return false }
+        var regions: [GuestMemory.Region] = []
+        for i in 0..<count {
+            let base = 8 + 32 * i
+            let (gpa, size, user, offset) = body.withUnsafeBytes {
+                ($0.loadUnaligned(fromByteOffset: base, as: UInt64.self), $0.loadUnaligned(fromByteOffset: base + 8, as: UInt64.self),
+                 $0.loadUnaligned(fromByteOffset: base + 16, as: UInt64.self), $0.loadUnaligned(fromByteOffset: base + 24, as: UInt64.self))
+            }
+            guard let r = GuestMemory.map(fd: fds[i], guestPhysical: gpa, size: size, userAddress: user, mmapOffset: offset) else {
+                logger.error("cannot map guest memory region \(i) (\(size) bytes): \(String(cString: strerror(errno)))")
+                GuestMemory(regions: regions).unmapAll()
+                return false
+            }
+            regions.append(r)
+        }
+        let new = GuestMemory(regions: regions)
+        pthread_rwlock_wrlock(memoryLock)
+        let old = memory
+        memory = new
+        for q in queues where q.size > 0 && q.descriptorAddress != 0 { _ = q.attach(new) }
+        pthread_rwlock_unlock(memoryLock)
+        old.unmapAll()
+        return true
+    }
+
+    // MARK: workers
+
+    private func startWorkerIfReady(_ q: Virtqueue) {
+        guard workers[q.index] == nil, q.enabled, q.kickFD >= 0 else { return }
+        let ready = readLocked { q.attach(memory) }
+        guard ready else { return }
+        // The used index in the ring is where the guest expects us to continue.
+        if let used = q.used { q.usedIndex = cvhost_load_u16((used + 2).assumingMemoryBound(to: UInt16.self)) }
+        q.broken = false
+        let stop = cvhost_eventfd()
+        let context = Unmanaged.passRetained(WorkerContext(backend: self, queue: q, stop: stop))
+        var thread = pthread_t()
+        guard pthread_create(&thread, nil, { arg in
+            let ctx = Unmanaged<WorkerContext>.fromOpaque(arg!).takeRetainedValue()
+            ctx.backend.workerLoop(ctx.queue, stop: ctx.stop)
+            return nil
+        }, context.toOpaque()) == 0 else {
+            context.release()
+            close(stop)
+            logger.error("cannot start the worker of queue \(q.index)")
+            return
+        }
+        workers[q.index] = (thread, stop)
+    }
+
+    private func stopWorker(_ index: Int) {
+        guard let w = workers.removeValue(forKey: index) else { return }
+        _ = cvhost_eventfd_signal(w.stop)
+        pthread_join(w.thread, nil)
+        close(w.stop)
+    }
+
+    private func resetDevice() {
+        for i in workers.keys { stopWorker(i) }
+        pthread_rwlock_wrlock(memoryLock)
+        memory.unmapAll()
+        memory = .empty
+        for q in queues {
+            for fd in [q.kickFD, q.errorFD] where fd >= 0 { close(fd) }
+            q.lock.withLock { if q.callFD >= 0 { close(q.callFD) }; q.callFD = -1 }
+            q.kickFD = -1; q.errorFD = -1
+            q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
+            q.descriptors = nil; q.available = nil; q.used = nil; q.generation &+= 1
+        }
+        pthread_rwlock_unlock(memoryLock)
+        ackedFeatures = 0
+        ackedProtocol = 0
+    }
+
+    final class WorkerContext {
+        let backend: VhostUserBackend
+        let queue: Virtqueue
+        let stop: Int32
+        init(backend: VhostUserBackend, queue: Virtqueue, stop: Int32) { self.backend = backend; self.queue = queue; self.stop = stop }
+    }
+
+    private func workerLoop(_ q: Virtqueue, stop: Int32) {
+        while true {
+            let ready = cvhost_wait2(q.kickFD, stop, 1000)
+            if ready & 2 != 0 { return }
+            if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
+            // Process everything available; with EVENT_IDX re-check after publishing.
+            repeat {
+                pthread_rwlock_rdlock(memoryLock)
+                processAvailable(q)
+                q.publishAvailableEvent()
+                pthread_rwlock_unlock(memoryLock)
+            } while readLocked({ q.hasMore && !q.broken })
+        }
+    }
+
+    /// Handles every chain the guest made available (memory lock held shared).
+    private func processAvailable(_ q: Virtqueue) {
+        while !q.broken {
+            let chain: Virtqueue.Chain
+            do {
+                guard let c = try q.pop() else { return }
+                chain = c
+            } catch {
+                logger.error("queue \(q.index): bad descriptor chain (\(error)); the queue is stopped until the device is reset")
+                q.broken = true
+                if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
+                return
+            }
+            handle(chain, on: q)
+        }
+    }
+
+    private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
+        // Gather the request; the writable buffers receive the reply.
+        var request = [UInt8]()
+        request.reserveCapacity(chain.readableBytes)
+        for r in chain.readable { request.append(contentsOf: r) }
+        let opcode: UInt32 = request.count >= 8 ? request.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0
+        let generation = q.generation
+        let answered = Flag()
+        let writable = WritableBuffers(chain.writable)
+        let head = chain.head
+        request.withUnsafeBytes { bytes in
+            server.handle(bytes) { [self] reply in
+                answered.set()
+                // A deferred reply (SETLKW) may come after a reset: drop it then.
+                pthread_rwlock_rdlock(memoryLock)
+                defer { pthread_rwlock_unlock(memoryLock) }
+                guard q.generation == generation else { return }
+                var offset = 0
+                for w in writable.buffers where offset < reply.count {
+                    let n = min(w.count, reply.count - offset)
+                    reply.withUnsafeBytes { w.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+                    offset += n
+                }
+                q.push(head, length: offset)
+            }
+        }
+        // FORGET, BATCH_FORGET, INTERRUPT and undecodable requests get no reply,
+        // but the buffers still go back; a waiting SETLKW answers later.
+        if !answered.isSet && opcode != 33 /* FUSE_SETLKW */ {
+            q.push(head, length: 0)
+        }
+    }
+}
+
+/// A chain's writable guest buffers, valid until the chain is pushed back.
+final class WritableBuffers: @unchecked Sendable {
+    let buffers: [UnsafeMutableRawBufferPointer]
+    init(_ buffers: [UnsafeMutableRawBufferPointer]) { self.buffers = buffers }
+}
+
+/// Set once, read by the thread that handed out the closure.
+final class Flag: @unchecked Sendable {
+    private var value = false
+    private let lock = Mutex()
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
+
+public enum VhostError: Error, CustomStringConvertible {
+    case socket(String)
+    public var description: String {
+        switch self { case .socket(let s): return s }
+    }
+}

@@ -1,0 +1,170 @@
+import CVhost
+import Glibc
+
+/// A split virtqueue shared with the guest. The descriptor walker checks every
+/// index, length, flag and address; a chain that breaks a rule is refused
+/// (the request is dropped and the queue marked broken), never followed.
+final class Virtqueue: @unchecked Sendable {
+    static let descriptorNext: UInt16 = 1
+    static let descriptorWrite: UInt16 = 2
+    static let descriptorIndirect: UInt16 = 4
+
+    let index: Int
+    var size: UInt16 = 0
+    var descriptorAddress: UInt64 = 0
+    var availableAddress: UInt64 = 0
+    var usedAddress: UInt64 = 0
+    var lastAvailable: UInt16 = 0
+    var usedIndex: UInt16 = 0
+    var kickFD: Int32 = -1
+    var callFD: Int32 = -1
+    var errorFD: Int32 = -1
+    var enabled = false
+    var broken = false
+    var eventIndex = false
+    /// Bumped on reset, so late (deferred) replies to an old ring are dropped.
+    var generation: UInt64 = 0
+
+    var descriptors: UnsafeMutableRawPointer?
+    var available: UnsafeMutableRawPointer?
+    var used: UnsafeMutableRawPointer?
+    var memory: GuestMemory = .empty
+    /// Serializes used-ring updates (deferred replies come from other threads).
+    let lock = Mutex()
+
+    init(index: Int) { self.index = index }
+
+    var ready: Bool { descriptors != nil && available != nil && used != nil && kickFD >= 0 && size > 0 }
+
+    /// Resolves the ring addresses (front-end virtual) against the memory table.
+    func attach(_ memory: GuestMemory) -> Bool {
+        self.memory = memory
+        guard size > 0 else { return false }
+        let n = Int(size)
+        descriptors = memory.frontEnd(descriptorAddress, 16 * n)
+        available = memory.frontEnd(availableAddress, 6 + 2 * n)
+        used = memory.frontEnd(usedAddress, 6 + 8 * n)
+        return descriptors != nil && available != nil && used != nil
+    }
+
+    struct Chain {
+        var head: UInt16
+        var readable: [UnsafeRawBufferPointer] = []
+        var writable: [UnsafeMutableRawBufferPointer] = []
+        var readableBytes: Int { readable.reduce(0) { $0 + $1.count } }
+        var writableBytes: Int { writable.reduce(0) { $0 + $1.count } }
+    }
+
+    enum ChainError: Error { case badHead, badIndex, loop, badAddress, writableBeforeReadable, badIndirect, tooLarge }
+
+    private func availableIndex() -> UInt16 {
+        cvhost_load_acquire_u16((available! + 2).assumingMemoryBound(to: UInt16.self))
+    }
+
+    /// The next chain the guest made available, or nil when there is none.
+    func pop() throws -> Chain? {
+        guard let available, descriptors != nil else { return nil }
+        if lastAvailable == availableIndex() { return nil }
+        let slot = Int(lastAvailable % size)
+        let head = (available + 4 + 2 * slot).loadUnaligned(as: UInt16.self)
+        lastAvailable &+= 1
+        guard head < size else { broken = true; throw ChainError.badHead }
+        return try walk(head)
+    }
+
+    /// Collects a chain's buffers: readable ones first, then writable ones.
+    private func walk(_ head: UInt16) throws -> Chain {
+        var chain = Chain(head: head)
+        var table = descriptors!
+        var tableSize = Int(size)
+        var index = Int(head)
+        var steps = 0
+        var inIndirect = false
+        var total = 0
+        while true {
+            guard index < tableSize else { throw ChainError.badIndex }
+            let d = table + 16 * index
+            let address = d.loadUnaligned(as: UInt64.self)
+            let length = Int(d.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let flags = d.loadUnaligned(fromByteOffset: 12, as: UInt16.self)
+            let next = d.loadUnaligned(fromByteOffset: 14, as: UInt16.self)
+            steps += 1
+            guard steps <= tableSize + 1 else { throw ChainError.loop }
+            if flags & Self.descriptorIndirect != 0 {
+                // One level only, at the top of a chain, a whole number of descriptors.
+                guard !inIndirect, flags & Self.descriptorNext == 0, length > 0, length % 16 == 0, length / 16 <= 65536 else {
+                    throw ChainError.badIndirect
+                }
+                guard let t = memory.guest(address, length) else { throw ChainError.badAddress }
+                table = t
+                tableSize = length / 16
+                index = 0
+                steps = 0
+                inIndirect = true
+                continue
+            }
+            total += length
+            guard total <= 1 << 26 else { throw ChainError.tooLarge }
+            if length > 0 {
+                guard let p = memory.guest(address, length) else { throw ChainError.badAddress }
+                if flags & Self.descriptorWrite != 0 {
+                    chain.writable.append(UnsafeMutableRawBufferPointer(start: p, count: length))
+                } else {
+                    guard chain.writable.isEmpty else { throw ChainError.writableBeforeReadable }
+                    chain.readable.append(UnsafeRawBufferPointer(start: p, count: length))
+                }
+            }
+            guard flags & Self.descriptorNext != 0 else { break }
+            index = Int(next)
+        }
+        return chain
+    }
+
+    /// Returns a chain to the guest with `length` bytes written, and signals it
+    /// (unless EVENT_IDX says the guest does not want to be woken yet).
+    func push(_ head: UInt16, length: Int) {
+        lock.withLock {
+            guard let used else { return }
+            let slot = Int(usedIndex % size)
+            (used + 4 + 8 * slot).storeBytes(of: UInt32(head), as: UInt32.self)
+            (used + 8 + 8 * slot).storeBytes(of: UInt32(length), as: UInt32.self)
+            let old = usedIndex
+            usedIndex &+= 1
+            cvhost_store_release_u16((used + 2).assumingMemoryBound(to: UInt16.self), usedIndex)
+            cvhost_full_fence()
+            if shouldNotify(old: old, new: usedIndex), callFD >= 0 { _ = cvhost_eventfd_signal(callFD) }
+        }
+    }
+
+    private func shouldNotify(old: UInt16, new: UInt16) -> Bool {
+        guard let available else { return true }
+        if eventIndex {
+            // used_event sits after the available ring.
+            let usedEvent = cvhost_load_u16((available + 4 + 2 * Int(size)).assumingMemoryBound(to: UInt16.self))
+            return (new &- usedEvent &- 1) < (new &- old)
+        }
+        let flags = cvhost_load_u16(available.assumingMemoryBound(to: UInt16.self))
+        return flags & 1 == 0   // VRING_AVAIL_F_NO_INTERRUPT
+    }
+
+    /// With EVENT_IDX, tells the guest which available index should kick us next.
+    func publishAvailableEvent() {
+        guard eventIndex, let used else { return }
+        cvhost_store_release_u16((used + 4 + 8 * Int(size)).assumingMemoryBound(to: UInt16.self), lastAvailable)
+        cvhost_full_fence()
+    }
+
+    var hasMore: Bool { available != nil && lastAvailable != availableIndex() }
+}
+
+/// A small pthread mutex (this module avoids Synchronization's noncopyable Mutex
+/// for state shared with C callbacks).
+final class Mutex: @unchecked Sendable {
+    private let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() { pthread_mutex_init(m, nil) }
+    deinit { pthread_mutex_destroy(m); m.deallocate() }
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(m); defer { pthread_mutex_unlock(m) }
+        return try body()
+    }
+}
