@@ -49,6 +49,10 @@ package final class PersistentPool: @unchecked Sendable {
     }
 
     static func create(path: String, size: UInt64) throws -> PersistentPool {
+        try PoolDescriptors.withSpawnLock { try createLocked(path: path, size: size) }
+    }
+
+    private static func createLocked(path: String, size: UInt64) throws -> PersistentPool {
         guard let h = pmemobj_create(path, PMFS_LAYOUT_NAME, Int(size), 0o600) else {
             let e = errno
             let msg = String(cString: cpmdk_errormsg())
@@ -59,6 +63,10 @@ package final class PersistentPool: @unchecked Sendable {
     }
 
     package static func open(path: String) throws -> PersistentPool {
+        try PoolDescriptors.withSpawnLock { try openLocked(path: path) }
+    }
+
+    private static func openLocked(path: String) throws -> PersistentPool {
         guard let h = pmemobj_open(path, PMFS_LAYOUT_NAME) else {
             let e = errno
             let msg = String(cString: cpmdk_errormsg())
@@ -184,5 +192,23 @@ package final class Transaction {
         }
         for (_, l) in heldLocks.reversed() { l.unlock() }
         heldLocks.removeAll()
+    }
+}
+
+/// PMDK opens a pool file without O_CLOEXEC and holds a lock on it; we mark
+/// the descriptor close-on-exec right after. A process that starts children
+/// while other threads open pools (the test suites do) starts them inside
+/// `withSpawnLock`, so no child can be made in that window and inherit the lock.
+public enum PoolDescriptors {
+    nonisolated(unsafe) private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    public static func withSpawnLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return try body()
     }
 }

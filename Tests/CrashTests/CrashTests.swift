@@ -277,7 +277,7 @@ func spawn(_ program: String, _ arguments: [String]) throws -> pid_t {
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
     let rc = (argv + [nil]).withUnsafeBufferPointer { p in
-        posix_spawn(&pid, program, nil, nil, UnsafeMutablePointer(mutating: p.baseAddress!), environ)
+        PoolDescriptors.withSpawnLock { posix_spawn(&pid, program, nil, nil, UnsafeMutablePointer(mutating: p.baseAddress!), environ) }
     }
     guard rc == 0 else { throw Errno(rawValue: rc) }
     return pid

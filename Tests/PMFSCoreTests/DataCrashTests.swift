@@ -143,7 +143,7 @@ import Testing
         var pid: pid_t = 0
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { for p in cArgs { free(p) } }
-        let rc = posix_spawn(&pid, argv[0], nil, nil, &cArgs, environ)
+        let rc = PoolDescriptors.withSpawnLock { posix_spawn(&pid, argv[0], nil, nil, &cArgs, environ) }
         guard rc == 0 else { throw Errno(rawValue: rc) }
         return pid
     }

@@ -45,7 +45,8 @@ enum Tool {
         let outHandle = try FileHandle(forWritingTo: out), errHandle = try FileHandle(forWritingTo: err)
         process.standardOutput = outHandle
         process.standardError = errHandle
-        try process.run()
+        // Not while another test thread is opening a pool (see PoolDescriptors).
+        try PoolDescriptors.withSpawnLock { try process.run() }
         process.waitUntilExit()
         try outHandle.close()
         try errHandle.close()
