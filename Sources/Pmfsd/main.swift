@@ -51,6 +51,13 @@ struct Pmfsd: ParsableCommand {
     var logLevel: String = "info"
 
     func run() throws {
+        // SIGTERM/SIGINT are taken by one thread with sigwait: blocked here, before
+        // any thread exists, so every thread inherits the mask and none dies of them.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -102,20 +109,16 @@ struct Pmfsd: ParsableCommand {
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 
             // SIGTERM / SIGINT: unmount and stop listening; then shut down cleanly.
-            signal(SIGTERM, SIG_IGN)
-            signal(SIGINT, SIG_IGN)
             let done = DispatchSemaphore(value: 0)
-            let signals = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
-                let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                s.setEventHandler {
-                    logger.notice("signal \(sig): stopping")
-                    host?.unmount()
-                    guest?.stop()
-                    done.signal()
-                }
-                s.resume()
-                return s
+            let signalThread = Thread {
+                var which: Int32 = 0
+                sigwait(&stopSignals, &which)
+                logger.notice("signal \(which): stopping")
+                host?.unmount()
+                guest?.stop()
+                done.signal()
             }
+            signalThread.start()
             guestThread?.start()
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
@@ -124,7 +127,6 @@ struct Pmfsd: ParsableCommand {
                 done.wait()
             }
             guestThread?.join()
-            _ = signals
             try fs.shutdown()
             device.close()
             try metadata.close()
