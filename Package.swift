@@ -158,6 +158,11 @@ let package = Package(
             // The crash tests run the writer, so it is built before them.
             dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PmfsCrashWriter"]
         ),
+        // Malformed FUSE messages and hostile descriptor chains.
+        .testTarget(
+            name: "TransportTests",
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser"]
+        ),
         .testTarget(
             name: "PMFSMetadataTests",
             dependencies: ["PMFSMetadata", "PMFSCheck", "CPMDK"]
