@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Builds everything (the tool tests run the built executables) and runs the
-# whole test suite. Exits non-zero if the build or any test fails.
+# Builds everything and runs the whole test suite: the Swift tests (engine,
+# checker, data tier, crash tests, tools, transports), the mount tests (a real
+# pmfsd host mount driven through the kernel and by real programs), and a real
+# QEMU guest on pmfsd's vhost-user-fs socket. Exits non-zero on any failure.
+# PMFS_TEST_SKIP_GUEST=1 skips the guest (it installs QEMU and a Debian kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
@@ -10,3 +13,12 @@ export PMEM_IS_PMEM_FORCE=1
 
 swift build --build-tests
 swift test "$@"
+
+if [[ -d Tests/mount ]]; then
+    python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
+    python3 -m pytest -q Tests/mount
+fi
+
+if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
+    PMFS_GUEST_BACKEND="$PWD/tools/guest/pmfsd.sh" tools/guest/check.sh smoke posix
+fi
