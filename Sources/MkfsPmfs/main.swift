@@ -292,23 +292,11 @@ func describe(_ error: Error) -> String {
     return "\(error)"
 }
 
-/// "4096", "64K", "1.5"-free integers with an optional K/M/G/T (KiB-style) suffix.
+/// A size option, or a clear error naming the option.
 func parseSize(_ text: String, what: String) throws -> UInt64 {
-    var digits = Substring(text.trimmedSpaces())
-    var unit: UInt64 = 1
-    for suffix in ["iB", "B"] where digits.count > suffix.count && digits.hasSuffix(suffix) {
-        digits = digits.dropLast(suffix.count)
-        break
-    }
-    if let last = digits.last, let shift = ["K": 10, "M": 20, "G": 30, "T": 40][last.uppercased()] {
-        unit = 1 << UInt64(shift)
-        digits = digits.dropLast()
-    }
-    guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(digits) else {
+    guard let bytes = ByteSize.parse(text) else {
         fail("bad size '\(text)' for \(what) (expected a number with an optional K, M, G or T suffix)")
     }
-    let (bytes, overflow) = n.multipliedReportingOverflow(by: unit)
-    guard !overflow, bytes > 0 else { fail("bad size '\(text)' for \(what)") }
     return bytes
 }
 
@@ -320,20 +308,6 @@ func parentDirectory(_ path: String) -> String {
     return parent.isEmpty ? "/" : String(parent)
 }
 
-func human(_ bytes: UInt64) -> String {
-    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    var value = Double(bytes)
-    var i = 0
-    while value >= 1024 && i < units.count - 1 { value /= 1024; i += 1 }
-    if i == 0 { return "\(bytes) bytes" }
-    let tenths = (value * 10).rounded() / 10
-    return tenths == tenths.rounded() ? "\(Int(tenths)) \(units[i])" : "\(tenths) \(units[i])"
-}
-
-extension String {
-    func trimmedSpaces() -> String {
-        String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
-    }
-}
+func human(_ bytes: UInt64) -> String { ByteSize.human(bytes) }
 
 MkfsPmfs.main()

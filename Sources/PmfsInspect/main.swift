@@ -545,15 +545,7 @@ func printTable(_ rows: [[String]]) {
     }
 }
 
-func human(_ bytes: UInt64) -> String {
-    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    var value = Double(bytes)
-    var i = 0
-    while value >= 1024 && i < units.count - 1 { value /= 1024; i += 1 }
-    if i == 0 { return "\(bytes) bytes" }
-    let tenths = (value * 10).rounded() / 10
-    return tenths == tenths.rounded() ? "\(Int(tenths)) \(units[i])" : "\(tenths) \(units[i])"
-}
+func human(_ bytes: UInt64) -> String { ByteSize.human(bytes) }
 
 extension String {
     init(format2 byte: UInt8) {

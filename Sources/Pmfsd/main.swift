@@ -68,9 +68,10 @@ struct Pmfsd: ParsableCommand {
         guard let engine = IOEngineChoice(rawValue: ioEngine) else {
             throw ValidationError("--io-engine must be auto, io_uring or threads")
         }
-        guard let cacheBytes = parseSize(cacheSize), cacheBytes >= 64 << 10 else {
+        guard let size = ByteSize.parse(cacheSize), size >= 64 << 10, size <= 1 << 46 else {
             throw ValidationError("--cache-size: a size of at least 64K, like 256M")
         }
+        let cacheBytes = Int(size)
         guard mount != nil || socket != nil else {
             throw ValidationError("nothing to serve: give --mount DIR, --socket PATH, or both")
         }
@@ -139,20 +140,6 @@ struct Pmfsd: ParsableCommand {
             throw CleanExit.message("pmfsd: \(e)")
         }
     }
-}
-
-func parseSize(_ s: String) -> Int? {
-    guard let last = s.last else { return nil }
-    let shift: Int
-    var digits = Substring(s)
-    switch last {
-    case "K", "k": shift = 10; digits = digits.dropLast()
-    case "M", "m": shift = 20; digits = digits.dropLast()
-    case "G", "g": shift = 30; digits = digits.dropLast()
-    default: shift = 0
-    }
-    guard let v = Int(digits), v >= 0, v < (1 << (62 - shift)) else { return nil }
-    return v << shift
 }
 
 Pmfsd.main()
