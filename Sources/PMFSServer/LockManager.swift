@@ -16,6 +16,9 @@ final class LockManager: Sendable {
         var start: UInt64
         var end: UInt64        // inclusive
         var flock: Bool
+        /// The open file (FUSE handle) the lock was set through; RELEASE of it
+        /// drops what is left (open-file-description locks).
+        var handle: UInt64 = 0
     }
 
     struct Waiter {
@@ -107,6 +110,14 @@ final class LockManager: Sendable {
     /// Drops every POSIX lock of `owner` on `ino` (close of any descriptor, FLUSH).
     func releasePosix(ino: UInt64, owner: UInt64, session: UInt64) {
         releaseWhere(ino: ino) { $0.owner == owner && $0.session == session && !$0.flock }
+    }
+
+    /// Drops the POSIX-type locks set through `handle` (last close of that open
+    /// file). For OFD locks (F_OFD_SETLK) this is their only release: the kernel
+    /// sends FUSE no unlock for them. Process-owned POSIX locks set through the
+    /// handle are already gone by then (every close sends FLUSH for its owner).
+    func releaseHandle(ino: UInt64, handle: UInt64, session: UInt64) {
+        releaseWhere(ino: ino) { $0.handle == handle && $0.session == session && !$0.flock }
     }
 
     /// Drops the flock of `owner` on `ino` (last close of the open file).

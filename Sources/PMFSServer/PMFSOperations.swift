@@ -301,6 +301,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws {
         if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0 { locks.releaseFlock(ino: nodeid, owner: lockOwner, session: session) }
+        locks.releaseHandle(ino: nodeid, handle: handle, session: session)
         _ = handles.withLock { $0.table.removeValue(forKey: handle) }
     }
 
@@ -395,10 +396,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     // MARK: locks
 
-    func held(_ owner: UInt64, _ lock: FUSELock, flock: Bool) -> LockManager.Held {
+    func held(_ owner: UInt64, _ lock: FUSELock, flock: Bool, handle: UInt64 = 0) -> LockManager.Held {
         // flock locks cover the whole file. Owners are only unique within a session.
         LockManager.Held(owner: owner, session: session, pid: lock.pid, type: lock.type, start: flock ? 0 : lock.start,
-                         end: flock ? UInt64.max : lock.end, flock: flock)
+                         end: flock ? UInt64.max : lock.end, flock: flock, handle: handle)
     }
 
     public func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock {
@@ -412,7 +413,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                       reply: @escaping @Sendable (Int32) -> Void) {
         guard lock.type == F_RDLCK || lock.type == F_WRLCK || lock.type == F_UNLCK else { reply(EINVAL); return }
         guard lock.start <= lock.end else { reply(EINVAL); return }
-        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock), wait: wait, reply: reply)
+        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, reply: reply)
     }
 
     public func interrupt(unique: UInt64) { locks.interrupt(unique: unique) }
