@@ -8,7 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 n=${1:-1000}
 command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
-(cd "$root" && swift build -c release --product pmfsd --product mkfs.pmfs >/dev/null)
+(cd "$root" && swift build -c release --product pmfsd >/dev/null && swift build -c release --product mkfs.pmfs >/dev/null)
 export PMFS_BIN=$root/.build/release PMFS_GUEST_KERNEL_ARGS="pmfs.n=$n"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

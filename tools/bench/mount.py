@@ -13,7 +13,7 @@ def build_dir():
         p = os.path.join(ROOT, ".build", d)
         if os.path.exists(os.path.join(p, "pmfsd")):
             return p
-    sys.exit("build first: swift build -c release --product pmfsd --product mkfs.pmfs")
+    sys.exit("build first: swift build -c release (pmfsd and mkfs.pmfs)")
 
 def mounted(path):
     with open("/proc/self/mountinfo") as f:
