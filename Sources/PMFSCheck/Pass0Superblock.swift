@@ -82,6 +82,16 @@ extension CheckRun {
             bitmapOff = only
         }
         _ = claim(bitmapOff, PMFS_T_SPACE_BITMAP, minSize: headerSize, owner: 0)
+
+        // The pool reserve: optional, any size.
+        let reserveOff = sb.pointee.reserve_off
+        if reserveOff != 0 {
+            if let why = claim(reserveOff, PMFS_T_RESERVE, minSize: 1, owner: 0) {
+                found(.superblockReserve, "superblock pool reserve reference: \(why)") {
+                    try update(field(sb, \.reserve_off)) { $0 = 0 }
+                }
+            }
+        }
         guard let bm: UnsafeMutablePointer<pmfs_space_bitmap> = try? pool.pointer(bitmapOff) else { fatal = "space bitmap unreadable"; return false }
         bitmap = bm
         let objectSize = objects[bitmapOff]?.size ?? 0

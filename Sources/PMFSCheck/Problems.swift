@@ -9,6 +9,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
     case superblockBitmap = "SB_BITMAP"
     case superblockDataBlocks = "SB_DATA_BLOCKS"
     case bitmapHeader = "BITMAP_HEADER"
+    case superblockReserve = "SB_RESERVE"
     // Pass 1: the inode table and each inode's own objects.
     case tableChunkCount = "TABLE_CHUNK_COUNT"
     case tableChunkBad = "TABLE_CHUNK_BAD"
@@ -74,6 +75,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
         case .superblockState: return "mark the pool clean"
         case .superblockGeometry: return "restore the fixed v1 geometry (4096-byte blocks, 4096 inodes per chunk)"
         case .superblockInodeTable: return "point the superblock at the only inode table object in the pool"
+        case .superblockReserve: return "forget the bad pool reserve reference (the engine makes a new reserve at open)"
         case .superblockBitmap: return "point the superblock at the only space bitmap object in the pool"
         case .superblockDataBlocks: return "take the device size from the space bitmap"
         case .bitmapHeader: return "rewrite the bitmap header from the superblock"

@@ -28,6 +28,8 @@ public struct NewMapping: Hashable, Sendable {
 extension MetadataStore {
     public func reserveBlocks(_ count: UInt64) throws {
         guard count > 0 else { return }
+        // Data the cache accepts must be committable: no pool reserve, no write.
+        guard poolHasReserve() else { throw Errno.noSpace }
         try space.reserve(count)
     }
 
@@ -55,6 +57,16 @@ extension MetadataStore {
     /// clears the unwritten flag of `written` ranges, and sets size and times.
     public func commitWrites(_ ino: UInt64, mappings: [NewMapping], written: [(start: UInt64, count: UInt64)] = [],
                              size: UInt64? = nil, mtime: Timestamp? = nil) throws {
+        do {
+            try commitWritesOnce(ino, mappings: mappings, written: written, size: size, mtime: mtime)
+        } catch Errno.noSpace where releaseReserve() {
+            // The pool filled up since these writes were accepted: the reserve is for this.
+            try commitWritesOnce(ino, mappings: mappings, written: written, size: size, mtime: mtime)
+        }
+    }
+
+    private func commitWritesOnce(_ ino: UInt64, mappings: [NewMapping], written: [(start: UInt64, count: UInt64)],
+                                  size: UInt64?, mtime: Timestamp?) throws {
         try locks.withExclusive(ino) {
             let p = try regularFile(ino)
             let tree = ExtentTree(pool: pool, inode: p)

@@ -41,6 +41,8 @@ public final class MetadataStore: @unchecked Sendable {
     /// is not moved into its own subtree cannot race another such rename.
     let renameLock = Mutex()
     let orphanLock = Mutex()
+    /// Guards the pool reserve (superblock.reserve_off).
+    let reserveLock = Mutex()
     let seed: UInt64
     let mode: OpenMode
     private var pins: [UInt64: Int] = [:]
@@ -190,6 +192,9 @@ public final class MetadataStore: @unchecked Sendable {
             sb.pointee.state = PMFS_STATE_IN_USE
             sb.pointee.mount_count += 1
             sb.pointee.last_open = Timestamp.now().persistent
+        }
+        if !ensureReserve() {
+            logger.warning("metadata pool \(pool.path) has no room for its write-back reserve: writes into holes will get ENOSPC")
         }
         if recoveredFromUncleanShutdown {
             logger.warning("pool \(pool.path) was not closed cleanly; recovered, \(reclaimedOrphans) orphan inode(s) reclaimed")

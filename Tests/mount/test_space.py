@@ -81,10 +81,9 @@ def test_fallocate_beyond_device_changes_nothing(small_fs):
     os.unlink(p)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (PMFSCore): a write into a hole reserves a data block but no pool space for "
-                   "its extent; with the pool full, write() succeeds, write-back fails with ENOSPC, the acknowledged data "
-                   "is dropped, and at SIGTERM fs.shutdown() throws so pmfsd exits 1 without closing the pool")
 def test_pool_full_acknowledged_writes_are_kept():
+    """A full metadata pool: writes are either refused (ENOSPC) or kept; the
+    pool reserve lets acknowledged writes commit."""
     require_fuse()
     fs = Pmfs(name="pmfs-poolfull", data_size="64M", mkfs_args=("--pool-size", "13M"))
     try:

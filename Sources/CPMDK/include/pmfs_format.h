@@ -39,6 +39,7 @@ enum pmfs_type_num {
     PMFS_T_SYMLINK = 9,
     PMFS_T_XATTRS = 10,
     PMFS_T_EXTENT_NODE = 11,
+    PMFS_T_RESERVE = 12,
 };
 
 struct pmfs_timespec {
@@ -68,7 +69,8 @@ struct pmfs_superblock {
     uint64_t unclean_count;        /* opens that found the pool not clean */
     struct pmfs_timespec created;
     struct pmfs_timespec last_open;
-    uint8_t reserved[256];
+    uint64_t reserve_off;          /* pool space kept back for write-back (PMFS_T_RESERVE), 0 = none */
+    uint8_t reserved[248];
 };
 
 /* Inode numbers are table positions: ino = chunk * PMFS_INODES_PER_CHUNK + slot.
