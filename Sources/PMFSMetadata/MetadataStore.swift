@@ -202,6 +202,12 @@ public final class MetadataStore: @unchecked Sendable {
         return self
     }
 
+    /// Closes the pool without marking it clean (something failed on the way
+    /// down): the next open recovers, as after a crash.
+    public func closeUnclean() {
+        pool.close()
+    }
+
     /// Marks the pool clean and closes it. Inodes still pinned stay on the orphan
     /// list and are reclaimed at the next open.
     public func close() throws {

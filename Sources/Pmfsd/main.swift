@@ -128,7 +128,16 @@ struct Pmfsd: ParsableCommand {
                 done.wait()
             }
             guestThread?.join()
-            try fs.shutdown()
+            do {
+                try fs.shutdown()
+            } catch {
+                // Cached writes could not all be written back: say so, and leave
+                // the pool marked in use so the next start recovers.
+                logger.error("writing back at shutdown failed: \(error); the pool is left for recovery")
+                device.close()
+                metadata.closeUnclean()
+                throw ExitCode(1)
+            }
             device.close()
             try metadata.close()
             logger.notice("stopped cleanly")
