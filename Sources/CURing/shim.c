@@ -11,45 +11,12 @@ int curing_register_file(struct io_uring *ring, int fd) {
     return io_uring_register_files(ring, &fd, 1);
 }
 
-int curing_register_buffer(struct io_uring *ring, void *base, size_t length) {
-    struct iovec iov = { base, length };
-    return io_uring_register_buffers(ring, &iov, 1);
-}
-
 static struct io_uring_sqe *sqe_for(struct io_uring *ring, int fixed_file, uint64_t tag) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) return NULL;
     io_uring_sqe_set_data64(sqe, tag);
     (void)fixed_file;
     return sqe;
-}
-
-int curing_queue_read(struct io_uring *ring, int fd, int fixed_file, void *buf, unsigned length,
-                      uint64_t offset, int fixed_buffer, uint64_t tag) {
-    struct io_uring_sqe *sqe = sqe_for(ring, fixed_file, tag);
-    if (!sqe) return -EBUSY;
-    int target = fixed_file ? 0 : fd;
-    if (fixed_buffer >= 0)
-        io_uring_prep_read_fixed(sqe, target, buf, length, offset, fixed_buffer);
-    else
-        io_uring_prep_read(sqe, target, buf, length, offset);
-    io_uring_sqe_set_data64(sqe, tag);
-    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
-    return 0;
-}
-
-int curing_queue_write(struct io_uring *ring, int fd, int fixed_file, const void *buf, unsigned length,
-                       uint64_t offset, int fixed_buffer, uint64_t tag) {
-    struct io_uring_sqe *sqe = sqe_for(ring, fixed_file, tag);
-    if (!sqe) return -EBUSY;
-    int target = fixed_file ? 0 : fd;
-    if (fixed_buffer >= 0)
-        io_uring_prep_write_fixed(sqe, target, buf, length, offset, fixed_buffer);
-    else
-        io_uring_prep_write(sqe, target, buf, length, offset);
-    io_uring_sqe_set_data64(sqe, tag);
-    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
-    return 0;
 }
 
 int curing_queue_vectored(struct io_uring *ring, int write, int fd, int fixed_file, const struct iovec *iov,

@@ -16,15 +16,7 @@ static const int curing_O_DIRECT = __O_DIRECT;
 int curing_init(struct io_uring *ring, unsigned entries);
 void curing_exit(struct io_uring *ring);
 int curing_register_file(struct io_uring *ring, int fd);
-int curing_register_buffer(struct io_uring *ring, void *base, size_t length);
 
-/* Queues one operation; returns 0, or -EBUSY when the submission queue is full.
- * `fixed_buffer` >= 0 uses that registered buffer; `fixed_file` uses registered
- * file 0 instead of `fd`. */
-int curing_queue_read(struct io_uring *ring, int fd, int fixed_file, void *buf, unsigned length,
-                      uint64_t offset, int fixed_buffer, uint64_t tag);
-int curing_queue_write(struct io_uring *ring, int fd, int fixed_file, const void *buf, unsigned length,
-                       uint64_t offset, int fixed_buffer, uint64_t tag);
 /* Queues a readv (write = 0) or writev (write = 1) of `count` iovecs. */
 int curing_queue_vectored(struct io_uring *ring, int write, int fd, int fixed_file, const struct iovec *iov,
                           unsigned count, uint64_t offset, uint64_t tag);
