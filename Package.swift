@@ -163,6 +163,11 @@ let package = Package(
             name: "TransportTests",
             dependencies: ["FUSEProtocol", "CFUSE", "VhostUser"]
         ),
+        // Host mount and a second session on one file system (real /dev/fuse).
+        .testTarget(
+            name: "ServerTests",
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata"]
+        ),
         .testTarget(
             name: "PMFSMetadataTests",
             dependencies: ["PMFSMetadata", "PMFSCheck", "CPMDK"]

@@ -129,6 +129,14 @@ public final class FUSEMount: @unchecked Sendable {
         }
     }
 
+    /// Sends a notification (FUSENotification) to the kernel; returns 0 or the
+    /// errno. ENOENT only means the kernel had nothing of it cached.
+    @discardableResult
+    public func notify(_ message: [UInt8]) -> Int32 {
+        let w = message.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        return w < 0 ? errno : 0
+    }
+
     /// Detaches the mount: workers see ENODEV and return from `serve`.
     public func unmount() {
         if umount2(mountPoint, cfuse_mnt_detach) != 0 && errno != EINVAL {

@@ -170,11 +170,3 @@ final class LockManager: Sendable {
         for w in all { w.reply(EINTR) }
     }
 }
-
-/// The lock table of one served file system, shared by its sessions.
-public final class SharedLocks: Sendable {
-    let manager = LockManager()
-    private let nextSession = Mutex<UInt64>(1)
-    public init() {}
-    func newSession() -> UInt64 { nextSession.withLock { v in defer { v += 1 }; return v } }
-}

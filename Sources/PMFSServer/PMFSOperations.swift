@@ -37,14 +37,41 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// This session's identity in the lock table shared by all sessions.
     let session: UInt64
 
-    /// `locks` is shared by every session serving the same file system (the
-    /// host mount and each guest), so their locks conflict as they should.
-    public init(metadata: MetadataStore, fs: FileSystem, locks: SharedLocks = SharedLocks(), logger: Logger = Logger(label: "pmfs.fuse")) {
+    let group: SessionGroup
+
+    /// `group` is shared by every session serving the same file system (the
+    /// host mount and each guest): their locks conflict as they should and
+    /// their kernels hear of each other's changes.
+    public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), logger: Logger = Logger(label: "pmfs.fuse")) {
         self.metadata = metadata
         self.fs = fs
         self.logger = logger
-        self.locks = locks.manager
-        self.session = locks.newSession()
+        self.group = group
+        self.locks = group.locks
+        self.session = group.newSession()
+    }
+
+    /// Sends this session's kernel the invalidations other sessions' changes
+    /// call for (the host mount; a guest's virtiofs cannot receive them).
+    public func listen(_ sink: InvalidationSink) {
+        group.coherence.add(InvalidationQueue(session: session, sink: sink, holds: { [weak self] ino in
+            self?.lookups.withLock { ($0[ino] ?? 0) > 0 } ?? false
+        }))
+    }
+
+    /// Stops sending invalidations (delivers what is queued first).
+    public func stopListening() { group.coherence.remove(session: session) }
+
+    /// Tells the other sessions what this one changed (cheap when none listens).
+    @inline(__always)
+    func changed(_ items: @autoclosure () -> [CacheInvalidation]) {
+        if group.coherence.active { group.coherence.changed(by: session, items()) }
+    }
+
+    /// The inode a name refers to now, for invalidations (only when someone listens).
+    func inodeNamed(_ parent: UInt64, _ name: [UInt8]) -> UInt64? {
+        guard group.coherence.active, let n = try? FileName(bytes: name) else { return nil }
+        return try? metadata.lookup(parent, n, pin: false).ino
     }
 
     /// The peer is gone (guest reboot, QEMU exit, unmount): drop its kernel
@@ -193,6 +220,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             if let (s, ns) = c.ctime { changes.ctime = Timestamp(seconds: s, nanoseconds: ns) }
             changes.size = c.size
             let a = current.type == .regular ? try fs.setattr(nodeid, changes) : try metadata.setattr(nodeid, changes)
+            changed(c.size != nil ? [.contents(nodeid)] : [.attributes(nodeid)])
             return (attributes(a), attributeTimeout)
         }
     }
@@ -204,41 +232,61 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry {
         try run {
             let o = try owner(r, parent: parent, mode: ModeBits.symlink | 0o777)
-            return try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
+            let e = try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
+            changed([.entry(parent: parent, name: name), .attributes(parent)])
+            return e
         }
     }
 
     public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
             let o = try owner(r, parent: parent, mode: mode)
-            return try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
+            let e = try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
+            changed([.entry(parent: parent, name: name), .attributes(parent)])
+            return e
         }
     }
 
     public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
             let o = try owner(r, parent: parent, mode: ModeBits.directory | (mode & 0o7777))
-            return try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
+            let e = try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
+            changed([.entry(parent: parent, name: name), .attributes(parent)])
+            return e
         }
     }
 
     public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
-        try run { try metadata.unlink(parent, try fileName(name)) }
+        try run {
+            let victim = inodeNamed(parent, name)
+            try metadata.unlink(parent, try fileName(name))
+            changed([.entry(parent: parent, name: name), .attributes(parent)] + (victim.map { [.attributes($0)] } ?? []))
+        }
     }
 
     public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
-        try run { try metadata.rmdir(parent, try fileName(name)) }
+        try run {
+            try metadata.rmdir(parent, try fileName(name))
+            changed([.entry(parent: parent, name: name), .attributes(parent)])
+        }
     }
 
     public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws {
         try run {
             guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
+            let moved = inodeNamed(parent, name), replaced = inodeNamed(newParent, newName)
             try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
+            changed([.entry(parent: parent, name: name), .entry(parent: newParent, name: newName), .attributes(parent), .attributes(newParent)]
+                    + [moved, replaced].compactMap { $0.map { CacheInvalidation.attributes($0) } })
         }
     }
 
     public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry {
-        try run { try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true)) }
+        try run {
+            let e = try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true))
+            changed([.entry(parent: newParent, name: newName), .attributes(newParent), .attributes(nodeid)])
+            return e
+        }
     }
 
     // MARK: files
@@ -254,6 +302,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             if Int32(flags) & O_TRUNC != 0 && Int32(flags) & O_ACCMODE != O_RDONLY {
                 if killSuidGid { try killPrivileges(nodeid) }
                 _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
+                changed([.contents(nodeid)])
             }
             return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)))
         }
@@ -264,7 +313,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true)
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
-            return (try entry(a), FUSEOpenResult(handle: h))
+            let e = try entry(a)
+            changed([.entry(parent: parent, name: name), .attributes(parent)])
+            return (e, FUSEOpenResult(handle: h))
         }
     }
 
@@ -290,7 +341,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
             let openFlags = self.handle(handle).map { Int32(bitPattern: $0.flags) } ?? 0
             let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
-            return try fs.write(nodeid, offset: offset, from: data, sync: sync)
+            let n = try fs.write(nodeid, offset: offset, from: data, sync: sync)
+            changed([.contents(nodeid)])
+            return n
         }
     }
 
@@ -363,6 +416,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         try run {
             let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
             try metadata.setxattr(nodeid, name, Array(value), mode: mode)
+            changed([.attributes(nodeid)])
         }
     }
 
@@ -375,7 +429,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws {
-        try run { try metadata.removexattr(nodeid, name) }
+        try run {
+            try metadata.removexattr(nodeid, name)
+            changed([.attributes(nodeid)])
+        }
     }
 
     /// ACCESS (peers without default_permissions): owner, group, other bits; root
@@ -421,7 +478,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: data
 
     public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws {
-        try run { try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length) }
+        try run {
+            try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length)
+            changed([.contents(nodeid)])
+        }
     }
 
     public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
@@ -438,7 +498,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                               toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 {
         try run {
             guard flags == 0 else { throw FUSEError(EINVAL) }
-            return try fs.copyFileRange(from: nodeid, offset: offset, to: toNode, offset: toOffset, length: min(length, 1 << 30))
+            let n = try fs.copyFileRange(from: nodeid, offset: offset, to: toNode, offset: toOffset, length: min(length, 1 << 30))
+            changed([.contents(toNode)])
+            return n
         }
     }
 

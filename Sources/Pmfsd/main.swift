@@ -89,17 +89,22 @@ struct Pmfsd: ParsableCommand {
             options.cacheBytes = cacheBytes
             options.writeBack = !writeThrough
             let fs = try FileSystem(metadata: metadata, device: device, options: options)
-            let locks = SharedLocks()
+            let sessions = SessionGroup()
             var host: FUSEMount? = nil
+            var hostOperations: PMFSOperations? = nil
             if let mount {
-                let server = FUSEServer(operations: PMFSOperations(metadata: metadata, fs: fs, locks: locks))
-                host = try FUSEMount(mountPoint: mount, server: server, fsName: "pmfs")
-                logger.notice("host mount on \(host!.mountPoint)")
+                let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
+                let m = try FUSEMount(mountPoint: mount, server: FUSEServer(operations: operations), fsName: "pmfs")
+                // The host kernel hears of the guests' changes at once (FUSE notifications).
+                operations.listen(FUSENotificationSink { [m] in m.notify($0) })
+                host = m
+                hostOperations = operations
+                logger.notice("host mount on \(m.mountPoint)")
             }
             var guest: VhostUserBackend? = nil
             var guestThread: Thread? = nil
             if let socket {
-                let operations = PMFSOperations(metadata: metadata, fs: fs, locks: locks)
+                let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 let backend = try VhostUserBackend(socketPath: socket, server: FUSEServer(operations: operations), requestQueues: queues)
                 // A guest that reboots or a QEMU that goes away ends its FUSE session.
                 backend.onSessionEnd = { operations.endSession() }
@@ -128,6 +133,7 @@ struct Pmfsd: ParsableCommand {
                 done.wait()
             }
             guestThread?.join()
+            hostOperations?.stopListening()
             do {
                 try fs.shutdown()
             } catch {

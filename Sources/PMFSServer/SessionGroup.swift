@@ -1,0 +1,151 @@
+import FUSEProtocol
+import Glibc
+import Synchronization
+
+/// The sessions serving one file system: the host mount and each guest. They
+/// share the lock table (their locks conflict as they should), and each one
+/// with a reachable kernel cache hears of the changes the others make.
+public final class SessionGroup: Sendable {
+    let locks = LockManager()
+    let coherence = CacheCoherence()
+    private let nextSession = Mutex<UInt64>(1)
+    public init() {}
+    func newSession() -> UInt64 { nextSession.withLock { v in defer { v += 1 }; return v } }
+}
+
+/// Something a kernel may have cached and must drop after another session's change.
+public enum CacheInvalidation: Hashable, Sendable {
+    /// The dentry `name` in `parent`.
+    case entry(parent: UInt64, name: [UInt8])
+    /// An inode's attributes.
+    case attributes(UInt64)
+    /// An inode's attributes and cached data.
+    case contents(UInt64)
+}
+
+/// Delivers invalidations to one session's kernel (for the host mount: FUSE
+/// notifications on /dev/fuse). Guests have none: Linux's virtiofs driver has
+/// no notification queue, so a guest relies on its short cache timeouts.
+public protocol InvalidationSink: AnyObject, Sendable {
+    func deliver(_ invalidation: CacheInvalidation)
+}
+
+/// Fans each session's changes out to the other sessions' sinks. Delivery is
+/// asynchronous, on one thread per sink: a notification can block in the
+/// kernel on a directory lock held by a request of that very session, so it is
+/// never sent from a request's thread. Invalidations about inodes a session's
+/// kernel does not hold are dropped at once.
+final class CacheCoherence: @unchecked Sendable {
+    private let listeners = Mutex<[InvalidationQueue]>([])
+    private let listenerCount = Atomic<Int>(0)
+
+    /// True when someone listens: operations skip building change lists otherwise.
+    var active: Bool { listenerCount.load(ordering: .relaxed) > 0 }
+
+    func add(_ queue: InvalidationQueue) {
+        listeners.withLock { $0.append(queue) }
+        listenerCount.add(1, ordering: .relaxed)
+    }
+
+    func remove(session: UInt64) {
+        let gone: [InvalidationQueue] = listeners.withLock { list in
+            let g = list.filter { $0.session == session }
+            list.removeAll { $0.session == session }
+            return g
+        }
+        listenerCount.subtract(gone.count, ordering: .relaxed)
+        for q in gone { q.stop() }
+    }
+
+    func changed(by session: UInt64, _ items: [CacheInvalidation]) {
+        let targets = listeners.withLock { $0.filter { $0.session != session } }
+        for q in targets { q.enqueue(items) }
+    }
+}
+
+/// One sink's pending invalidations (deduplicated, in order) and its thread.
+final class InvalidationQueue: @unchecked Sendable {
+    let session: UInt64
+    private let sink: InvalidationSink
+    /// Whether that session's kernel holds the inode (a lookup count > 0).
+    private let holds: @Sendable (UInt64) -> Bool
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var pending: [CacheInvalidation] = []
+    private var queued: Set<CacheInvalidation> = []
+    private var stopping = false
+    private var thread = pthread_t()
+    private var running = false
+
+    init(session: UInt64, sink: InvalidationSink, holds: @escaping @Sendable (UInt64) -> Bool) {
+        self.session = session
+        self.sink = sink
+        self.holds = holds
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+        let box = Unmanaged.passRetained(self)
+        running = pthread_create(&thread, nil, { arg in
+            let q = Unmanaged<InvalidationQueue>.fromOpaque(arg!).takeRetainedValue()
+            q.run()
+            return nil
+        }, box.toOpaque()) == 0
+        if !running { box.release() }
+    }
+
+    deinit {
+        pthread_cond_destroy(condition); condition.deallocate()
+        pthread_mutex_destroy(mutex); mutex.deallocate()
+    }
+
+    func enqueue(_ items: [CacheInvalidation]) {
+        let wanted = items.filter {
+            switch $0 {
+            case .entry(let parent, _): return parent == 1 || holds(parent)
+            case .attributes(let ino), .contents(let ino): return ino == 1 || holds(ino)
+            }
+        }
+        guard !wanted.isEmpty else { return }
+        pthread_mutex_lock(mutex)
+        for item in wanted where queued.insert(item).inserted { pending.append(item) }
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Stops the thread once the queue is drained.
+    func stop() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+        if running { pthread_join(thread, nil); running = false }
+    }
+
+    private func run() {
+        while true {
+            pthread_mutex_lock(mutex)
+            while pending.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            queued.removeAll(keepingCapacity: true)
+            let done = stopping && batch.isEmpty
+            pthread_mutex_unlock(mutex)
+            if done { return }
+            for item in batch { sink.deliver(item) }
+        }
+    }
+}
+
+/// Invalidations as FUSE notifications, written by `send` (e.g. to /dev/fuse).
+public final class FUSENotificationSink: InvalidationSink {
+    private let send: @Sendable ([UInt8]) -> Int32
+    /// `send` returns 0 or an errno; ENOENT (nothing cached) is expected and ignored.
+    public init(send: @escaping @Sendable ([UInt8]) -> Int32) { self.send = send }
+
+    public func deliver(_ invalidation: CacheInvalidation) {
+        switch invalidation {
+        case .entry(let parent, let name): _ = send(FUSENotification.invalidateEntry(parent: parent, name: name))
+        case .attributes(let ino): _ = send(FUSENotification.invalidateInode(ino, data: false))
+        case .contents(let ino): _ = send(FUSENotification.invalidateInode(ino, data: true))
+        }
+    }
+}
