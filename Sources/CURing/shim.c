@@ -42,6 +42,16 @@ int curing_queue_fsync(struct io_uring *ring, int fd, int fixed_file, int datasy
     return 0;
 }
 
+int curing_queue_fsync_after_all(struct io_uring *ring, int fd, int fixed_file, int datasync, uint64_t tag) {
+    struct io_uring_sqe *sqe = sqe_for(ring, fixed_file, tag);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fsync(sqe, fixed_file ? 0 : fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    io_uring_sqe_set_data64(sqe, tag);
+    sqe->flags |= IOSQE_IO_DRAIN;   /* starts after everything queued before it */
+    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+    return 0;
+}
+
 int curing_submit_and_wait(struct io_uring *ring, unsigned wait_for) {
     return io_uring_submit_and_wait(ring, wait_for);
 }

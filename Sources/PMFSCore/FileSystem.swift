@@ -465,10 +465,13 @@ public final class FileSystem: @unchecked Sendable {
                 }
                 i = j
             }
-            try device.engine.perform(requests)
             let commit = !mappings.isEmpty || !writtenRanges.isEmpty || f.needsCommit
             // New blocks must be on stable storage before the pool points at them.
-            if commit || flushDevice { try flushDeviceOrThrow() }
+            if commit || flushDevice {
+                try device.engine.performAndFlush(requests)
+            } else {
+                try device.engine.perform(requests)
+            }
             if commit {
                 try metadata.commitWrites(f.ino, mappings: mappings, written: writtenRanges, size: f.size, mtime: f.pendingMtime)
                 f.persistedSize = f.size

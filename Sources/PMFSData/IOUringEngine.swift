@@ -98,6 +98,61 @@ public final class IOUringEngine: BlockIOEngine, @unchecked Sendable {
         }
     }
 
+    /// The writes and a drained fdatasync in one submission: one system call
+    /// and one wait instead of two of each on fsync's path.
+    public func performAndFlush(_ requests: [BlockIORequest]) throws {
+        guard !requests.isEmpty, requests.count < Int(Self.depth) else {
+            try perform(requests)
+            try flush()
+            return
+        }
+        var shortOnes: [Int: Int] = [:]
+        try withRing { ring in
+            let vectors = requests.map { r -> UnsafeMutablePointer<iovec> in
+                let p = UnsafeMutablePointer<iovec>.allocate(capacity: r.segments.count)
+                p.initialize(from: r.segments, count: r.segments.count)
+                return p
+            }
+            defer { for v in vectors { v.deallocate() } }
+            for (i, r) in requests.enumerated() {
+                let rc = curing_queue_vectored(ring, r.kind == .write ? 1 : 0, fd, 1, vectors[i], UInt32(r.segments.count), r.offset, UInt64(i))
+                precondition(rc == 0, "a fresh ring has room for \(requests.count) requests")
+            }
+            let flushTag = UInt64(requests.count)
+            precondition(curing_queue_fsync_after_all(ring, fd, 1, 1, flushTag) == 0)
+            var pending = requests.count + 1
+            var firstError: IOErrno? = nil
+            var flushResult: Int32 = 0
+            var tags = [UInt64](repeating: 0, count: pending)
+            var results = [Int32](repeating: 0, count: pending)
+            var submitted = false
+            while pending > 0 {
+                // Everything is queued: the first call submits, later ones only wait.
+                let rc = curing_submit_and_wait(ring, submitted ? 1 : UInt32(pending))
+                if rc < 0 && rc != -EINTR { throw DataDeviceError.io("io_uring submit", errno: IOErrno(-rc)) }
+                if rc >= 0 { submitted = true }
+                let n = Int(curing_reap(ring, &tags, &results, UInt32(pending)))
+                pending -= n
+                for k in 0..<n {
+                    let tag = tags[k], res = results[k]
+                    if tag == flushTag { flushResult = res; continue }
+                    let index = Int(tag)
+                    if res < 0 {
+                        if firstError == nil { firstError = IOErrno(-res) }
+                    } else if Int(res) < requests[index].length {
+                        shortOnes[index] = Int(res)
+                    }
+                }
+            }
+            if let firstError { throw DataDeviceError.io("io_uring", errno: firstError) }
+            if flushResult < 0 { throw DataDeviceError.io("flush", errno: IOErrno(-flushResult)) }
+        }
+        // A short transfer (rare) is finished synchronously and flushed again.
+        guard !shortOnes.isEmpty else { return }
+        for (index, done) in shortOnes { try ThreadPoolEngine.run(fd, requests[index].dropping(done)) }
+        try flush()
+    }
+
     public func close() {
         idle.withLock { rings in
             for r in rings { curing_exit(r.pointer); r.pointer.deallocate() }

@@ -21,6 +21,9 @@ int curing_register_file(struct io_uring *ring, int fd);
 int curing_queue_vectored(struct io_uring *ring, int write, int fd, int fixed_file, const struct iovec *iov,
                           unsigned count, uint64_t offset, uint64_t tag);
 int curing_queue_fsync(struct io_uring *ring, int fd, int fixed_file, int datasync, uint64_t tag);
+/* An fdatasync that starts only after every request queued before it completed
+ * (IOSQE_IO_DRAIN): writes and their flush in one submission. */
+int curing_queue_fsync_after_all(struct io_uring *ring, int fd, int fixed_file, int datasync, uint64_t tag);
 
 /* Submits what is queued and waits until at least `wait_for` completions are
  * ready; returns submitted count or -errno. */
