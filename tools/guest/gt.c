@@ -11,6 +11,17 @@
  *   gt removexattr FILE NAME
  *   gt mmap FILE SIZE              write a pattern through a shared mapping, msync,
  *                                  then read it back with pread and compare
+ *   gt lock FILE KIND [START LEN]  take a lock, print "locked pid PID" (or "busy", exit 3,
+ *                                  if a conflicting lock is held), then hold it while
+ *                                  reading commands from stdin, one a line, each answered
+ *                                  "ok CMD": unlock; close (the descriptor); close-other
+ *                                  (open the file again and close that descriptor: POSIX
+ *                                  drops the process's record locks). Exits at end of input.
+ *       KIND: r w (fcntl F_SETLK), R W (F_SETLKW, waits), sh ex (flock LOCK_NB), SH EX
+ *       (flock, waits). START LEN: the record range (default 0 0, the whole file).
+ *   gt getlk FILE r|w [START LEN]  F_GETLK: "unlocked" or "r|w START LEN pid PID" (a conflict)
+ *   gt fallocate FILE MODE OFF LEN MODE: 0 keep punch (with KEEP_SIZE) zero zero-keep
+ *   gt seek FILE data|hole OFF     lseek SEEK_DATA/SEEK_HOLE: the offset, or "ENXIO"
  *   gt bench KIND DIR N            time N operations, print
  *                                  "PMFS-GUEST: BENCH KIND median_us n=N p10=.. p90=.. mean=.."
  *       KIND: write_fsync_4k create_close stat unlink mkdir rmdir open_close read_4k
@@ -27,6 +38,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -207,9 +220,95 @@ static int do_bench(const char *kind, const char *dir, long n) {
     return rc;
 }
 
+/* gt lock: take a record (fcntl) or flock lock, then hold it while obeying
+ * commands on stdin, so a shell script can hold a lock in one process and look
+ * at it from another. */
+static int lock_kind(const char *k, int *is_flock, int *blocking, short *type) {
+    *is_flock = !strcasecmp(k, "sh") || !strcasecmp(k, "ex");
+    *blocking = (k[0] >= 'A' && k[0] <= 'Z');
+    if (*is_flock) *type = (short)(!strcasecmp(k, "ex") ? LOCK_EX : LOCK_SH);
+    else if (!strcasecmp(k, "r")) *type = F_RDLCK;
+    else if (!strcasecmp(k, "w")) *type = F_WRLCK;
+    else return -1;
+    return 0;
+}
+
+static int do_lock(const char *path, const char *kind, off_t start, off_t len) {
+    int is_flock, blocking;
+    short type;
+    if (lock_kind(kind, &is_flock, &blocking, &type) != 0) { fprintf(stderr, "gt: lock kind %s: want r w R W sh ex SH EX\n", kind); return 2; }
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return fail("open", path);
+    struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len };
+    int r = is_flock ? flock(fd, type | (blocking ? 0 : LOCK_NB)) : fcntl(fd, blocking ? F_SETLKW : F_SETLK, &fl);
+    if (r != 0) {
+        if (errno == EAGAIN || errno == EACCES || errno == EWOULDBLOCK) { printf("busy\n"); return 3; }
+        return fail(is_flock ? "flock" : "fcntl", path);
+    }
+    printf("locked pid %d\n", (int)getpid());
+    fflush(stdout);
+    char cmd[64];
+    while (fgets(cmd, sizeof cmd, stdin)) {
+        cmd[strcspn(cmd, "\n")] = 0;
+        if (!strcmp(cmd, "unlock")) {
+            fl.l_type = F_UNLCK;
+            if ((is_flock ? flock(fd, LOCK_UN) : fcntl(fd, F_SETLK, &fl)) != 0) return fail("unlock", path);
+        } else if (!strcmp(cmd, "close")) {
+            if (close(fd) != 0) return fail("close", path);
+        } else if (!strcmp(cmd, "close-other")) {
+            int other = open(path, O_RDONLY);
+            if (other < 0 || close(other) != 0) return fail("open/close a second descriptor", path);
+        } else {
+            fprintf(stderr, "gt: lock: unknown command '%s'\n", cmd);
+            return 2;
+        }
+        printf("ok %s\n", cmd);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static int do_getlk(const char *path, const char *kind, off_t start, off_t len) {
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return fail("open", path);
+    struct flock fl = { .l_type = (short)(!strcmp(kind, "w") ? F_WRLCK : F_RDLCK), .l_whence = SEEK_SET, .l_start = start, .l_len = len };
+    if (fcntl(fd, F_GETLK, &fl) != 0) return fail("F_GETLK", path);
+    if (fl.l_type == F_UNLCK) printf("unlocked\n");
+    else printf("%s %lld %lld pid %d\n", fl.l_type == F_WRLCK ? "w" : "r", (long long)fl.l_start, (long long)fl.l_len, (int)fl.l_pid);
+    close(fd);
+    return 0;
+}
+
+static int do_fallocate(const char *path, const char *mode, off_t offset, off_t len) {
+    int m;
+    if (!strcmp(mode, "0")) m = 0;
+    else if (!strcmp(mode, "keep")) m = FALLOC_FL_KEEP_SIZE;
+    else if (!strcmp(mode, "punch")) m = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    else if (!strcmp(mode, "zero")) m = FALLOC_FL_ZERO_RANGE;
+    else if (!strcmp(mode, "zero-keep")) m = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+    else { fprintf(stderr, "gt: fallocate mode %s: want 0 keep punch zero zero-keep\n", mode); return 2; }
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0) return fail("open", path);
+    if (fallocate(fd, m, offset, len) != 0) return fail("fallocate", path);
+    close(fd);
+    return 0;
+}
+
+static int do_seek(const char *path, const char *what, off_t offset) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return fail("open", path);
+    off_t r = lseek(fd, offset, !strcmp(what, "hole") ? SEEK_HOLE : SEEK_DATA);
+    if (r < 0 && errno == ENXIO) printf("ENXIO\n");
+    else if (r < 0) return fail("lseek", path);
+    else printf("%lld\n", (long long)r);
+    close(fd);
+    return 0;
+}
+
 static int usage(void) {
     fprintf(stderr, "usage: gt now | fsync F | fdatasync F | setxattr F N V | getxattr F N | listxattr F |\n"
-                    "          removexattr F N | mmap F SIZE | bench KIND DIR N\n");
+                    "          removexattr F N | mmap F SIZE | lock F KIND [START LEN] | getlk F r|w [START LEN] |\n"
+                    "          fallocate F MODE OFF LEN | seek F data|hole OFF | bench KIND DIR N\n");
     return 2;
 }
 
@@ -246,6 +345,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "mmap") && argc == 4) return do_mmap(argv[2], (size_t)strtoull(argv[3], NULL, 0));
+    if (!strcmp(cmd, "lock") && (argc == 4 || argc == 6))
+        return do_lock(argv[2], argv[3], argc == 6 ? strtoll(argv[4], NULL, 0) : 0, argc == 6 ? strtoll(argv[5], NULL, 0) : 0);
+    if (!strcmp(cmd, "getlk") && (argc == 4 || argc == 6))
+        return do_getlk(argv[2], argv[3], argc == 6 ? strtoll(argv[4], NULL, 0) : 0, argc == 6 ? strtoll(argv[5], NULL, 0) : 0);
+    if (!strcmp(cmd, "fallocate") && argc == 6) return do_fallocate(argv[2], argv[3], strtoll(argv[4], NULL, 0), strtoll(argv[5], NULL, 0));
+    if (!strcmp(cmd, "seek") && argc == 5) return do_seek(argv[2], argv[3], strtoll(argv[4], NULL, 0));
     if (!strcmp(cmd, "bench") && argc == 5) return do_bench(argv[2], argv[3], strtol(argv[4], NULL, 10));
     return usage();
 }

@@ -1,6 +1,39 @@
 # posix: a broader set of POSIX behaviours. Sizes are kept small enough for a
 # TCG guest to finish in a couple of minutes; pmfs.big_mib= changes the large file.
-TESTS="truncate chmod chown fifo append sparse large_file readdir_2000 rename_dir utimes excl mmap_shared sqlite"
+TESTS="truncate chmod chown fifo append sparse large_file readdir_2000 rename_dir utimes excl mmap_shared
+       posix_locks setlkw flock fallocate sqlite"
+
+# Lock holders: `gt lock` in the background, steered through a fifo held open on
+# file descriptor FD (7, 8 or 9); its answers go to NAME.out.
+# holder_start NAME FD FILE KIND [START LEN]
+holder_start() {
+    h_name=$1 h_fd=$2; shift 2
+    rm -f "$h_name.ctl" "$h_name.out"
+    mkfifo "$h_name.ctl"
+    gt lock "$@" < "$h_name.ctl" > "$h_name.out" 2>&1 &
+    eval "exec $h_fd>$h_name.ctl"
+}
+# wait_line FILE REGEX: wait (10 s at most) for a line of FILE to match.
+wait_line() {
+    w_i=0
+    until grep -q "$2" "$1" 2>/dev/null; do
+        w_i=$((w_i + 1))
+        [ $w_i -le 100 ] || fail "no '$2' in $1 after 10 s: $(tr '\n' ' ' < "$1")"
+        sleep 0.1
+    done
+}
+# holder_pid NAME: once it holds its lock, the holder's PID.
+holder_pid() { wait_line "$1.out" '^locked pid '; sed -n 's/^locked pid //p' "$1.out"; }
+# holder_cmd NAME FD CMD: unlock, close or close-other, and wait for it to be done.
+holder_cmd() { echo "$3" >&"$2"; wait_line "$1.out" "^ok $3\$"; }
+# holder_end FD: end of input; the holder exits (its locks go with it).
+holder_end() { eval "exec $1>&-"; }
+# lock_try FILE KIND [START LEN]: "free" if another process gets the lock at once, else "busy".
+lock_try() {
+    if l_out=$(gt lock "$@" </dev/null); then echo free
+    elif [ "$l_out" = busy ]; then echo busy
+    else echo "error: $l_out"; fi
+}
 
 test_truncate() {
     printf '0123456789' > f
@@ -126,8 +159,135 @@ test_mmap_shared() {
     gt mmap f 1048576
 }
 
+# POSIX record locks between processes of the guest (fcntl F_SETLK/F_GETLK, which
+# the guest kernel forwards to the back end: pmfs keeps the lock table).
+test_posix_locks() {
+    : > f
+    holder_start a 7 f w 0 100
+    pid=$(holder_pid a)
+    expect_eq "F_GETLK over A's range" "$(gt getlk f w 0 0)" "w 0 100 pid $pid"
+    expect_eq "F_GETLK for a read lock inside it" "$(gt getlk f r 50 10)" "w 0 100 pid $pid"
+    expect_eq "F_GETLK past A's range" "$(gt getlk f w 100 0)" unlocked
+    expect_eq "F_SETLK inside A's range" "$(lock_try f w 50 10)" busy
+    expect_eq "F_SETLK read lock inside A's range" "$(lock_try f r 99 1)" busy
+    expect_eq "F_SETLK past A's range" "$(lock_try f w 100 50)" free
+    holder_cmd a 7 unlock
+    expect_eq "F_GETLK after A's unlock" "$(gt getlk f w 0 0)" unlocked
+    holder_end 7; wait
+
+    # Read locks share; a write lock conflicts with them.
+    holder_start b 8 f r 0 0
+    pid=$(holder_pid b)
+    expect_eq "second read lock" "$(lock_try f r 0 0)" free
+    expect_eq "write lock over a read lock" "$(lock_try f w 10 10)" busy
+    expect_eq "F_GETLK shows the read lock" "$(gt getlk f w 0 0)" "r 0 0 pid $pid"
+    holder_end 8; wait
+    expect_eq "released when the holder exits" "$(gt getlk f w 0 0)" unlocked
+
+    # POSIX: closing any descriptor of the file drops the process's locks (FLUSH).
+    holder_start a 7 f w 0 0
+    holder_pid a >/dev/null
+    expect_eq "held" "$(lock_try f w 0 0)" busy
+    holder_cmd a 7 close-other
+    expect_eq "after closing another descriptor" "$(gt getlk f w 0 0)" unlocked
+    expect_eq "lock after close-other" "$(lock_try f w 0 0)" free
+    holder_end 7; wait
+}
+
+# F_SETLKW waits in the back end until the conflicting lock goes away.
+test_setlkw() {
+    : > f
+    holder_start a 7 f w 0 0
+    holder_pid a >/dev/null
+    holder_start w 8 f W 0 0
+    sleep 1
+    [ ! -s w.out ] || fail "F_SETLKW returned while the lock was held: $(cat w.out)"
+    holder_cmd a 7 unlock
+    pid=$(holder_pid w)
+    expect_eq "F_GETLK shows the waiter's lock" "$(gt getlk f r 0 0)" "w 0 0 pid $pid"
+    holder_end 8
+    holder_end 7; wait
+    expect_eq "all released" "$(gt getlk f w 0 0)" unlocked
+}
+
+# flock: whole-file locks per open file, independent of record locks (as on Linux).
+test_flock() {
+    : > f
+    holder_start a 7 f ex
+    holder_pid a >/dev/null
+    expect_eq "flock ex over ex" "$(lock_try f ex)" busy
+    expect_eq "flock sh over ex" "$(lock_try f sh)" busy
+    expect_eq "fcntl lock beside flock" "$(lock_try f w 0 0)" free
+    holder_cmd a 7 unlock
+    expect_eq "flock ex after LOCK_UN" "$(lock_try f ex)" free
+    holder_end 7; wait
+
+    holder_start b 8 f sh
+    holder_pid b >/dev/null
+    expect_eq "flock sh over sh" "$(lock_try f sh)" free
+    expect_eq "flock ex over sh" "$(lock_try f ex)" busy
+    # Blocking LOCK_EX waits for the shared lock to go.
+    holder_start w 9 f EX
+    sleep 1
+    [ ! -s w.out ] || fail "blocking flock returned while a shared lock was held: $(cat w.out)"
+    holder_cmd b 8 unlock
+    holder_pid w >/dev/null
+    expect_eq "held by the waiter" "$(lock_try f sh)" busy
+    # Closing the file drops its flock; FUSE sends that RELEASE asynchronously,
+    # so give it a moment (a lock never released still fails).
+    holder_cmd w 9 close
+    i=0
+    while [ "$(lock_try f ex)" != free ]; do
+        i=$((i + 1)); [ $i -le 20 ] || fail "flock still held 2 s after its file was closed"
+        sleep 0.1
+    done
+    holder_end 9; holder_end 8; wait
+}
+
+test_fallocate() {
+    mib=1048576
+    # Mode 0: allocates, extends the size, reads zeros.
+    gt fallocate f 0 0 $mib
+    expect_eq "size after fallocate" "$(stat -c %s f)" $mib
+    [ "$(stat -c %b f)" -ge 2048 ] || fail "fallocate 1 MiB: only $(stat -c %b f) blocks"
+    expect_eq "reads zeros" "$(sha f)" "$(head -c $mib /dev/zero | sha)"
+    # KEEP_SIZE: allocates past the end, the size stays.
+    printf abc > k
+    gt fallocate k keep 0 $mib
+    expect_eq "size with KEEP_SIZE" "$(stat -c %s k)" 3
+    [ "$(stat -c %b k)" -ge 2048 ] || fail "fallocate KEEP_SIZE 1 MiB: only $(stat -c %b k) blocks"
+    expect_eq "content with KEEP_SIZE" "$(cat k)" abc
+    # PUNCH_HOLE: the range reads zeros, its blocks are freed, the size stays.
+    head -c $((3 * mib)) /dev/urandom > orig
+    cp orig p
+    gt fsync p
+    before=$(stat -c %b p)
+    gt fallocate p punch $mib $mib
+    expect_eq "size after punch" "$(stat -c %s p)" $((3 * mib))
+    after=$(stat -c %b p)
+    [ "$after" -le $((before - 2048)) ] || fail "punching 1 MiB: blocks $before -> $after"
+    want=$( { head -c $mib orig; head -c $mib /dev/zero; tail -c $mib orig; } | sha)
+    expect_eq "content after punch" "$(sha p)" "$want"
+    expect_eq "SEEK_HOLE" "$(gt seek p hole 0)" $mib
+    expect_eq "SEEK_DATA" "$(gt seek p data $mib)" $((2 * mib))
+    # Unaligned punch: partial blocks are zeroed in place.
+    gt fallocate p punch 5000 100
+    want=$( { head -c 5000 orig; head -c 100 /dev/zero; tail -c +5101 orig | head -c $((mib - 5100));
+              head -c $mib /dev/zero; tail -c $mib orig; } | sha)
+    expect_eq "content after an unaligned punch" "$(sha p)" "$want"
+    # ZERO_RANGE with KEEP_SIZE over the tail.
+    gt fallocate p zero-keep $((3 * mib - 10)) 100
+    expect_eq "size after ZERO_RANGE|KEEP_SIZE" "$(stat -c %s p)" $((3 * mib))
+    expect_eq "tail after ZERO_RANGE" "$(tail -c 10 p | od -An -tx1 | tr -d ' \n')" 00000000000000000000
+    drop_caches
+    want=$( { head -c 5000 orig; head -c 100 /dev/zero; tail -c +5101 orig | head -c $((mib - 5100));
+              head -c $mib /dev/zero; tail -c $mib orig | head -c $((mib - 10)); head -c 10 /dev/zero; } | sha)
+    expect_eq "content after drop_caches" "$(sha p)" "$want"
+}
+
 test_sqlite() {
-    command -v sqlite3 >/dev/null || skip "sqlite3 not in the initramfs"
+    # build.sh installs sqlite3 on the host and copies it in: missing is a failure.
+    command -v sqlite3 >/dev/null || fail "sqlite3 not in the initramfs"
     sqlite3 db.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);' >/dev/null
     sqlite3 db.sqlite "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i<2000) INSERT INTO t SELECT i, 'v'||i FROM s;"
     expect_eq "count" "$(sqlite3 db.sqlite 'SELECT count(*) FROM t;')" 2000
