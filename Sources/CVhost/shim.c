@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <time.h>
 #include "cvhost.h"
 #include <errno.h>
 #include <poll.h>
@@ -53,6 +54,12 @@ long cvhost_send(int sock, const void *buf, size_t length) {
         done += (size_t)n;
     }
     return (long)done;
+}
+
+uint64_t cvhost_monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 int cvhost_accept(int listen_fd) { return accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC); }

@@ -35,6 +35,9 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Request queues offered to guests (the device's num-request-queues).")
     var queues: Int = 1
 
+    @Option(help: "Guest request workers poll their queue this many microseconds before sleeping (0: event driven only).")
+    var pollMicroseconds: Int = 0
+
     @Option(help: "Write-back cache size, with K/M/G suffix.")
     var cacheSize: String = "256M"
 
@@ -76,6 +79,7 @@ struct Pmfsd: ParsableCommand {
             throw ValidationError("nothing to serve: give --mount DIR, --socket PATH, or both")
         }
         guard (1...64).contains(queues) else { throw ValidationError("--queues must be 1...64") }
+        guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
                 throw PoolError.dataDevice(path: data, reason: "no pmfs header (not made by mkfs.pmfs)")
@@ -106,6 +110,7 @@ struct Pmfsd: ParsableCommand {
             if let socket {
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 let backend = try VhostUserBackend(socketPath: socket, server: FUSEServer(operations: operations), requestQueues: queues)
+                backend.pollMicroseconds = pollMicroseconds
                 // A guest that reboots or a QEMU that goes away ends its FUSE session.
                 backend.onSessionEnd = { operations.endSession() }
                 guest = backend

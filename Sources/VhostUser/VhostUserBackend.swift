@@ -34,6 +34,10 @@ public final class VhostUserBackend: @unchecked Sendable {
     public let socketPath: String
     public let server: FUSEServer
     public let requestQueues: Int
+    /// After a burst, a worker keeps checking its ring this long before it
+    /// sleeps on the kick eventfd (0: never): the next request is picked up
+    /// without a wake-up, at the cost of a busy core (SPDK-style polling).
+    public var pollMicroseconds = 0
     let logger: Logger
     /// Called when the front end goes away or resets: the guest's FUSE session is over.
     public var onSessionEnd: (@Sendable () -> Void)?
@@ -367,14 +371,31 @@ public final class VhostUserBackend: @unchecked Sendable {
             let ready = cvhost_wait2(q.kickFD, stop, 1000)
             if ready & 2 != 0 { return }
             if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
-            // Process everything available; with EVENT_IDX re-check after publishing.
-            repeat {
+            // Process everything available, poll a while if asked, then ask the
+            // guest for kicks again and re-check (a request may have slipped in).
+            while true {
                 pthread_rwlock_rdlock(memoryLock)
                 processAvailable(q)
-                q.publishAvailableEvent()
+                if pollMicroseconds > 0 { q.setKicks(enabled: false) }
                 pthread_rwlock_unlock(memoryLock)
-            } while readLocked({ q.hasMore && !q.broken })
+                if pollMicroseconds > 0 && pollForMore(q) { continue }
+                let more = readLocked { () -> Bool in
+                    q.setKicks(enabled: true)
+                    return q.hasMore && !q.broken
+                }
+                if !more { break }
+            }
         }
+    }
+
+    /// Spins up to `pollMicroseconds` for a new request; true if one came.
+    private func pollForMore(_ q: Virtqueue) -> Bool {
+        let deadline = cvhost_monotonic_ns() + UInt64(pollMicroseconds) * 1000
+        while cvhost_monotonic_ns() < deadline {
+            if readLocked({ q.hasMore && !q.broken }) { return true }
+            cvhost_cpu_relax()
+        }
+        return false
     }
 
     /// Handles every chain the guest made available (memory lock held shared).

@@ -147,10 +147,18 @@ final class Virtqueue: @unchecked Sendable {
         return flags & 1 == 0   // VRING_AVAIL_F_NO_INTERRUPT
     }
 
-    /// With EVENT_IDX, tells the guest which available index should kick us next.
-    func publishAvailableEvent() {
-        guard eventIndex, let used else { return }
-        cvhost_store_release_u16((used + 4 + 8 * Int(size)).assumingMemoryBound(to: UInt16.self), lastAvailable)
+    /// Asks the guest to kick us for its next request (enabled), or not to
+    /// kick while a worker polls the ring anyway. With EVENT_IDX the avail
+    /// event is set to the next index, or left one behind (never reached);
+    /// without it, VRING_USED_F_NO_NOTIFY says the same.
+    func setKicks(enabled: Bool) {
+        guard let used else { return }
+        if eventIndex {
+            cvhost_store_release_u16((used + 4 + 8 * Int(size)).assumingMemoryBound(to: UInt16.self),
+                                     enabled ? lastAvailable : lastAvailable &- 1)
+        } else {
+            cvhost_store_release_u16(used.assumingMemoryBound(to: UInt16.self), enabled ? 0 : 1)
+        }
         cvhost_full_fence()
     }
 

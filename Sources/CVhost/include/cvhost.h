@@ -19,6 +19,16 @@ static inline void cvhost_store_release_u16(volatile uint16_t *p, uint16_t v) { 
 static inline uint16_t cvhost_load_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void cvhost_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+/* For the polling option: a monotonic clock and a spin-wait hint. */
+uint64_t cvhost_monotonic_ns(void);
+static inline void cvhost_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* accept4 with SOCK_CLOEXEC (not visible to Swift without _GNU_SOURCE). */
 int cvhost_accept(int listen_fd);
 int cvhost_eventfd(void);
