@@ -41,6 +41,11 @@ struct MkfsPmfs: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Overwrite an existing pmfs pool or data device, and allow shrinking the data file.")
     var force = false
 
+    @Flag(name: .customLong("zero-data"), help: ArgumentHelp(
+        "Write zeros over a data file once, so later writes overwrite written blocks.",
+        discussion: "On a host file system, writes into preallocated (unwritten) blocks make every fsync commit the host's journal; written-once blocks avoid that."))
+    var zeroData = false
+
     @Flag(name: .shortAndLong, help: "Print nothing but errors.")
     var quiet = false
 
@@ -90,6 +95,7 @@ struct MkfsPmfs: ParsableCommand {
         let undoPool = { try? store.close(); _ = Glibc.unlink(pool) }
         do {
             try prepareDataFile(device, bytes: blocks * Self.blockSize)
+            if zeroData { try zeroDataFile(device, bytes: blocks * Self.blockSize) }
         } catch let error as Message {
             undoPool()
             fail(error.text)
@@ -198,6 +204,27 @@ struct MkfsPmfs: ParsableCommand {
             undo()
             throw Message(text: "cannot allocate \(bytes) bytes for data file \(data): \(errnoText(rc))")
         }
+    }
+
+    /// Fills a regular data file with zeros (a block device needs no such thing).
+    func zeroDataFile(_ device: DataDevice, bytes: UInt64) throws {
+        guard device.kind != .block else { return }
+        let fd = Glibc.open(data, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Message(text: "cannot open data file \(data): \(errnoText())") }
+        defer { Glibc.close(fd) }
+        let chunk = 4 << 20
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
+        var offset: UInt64 = 0
+        while offset < bytes {
+            let n = Int(min(UInt64(chunk), bytes - offset))
+            let w = pwrite(fd, zeros, n, off_t(offset))
+            if w < 0 && errno == EINTR { continue }
+            guard w > 0 else { throw Message(text: "cannot zero data file \(data) at \(offset): \(errnoText())") }
+            offset += UInt64(w)
+        }
+        guard fdatasync(fd) == 0 else { throw Message(text: "cannot sync data file \(data): \(errnoText())") }
     }
 
     // MARK: pool

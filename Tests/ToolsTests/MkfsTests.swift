@@ -33,6 +33,35 @@ import PMFSMetadata
         try store.close()
     }
 
+    /// Preallocated blocks of a data file on ext4 are "unwritten" until written;
+    /// --zero-data writes them once. (Checked with filefrag on /var/tmp; skipped
+    /// where that is not ext4.)
+    @Test func zeroDataLeavesNoUnwrittenExtents() throws {
+        let s = try Scratch()
+        let data = "/var/tmp/pmfs-zero-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).img"
+        defer { unlink(data) }
+        func extents() throws -> String {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/sbin/filefrag")
+            p.arguments = ["-v", data]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0, "filefrag: \(text)")
+            return text
+        }
+        try mkfs(pool: s.path("a.pool"), data: data, ["--data-size", "16M", "-q"])
+        let before = try extents()
+        guard before.contains("type is: ef53") else { return }   // not ext4
+        #expect(before.contains("unwritten"), "a preallocated file starts unwritten (else this test proves nothing)")
+        try mkfs(pool: s.path("b.pool"), data: data, ["--zero-data", "--force", "-q"])
+        #expect(try !extents().contains("unwritten"))
+        #expect(fileSize(data) == 16 << 20)
+        #expect(try DataDeviceHeader.read(from: data)?.blockCount == 4096)
+    }
+
     @Test func quietPrintsNothingAndSizeSuffixesWork() throws {
         let s = try Scratch()
         let r = try mkfs(pool: s.path("fs.pool"), data: s.path("data.img"), ["--data-size", "1GiB", "--pool-size", "80m", "-q"])
