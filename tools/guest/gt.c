@@ -22,11 +22,20 @@
  *   gt getlk FILE r|w [START LEN]  F_GETLK: "unlocked" or "r|w START LEN pid PID" (a conflict)
  *   gt fallocate FILE MODE OFF LEN MODE: 0 keep punch (with KEEP_SIZE) zero zero-keep
  *   gt seek FILE data|hole OFF     lseek SEEK_DATA/SEEK_HOLE: the offset, or "ENXIO"
- *   gt bench KIND DIR N            time N operations, print
- *                                  "PMFS-GUEST: BENCH KIND median_us n=N p10=.. p90=.. mean=.."
+ *   gt bench KIND DIR N            time N operations, print one line
+ *         "PMFS-GUEST: BENCH KIND median_us n=N p10=.. p50=.. p90=.. p99=.. mean=.. ops_s=..[ mib_s=..]"
+ *       (latencies in µs; ops_s = N / wall time of the timed loop; seq_*: mib_s, and
+ *       seq_write_1m: fsync_us, the final fsync)
  *       KIND: write_fsync_4k create_close stat unlink mkdir rmdir open_close read_4k
+ *             seq_write_1m seq_read_1m sqlite_wal sqlite_delete
  *       stat, unlink and open_close first create N files (untimed), then drop the
  *       guest's caches, so each timed operation starts with a LOOKUP on the back end.
+ *       seq_write_1m: N sequential 1 MiB writes to a new file, then one fsync (in the
+ *       wall time and mib_s, not in the per-write latencies). seq_read_1m: writes and
+ *       fsyncs N MiB (untimed), drops the guest's caches, then N sequential 1 MiB reads.
+ *       sqlite_wal / sqlite_delete: drives the sqlite3 CLI (journal_mode WAL or DELETE,
+ *       synchronous=FULL) through pipes: N single-row INSERTs, each its own transaction;
+ *       a latency is one INSERT up to sqlite3's answer to a SELECT that follows it.
  *
  * Exit status: 0 ok, 1 failure (message on stderr), 2 usage, 77 not supported
  * (ENOTSUP/EOPNOTSUPP/ENOSYS: the caller reports SKIP).
@@ -37,11 +46,13 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -142,6 +153,77 @@ static int remove_files(const char *dir, long n) {
     return 0;
 }
 
+/* sqlite_wal / sqlite_delete: N autocommit INSERTs through the sqlite3 CLI on a
+ * pipe (it answers each statement at once). t[i] is one INSERT, timed up to the
+ * answer of the SELECT sent after it; *wall is the whole loop. */
+static int sqlite_bench(const char *kind, const char *dir, long n, uint64_t *t, uint64_t *wall) {
+    const char *mode = !strcmp(kind, "sqlite_wal") ? "WAL" : "DELETE";
+    char db[4096], side[4200], line[256];
+    snprintf(db, sizeof db, "%s/bench.db", dir);
+    int in[2], out[2];
+    if (pipe(in) != 0 || pipe(out) != 0) return fail("pipe", NULL);
+    signal(SIGPIPE, SIG_IGN);
+    pid_t pid = fork();
+    if (pid < 0) return fail("fork", NULL);
+    if (pid == 0) {
+        dup2(in[0], 0); dup2(out[1], 1);
+        close(in[0]); close(in[1]); close(out[0]); close(out[1]);
+        execlp("sqlite3", "sqlite3", "-bail", "-batch", db, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]); close(out[1]);
+    FILE *w = fdopen(in[1], "w"), *r = fdopen(out[0], "r");
+    if (!w || !r) return fail("fdopen", NULL);
+    int rc = 0, ready = 0;
+    fprintf(w, "PRAGMA journal_mode=%s;\nPRAGMA synchronous=FULL;\n"
+               "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);\nSELECT 'ready';\n", mode);
+    fflush(w);
+    while (fgets(line, sizeof line, r))
+        if (!strcmp(line, "ready\n")) { ready = 1; break; }
+    if (ready) {
+        uint64_t start = now_ns();
+        for (long i = 0; i < n && rc == 0; i++) {
+            uint64_t t0 = now_ns();
+            fprintf(w, "INSERT INTO t(v) VALUES(randomblob(100));\nSELECT %ld;\n", i);
+            fflush(w);
+            if (!fgets(line, sizeof line, r) || strtol(line, NULL, 10) != i) {
+                fprintf(stderr, "gt: sqlite3 stopped answering at INSERT %ld\n", i);
+                rc = 1;
+            }
+            t[i] = now_ns() - t0;
+        }
+        *wall = now_ns() - start;
+        if (rc == 0) {
+            fprintf(w, "SELECT count(*) FROM t;\n");
+            fflush(w);
+            if (!fgets(line, sizeof line, r) || strtol(line, NULL, 10) != n) {
+                fprintf(stderr, "gt: sqlite3: the table does not hold %ld rows\n", n);
+                rc = 1;
+            }
+        }
+    }
+    fclose(w);
+    while (fgets(line, sizeof line, r)) {}
+    fclose(r);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!ready && WIFEXITED(status) && WEXITSTATUS(status) == 127) {
+        fprintf(stderr, "gt: no sqlite3 in the guest\n");
+        return EXIT_UNSUPPORTED;
+    }
+    if (!ready) { fprintf(stderr, "gt: sqlite3 setup failed (status %d)\n", status); rc = 1; }
+    else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "gt: sqlite3 exited with status %d\n", status);
+        rc = 1;
+    }
+    const char *sfx[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t k = 0; k < sizeof sfx / sizeof *sfx; k++) {
+        snprintf(side, sizeof side, "%s%s", db, sfx[k]);
+        if (unlink(side) != 0 && errno != ENOENT) rc = fail("unlink", side);
+    }
+    return rc;
+}
+
 static int do_bench(const char *kind, const char *dir, long n) {
     if (n <= 0) { fprintf(stderr, "gt: N must be positive\n"); return 2; }
     uint64_t *t = calloc((size_t)n, sizeof *t);
@@ -149,6 +231,53 @@ static int do_bench(const char *kind, const char *dir, long n) {
     char path[4096], buf[4096];
     memset(buf, 0xa5, sizeof buf);
     int rc = 0, fd = -1;
+    uint64_t wall = 0, fsync_ns = 0;
+    const size_t mib = 1u << 20;
+    unsigned char *big = NULL;
+    int seq = !strncmp(kind, "seq_", 4);
+
+    if (!strncmp(kind, "sqlite_", 7)) {
+        if ((rc = sqlite_bench(kind, dir, n, t, &wall)) != 0) { free(t); return rc; }
+        goto report;
+    }
+    if (seq) {
+        if (strcmp(kind, "seq_write_1m") && strcmp(kind, "seq_read_1m")) {
+            fprintf(stderr, "gt: unknown bench kind %s\n", kind);
+            return 2;
+        }
+        if (!(big = malloc(mib))) return fail("malloc", NULL);
+        for (size_t i = 0; i < mib; i++) big[i] = (unsigned char)(i * 131u + 17u);
+        snprintf(path, sizeof path, "%s/bench.dat", dir);
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) return fail("create", path);
+        if (!strcmp(kind, "seq_read_1m")) {
+            for (long i = 0; i < n; i++)
+                if (write(fd, big, mib) != (ssize_t)mib) return fail("write", path);
+            if (fsync(fd) != 0) return fail("fsync", path);
+            close(fd);
+            drop_caches();
+            fd = open(path, O_RDONLY);
+            if (fd < 0) return fail("open", path);
+        }
+        uint64_t start = now_ns();
+        for (long i = 0; i < n; i++) {
+            uint64_t t0 = now_ns();
+            ssize_t got = kind[4] == 'w' ? write(fd, big, mib) : read(fd, big, mib);
+            if (got != (ssize_t)mib) return fail(kind[4] == 'w' ? "write" : "read", path);
+            t[i] = now_ns() - t0;
+        }
+        if (kind[4] == 'w') {
+            uint64_t t0 = now_ns();
+            if (fsync(fd) != 0) return fail("fsync", path);
+            fsync_ns = now_ns() - t0;
+        }
+        wall = now_ns() - start;
+        close(fd);
+        fd = -1;
+        free(big);
+        if (unlink(path) != 0) return fail("unlink", path);
+        goto report;
+    }
 
     int needs_files = !strcmp(kind, "stat") || !strcmp(kind, "unlink") || !strcmp(kind, "open_close");
     if (needs_files) {
@@ -171,6 +300,7 @@ static int do_bench(const char *kind, const char *dir, long n) {
         }
     }
 
+    uint64_t loop_start = now_ns();
     for (long i = 0; i < n; i++) {
         name_of(path, sizeof path, dir, i);
         uint64_t t0 = now_ns();
@@ -202,6 +332,7 @@ static int do_bench(const char *kind, const char *dir, long n) {
         }
         t[i] = now_ns() - t0;
     }
+    wall = now_ns() - loop_start;
 
     /* Cleanup, so the caller's directory is empty again. */
     if (fd >= 0) { close(fd); snprintf(path, sizeof path, "%s/bench.dat", dir); unlink(path); }
@@ -210,11 +341,19 @@ static int do_bench(const char *kind, const char *dir, long n) {
     if (!strcmp(kind, "mkdir"))
         for (long i = 0; i < n; i++) { name_of(path, sizeof path, dir, i); rmdir(path); }
 
+report:;
     uint64_t sum = 0;
     for (long i = 0; i < n; i++) sum += t[i];
     qsort(t, (size_t)n, sizeof *t, cmp_u64);
-    printf("PMFS-GUEST: BENCH %s %.1f n=%ld p10=%.1f p90=%.1f mean=%.1f\n", kind, t[n / 2] / 1000.0, n,
-           t[n / 10] / 1000.0, t[(n * 9) / 10] / 1000.0, (double)sum / (double)n / 1000.0);
+    /* p99: nearest rank, the smallest value with at least 99% of them at or below it. */
+    long i99 = (n * 99 + 99) / 100 - 1;
+    double secs = wall ? (double)wall / 1e9 : 1e-9;
+    printf("PMFS-GUEST: BENCH %s %.1f n=%ld p10=%.1f p50=%.1f p90=%.1f p99=%.1f mean=%.1f ops_s=%.1f", kind,
+           t[n / 2] / 1000.0, n, t[n / 10] / 1000.0, t[n / 2] / 1000.0, t[(n * 9) / 10] / 1000.0, t[i99] / 1000.0,
+           (double)sum / (double)n / 1000.0, (double)n / secs);
+    if (seq) printf(" mib_s=%.1f", (double)n / secs);
+    if (fsync_ns) printf(" fsync_us=%.1f", fsync_ns / 1000.0);
+    printf("\n");
     fflush(stdout);
     free(t);
     return rc;
