@@ -23,10 +23,12 @@
 #      PMFS_BENCH_LOGS      keep each guest's markers, back-end log, all figures
 #                           (results.tsv) and the report in this directory
 #      PMFS_BIN             use the pmfsd and mkfs.pmfs in this directory (skips swift build)
+#      PMFS_GUEST_MKFS_ARGS more mkfs.pmfs arguments for every pmfsd (tools/guest/pmfsd.sh),
+#                           e.g. --zero-data (the data file written once, as a host would)
 #      PMFS_GUEST_*         see tools/guest/run.sh (timeout, memory, guest directory, ...)
 # Needs root (virtiofsd, losetup, mount). Takes about 5 minutes with the defaults.
 set -euo pipefail
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,28s/^# \{0,1\}//p' "$0"; exit 0; fi
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,30s/^# \{0,1\}//p' "$0"; exit 0; fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 guest=$root/tools/guest
 n=${1:-1000}
@@ -233,6 +235,7 @@ report=$work/report.md
     echo
     echo "n=$n (create/stat/unlink, 4 KiB write+fsync), $sqlite_n SQLite INSERTs, ${seq_mib} MiB sequential;" \
          "$rounds round(s) per back end, alternating; each cell: median over rounds (min–max)."
+    echo "mkfs.pmfs --data-size ${space_mib}M ${PMFS_GUEST_MKFS_ARGS:-}; virtiofsd -o cache=auto -o xattr."
     echo
 } >"$report"
 for media in $media_list; do

@@ -8,6 +8,7 @@
 #        PMFS_GUEST_POOL_DIR   where the pool goes (default /dev/shm)
 #        PMFS_GUEST_DATA_DIR   where the data file goes (default: DIR's parent)
 #        PMFS_GUEST_DATA_SIZE  data file size for mkfs.pmfs (default 2G)
+#        PMFS_GUEST_MKFS_ARGS  more mkfs.pmfs arguments (split on spaces), e.g. --zero-data
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dir=$1 sock=$2; shift 2
@@ -20,7 +21,7 @@ export PMEM_IS_PMEM_FORCE=1
 tag=$(basename "$sock" .sock)-$$
 pool=${PMFS_GUEST_POOL_DIR:-/dev/shm}/pmfs-guest-$tag.pool
 data=${PMFS_GUEST_DATA_DIR:-$(dirname "$dir")}/pmfs-guest-$tag.data
-"$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size "${PMFS_GUEST_DATA_SIZE:-2G}" -q
+"$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size "${PMFS_GUEST_DATA_SIZE:-2G}" -q ${PMFS_GUEST_MKFS_ARGS:-}
 "$bin/pmfsd" --pool "$pool" --data "$data" --socket "$sock" --log-level "${PMFS_LOG_LEVEL:-notice}" "$@" \
     >"$sock.log" 2>&1 </dev/null &
 pid=$!
