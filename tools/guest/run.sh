@@ -10,13 +10,16 @@
 #      PMFS_GUEST_TIMEOUT  hard limit for the whole guest, s (default 600)
 #      PMFS_GUEST_ACCEL    auto|tcg|kvm (default auto: kvm only if it can really work)
 #      PMFS_GUEST_SMP      vCPUs (default 1)   PMFS_GUEST_MEM  MiB (default 1024)
+#      PMFS_GUEST_QUEUES   request queues of the device (num-request-queues, default 1;
+#                          the back end must offer as many, e.g. pmfsd --queues N);
+#                          the guest gets pmfs.queues=N and smoke checks it
 #      PMFS_GUEST_KERNEL   vmlinux|vmlinuz (default vmlinux, boots faster)
 #      PMFS_GUEST_LOG      keep the console log at this path
 #      PMFS_GUEST_VERBOSE  1: stream the console while it runs
 #      PMFS_GUEST_QEMU_ARGS  more QEMU arguments (split on spaces)
 set -uo pipefail
 if (( $# < 3 )); then
-    sed -n '2,18s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,21s/^# \{0,1\}//p' "$0" >&2
     exit 2
 fi
 sock=$1 tag=$2 workload=$3
@@ -26,6 +29,8 @@ out=${PMFS_GUEST_DIR:-$here/../../.guest}
 timeout_s=${PMFS_GUEST_TIMEOUT:-600}
 mem=${PMFS_GUEST_MEM:-1024}
 smp=${PMFS_GUEST_SMP:-1}
+queues=${PMFS_GUEST_QUEUES:-1}
+[[ $queues =~ ^[1-9][0-9]*$ ]] || { echo "guest/run: PMFS_GUEST_QUEUES=$queues is not a positive number" >&2; exit 2; }
 kernel="$out/kernel/${PMFS_GUEST_KERNEL:-vmlinux}"
 initrd="$out/initramfs.cpio.gz"
 say() { echo "guest/run: $*" >&2; }
@@ -49,18 +54,18 @@ cpu=max
 
 log=${PMFS_GUEST_LOG:-$(mktemp /tmp/pmfs-guest.XXXXXX.log)}
 keep_log=${PMFS_GUEST_LOG:+1}
-cmdline="console=ttyS0 quiet panic=-1 pmfs.tag=$tag pmfs.workload=$workload $*"
+cmdline="console=ttyS0 quiet panic=-1 pmfs.tag=$tag pmfs.workload=$workload pmfs.queues=$queues $*"
 
 qemu=(qemu-system-x86_64 -nodefaults -no-user-config -no-reboot
       -machine pc -accel "$accel" -cpu "$cpu" -smp "$smp" -m "${mem}M"
       -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem
       -chardev "socket,id=c0,path=$sock"
-      -device vhost-user-fs-pci,chardev=c0,tag="$tag",queue-size=1024
+      -device vhost-user-fs-pci,chardev=c0,tag="$tag",queue-size=1024,num-request-queues="$queues"
       -kernel "$kernel" -initrd "$initrd" -append "$cmdline"
       -display none -vga none -serial stdio -monitor none
       ${PMFS_GUEST_QEMU_ARGS:-})
 
-say "$workload on $sock (tag $tag, $accel, timeout ${timeout_s}s)"
+say "$workload on $sock (tag $tag, $queues request queue(s), $accel, timeout ${timeout_s}s)"
 start=$(date +%s.%N)
 if [[ ${PMFS_GUEST_VERBOSE:-0} == 1 ]]; then
     timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 | tee "$log"

@@ -1,6 +1,6 @@
 # smoke: one quick check of each basic operation. Each test runs in its own
 # empty directory (see lib.sh).
-TESTS="create write_read stat rename unlink mkdir_rmdir symlink hardlink xattr fsync readdir statfs"
+TESTS="create write_read stat rename unlink mkdir_rmdir symlink hardlink xattr fsync readdir statfs queues"
 
 # 14,893 bytes: printf 'pmfs smoke %s\n' $(seq 1 1000)
 SMOKE_SHA=e782748b849270885a425e1a441d399633fe17c86b07eb68a48e195d7858ef4e
@@ -122,4 +122,13 @@ test_statfs() {
     line=$(df -k . | tail -n 1)
     total=$(echo "$line" | awk '{print $2}')
     [ "$total" -gt 0 ] 2>/dev/null || fail "df reports size '$total': $line"
+}
+
+# The device's request queues (run.sh's PMFS_GUEST_QUEUES, passed as pmfs.queues=)
+# were all set up: the virtiofs driver names their interrupts requests.0 ... N-1.
+# (Linux 6.1 sends every request on the first one; the others must still exist.)
+test_queues() {
+    n=$(grep -c -- '-requests\.[0-9]*$' /proc/interrupts || true)
+    [ "$n" = "${PMFS_QUEUES:-1}" ] ||
+        fail "$n request queue(s) in /proc/interrupts, want ${PMFS_QUEUES:-1}: $(grep -o 'virtio[0-9]*-.*' /proc/interrupts | tr '\n' ' ')"
 }
