@@ -4,7 +4,12 @@
 # SOCKET. Prints pmfsd's PID once the socket listens; the pool is removed when
 # pmfsd exits. DIR itself stays empty (pmfs keeps nothing in a host directory).
 # Usage: tools/guest/pmfsd.sh DIR SOCKET [PMFSD-ARGS...]   (for check.sh: PMFS_GUEST_BACKEND)
-# PMFS_GUEST_QUEUES (default 1) becomes --queues, matching run.sh's device.
+# Env:   PMFS_BIN              directory with pmfsd and mkfs.pmfs (default .build/release, debug)
+#        PMFS_GUEST_POOL_DIR   where the pool goes (default /dev/shm)
+#        PMFS_GUEST_DATA_DIR   where the data file goes (default: DIR's parent)
+#        PMFS_GUEST_DATA_SIZE  data file size for mkfs.pmfs (default 2G)
+#        PMFS_GUEST_MKFS_ARGS  more mkfs.pmfs arguments (split on spaces), e.g. --zero-data
+#        PMFS_GUEST_QUEUES     pmfsd's --queues (default 1): as many as run.sh gives the device
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dir=$1 sock=$2; shift 2
@@ -15,9 +20,9 @@ fi
 [[ -n $bin && -x $bin/pmfsd ]] || { echo "pmfsd.sh: build pmfsd first (swift build --product pmfsd)" >&2; exit 2; }
 export PMEM_IS_PMEM_FORCE=1
 tag=$(basename "$sock" .sock)-$$
-pool=/dev/shm/pmfs-guest-$tag.pool
-data=$(dirname "$dir")/pmfs-guest-$tag.data
-"$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size "${PMFS_GUEST_DATA_SIZE:-2G}" -q
+pool=${PMFS_GUEST_POOL_DIR:-/dev/shm}/pmfs-guest-$tag.pool
+data=${PMFS_GUEST_DATA_DIR:-$(dirname "$dir")}/pmfs-guest-$tag.data
+"$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size "${PMFS_GUEST_DATA_SIZE:-2G}" -q ${PMFS_GUEST_MKFS_ARGS:-}
 "$bin/pmfsd" --pool "$pool" --data "$data" --socket "$sock" --queues "${PMFS_GUEST_QUEUES:-1}" --log-level "${PMFS_LOG_LEVEL:-notice}" "$@" \
     >"$sock.log" 2>&1 </dev/null &
 pid=$!
