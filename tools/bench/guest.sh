@@ -235,7 +235,7 @@ report=$work/report.md
     echo
     echo "n=$n (create/stat/unlink, 4 KiB write+fsync), $sqlite_n SQLite INSERTs, ${seq_mib} MiB sequential;" \
          "$rounds round(s) per back end, alternating; each cell: median over rounds (min–max)."
-    echo "mkfs.pmfs --data-size ${space_mib}M ${PMFS_GUEST_MKFS_ARGS:-}; virtiofsd -o cache=auto -o xattr."
+    echo "mkfs.pmfs --data-size ${space_mib}M${PMFS_GUEST_MKFS_ARGS:+ $PMFS_GUEST_MKFS_ARGS}; virtiofsd -o cache=auto -o xattr."
     echo
 } >"$report"
 for media in $media_list; do
