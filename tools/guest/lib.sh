@@ -67,3 +67,35 @@ sha() { sha256sum "$@" | cut -d' ' -f1; }
 
 # Drop the guest's page cache so the next read goes to the file system daemon.
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# Lock holders: `gt lock` in the background, steered through a fifo held open on
+# file descriptor FD (7, 8 or 9); its answers go to NAME.out.
+# holder_start NAME FD FILE KIND [START LEN]
+holder_start() {
+    h_name=$1 h_fd=$2; shift 2
+    rm -f "$h_name.ctl" "$h_name.out"
+    mkfifo "$h_name.ctl"
+    gt lock "$@" < "$h_name.ctl" > "$h_name.out" 2>&1 &
+    eval "exec $h_fd>$h_name.ctl"
+}
+# wait_line FILE REGEX: wait (10 s at most) for a line of FILE to match.
+wait_line() {
+    w_i=0
+    until grep -q "$2" "$1" 2>/dev/null; do
+        w_i=$((w_i + 1))
+        [ $w_i -le 100 ] || fail "no '$2' in $1 after 10 s: $(tr '\n' ' ' < "$1")"
+        sleep 0.1
+    done
+}
+# holder_pid NAME: once it holds its lock, the holder's PID.
+holder_pid() { wait_line "$1.out" '^locked pid '; sed -n 's/^locked pid //p' "$1.out"; }
+# holder_cmd NAME FD CMD: unlock, close or close-other, and wait for it to be done.
+holder_cmd() { echo "$3" >&"$2"; wait_line "$1.out" "^ok $3\$"; }
+# holder_end FD: end of input; the holder exits (its locks go with it).
+holder_end() { eval "exec $1>&-"; }
+# lock_try FILE KIND [START LEN]: "free" if another process gets the lock at once, else "busy".
+lock_try() {
+    if l_out=$(gt lock "$@" </dev/null); then echo free
+    elif [ "$l_out" = busy ]; then echo busy
+    else echo "error: $l_out"; fi
+}
