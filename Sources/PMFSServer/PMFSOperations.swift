@@ -25,6 +25,26 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// another client (a guest) may change the same files.
     public var entryTimeout = 1.0
     public var attributeTimeout = 1.0
+    /// FOPEN_* flags for every opened file (keep the page cache, direct I/O).
+    public var openFlags: UInt32 = 0
+
+    /// How much a session's kernel may cache, as virtiofsd's cache= option.
+    public enum CachePolicy: String, CaseIterable, Sendable {
+        /// Nothing: every access asks pmfs (direct I/O, no name or attribute cache).
+        case none
+        /// Names and attributes for a second; pages until the file is opened again.
+        case auto
+        /// Everything, for a day: for a guest that is the only writer of its files.
+        case always
+    }
+
+    public func setCachePolicy(_ policy: CachePolicy) {
+        switch policy {
+        case .none: entryTimeout = 0; attributeTimeout = 0; openFlags = UInt32(FOPEN_DIRECT_IO)
+        case .auto: entryTimeout = 1; attributeTimeout = 1; openFlags = 0
+        case .always: entryTimeout = 86_400; attributeTimeout = 86_400; openFlags = UInt32(FOPEN_KEEP_CACHE)
+        }
+    }
 
     struct Handle {
         var ino: UInt64
@@ -299,12 +319,13 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             case .regular: break
             default: throw FUSEError(EINVAL)   // the kernel opens device nodes and fifos itself
             }
-            if Int32(flags) & O_TRUNC != 0 && Int32(flags) & O_ACCMODE != O_RDONLY {
+            let f = Int32(bitPattern: flags)
+            if f & O_TRUNC != 0 && f & O_ACCMODE != O_RDONLY {
                 if killSuidGid { try killPrivileges(nodeid) }
                 _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
                 changed([.contents(nodeid)])
             }
-            return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)))
+            return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)), flags: openFlags)
         }
     }
 
@@ -315,7 +336,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
             let e = try entry(a)
             changed([.entry(parent: parent, name: name), .attributes(parent)])
-            return (e, FUSEOpenResult(handle: h))
+            return (e, FUSEOpenResult(handle: h, flags: openFlags))
         }
     }
 
@@ -324,7 +345,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
-            return (try entry(a), FUSEOpenResult(handle: h))
+            return (try entry(a), FUSEOpenResult(handle: h, flags: openFlags))
         }
     }
 
@@ -486,7 +507,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
         try run {
-            switch Int32(whence) {
+            switch Int32(bitPattern: whence) {
             case 3: return try fs.seek(nodeid, from: offset, to: .data)   // SEEK_DATA
             case 4: return try fs.seek(nodeid, from: offset, to: .hole)   // SEEK_HOLE
             default: throw FUSEError(EINVAL)

@@ -18,10 +18,10 @@ struct Pmfsd: ParsableCommand {
         abstract: "Serve a pmfs file system (metadata pool + data device) to guests and on the host.")
 
     @Option(help: "The metadata pool (made by mkfs.pmfs).")
-    var pool: String
+    var pool: String?
 
     @Option(help: "The data device or preallocated data file.")
-    var data: String
+    var data: String?
 
     @Option(help: "Mount the file system here on the host (/dev/fuse).")
     var mount: String?
@@ -29,11 +29,23 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path).")
     var socket: String?
 
+    @Option(help: "Serve guests on this already listening socket descriptor instead of --socket (as libvirt passes it).")
+    var fd: Int32?
+
+    @Option(help: "Group allowed to connect to --socket (mode 0660); by default only root can.")
+    var socketGroup: String?
+
+    @Flag(help: "Print the vhost-user back-end capabilities as JSON (for libvirt) and exit.")
+    var printCapabilities = false
+
     @Option(help: "The tag guests mount (set on QEMU's device; logged here for reference).")
     var tag: String = "pmfs"
 
     @Option(help: "Request queues offered to guests (the device's num-request-queues).")
     var queues: Int = 1
+
+    @Option(help: "What guests may cache: none, auto (names and attributes for 1 s) or always (only writer).")
+    var cache: String = "auto"
 
     @Option(help: "Guest request workers poll their queue this many microseconds before sleeping (0: event driven only).")
     var pollMicroseconds: Int = 0
@@ -54,6 +66,11 @@ struct Pmfsd: ParsableCommand {
     var logLevel: String = "info"
 
     func run() throws {
+        if printCapabilities {
+            print("{\n  \"type\": \"fs\"\n}")
+            return
+        }
+        guard let pool, let data else { throw ValidationError("--pool and --data are required") }
         // SIGTERM/SIGINT are taken by one thread with sigwait: blocked here, before
         // any thread exists, so every thread inherits the mask and none dies of them.
         var stopSignals = sigset_t()
@@ -75,10 +92,21 @@ struct Pmfsd: ParsableCommand {
             throw ValidationError("--cache-size: a size of at least 64K, like 256M")
         }
         let cacheBytes = Int(size)
-        guard mount != nil || socket != nil else {
-            throw ValidationError("nothing to serve: give --mount DIR, --socket PATH, or both")
+        guard mount != nil || socket != nil || fd != nil else {
+            throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both")
+        }
+        guard socket == nil || fd == nil else { throw ValidationError("--socket and --fd exclude each other") }
+        var socketGID: gid_t? = nil
+        if let socketGroup {
+            guard socket != nil else { throw ValidationError("--socket-group needs --socket") }
+            if let g = getgrnam(socketGroup) { socketGID = g.pointee.gr_gid } else if let n = gid_t(socketGroup) { socketGID = n } else {
+                throw ValidationError("--socket-group: no group \(socketGroup)")
+            }
         }
         guard (1...64).contains(queues) else { throw ValidationError("--queues must be 1...64") }
+        guard let cachePolicy = PMFSOperations.CachePolicy(rawValue: cache) else {
+            throw ValidationError("--cache must be none, auto or always")
+        }
         guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
@@ -107,15 +135,19 @@ struct Pmfsd: ParsableCommand {
             }
             var guest: VhostUserBackend? = nil
             var guestThread: Thread? = nil
-            if let socket {
+            if socket != nil || fd != nil {
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
-                let backend = try VhostUserBackend(socketPath: socket, server: FUSEServer(operations: operations), requestQueues: queues)
+                operations.setCachePolicy(cachePolicy)
+                let server = FUSEServer(operations: operations)
+                let backend = try fd.map { try VhostUserBackend(listeningSocket: $0, server: server, requestQueues: queues) }
+                    ?? VhostUserBackend(socketPath: socket!, server: server, requestQueues: queues)
+                if let socketGID { try backend.allowGroup(socketGID) }
                 backend.pollMicroseconds = pollMicroseconds
                 // A guest that reboots or a QEMU that goes away ends its FUSE session.
                 backend.onSessionEnd = { operations.endSession() }
                 guest = backend
                 guestThread = Thread { backend.serve() }
-                logger.notice("vhost-user-fs socket \(socket) (tag \(tag), \(queues) request queue(s))")
+                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache))")
             }
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 
@@ -155,6 +187,8 @@ struct Pmfsd: ParsableCommand {
         } catch let e as PoolError {
             throw CleanExit.message("pmfsd: \(e)")
         } catch let e as FUSEMountError {
+            throw CleanExit.message("pmfsd: \(e)")
+        } catch let e as VhostError {
             throw CleanExit.message("pmfsd: \(e)")
         } catch let e as DataDeviceError {
             throw CleanExit.message("pmfsd: \(e)")

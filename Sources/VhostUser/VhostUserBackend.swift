@@ -52,6 +52,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
     let memoryLock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
     private var listenFD: Int32 = -1
+    /// False for an inherited socket (`--fd`): its path belongs to whoever made it.
+    private var ownsSocketPath = true
     private var connection: Int32 = -1
     private var stopping = false
 
@@ -63,6 +65,32 @@ public final class VhostUserBackend: @unchecked Sendable {
         queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
         pthread_rwlock_init(memoryLock, nil)
         try listen()
+    }
+
+    /// Serves on a socket that is already listening (libvirt's `--fd`).
+    public init(listeningSocket fd: Int32, server: FUSEServer, requestQueues: Int = 1, logger: Logger = Logger(label: "pmfs.vhost")) throws {
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+            throw VhostError.socket("descriptor \(fd) is not a stream socket")
+        }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        self.socketPath = "descriptor \(fd)"
+        ownsSocketPath = false
+        self.server = server
+        self.requestQueues = max(1, requestQueues)
+        self.logger = logger
+        queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
+        pthread_rwlock_init(memoryLock, nil)
+        listenFD = fd
+    }
+
+    /// Lets a group connect (QEMU often runs as another user): owner root,
+    /// that group, mode 0660.
+    public func allowGroup(_ gid: gid_t) throws {
+        guard chown(socketPath, getuid(), gid) == 0, chmod(socketPath, 0o660) == 0 else {
+            throw VhostError.socket("cannot give \(socketPath) to group \(gid): \(String(cString: strerror(errno)))")
+        }
     }
 
     private func listen() throws {
@@ -112,7 +140,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         if connection >= 0 { shutdown(connection, Int32(SHUT_RDWR)) }
         shutdown(listenFD, Int32(SHUT_RDWR))
         close(listenFD)
-        unlink(socketPath)
+        if ownsSocketPath { unlink(socketPath) }
     }
 
     // MARK: messages
