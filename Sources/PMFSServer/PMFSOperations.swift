@@ -141,7 +141,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// Every entry is one more kernel reference, counted for this session.
     func entry(_ a: InodeAttributes) throws -> FUSEEntry {
         lookups.withLock { $0[a.ino, default: 0] += 1 }
-        let merged = a.type == .regular ? try fs.getattr(a.ino) : a
+        // Read again after counting the reference: a change by another session
+        // either shows here or finds the count and sends an invalidation.
+        let merged = a.type == .regular ? try fs.getattr(a.ino) : try metadata.getattr(a.ino)
         return FUSEEntry(nodeid: a.ino, generation: a.generation, attributes: attributes(merged),
                          entryTimeout: entryTimeout, attributeTimeout: attributeTimeout)
     }
