@@ -33,6 +33,31 @@ public final class FUSEServer: @unchecked Sendable {
     /// The largest request a transport must be able to receive.
     public var maxRequestSize: Int { Int(maxWrite) + 4096 }
 
+    /// How many leading bytes of a request `mayBlock` looks at.
+    public static let blockingCheckBytes = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_read_in>.size
+
+    /// Whether a request can wait on the device or on write-back (fsync, large
+    /// reads and writes, truncation, allocation), judged from its first bytes,
+    /// so a transport can run it off the thread that serves its queue. Lookups,
+    /// attributes, names and small I/O (mostly cache hits) are quick.
+    public static func mayBlock(_ start: UnsafeRawBufferPointer) -> Bool {
+        let header = MemoryLayout<fuse_in_header>.size
+        guard start.count >= header else { return false }
+        let opcode = start.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.offset(of: \.opcode)!, as: UInt32.self)
+        switch opcode {
+        case FUSE_FSYNC.rawValue, FUSE_FSYNCDIR.rawValue, FUSE_SYNCFS.rawValue, FUSE_DESTROY.rawValue, FUSE_FALLOCATE.rawValue,
+             FUSE_COPY_FILE_RANGE.rawValue, FUSE_SETATTR.rawValue, FUSE_OPEN.rawValue:
+            return true   // SETATTR may truncate, OPEN may carry O_TRUNC
+        case FUSE_READ.rawValue, FUSE_WRITE.rawValue:
+            // fuse_read_in and fuse_write_in both have the size at this offset.
+            let sizeOffset = header + MemoryLayout<fuse_read_in>.offset(of: \.size)!
+            guard start.count >= sizeOffset + 4 else { return true }
+            return start.loadUnaligned(fromByteOffset: sizeOffset, as: UInt32.self) >= 64 << 10
+        default:
+            return false
+        }
+    }
+
     /// Handles one request. Replies go through `reply`, now or later (SETLKW);
     /// requests that take no reply (FORGET, BATCH_FORGET, INTERRUPT) send none.
     public func handle(_ message: UnsafeRawBufferPointer, reply: @escaping FUSEReplySink) {

@@ -56,7 +56,7 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "I/O engine: auto, io_uring or threads.")
     var ioEngine: String = "auto"
 
-    @Option(help: "Worker threads reading FUSE requests.")
+    @Option(help: "Worker threads: readers of /dev/fuse, and per guest the threads for requests that may block.")
     var workers: Int = 4
 
     @Flag(help: "Write-through: no write-back caching of file data (for comparison).")
@@ -143,6 +143,7 @@ struct Pmfsd: ParsableCommand {
                     ?? VhostUserBackend(socketPath: socket!, server: server, requestQueues: queues)
                 if let socketGID { try backend.allowGroup(socketGID) }
                 backend.pollMicroseconds = pollMicroseconds
+                backend.requestThreads = workers
                 // A guest that reboots or a QEMU that goes away ends its FUSE session.
                 backend.onSessionEnd = { operations.endSession() }
                 guest = backend

@@ -38,6 +38,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// sleeps on the kick eventfd (0: never): the next request is picked up
     /// without a wake-up, at the cost of a busy core (SPDK-style polling).
     public var pollMicroseconds = 0
+    /// Threads for requests that may block (0: every request on its queue's worker).
+    public var requestThreads = 4
+    private var pool: RequestPool?
     let logger: Logger
     /// Called when the front end goes away or resets: the guest's FUSE session is over.
     public var onSessionEnd: (@Sendable () -> Void)?
@@ -116,6 +119,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Accepts front ends one after the other until `stop()`: a guest that
     /// reboots or a QEMU that exits and reconnects gets a fresh device.
     public func serve() {
+        if requestThreads > 0 { pool = RequestPool(threads: requestThreads) }
+        defer { pool?.stop(); pool = nil }
         while !stopping {
             let conn = cvhost_accept(listenFD)
             if conn < 0 {
@@ -368,6 +373,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         _ = cvhost_eventfd_signal(w.stop)
         pthread_join(w.thread, nil)
         close(w.stop)
+        pool?.waitIdle()
     }
 
     private func resetDevice() {
@@ -439,8 +445,31 @@ public final class VhostUserBackend: @unchecked Sendable {
                 if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
                 return
             }
-            handle(chain, on: q)
+            if let pool, Self.mayBlock(chain) {
+                let generation = q.generation
+                pool.submit { [self] in
+                    pthread_rwlock_rdlock(memoryLock)
+                    defer { pthread_rwlock_unlock(memoryLock) }
+                    // After a device reset the chain's memory may be gone: drop it.
+                    guard q.generation == generation else { return }
+                    handle(chain, on: q)
+                }
+            } else {
+                handle(chain, on: q)
+            }
         }
+    }
+
+    /// Whether a chain's request may block (FUSEServer decides from its first bytes).
+    static func mayBlock(_ chain: Virtqueue.Chain) -> Bool {
+        var head = [UInt8](repeating: 0, count: FUSEServer.blockingCheckBytes)
+        var filled = 0
+        for r in chain.readable where filled < head.count {
+            let n = min(r.count, head.count - filled)
+            head.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: filled).copyMemory(from: r.baseAddress!, byteCount: n) }
+            filled += n
+        }
+        return head.withUnsafeBytes { FUSEServer.mayBlock(UnsafeRawBufferPointer(rebasing: $0[0..<filled])) }
     }
 
     private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
