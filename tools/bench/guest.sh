@@ -37,7 +37,7 @@ media_list=${PMFS_BENCH_MEDIA:-disk ram}
 seq_mib=${PMFS_BENCH_SEQ_MIB:-256}
 sqlite_n=${PMFS_BENCH_SQLITE_N:-$n}
 disk_parent=${PMFS_BENCH_DISK_DIR:-/var/tmp}
-tests=create_close,stat,unlink,write_fsync_4k,sqlite_wal,sqlite_delete,seq_write_1m,seq_read_1m
+tests=create_close,stat,unlink,write_fsync_4k,sqlite_wal,sqlite_delete,seq_write_1m,seq_read_1m,stat_during_fsync
 say() { echo "bench/guest: $*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { say "needs root (virtiofsd, losetup, mount)"; exit 2; }
@@ -175,7 +175,8 @@ write_fsync_4k	p99	lower	4 KiB write+fsync p99 (µs)
 sqlite_wal	ops_s	higher	SQLite INSERT, WAL, synchronous=FULL (inserts/s)
 sqlite_delete	ops_s	higher	SQLite INSERT, DELETE journal, synchronous=FULL (inserts/s)
 seq_write_1m	mib_s	higher	1 MiB sequential write + fsync (MiB/s)
-seq_read_1m	mib_s	higher	1 MiB sequential read, guest cache dropped (MiB/s)'
+seq_read_1m	mib_s	higher	1 MiB sequential read, guest cache dropped (MiB/s)
+stat_during_fsync	p50	lower	stat p50 while another process writes+fsyncs (µs)'
 
 fmt() { awk -v v="$1" 'BEGIN { if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.2f", v }'; }
 
