@@ -401,18 +401,26 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     private func workerLoop(_ q: Virtqueue, stop: Int32) {
+        var poll = PollWindow(limit: UInt64(pollMicroseconds) * 1000)
         while true {
             let ready = cvhost_wait2(q.kickFD, stop, 1000)
             if ready & 2 != 0 { return }
             if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
-            // Process everything available, poll a while if asked, then ask the
-            // guest for kicks again and re-check (a request may have slipped in).
+            poll.wokeUp(at: cvhost_monotonic_ns())
+            // Process everything available, poll a while if the window says so,
+            // then ask the guest for kicks again and re-check (a request may
+            // have slipped in before the kicks were back on).
             while true {
                 pthread_rwlock_rdlock(memoryLock)
                 processAvailable(q)
-                if pollMicroseconds > 0 { q.setKicks(enabled: false) }
+                if poll.window > 0 { q.setKicks(enabled: false) }
                 pthread_rwlock_unlock(memoryLock)
-                if pollMicroseconds > 0 && pollForMore(q) { continue }
+                if poll.limit > 0 { poll.answered(at: cvhost_monotonic_ns()) }
+                if poll.window > 0 {
+                    let came = pollForMore(q, nanoseconds: poll.window)
+                    poll.polled(success: came)
+                    if came { continue }
+                }
                 let more = readLocked { () -> Bool in
                     q.setKicks(enabled: true)
                     return q.hasMore && !q.broken
@@ -422,9 +430,9 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
     }
 
-    /// Spins up to `pollMicroseconds` for a new request; true if one came.
-    private func pollForMore(_ q: Virtqueue) -> Bool {
-        let deadline = cvhost_monotonic_ns() + UInt64(pollMicroseconds) * 1000
+    /// Spins up to `nanoseconds` for a new request; true if one came.
+    private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
+        let deadline = cvhost_monotonic_ns() + nanoseconds
         while cvhost_monotonic_ns() < deadline {
             if readLocked({ q.hasMore && !q.broken }) { return true }
             cvhost_cpu_relax()
@@ -503,6 +511,35 @@ public final class VhostUserBackend: @unchecked Sendable {
         if !answered.isSet && opcode != 33 /* FUSE_SETLKW */ {
             q.push(head, length: 0)
         }
+    }
+}
+
+/// How long a queue worker polls before it sleeps, adapted as KVM adapts its
+/// halt polling: a wake-up soon after going to sleep (the guest's next request
+/// came just too late) widens the window to cover that gap; a poll that finds
+/// nothing halves it. So a guest issuing requests back to back is served
+/// without wake-ups, and an idle or slow one costs no spinning. Never wider
+/// than `limit` (0: no polling).
+struct PollWindow {
+    let limit: UInt64
+    private(set) var window: UInt64 = 0
+    private var lastAnswered: UInt64 = 0
+    static let smallest: UInt64 = 2_000
+
+    init(limit: UInt64) { self.limit = limit }
+
+    /// After a burst was answered (and before polling).
+    mutating func answered(at now: UInt64) { lastAnswered = now }
+
+    /// Woken by a kick: had the window covered the gap, no wake-up was needed.
+    mutating func wokeUp(at now: UInt64) {
+        guard limit > 0, lastAnswered > 0 else { return }
+        let gap = now &- lastAnswered
+        if gap <= limit { window = min(limit, max(window * 2, gap + gap / 4, Self.smallest)) }
+    }
+
+    mutating func polled(success: Bool) {
+        if !success { window = window / 2 < Self.smallest ? 0 : window / 2 }
     }
 }
 
