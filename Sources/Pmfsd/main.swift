@@ -26,11 +26,11 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Mount the file system here on the host (/dev/fuse).")
     var mount: String?
 
-    @Option(help: "Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path).")
-    var socket: String?
+    @Option(help: "Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path); repeat it to share the file system with several VMs at once.")
+    var socket: [String] = []
 
-    @Option(help: "Serve guests on this already listening socket descriptor instead of --socket (as libvirt passes it).")
-    var fd: Int32?
+    @Option(help: "Serve a guest on this already listening socket descriptor (as libvirt passes it); may be repeated.")
+    var fd: [Int32] = []
 
     @Option(help: "Group allowed to connect to --socket (mode 0660); by default only root can.")
     var socketGroup: String?
@@ -92,13 +92,13 @@ struct Pmfsd: ParsableCommand {
             throw ValidationError("--cache-size: a size of at least 64K, like 256M")
         }
         let cacheBytes = Int(size)
-        guard mount != nil || socket != nil || fd != nil else {
+        guard mount != nil || !socket.isEmpty || !fd.isEmpty else {
             throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both")
         }
-        guard socket == nil || fd == nil else { throw ValidationError("--socket and --fd exclude each other") }
+        guard Set(socket).count == socket.count else { throw ValidationError("--socket: each path once") }
         var socketGID: gid_t? = nil
         if let socketGroup {
-            guard socket != nil else { throw ValidationError("--socket-group needs --socket") }
+            guard !socket.isEmpty else { throw ValidationError("--socket-group needs --socket") }
             if let g = getgrnam(socketGroup) { socketGID = g.pointee.gr_gid } else if let n = gid_t(socketGroup) { socketGID = n } else {
                 throw ValidationError("--socket-group: no group \(socketGroup)")
             }
@@ -133,21 +133,27 @@ struct Pmfsd: ParsableCommand {
                 hostOperations = operations
                 logger.notice("host mount on \(m.mountPoint)")
             }
-            var guest: VhostUserBackend? = nil
-            var guestThread: Thread? = nil
-            if socket != nil || fd != nil {
+            // One back end per socket: each VM is a FUSE session of its own.
+            var guests: [VhostUserBackend] = []
+            var guestThreads: [Thread] = []
+            for listener in socket.map({ Listener.path($0) }) + fd.map({ Listener.descriptor($0) }) {
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 operations.setCachePolicy(cachePolicy)
                 let server = FUSEServer(operations: operations)
-                let backend = try fd.map { try VhostUserBackend(listeningSocket: $0, server: server, requestQueues: queues) }
-                    ?? VhostUserBackend(socketPath: socket!, server: server, requestQueues: queues)
-                if let socketGID { try backend.allowGroup(socketGID) }
+                let backend: VhostUserBackend
+                switch listener {
+                case .path(let path):
+                    backend = try VhostUserBackend(socketPath: path, server: server, requestQueues: queues)
+                    if let socketGID { try backend.allowGroup(socketGID) }
+                case .descriptor(let n):
+                    backend = try VhostUserBackend(listeningSocket: n, server: server, requestQueues: queues)
+                }
                 backend.pollMicroseconds = pollMicroseconds
                 backend.requestThreads = workers
                 // A guest that reboots or a QEMU that goes away ends its FUSE session.
                 backend.onSessionEnd = { operations.endSession() }
-                guest = backend
-                guestThread = Thread { backend.serve() }
+                guests.append(backend)
+                guestThreads.append(Thread { backend.serve() })
                 logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache))")
             }
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
@@ -159,18 +165,18 @@ struct Pmfsd: ParsableCommand {
                 sigwait(&stopSignals, &which)
                 logger.notice("signal \(which): stopping")
                 host?.unmount()
-                guest?.stop()
+                guests.forEach { $0.stop() }
                 done.signal()
             }
             signalThread.start()
-            guestThread?.start()
+            guestThreads.forEach { $0.start() }
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
-                guest?.stop()
+                guests.forEach { $0.stop() }
             } else {
                 done.wait()
             }
-            guestThread?.join()
+            guestThreads.forEach { $0.join() }
             hostOperations?.stopListening()
             do {
                 try fs.shutdown()
@@ -195,6 +201,12 @@ struct Pmfsd: ParsableCommand {
             throw CleanExit.message("pmfsd: \(e)")
         }
     }
+}
+
+/// Where a guest's QEMU connects.
+enum Listener {
+    case path(String)
+    case descriptor(Int32)
 }
 
 Pmfsd.main()
