@@ -204,8 +204,21 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     private func u64(_ v: UInt64) -> Outcome { .reply(withUnsafeBytes(of: v) { Array($0) }) }
 
+    /// The most queues a front end may use (hiprio + 64 request queues).
+    static let queueLimit = 65
+
+    /// The queue a message names. QEMU does not check the device's
+    /// num-request-queues against GET_QUEUE_NUM, so a front end configured
+    /// with more queues than offered gets them (up to the limit) rather than a
+    /// device that hangs: the extra queues work like the others.
     private func queue(_ index: UInt32) -> Virtqueue? {
-        Int(index) < queues.count ? queues[Int(index)] : nil
+        let i = Int(index)
+        guard i < Self.queueLimit else { return nil }
+        if i >= queues.count {
+            logger.notice("the front end uses queue \(i) (\(queues.count - 1) request queue(s) offered): serving it too")
+            queues += (queues.count...i).map { Virtqueue(index: $0) }
+        }
+        return queues[i]
     }
 
     // swiftlint:disable:next cyclomatic_complexity function_body_length
@@ -261,7 +274,12 @@ public final class VhostUserBackend: @unchecked Sendable {
             q.usedIndex = UInt16(truncatingIfNeeded: base)
             return .ack(true)
         case .getVringBase:
-            guard let i = load(0, UInt32.self), let q = queue(i) else { return .ack(false) }
+            guard let i = load(0, UInt32.self) else { return .ack(false) }
+            guard let q = queue(i) else {
+                // Always owed a reply: the front end blocks on it.
+                logger.error("GET_VRING_BASE for queue \(i), beyond any queue: answering 0")
+                return .reply(withUnsafeBytes(of: (i, UInt32(0))) { Array($0) })
+            }
             stopWorker(Int(i))
             var state = [UInt8]()
             withUnsafeBytes(of: i) { state += $0 }

@@ -2,13 +2,16 @@
 # Data-integrity run: one pmfs file system, served by pmfsd to QEMU guests (its
 # vhost-user socket) and to the host (its FUSE mount) at once, through restarts,
 # guest reboots and a QEMU killed with SIGKILL:
+# pmfsd listens on two sockets, two VMs' worth (the second VM's device asks for
+# one request queue more than pmfsd offers, which pmfsd must serve anyway):
 #   A  guest "integrity" writes ~40 random files (large, odd-sized, sparse,
 #      overwritten, renamed, hard-linked, nested) and an SQLite database, fsyncs
 #      them and prints each file's sha256;
+#      while a second VM runs "smoke" on the other socket at the same time;
 #      the host checks every sum (and the database) through its mount; pmfsd is
 #      stopped with SIGTERM and must exit 0; fsck.pmfs -n -f must find the pool
 #      clean; pmfsd starts again and the host checks again;
-#   B  guest "verify" checks the sums (a manifest the host writes into the share)
+#   B  guest "verify", on the second socket (another VM than A), checks the sums (a manifest the host writes into the share)
 #      and the database, sees the POSIX lock and flock the host holds through its
 #      mount, and writes more files (the host checks them);
 #   C  guest "churn", on the same pmfsd (a new guest after a clean exit): holds a
@@ -56,6 +59,7 @@ pool=/dev/shm/pmfs-integrity-$$.pool
 data=$work/data
 mnt=$work/mnt
 sock=$work/fs.sock
+sock2=$work/fs2.sock            # a second VM's socket
 dir=integrity                   # the workloads' pmfs.dir
 files=$mnt/$dir/files
 manifest=$work/manifest         # "sha256  path" under files/, everything that must be there
@@ -83,13 +87,13 @@ trap 'exit 130' INT TERM
 # start_pmfsd [socket]: serve on the host mount, and on the socket if asked.
 start_pmfsd() {
     local args=(--pool "$pool" --data "$data" --mount "$mnt" --log-level notice)
-    if [[ ${1:-} == socket ]]; then args+=(--socket "$sock" --queues "$queues"); fi
-    rm -f "$sock"
+    if [[ ${1:-} == socket ]]; then args+=(--socket "$sock" --socket "$sock2" --queues "$queues"); fi
+    rm -f "$sock" "$sock2"
     echo "----- pmfsd ${args[*]}" >> "$work/pmfsd.log"
     "$bin/pmfsd" "${args[@]}" >> "$work/pmfsd.log" 2>&1 < /dev/null &
     pmfsd_pid=$!
     for _ in $(seq 1 300); do
-        if mountpoint -q "$mnt" && { [[ ${1:-} != socket ]] || [[ -S $sock ]]; }; then return 0; fi
+        if mountpoint -q "$mnt" && { [[ ${1:-} != socket ]] || [[ -S $sock && -S $sock2 ]]; }; then return 0; fi
         kill -0 "$pmfsd_pid" 2>/dev/null || die "pmfsd exited while starting"
         sleep 0.1
     done
@@ -116,11 +120,12 @@ fsck() {
     say "fsck: $out"
 }
 
-# guest NAME WORKLOAD [KERNEL-ARGS...]: one guest to the end; its console log is $work/NAME.log.
+# guest NAME WORKLOAD [KERNEL-ARGS...]: one guest to the end; its console log is
+# $work/NAME.log. Env SOCK picks the socket (default $sock).
 guest() {
     local name=$1; shift
     if ! PMFS_GUEST_QUEUES=$queues PMFS_GUEST_LOG="$work/$name.log" \
-            "$here/run.sh" "$sock" pmfs "$@" pmfs.dir="$dir" > "$work/$name.out" 2>&1; then
+            "$here/run.sh" "${SOCK:-$sock}" pmfs "$@" pmfs.dir="$dir" > "$work/$name.out" 2>&1; then
         cat "$work/$name.out" >&2
         die "guest $name ($1) failed"
     fi
@@ -186,8 +191,14 @@ say "work directory $work, $queues request queue(s), binaries in $bin"
 "$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size 2G -q
 start_pmfsd socket
 
-# A: write, then check through the host mount, across a clean restart.
+# A: write, then check through the host mount, across a clean restart; a
+# second VM works on the same file system meanwhile.
+PMFS_GUEST_QUEUES=$((queues + 1)) PMFS_GUEST_LOG="$work/A2.log" \
+    "$here/run.sh" "$sock2" pmfs smoke > "$work/A2.out" 2>&1 &
+second_vm=$!
 guest A integrity
+wait "$second_vm" || { cat "$work/A2.out" >&2; die "the second VM (smoke, $((queues + 1)) queues on pmfsd's $queues) failed"; }
+grep '^guest/run: .*: ok' "$work/A2.out" >&2
 sums A > "$manifest"
 n=$(wc -l < "$manifest")
 want=$(console A | sed -n 's/^PMFS-GUEST: FILES //p')
@@ -207,7 +218,7 @@ mkdir -p "$mnt/$dir/locks"
 : > "$mnt/$dir/locks/hostlock"
 host_hold hold-posix 7 "$mnt/$dir/locks/hostlock" w 0 100
 host_hold hold-flock 8 "$mnt/$dir/locks/hostlock" ex
-guest B verify pmfs.boot=B pmfs.hostlock=1
+SOCK=$sock2 guest B verify pmfs.boot=B pmfs.hostlock=1
 console B | grep -q '^PMFS-GUEST: PASS host_locks' || die "guest B did not check the host's locks"
 [[ $(host_try "$mnt/$dir/locks/hostlock" w 0 1) == busy ]] || die "the host's POSIX lock is gone after guest B"
 exec 7>&- 8>&-
