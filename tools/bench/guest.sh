@@ -9,7 +9,7 @@
 #         /dev/shm; pmfsd's pool and data file are on /dev/shm.
 # Workloads: create/stat/unlink ops/s, 4 KiB write+fsync p50/p99, SQLite INSERTs/s
 # (synchronous=FULL; WAL and DELETE journal), 1 MiB sequential write (+fsync) and
-# read (guest cache dropped) MiB/s. The back ends alternate, a fresh one per guest
+# read (guest cache dropped) MiB/s, stat latency while another process fsyncs. The back ends alternate, a fresh one per guest
 # (virtiofsd, pmfsd, virtiofsd, pmfsd, ...); each figure is the median over the
 # rounds, (min–max) beside it. Prints a Markdown table per media with the ratio
 # pmfsd/virtiofsd. Under TCG emulation absolute figures mean little: compare columns.
@@ -23,6 +23,7 @@
 #      PMFS_BENCH_LOGS      keep each guest's markers, back-end log, all figures
 #                           (results.tsv) and the report in this directory
 #      PMFS_BIN             use the pmfsd and mkfs.pmfs in this directory (skips swift build)
+#      PMFS_BENCH_PMFSD_ARGS more pmfsd arguments (e.g. --poll-microseconds 50)
 #      PMFS_GUEST_MKFS_ARGS more mkfs.pmfs arguments for every pmfsd (tools/guest/pmfsd.sh),
 #                           e.g. --zero-data (the data file written once, as a host would)
 #      PMFS_GUEST_*         see tools/guest/run.sh (timeout, memory, guest directory, ...)
@@ -128,7 +129,7 @@ run_one() {
     mkdir -p "$share"
     sync   # start each guest with nothing left to write back on the host
     if [[ $be == pmfsd ]]; then
-        bepid=$(PMFS_GUEST_POOL_DIR=$ram PMFS_GUEST_DATA_DIR=$datadir "$guest/pmfsd.sh" "$share" "$sock")
+        bepid=$(PMFS_GUEST_POOL_DIR=$ram PMFS_GUEST_DATA_DIR=$datadir "$guest/pmfsd.sh" "$share" "$sock" ${PMFS_BENCH_PMFSD_ARGS:-})
     else
         bepid=$("$guest/virtiofsd.sh" "$share" "$sock")
     fi
