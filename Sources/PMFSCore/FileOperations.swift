@@ -111,20 +111,25 @@ extension FileSystem {
             guard offset < f.size else { throw Errno.noSuchAddressOrDevice }
             let endBlock = (f.size + blockSize - 1) / blockSize
             var block = offset / blockSize
-            let cachedBlocks = Set(cache.cachedBlocks(f, from: block, to: endBlock))
-            let segments = try metadata.mapBlocks(ino, start: block, count: endBlock - block)
-            func isData(_ b: UInt64) -> Bool {
-                if cachedBlocks.contains(b) { return true }
-                guard let s = segments.first(where: { b >= $0.fileBlock && b < $0.fileBlock + $0.length }) else { return false }
-                return s.deviceBlock != nil && !s.unwritten
-            }
-            // Walk segment by segment, block by block only where pages are cached.
-            while block < endBlock {
-                let data = isData(block)
-                if (target == .data) == data {
-                    return max(offset, block * blockSize)
+            let cached = cache.cachedBlocks(f, from: block, to: endBlock)   // ascending
+            var c = 0
+            // The segments cover [block, endBlock) in order. Walk them one by one,
+            // block by block only over cached pages (a sparse file may be 2^51 blocks).
+            for s in try metadata.mapBlocks(ino, start: block, count: endBlock - block) {
+                let end = s.fileBlock + s.length
+                if s.deviceBlock != nil && !s.unwritten {
+                    if target == .data { return max(offset, s.fileBlock * blockSize) }
+                    continue
                 }
-                block += 1
+                // A hole or unwritten extent: data only where a page is cached.
+                while c < cached.count && cached[c] < s.fileBlock { c += 1 }
+                if target == .data {
+                    if c < cached.count && cached[c] < end { return max(offset, cached[c] * blockSize) }
+                } else {
+                    block = s.fileBlock
+                    while c < cached.count && cached[c] == block && block < end { block += 1; c += 1 }
+                    if block < end { return max(offset, block * blockSize) }
+                }
             }
             if target == .hole { return f.size }
             throw Errno.noSuchAddressOrDevice

@@ -134,6 +134,23 @@ import Testing
         #expect(throws: Errno.noSuchAddressOrDevice) { try t.fs.seek(ino, from: 11 * 4096, to: .data) }
     }
 
+    /// A sparse file of 2^50 bytes: SEEK_DATA / SEEK_HOLE walk the extent map,
+    /// not the blocks (found by tools/fuzz: one LSEEK hung the server).
+    @Test func seekInAHugeSparseFile() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.fs.setattr(ino, AttributeChanges(size: 1 << 50))
+        _ = try t.write(ino, 1 << 40, [1])
+        #expect(try t.fs.seek(ino, from: 0, to: .data) == 1 << 40)
+        #expect(try t.fs.seek(ino, from: 7, to: .hole) == 7)
+        #expect(try t.fs.seek(ino, from: 1 << 40, to: .hole) == (1 << 40) + 4096)
+        #expect(throws: Errno.noSuchAddressOrDevice) { try t.fs.seek(ino, from: (1 << 40) + 4096, to: .data) }
+        try t.fs.fsync(ino)   // the same from the extent map
+        #expect(try t.fs.seek(ino, from: 5, to: .data) == 1 << 40)
+        #expect(try t.fs.seek(ino, from: (1 << 40) + 1, to: .hole) == (1 << 40) + 4096)
+        #expect(throws: Errno.noSuchAddressOrDevice) { try t.fs.seek(ino, from: (1 << 50) - 1, to: .data) }
+    }
+
     @Test func copyFileRangeCopiesBytes() throws {
         let t = try CoreFixture()
         let a = try t.newFile("a"), b = try t.newFile("b")
