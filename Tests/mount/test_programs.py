@@ -217,3 +217,23 @@ def test_rsync_round_trip_with_xattrs(d):
             assert "user.index" in dump
         for i in range(30):
             assert read_file(os.path.join(mid, f"hard{i}")) == read_file(paths[i])
+
+
+# ------------------------------------------------------------------ fio
+
+
+@pytest.mark.parametrize("direct", [0, 1])
+def test_fio_random_io_verifies(d, direct):
+    """fio's own verification: random 4 KiB writes from two jobs (each on its
+    own file) with a checksum header in every block, read back and checked;
+    then a mixed random read/write run over the same files."""
+    need("fio")
+    common = ["fio", "--directory", d, "--size=16m", "--bs=4k", "--ioengine=psync", f"--direct={direct}",
+              "--numjobs=2", "--group_reporting", "--output-format=terse", "--minimal"]
+    run(common + ["--name=verify", "--rw=randwrite", "--verify=crc32c", "--verify_fatal=1",
+                  "--do_verify=1", "--fsync=64"], timeout=600)
+    run(common + ["--name=verify", "--rw=randrw", "--rwmixread=50", "--verify=crc32c", "--verify_fatal=1",
+                  "--do_verify=1", "--runtime=5", "--time_based=0"], timeout=600)
+    names = sorted(os.listdir(d))
+    assert names == ["verify.0.0", "verify.1.0"], names
+    assert all(os.path.getsize(os.path.join(d, n)) == 16 << 20 for n in names)

@@ -18,8 +18,8 @@ log() { echo "guest/build: $*" >&2; }
 # Modules the guest needs; their dependencies are added and ordered below.
 root_modules=(virtio_pci virtiofs)
 
-# 1. Host packages. sqlite3 is copied into the guest (posix and integrity use it).
-packages=(qemu-system-x86 qemu-system-common busybox-static cpio gcc libc6-dev python3 xz-utils sqlite3)
+# 1. Host packages. sqlite3 and fio are copied into the guest (posix and integrity use them).
+packages=(qemu-system-x86 qemu-system-common busybox-static cpio gcc libc6-dev python3 xz-utils sqlite3 fio)
 as_root=()
 [[ $(id -u) -eq 0 ]] || as_root=(sudo)
 missing=()

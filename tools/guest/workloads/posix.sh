@@ -1,7 +1,7 @@
 # posix: a broader set of POSIX behaviours. Sizes are kept small enough for a
 # TCG guest to finish in a couple of minutes; pmfs.big_mib= changes the large file.
 TESTS="truncate chmod chown fifo append sparse large_file readdir_2000 rename_dir utimes excl mmap_shared
-       posix_locks setlkw flock fallocate sqlite"
+       posix_locks setlkw flock fallocate sqlite fio_verify"
 
 test_truncate() {
     printf '0123456789' > f
@@ -264,4 +264,16 @@ test_sqlite() {
     sqlite3 db.sqlite 'PRAGMA journal_mode=DELETE;' >/dev/null
     drop_caches
     expect_eq "sum" "$(sqlite3 db.sqlite 'SELECT sum(k) FROM t;')" 2001000
+}
+
+test_fio_verify() {
+    # fio checks its own data: a checksum header in every 4 KiB block, two jobs,
+    # buffered and O_DIRECT (the guest's direct I/O path through virtiofs).
+    command -v fio >/dev/null || fail "fio not in the initramfs"
+    for direct in 0 1; do
+        fio --name=v$direct --directory=. --size=4m --bs=4k --rw=randwrite --ioengine=psync --direct=$direct \
+            --numjobs=2 --fsync=32 --verify=crc32c --verify_fatal=1 --do_verify=1 --minimal >fio.out 2>&1 ||
+            fail "fio direct=$direct: $(tail -n 3 fio.out | tr '\n' ' ')"
+    done
+    expect_eq "files" "$(ls | grep -c '^v[01]\.')" 4
 }
