@@ -229,7 +229,7 @@ def test_fio_random_io_verifies(d, direct):
     then a mixed random read/write run over the same files."""
     need("fio")
     common = ["fio", "--directory", d, "--size=16m", "--bs=4k", "--ioengine=psync", f"--direct={direct}",
-              "--numjobs=2", "--group_reporting", "--output-format=terse", "--minimal"]
+              "--numjobs=2", "--group_reporting", "--minimal", "--verify_state_save=0"]
     run(common + ["--name=verify", "--rw=randwrite", "--verify=crc32c", "--verify_fatal=1",
                   "--do_verify=1", "--fsync=64"], timeout=600)
     run(common + ["--name=verify", "--rw=randrw", "--rwmixread=50", "--verify=crc32c", "--verify_fatal=1",
