@@ -5,6 +5,9 @@
 # QEMU guest on pmfsd's vhost-user-fs socket (smoke, posix, and the integrity run
 # through restarts and a killed QEMU). Exits non-zero on any failure.
 # PMFS_TEST_SKIP_GUEST=1 skips the guest (it installs QEMU and a Debian kernel).
+# After the Swift tests, a bounded fuzz run (tools/fuzz: the FUSE engine over a
+# real pool, the descriptor walker; about 2 minutes, built in .build-fuzz).
+# PMFS_TEST_SKIP_FUZZ=1 skips it; PMFS_FUZZ_SECONDS sets each target's run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
@@ -14,6 +17,10 @@ export PMEM_IS_PMEM_FORCE=1
 
 swift build --build-tests
 swift test "$@"
+
+if [[ ${PMFS_TEST_SKIP_FUZZ:-0} != 1 ]]; then
+    tools/fuzz/run.sh
+fi
 
 if [[ -d Tests/mount ]]; then
     python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
