@@ -47,6 +47,9 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "What guests may cache: none, auto (names and attributes for 1 s) or always (only writer).")
     var cache: String = "auto"
 
+    @Flag(help: "Let guests cache writes in their page cache (FUSE writeback cache, as virtiofsd's -o writeback): faster small writes; the guest's kernel then keeps size and mtime, so use it with a guest that is the only writer.")
+    var writeback = false
+
     @Option(help: "Guest request workers poll their queue this many microseconds before sleeping (0: event driven only).")
     var pollMicroseconds: Int = 0
 
@@ -139,7 +142,8 @@ struct Pmfsd: ParsableCommand {
             for listener in socket.map({ Listener.path($0) }) + fd.map({ Listener.descriptor($0) }) {
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 operations.setCachePolicy(cachePolicy)
-                let server = FUSEServer(operations: operations)
+                let server = FUSEServer(operations: operations, offered: FUSEServer.defaultCapabilities
+                                        | (writeback ? FUSEServer.writebackCache : 0))
                 let backend: VhostUserBackend
                 switch listener {
                 case .path(let path):
@@ -154,7 +158,7 @@ struct Pmfsd: ParsableCommand {
                 backend.onSessionEnd = { operations.endSession() }
                 guests.append(backend)
                 guestThreads.append(Thread { backend.serve() })
-                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache))")
+                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache)\(writeback ? ", writeback" : ""))")
             }
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 
