@@ -19,6 +19,10 @@ public final class FUSEServer: @unchecked Sendable {
                FUSE_FLOCK_LOCKS | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS |
                FUSE_HANDLE_KILLPRIV_V2 | FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS | FUSE_SETXATTR_EXT | FUSE_INIT_EXT)
 
+    /// FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS: without them the kernel keeps
+    /// locks itself (no request per lock, but no other peer sees them).
+    public static let remoteLocks = UInt64(FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS)
+
     /// FUSE_WRITEBACK_CACHE, offered only on request: the kernel then keeps
     /// written data, size and mtime itself (right for a peer that is the only writer).
     public static let writebackCache = UInt64(FUSE_WRITEBACK_CACHE)

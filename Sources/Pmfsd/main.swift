@@ -47,6 +47,9 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "What guests may cache: none, auto (names and attributes for 1 s) or always (only writer).")
     var cache: String = "auto"
 
+    @Option(help: "Guests' POSIX and flock locks: shared (pmfsd's lock table, seen by the host mount and every guest), local (each guest's kernel keeps its own, as virtiofsd does by default: no round trip per lock, but nobody else sees them) or auto (local when one guest socket is the only client, else shared).")
+    var locks: String = "auto"
+
     @Flag(help: "Let guests cache writes in their page cache (FUSE writeback cache, as virtiofsd's -o writeback): faster small writes; the guest's kernel then keeps size and mtime, so use it with a guest that is the only writer.")
     var writeback = false
 
@@ -110,6 +113,10 @@ struct Pmfsd: ParsableCommand {
         guard let cachePolicy = PMFSOperations.CachePolicy(rawValue: cache) else {
             throw ValidationError("--cache must be none, auto or always")
         }
+        guard ["auto", "shared", "local"].contains(locks) else { throw ValidationError("--locks must be auto, shared or local") }
+        // A lone guest's kernel sees every lock there is: keeping them there is
+        // the same semantics without a round trip per lock.
+        let guestLocks = locks != "auto" ? locks : (mount == nil && socket.count + fd.count == 1 ? "local" : "shared")
         guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
@@ -142,8 +149,9 @@ struct Pmfsd: ParsableCommand {
             for listener in socket.map({ Listener.path($0) }) + fd.map({ Listener.descriptor($0) }) {
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 operations.setCachePolicy(cachePolicy)
-                let server = FUSEServer(operations: operations, offered: FUSEServer.defaultCapabilities
-                                        | (writeback ? FUSEServer.writebackCache : 0))
+                var offered = FUSEServer.defaultCapabilities | (writeback ? FUSEServer.writebackCache : 0)
+                if guestLocks == "local" { offered &= ~FUSEServer.remoteLocks }
+                let server = FUSEServer(operations: operations, offered: offered)
                 let backend: VhostUserBackend
                 switch listener {
                 case .path(let path):
@@ -158,7 +166,7 @@ struct Pmfsd: ParsableCommand {
                 backend.onSessionEnd = { operations.endSession() }
                 guests.append(backend)
                 guestThreads.append(Thread { backend.serve() })
-                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache)\(writeback ? ", writeback" : ""))")
+                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache), locks \(guestLocks)\(writeback ? ", writeback" : ""))")
             }
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 

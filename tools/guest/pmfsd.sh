@@ -10,6 +10,7 @@
 #        PMFS_GUEST_DATA_SIZE  data file size for mkfs.pmfs (default 2G)
 #        PMFS_GUEST_MKFS_ARGS  more mkfs.pmfs arguments (split on spaces), e.g. --zero-data
 #        PMFS_GUEST_QUEUES     pmfsd's --queues (default 1): as many as run.sh gives the device
+#        PMFS_GUEST_PMFSD_ARGS more pmfsd arguments (split on spaces), e.g. --locks shared
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dir=$1 sock=$2; shift 2
@@ -23,7 +24,7 @@ tag=$(basename "$sock" .sock)-$$
 pool=${PMFS_GUEST_POOL_DIR:-/dev/shm}/pmfs-guest-$tag.pool
 data=${PMFS_GUEST_DATA_DIR:-$(dirname "$dir")}/pmfs-guest-$tag.data
 "$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size "${PMFS_GUEST_DATA_SIZE:-2G}" -q ${PMFS_GUEST_MKFS_ARGS:-}
-"$bin/pmfsd" --pool "$pool" --data "$data" --socket "$sock" --queues "${PMFS_GUEST_QUEUES:-1}" --log-level "${PMFS_LOG_LEVEL:-notice}" "$@" \
+"$bin/pmfsd" --pool "$pool" --data "$data" --socket "$sock" --queues "${PMFS_GUEST_QUEUES:-1}" --log-level "${PMFS_LOG_LEVEL:-notice}" ${PMFS_GUEST_PMFSD_ARGS:-} "$@" \
     >"$sock.log" 2>&1 </dev/null &
 pid=$!
 ( while kill -0 "$pid" 2>/dev/null; do sleep 1; done; rm -f "$pool" "$data" ) >/dev/null 2>&1 </dev/null &
