@@ -166,7 +166,7 @@ let package = Package(
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(
             name: "ServerTests",
-            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata"]
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",

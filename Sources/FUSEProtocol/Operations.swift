@@ -112,6 +112,26 @@ public struct FUSELock: Sendable, Equatable {
 /// How a deferred reply is delivered (SETLKW waits without holding a worker).
 public typealias FUSEReplySink = @Sendable ([UInt8]) -> Void
 
+extension FUSEOperations {
+    /// READ into scattered memory (a guest's buffers): by default through one
+    /// contiguous buffer; an implementation may copy straight into `segments`.
+    public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64,
+                     into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
+        if segments.count == 1 { return try read(r, nodeid: nodeid, handle: handle, offset: offset, into: segments[0]) }
+        let total = segments.reduce(0) { $0 + $1.count }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 16)
+        defer { buffer.deallocate() }
+        let n = try read(r, nodeid: nodeid, handle: handle, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<total]))
+        var done = 0
+        for s in segments where done < n {
+            let k = min(s.count, n - done)
+            s.baseAddress!.copyMemory(from: buffer.baseAddress! + done, byteCount: k)
+            done += k
+        }
+        return n
+    }
+}
+
 /// One method per FUSE operation, typed: the file system behind the FUSE
 /// engine. Nothing here knows the wire format. Errors are errno values
 /// (thrown as `FUSEError`). Methods not implemented answer ENOSYS.
@@ -134,6 +154,8 @@ public protocol FUSEOperations: AnyObject, Sendable {
     func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult)
     func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult)
     func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into: UnsafeMutableRawBufferPointer) throws -> Int
+    /// READ into scattered memory; the default goes through one buffer (see the extension).
+    func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int
     func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int
     func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws
     func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws

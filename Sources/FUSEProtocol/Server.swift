@@ -66,9 +66,37 @@ public final class FUSEServer: @unchecked Sendable {
         }
     }
 
+    /// A READ whose data goes straight into `memory` past the out-header's
+    /// room; returns the out-header alone, its length counting the data.
+    private func readInPlace(_ r: FUSERequest, _ reader: inout RequestReader, _ memory: [UnsafeMutableRawBufferPointer]) throws -> [UInt8] {
+        let rd = try reader.read(fuse_read_in.self)
+        var room = Int(min(rd.size, maxWrite))
+        var skip = MemoryLayout<fuse_out_header>.size
+        var segments: [UnsafeMutableRawBufferPointer] = []
+        for m in memory where room > 0 {
+            if skip >= m.count { skip -= m.count; continue }
+            let n = min(m.count - skip, room)
+            segments.append(UnsafeMutableRawBufferPointer(start: m.baseAddress! + skip, count: n))
+            room -= n
+            skip = 0
+        }
+        guard skip == 0 else { throw FUSEError(EINVAL) }   // not even room for the header
+        let n = segments.isEmpty ? 0 : try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: segments)
+        var header = ReplyBuilder(unique: r.unique).finish()
+        let length = UInt32(header.count + n)
+        withUnsafeBytes(of: length) { l in header.withUnsafeMutableBytes { $0.copyMemory(from: l) } }
+        return header
+    }
+
     /// Handles one request. Replies go through `reply`, now or later (SETLKW);
     /// requests that take no reply (FORGET, BATCH_FORGET, INTERRUPT) send none.
-    public func handle(_ message: UnsafeRawBufferPointer, reply: @escaping FUSEReplySink) {
+    ///
+    /// `replyMemory`: where the reply will be copied to (a guest's writable
+    /// buffers). A READ then puts its data there directly, after room for the
+    /// out-header, and `reply` gets just the out-header, whose `len` counts the
+    /// data: a transport sends `len` bytes, which is right for every reply.
+    public func handle(_ message: UnsafeRawBufferPointer, replyMemory: [UnsafeMutableRawBufferPointer]? = nil,
+                       reply: @escaping FUSEReplySink) {
         var reader = RequestReader(message)
         guard let header = try? reader.read(fuse_in_header.self) else { return }   // cannot even answer
         let request = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
@@ -89,7 +117,11 @@ public final class FUSEServer: @unchecked Sendable {
             return
         }
         do {
-            if let out = try dispatch(request, &reader, reply: reply) { reply(out) }
+            if header.opcode == FUSE_READ.rawValue, let replyMemory {
+                reply(try readInPlace(request, &reader, replyMemory))
+            } else if let out = try dispatch(request, &reader, reply: reply) {
+                reply(out)
+            }
         } catch let e as FUSEError {
             reply(ReplyBuilder(unique: header.unique, error: e.errno).finish())
         } catch is FUSEWireError {

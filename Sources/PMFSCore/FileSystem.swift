@@ -209,9 +209,17 @@ public final class FileSystem: @unchecked Sendable {
 
     /// Reads up to `buffer.count` bytes at `offset`; returns bytes read (0 at EOF).
     public func read(_ ino: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try read(ino, offset: offset, into: [buffer])
+    }
+
+    /// Reads into scattered buffers, in order (a guest's pages): the cache is
+    /// copied straight into them. Returns bytes read (0 at EOF).
+    public func read(_ ino: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
+        let capacity = segments.reduce(0) { $0 + $1.count }
         return try withFile(ino) { f in try f.lock.withLock {
-            guard offset < f.size, buffer.count > 0 else { return 0 }
-            let end = min(f.size, offset + UInt64(buffer.count))
+            guard offset < f.size, capacity > 0 else { return 0 }
+            var out = ScatterWriter(segments)
+            let end = min(f.size, offset + UInt64(capacity))
             let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
             // Sequential reads grow the read-ahead window.
             if offset == f.lastReadEnd {
@@ -237,11 +245,7 @@ public final class FileSystem: @unchecked Sendable {
                     let within = Int(position % blockSize)
                     let n = Int(min(blockSize - UInt64(within), stop - position))
                     let fr = frames[Int(b - chunkStart)]
-                    if fr >= 0 {
-                        (buffer.baseAddress! + copied).copyMemory(from: cache.memory(fr) + within, byteCount: n)
-                    } else {
-                        memset(buffer.baseAddress! + copied, 0, n)
-                    }
+                    out.put(fr >= 0 ? UnsafeRawPointer(cache.memory(fr) + within) : nil, n)
                     copied += n
                     position += UInt64(n)
                 }
@@ -251,6 +255,26 @@ public final class FileSystem: @unchecked Sendable {
             if !options.writeBack { dropClean(f) }
             return copied
         } }
+    }
+
+    /// Fills a list of buffers in order.
+    struct ScatterWriter {
+        let segments: [UnsafeMutableRawBufferPointer]
+        var index = 0, within = 0
+        init(_ segments: [UnsafeMutableRawBufferPointer]) { self.segments = segments }
+
+        /// Copies `count` bytes from `source`, or zeros when it is nil.
+        mutating func put(_ source: UnsafeRawPointer?, _ count: Int) {
+            var done = 0
+            while done < count && index < segments.count {
+                let s = segments[index]
+                let n = min(s.count - within, count - done)
+                if let source { (s.baseAddress! + within).copyMemory(from: source + done, byteCount: n) } else { memset(s.baseAddress! + within, 0, n) }
+                done += n
+                within += n
+                if within == s.count { index += 1; within = 0 }
+            }
+        }
     }
 
     /// Pins frames for blocks [from, to) (-1 for holes and unwritten blocks that

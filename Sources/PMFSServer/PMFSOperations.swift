@@ -359,6 +359,14 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         }
     }
 
+    public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
+        try run {
+            let n = try fs.read(nodeid, offset: offset, into: segments)
+            try noteAccess(nodeid)
+            return n
+        }
+    }
+
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int {
         try run {
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }

@@ -508,8 +508,10 @@ public final class VhostUserBackend: @unchecked Sendable {
         let answered = Flag()
         let writable = WritableBuffers(chain.writable)
         let head = chain.head
+        let writableBytes = chain.writableBytes
         request.withUnsafeBytes { bytes in
-            server.handle(bytes) { [self] reply in
+            // A READ's data goes straight into the guest's buffers (no copy through ours).
+            server.handle(bytes, replyMemory: chain.writable) { [self] reply in
                 answered.set()
                 // A deferred reply (SETLKW) may come after a reset: drop it then.
                 pthread_rwlock_rdlock(memoryLock)
@@ -521,7 +523,9 @@ public final class VhostUserBackend: @unchecked Sendable {
                     reply.withUnsafeBytes { w.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
                     offset += n
                 }
-                q.push(head, length: offset)
+                // The out-header's length counts data already placed in the buffers.
+                let declared = reply.count >= 4 ? Int(reply.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) : 0
+                q.push(head, length: max(offset, min(declared, writableBytes)))
             }
         }
         // FORGET, BATCH_FORGET, INTERRUPT and undecodable requests get no reply,

@@ -23,6 +23,34 @@ import Testing
         #expect(try t.metadata.getattr(ino).size == 11_234)
     }
 
+    /// Reads into scattered buffers (a guest's pages) give what one buffer gets,
+    /// across blocks, a hole, cached and uncached data, and the end of the file.
+    @Test func scatteredReadsMatchContiguousOnes() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("scatter")
+        var rng = SystemRandomNumberGenerator()
+        let a = (0..<30_000).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        #expect(try t.write(ino, 100, a) == a.count)
+        #expect(try t.write(ino, 60_000, [7, 7, 7]) == 3)   // a hole in between; size 60_003
+        for cached in [true, false] {
+            if !cached { try t.restart() }   // then blocks come from the device
+            for (offset, sizes) in [(0, [1, 4095, 4096, 10]), (90, [3, 5000, 9000, 4096 * 4]), (29_000, [40_000, 100]),
+                                    (59_990, [4, 4, 4, 4, 100]), (70_000, [10])] as [(UInt64, [Int])] {
+                let total = sizes.reduce(0, +)
+                let want = try t.read(ino, offset, total)
+                let buffers = sizes.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0, alignment: 1) }
+                defer { buffers.forEach { $0.deallocate() } }
+                buffers.forEach { $0.initializeMemory(as: UInt8.self, repeating: 0xEE) }
+                let n = try t.fs.read(ino, offset: offset, into: buffers)
+                #expect(n == want.count, "offset \(offset)")
+                let got = Array(buffers.map { Array($0) }.joined().prefix(n))
+                #expect(got == want, "offset \(offset), cached \(cached)")
+                // Nothing written past what was read.
+                #expect(buffers.map { Array($0) }.joined().dropFirst(n).allSatisfy { $0 == 0xEE })
+            }
+        }
+    }
+
     @Test func holesReadAsZerosAndSparseFilesStaySparse() throws {
         let t = try CoreFixture()
         let ino = try t.newFile("sparse")

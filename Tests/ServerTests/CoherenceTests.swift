@@ -1,5 +1,6 @@
 import FUSEDevice
 @testable import FUSEProtocol
+import CFUSE
 import Glibc
 import PMFSCore
 import PMFSData
@@ -186,4 +187,47 @@ final class TestMutex: @unchecked Sendable {
     private var m = pthread_mutex_t()
     init() { pthread_mutex_init(&m, nil) }
     func locked<T>(_ body: () -> T) -> T { pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }; return body() }
+}
+
+/// READ through the FUSE engine straight into a transport's scattered memory.
+@Suite struct ReadInPlaceTests {
+    @Test func readDataLandsInTheReplyMemoryAfterTheHeader() throws {
+        let s = try TwoSessions()
+        let content = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let (e, o) = try s.guest.create(s.request, parent: 1, name: Array("r".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
+        _ = try content.withUnsafeBytes { try s.guest.write(s.request, nodeid: e.nodeid, handle: o.handle, offset: 0, data: $0, flags: 0) }
+        let server = FUSEServer(operations: s.guest)
+        var i = fuse_init_in()
+        i.major = 7; i.minor = 38
+        func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8]) -> [UInt8] {
+            var h = fuse_in_header()
+            h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
+            h.opcode = opcode; h.unique = 9; h.nodeid = nodeid
+            return withUnsafeBytes(of: &h) { Array($0) } + body
+        }
+        message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
+        // Guest-like buffers: the header's 16 bytes split oddly, then page-sized pieces.
+        let sizes = [10, 6 + 100, 4096, 4096, 8192, 5000]
+        let memory = sizes.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0, alignment: 8) }
+        defer { memory.forEach { $0.deallocate() } }
+        memory.forEach { $0.initializeMemory(as: UInt8.self, repeating: 0xEE) }
+        var rd = fuse_read_in()
+        rd.fh = o.handle; rd.offset = 333; rd.size = 20_000
+        let replies = Replies()
+        message(FUSE_READ.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &rd) { Array($0) }).withUnsafeBytes {
+            server.handle($0, replyMemory: memory) { replies.all.append($0) }
+        }
+        let header = try #require(replies.all.first)
+        #expect(header.count == 16)
+        let out = header.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
+        #expect(out.error == 0 && out.unique == 9)
+        #expect(Int(out.len) == 16 + content.count - 333)   // to the end of the file
+        let flat = Array(memory.map { Array($0) }.joined())
+        #expect(Array(flat[16..<Int(out.len)]) == Array(content[333...]))
+        #expect(flat[Int(out.len)...].allSatisfy { $0 == 0xEE })
+    }
+}
+
+final class Replies: @unchecked Sendable {
+    var all: [[UInt8]] = []
 }
