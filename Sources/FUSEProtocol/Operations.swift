@@ -130,6 +130,13 @@ extension FUSEOperations {
         }
         return n
     }
+
+    public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64,
+                      segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
+        if segments.count == 1 { return try write(r, nodeid: nodeid, handle: handle, offset: offset, data: segments[0], flags: flags) }
+        let data = Array(segments.joined())
+        return try data.withUnsafeBytes { try write(r, nodeid: nodeid, handle: handle, offset: offset, data: $0, flags: flags) }
+    }
 }
 
 /// One method per FUSE operation, typed: the file system behind the FUSE
@@ -157,6 +164,8 @@ public protocol FUSEOperations: AnyObject, Sendable {
     /// READ into scattered memory; the default goes through one buffer (see the extension).
     func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int
     func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int
+    /// WRITE from scattered memory; the default gathers it into one buffer (see the extension).
+    func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int
     func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws
     func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws
     func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws

@@ -66,6 +66,57 @@ public final class FUSEServer: @unchecked Sendable {
         }
     }
 
+    /// Handles a request that arrives in pieces (a guest's descriptor chain).
+    /// A WRITE's data is passed on where it lies (header and arguments are
+    /// copied out, the payload is not); anything else is gathered first.
+    public func handle(segments: [UnsafeRawBufferPointer], replyMemory: [UnsafeMutableRawBufferPointer]? = nil,
+                       reply: @escaping FUSEReplySink) {
+        let total = segments.reduce(0) { $0 + $1.count }
+        let fixed = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
+        var prefix = [UInt8]()
+        prefix.reserveCapacity(fixed)
+        for s in segments where prefix.count < fixed { prefix.append(contentsOf: s.prefix(fixed - prefix.count)) }
+        let state = negotiatedState.withLock { $0 }
+        if prefix.count == fixed, state.initialized, state.minor >= 9 {
+            let header = prefix.withUnsafeBytes { $0.loadUnaligned(as: fuse_in_header.self) }
+            if header.opcode == FUSE_WRITE.rawValue, Int(header.len) == total, header.total_extlen == 0 {
+                let w = prefix.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.size, as: fuse_write_in.self) }
+                let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
+                                    pid: header.pid, opcode: header.opcode)
+                reply(writeInPlace(r, w, segments, skip: fixed, available: total - fixed))
+                return
+            }
+        }
+        var message = [UInt8]()
+        message.reserveCapacity(total)
+        for s in segments { message.append(contentsOf: s) }
+        message.withUnsafeBytes { handle($0, replyMemory: replyMemory, reply: reply) }
+    }
+
+    /// WRITE from the request's own pieces, past its first `skip` bytes.
+    private func writeInPlace(_ r: FUSERequest, _ w: fuse_write_in, _ segments: [UnsafeRawBufferPointer], skip: Int, available: Int) -> [UInt8] {
+        guard w.size <= maxWrite, Int(w.size) <= available else { return ReplyBuilder(unique: r.unique, error: EINVAL).finish() }
+        var data: [UnsafeRawBufferPointer] = []
+        var toSkip = skip, wanted = Int(w.size)
+        for s in segments where wanted > 0 {
+            if toSkip >= s.count { toSkip -= s.count; continue }
+            let n = min(s.count - toSkip, wanted)
+            data.append(UnsafeRawBufferPointer(start: s.baseAddress! + toSkip, count: n))
+            wanted -= n
+            toSkip = 0
+        }
+        do {
+            let n = try operations.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, segments: data, flags: w.write_flags)
+            var b = ReplyBuilder(unique: r.unique)
+            b.append(fuse_write_out(size: UInt32(n), padding: 0))
+            return b.finish()
+        } catch let e as FUSEError {
+            return ReplyBuilder(unique: r.unique, error: e.errno).finish()
+        } catch {
+            return ReplyBuilder(unique: r.unique, error: EIO).finish()
+        }
+    }
+
     /// A READ whose data goes straight into `memory` past the out-header's
     /// room; returns the out-header alone, its length counting the data.
     private func readInPlace(_ r: FUSERequest, _ reader: inout RequestReader, _ memory: [UnsafeMutableRawBufferPointer]) throws -> [UInt8] {

@@ -257,6 +257,29 @@ public final class FileSystem: @unchecked Sendable {
         } }
     }
 
+    /// Reads a list of buffers in order.
+    struct GatherReader {
+        let segments: [UnsafeRawBufferPointer]
+        let count: Int
+        var index = 0, within = 0
+        init(_ segments: [UnsafeRawBufferPointer]) {
+            self.segments = segments
+            count = segments.reduce(0) { $0 + $1.count }
+        }
+
+        mutating func take(into destination: UnsafeMutableRawPointer, _ count: Int) {
+            var done = 0
+            while done < count && index < segments.count {
+                let s = segments[index]
+                let n = min(s.count - within, count - done)
+                if n > 0 { (destination + done).copyMemory(from: s.baseAddress! + within, byteCount: n) }
+                done += n
+                within += n
+                if within == s.count { index += 1; within = 0 }
+            }
+        }
+    }
+
     /// Fills a list of buffers in order.
     struct ScatterWriter {
         let segments: [UnsafeMutableRawBufferPointer]
@@ -352,16 +375,28 @@ public final class FileSystem: @unchecked Sendable {
     /// Writes `data` at `offset`; returns the bytes written. With `sync`, the
     /// data (and, for .all, the metadata) is durable when this returns (O_SYNC, O_DSYNC).
     public func write(_ ino: UInt64, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode = .none) throws -> Int {
-        guard data.count > 0 else { return 0 }
-        guard offset <= MetadataStore.maxFileSize, UInt64(data.count) <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
-        return try withFile(ino) { f in try f.lock.withLock { try writeLocked(f, offset: offset, from: data, sync: sync, updateSize: true) } }
+        try write(ino, offset: offset, from: [data], sync: sync)
+    }
+
+    /// Writes scattered buffers, in order, as one write (a guest's pages go
+    /// straight into the cache).
+    public func write(_ ino: UInt64, offset: UInt64, from segments: [UnsafeRawBufferPointer], sync: SyncMode = .none) throws -> Int {
+        let count = segments.reduce(0) { $0 + $1.count }
+        guard count > 0 else { return 0 }
+        guard offset <= MetadataStore.maxFileSize, UInt64(count) <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
+        return try withFile(ino) { f in try f.lock.withLock { try writeLocked(f, offset: offset, from: segments, sync: sync, updateSize: true) } }
+    }
+
+    func writeLocked(_ f: FileData, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode, updateSize: Bool) throws -> Int {
+        try writeLocked(f, offset: offset, from: [data], sync: sync, updateSize: updateSize)
     }
 
     /// The body of `write`, with the file lock held. Zeroing (truncate, punch)
     /// passes `updateSize: false`: it changes bytes, not the size.
-    func writeLocked(_ f: FileData, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode, updateSize: Bool) throws -> Int {
+    func writeLocked(_ f: FileData, offset: UInt64, from segments: [UnsafeRawBufferPointer], sync: SyncMode, updateSize: Bool) throws -> Int {
         let ino = f.ino
-        let end = offset + UInt64(data.count)
+        var source = GatherReader(segments)
+        let end = offset + UInt64(source.count)
         var written = 0
         do {
             let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
@@ -405,7 +440,7 @@ public final class FileSystem: @unchecked Sendable {
                             }
                         }
                     }
-                    (cache.memory(fr) + within).copyMemory(from: data.baseAddress! + written, byteCount: n)
+                    source.take(into: cache.memory(fr) + within, n)
                     if needsReservation { f.reserved.insert(b) }
                     if f.dirtyBlocks.isEmpty { f.dirtySince = monotonicNanoseconds() }
                     cache.markDirty(fr)

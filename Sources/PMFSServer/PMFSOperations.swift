@@ -368,11 +368,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int {
+        try write(r, nodeid: nodeid, handle: handle, offset: offset, segments: [data], flags: flags)
+    }
+
+    public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
         try run {
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
             let openFlags = self.handle(handle).map { Int32(bitPattern: $0.flags) } ?? 0
             let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
-            let n = try fs.write(nodeid, offset: offset, from: data, sync: sync)
+            let n = try fs.write(nodeid, offset: offset, from: segments, sync: sync)
             changed([.contents(nodeid)])
             return n
         }

@@ -499,19 +499,19 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
-        // Gather the request; the writable buffers receive the reply.
-        var request = [UInt8]()
-        request.reserveCapacity(chain.readableBytes)
-        for r in chain.readable { request.append(contentsOf: r) }
-        let opcode: UInt32 = request.count >= 8 ? request.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0
+        // The readable buffers hold the request, the writable ones receive the reply.
+        var opcodeBytes = [UInt8]()
+        for r in chain.readable where opcodeBytes.count < 8 { opcodeBytes.append(contentsOf: r.prefix(8 - opcodeBytes.count)) }
+        let opcode: UInt32 = opcodeBytes.count == 8 ? opcodeBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0
         let generation = q.generation
         let answered = Flag()
         let writable = WritableBuffers(chain.writable)
         let head = chain.head
         let writableBytes = chain.writableBytes
-        request.withUnsafeBytes { bytes in
-            // A READ's data goes straight into the guest's buffers (no copy through ours).
-            server.handle(bytes, replyMemory: chain.writable) { [self] reply in
+        do {
+            // A WRITE's data is taken from the guest's buffers and a READ's put
+            // into them, with no copy through ours.
+            server.handle(segments: chain.readable, replyMemory: chain.writable) { [self] reply in
                 answered.set()
                 // A deferred reply (SETLKW) may come after a reset: drop it then.
                 pthread_rwlock_rdlock(memoryLock)

@@ -231,3 +231,59 @@ final class TestMutex: @unchecked Sendable {
 final class Replies: @unchecked Sendable {
     var all: [[UInt8]] = []
 }
+
+/// WRITE taken from a transport's scattered request, without gathering it.
+@Suite struct WriteInPlaceTests {
+    @Test func scatteredWritesLandLikeContiguousOnes() throws {
+        let s = try TwoSessions()
+        let server = FUSEServer(operations: s.guest)
+        var i = fuse_init_in()
+        i.major = 7; i.minor = 38
+        func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8], unique: UInt64 = 5) -> [UInt8] {
+            var h = fuse_in_header()
+            h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
+            h.opcode = opcode; h.unique = unique; h.nodeid = nodeid
+            return withUnsafeBytes(of: &h) { Array($0) } + body
+        }
+        message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
+        let (e, o) = try s.guest.create(s.request, parent: 1, name: Array("w".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
+        var rng = SystemRandomNumberGenerator()
+        var model = [UInt8]()
+        for round in 0..<40 {
+            let offset = Int.random(in: 0...30_000, using: &rng)
+            let data = (0..<Int.random(in: 1...20_000, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            var w = fuse_write_in()
+            w.fh = o.handle; w.offset = UInt64(offset); w.size = UInt32(data.count)
+            let m = message(FUSE_WRITE.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &w) { Array($0) } + data, unique: UInt64(round))
+            // Cut the message at random points (inside the header too), as a descriptor chain may.
+            var cuts = (0..<Int.random(in: 0...6, using: &rng)).map { _ in Int.random(in: 0...m.count, using: &rng) }
+            cuts = ([0] + cuts + [m.count]).sorted()
+            let replies = Replies()
+            m.withUnsafeBytes { whole in
+                let pieces = zip(cuts, cuts.dropFirst()).map { UnsafeRawBufferPointer(rebasing: whole[$0..<$1]) }
+                server.handle(segments: pieces) { replies.all.append($0) }
+            }
+            let reply = try #require(replies.all.first)
+            let out = reply.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
+            #expect(out.error == 0 && out.unique == UInt64(round))
+            #expect(reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: fuse_write_out.self) }.size == UInt32(data.count))
+            if model.count < offset + data.count { model += [UInt8](repeating: 0, count: offset + data.count - model.count) }
+            model.replaceSubrange(offset..<(offset + data.count), with: data)
+        }
+        var back = [UInt8](repeating: 0, count: model.count + 10)
+        let n = try back.withUnsafeMutableBytes { try s.fs.read(e.nodeid, offset: 0, into: $0) }
+        #expect(n == model.count)
+        #expect(Array(back.prefix(n)) == model)
+        // A WRITE claiming more data than it carries is refused, in pieces as whole.
+        var w = fuse_write_in()
+        w.fh = o.handle; w.size = 100
+        let short = message(FUSE_WRITE.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &w) { Array($0) } + [1, 2, 3])
+        let replies = Replies()
+        short.withUnsafeBytes { whole in
+            server.handle(segments: [UnsafeRawBufferPointer(rebasing: whole[0..<50]), UnsafeRawBufferPointer(rebasing: whole[50...])]) {
+                replies.all.append($0)
+            }
+        }
+        #expect(replies.all.first?.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }.error == -EINVAL)
+    }
+}
