@@ -140,8 +140,9 @@ extension FileSystem {
     public func copyFileRange(from source: UInt64, offset sourceOffset: UInt64, to target: UInt64, offset targetOffset: UInt64,
                               length: UInt64) throws -> UInt64 {
         if source == target {
-            let overlap = sourceOffset < targetOffset + length && targetOffset < sourceOffset + length
-            if overlap { throw Errno.invalidArgument }
+            // [s, s+length) and [t, t+length) overlap when |s - t| < length (no sum to overflow).
+            let distance = sourceOffset > targetOffset ? sourceOffset - targetOffset : targetOffset - sourceOffset
+            if length > 0 && distance < length { throw Errno.invalidArgument }
         }
         let chunk = 1 << 20
         var buffer = [UInt8](repeating: 0, count: chunk)

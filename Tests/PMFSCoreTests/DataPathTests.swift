@@ -179,6 +179,18 @@ import Testing
         #expect(throws: Errno.noSuchAddressOrDevice) { try t.fs.seek(ino, from: (1 << 50) - 1, to: .data) }
     }
 
+    /// Offsets near 2^64 within one file: no overlap, no overflow trap (found by tools/fuzz).
+    @Test func copyFileRangeAtHugeOffsets() throws {
+        let t = try CoreFixture()
+        let ino = try t.newFile("f")
+        _ = try t.write(ino, 0, [1, 2, 3])
+        #expect(try t.fs.copyFileRange(from: ino, offset: UInt64.max - 10, to: ino, offset: 0, length: 1 << 30) == 0)
+        #expect(throws: Errno.invalidArgument) { try t.fs.copyFileRange(from: ino, offset: UInt64.max - 10, to: ino, offset: UInt64.max - 20, length: 100) }
+        #expect(throws: Errno.invalidArgument) { try t.fs.copyFileRange(from: ino, offset: 0, to: ino, offset: 2, length: 3) }
+        #expect(try t.fs.copyFileRange(from: ino, offset: 0, to: ino, offset: 3, length: 3) == 3)
+        #expect(try t.read(ino, 0, 10) == [1, 2, 3, 1, 2, 3])
+    }
+
     @Test func copyFileRangeCopiesBytes() throws {
         let t = try CoreFixture()
         let a = try t.newFile("a"), b = try t.newFile("b")
