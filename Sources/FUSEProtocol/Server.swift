@@ -93,17 +93,27 @@ public final class FUSEServer: @unchecked Sendable {
         message.withUnsafeBytes { handle($0, replyMemory: replyMemory, reply: reply) }
     }
 
-    /// WRITE from the request's own pieces, past its first `skip` bytes.
-    private func writeInPlace(_ r: FUSERequest, _ w: fuse_write_in, _ segments: [UnsafeRawBufferPointer], skip: Int, available: Int) -> [UInt8] {
-        guard w.size <= maxWrite, Int(w.size) <= available else { return ReplyBuilder(unique: r.unique, error: EINVAL).finish() }
-        var data: [UnsafeRawBufferPointer] = []
-        var toSkip = skip, wanted = Int(w.size)
-        for s in segments where wanted > 0 {
-            if toSkip >= s.count { toSkip -= s.count; continue }
+    /// The bytes of `segments` from `skip` on, at most `count` of them, as
+    /// pieces of the same memory; nil when `skip` is past their end.
+    static func pieces(of segments: [UnsafeRawBufferPointer], from skip: Int, count: Int) -> [UnsafeRawBufferPointer]? {
+        var out: [UnsafeRawBufferPointer] = []
+        var toSkip = skip, wanted = count
+        for s in segments {
+            if toSkip > 0 && toSkip >= s.count { toSkip -= s.count; continue }
             let n = min(s.count - toSkip, wanted)
-            data.append(UnsafeRawBufferPointer(start: s.baseAddress! + toSkip, count: n))
+            if n > 0 { out.append(UnsafeRawBufferPointer(start: s.baseAddress! + toSkip, count: n)) }
             wanted -= n
             toSkip = 0
+            if wanted == 0 { break }
+        }
+        return toSkip == 0 ? out : nil
+    }
+
+    /// WRITE from the request's own pieces, past its first `skip` bytes.
+    private func writeInPlace(_ r: FUSERequest, _ w: fuse_write_in, _ segments: [UnsafeRawBufferPointer], skip: Int, available: Int) -> [UInt8] {
+        guard w.size <= maxWrite, Int(w.size) <= available,
+              let data = Self.pieces(of: segments, from: skip, count: Int(w.size)) else {
+            return ReplyBuilder(unique: r.unique, error: EINVAL).finish()
         }
         do {
             let n = try operations.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, segments: data, flags: w.write_flags)
@@ -121,17 +131,10 @@ public final class FUSEServer: @unchecked Sendable {
     /// room; returns the out-header alone, its length counting the data.
     private func readInPlace(_ r: FUSERequest, _ reader: inout RequestReader, _ memory: [UnsafeMutableRawBufferPointer]) throws -> [UInt8] {
         let rd = try reader.read(fuse_read_in.self)
-        var room = Int(min(rd.size, maxWrite))
-        var skip = MemoryLayout<fuse_out_header>.size
-        var segments: [UnsafeMutableRawBufferPointer] = []
-        for m in memory where room > 0 {
-            if skip >= m.count { skip -= m.count; continue }
-            let n = min(m.count - skip, room)
-            segments.append(UnsafeMutableRawBufferPointer(start: m.baseAddress! + skip, count: n))
-            room -= n
-            skip = 0
-        }
-        guard skip == 0 else { throw FUSEError(EINVAL) }   // not even room for the header
+        // Not even room for the out-header: an error the transport can still send.
+        guard let pieces = Self.pieces(of: memory.map { UnsafeRawBufferPointer($0) }, from: MemoryLayout<fuse_out_header>.size,
+                                       count: Int(min(rd.size, maxWrite))) else { throw FUSEError(EINVAL) }
+        let segments = pieces.map { UnsafeMutableRawBufferPointer(mutating: $0) }
         let n = segments.isEmpty ? 0 : try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: segments)
         var header = ReplyBuilder(unique: r.unique).finish()
         let length = UInt32(header.count + n)

@@ -379,3 +379,30 @@ final class FakeGuest {
         #expect(off.window == 0)
     }
 }
+
+@Suite struct ScatteredPiecesTests {
+    @Test func piecesAreTheSameBytesAsASliceOfTheWhole() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            let sizes = (0..<Int.random(in: 0...6, using: &rng)).map { _ in Int.random(in: 0...40, using: &rng) }
+            let total = sizes.reduce(0, +)
+            let whole = (0..<total).map { UInt8(truncatingIfNeeded: $0) }
+            whole.withUnsafeBytes { buffer in
+                var start = 0
+                let segments = sizes.map { n -> UnsafeRawBufferPointer in
+                    defer { start += n }
+                    return UnsafeRawBufferPointer(rebasing: buffer[start..<(start + n)])
+                }
+                let skip = Int.random(in: 0...(total + 5), using: &rng), count = Int.random(in: 0...50, using: &rng)
+                let got = FUSEServer.pieces(of: segments, from: skip, count: count)
+                if skip > total {
+                    #expect(got == nil)
+                } else {
+                    let flat = got.map { Array($0.joined()) }
+                    #expect(flat == Array(whole[skip..<min(total, skip + count)]))
+                    #expect(got?.allSatisfy { $0.count > 0 } == true)
+                }
+            }
+        }
+    }
+}
