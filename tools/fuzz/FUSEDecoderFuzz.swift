@@ -12,6 +12,8 @@
 //     entry reply of this input named (1, the root, before any), and
 //     F1F1F1F1F1F1F1kk the k-th file handle an open reply gave: so inputs can
 //     act on what they created whatever inode numbers the pool hands out.
+// A message whose header padding is not 0 goes in as a guest's descriptor
+// chain would bring it: in pieces, with reply memory (see `scattered`).
 // Every reply is checked as the kernel would: length matches, error 0 or a
 // negated errno above -512 with no payload, unique of a request sent, READ /
 // READDIR / GETXATTR / LISTXATTR payloads within the size asked for.
@@ -196,19 +198,29 @@ final class Session: @unchecked Sendable {
     /// while still outstanding: replies to those are checked only in general.
     var outstanding: Set<UInt64> = []
     var ambiguous: Set<UInt64> = []
+    /// Bytes of reply memory given with a scattered request (see `scattered`).
+    var replyMemory: [UInt64: Int] = [:]
 
     func check(_ reply: [UInt8]) {
         precondition(reply.count >= MemoryLayout<fuse_out_header>.size, "reply shorter than its header")
         let h = reply.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
-        traceLine("  reply unique \(h.unique): error \(h.error), \(reply.count - 16) bytes"
+        traceLine("  reply unique \(h.unique): error \(h.error), len \(h.len), \(reply.count - 16) bytes"
                   + (reply.count >= 24 ? ", first word \(reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) })" : ""))
-        precondition(Int(h.len) == reply.count, "reply len \(h.len) but \(reply.count) bytes")
         precondition(h.error <= 0 && h.error > -512, "reply error \(h.error) out of the kernel's range")
-        precondition(h.error == 0 || reply.count == 16, "error reply with a payload")
         guard let opcode = opcodes[h.unique] else { preconditionFailure("reply to unique \(h.unique), never sent") }
+        var payload = reply.count - 16
+        if ambiguous.contains(h.unique) && reply.count == 16 {
+            // Maybe a READ into reply memory, maybe not: which request it answers is unknown.
+        } else if let capacity = replyMemory[h.unique], opcode == FUSE_READ.rawValue, h.error == 0, reply.count == 16 {
+            // A READ put its data into the reply memory: len counts it, the reply is the out-header.
+            precondition(Int(h.len) >= 16 && Int(h.len) <= capacity, "in-place READ reply len \(h.len) for \(capacity) bytes of reply memory")
+            payload = Int(h.len) - 16
+        } else {
+            precondition(Int(h.len) == reply.count, "reply len \(h.len) but \(reply.count) bytes")
+        }
+        precondition(h.error == 0 || reply.count == 16, "error reply with a payload")
         outstanding.remove(h.unique)
         if ambiguous.contains(h.unique) { return }
-        let payload = reply.count - 16
         if let limit = limits[h.unique] { precondition(payload <= limit, "opcode \(opcode): \(payload) bytes for \(limit) asked") }
         guard h.error == 0 else { return }
         reply.withUnsafeBytes { r in
@@ -250,6 +262,7 @@ final class Session: @unchecked Sendable {
         traceLine("request unique \(h.unique): opcode \(h.opcode), node \(h.nodeid), len \(h.len), \(m.count) bytes")
         if !outstanding.insert(h.unique).inserted { ambiguous.insert(h.unique) }
         opcodes[h.unique] = h.opcode
+        replyMemory[h.unique] = nil
         let body = UnsafeRawBufferPointer(rebasing: m[headerSize...])
         switch fuse_opcode(rawValue: h.opcode) {
         case FUSE_READ, FUSE_READDIR, FUSE_READDIRPLUS:
@@ -296,6 +309,55 @@ private func split(_ input: UnsafeRawBufferPointer) -> [UnsafeRawBufferPointer] 
     return parts
 }
 
+/// A request as a guest's descriptor chain brings it: in pieces, with reply
+/// memory (FUSEServer.handle(segments:replyMemory:)). The header's padding
+/// field, which the server ignores, says how: low byte, the first piece's
+/// length (0: none); bits 8-14, the later pieces' length in 16-byte units (0:
+/// the rest in one); bit 15, half the reply memory a READ needs. Reply memory
+/// is the out-header's room (plus bits 8-14 bytes), then 4 KiB buffers. Every
+/// piece is its own allocation of exactly its size, so ASan sees any access
+/// past one; what a READ put into the reply memory is read back in full.
+private func scattered(_ m: UnsafeRawBufferPointer, layout: UInt16, server: FUSEServer, session: Session, sink: @escaping FUSEReplySink) {
+    func piece(_ bytes: UnsafeRawBufferPointer) -> UnsafeMutableRawBufferPointer {
+        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+        p.copyMemory(from: bytes)
+        return p
+    }
+    var pieces: [UnsafeMutableRawBufferPointer] = []
+    var position = 0
+    let first = Int(layout & 0xFF), step = Int((layout >> 8) & 0x7F) * 16
+    if first > 0 {
+        pieces.append(piece(UnsafeRawBufferPointer(rebasing: m[0..<min(first, m.count)])))
+        position = pieces[0].count
+    }
+    while position < m.count {
+        let n = step > 0 ? min(step, m.count - position) : m.count - position
+        pieces.append(piece(UnsafeRawBufferPointer(rebasing: m[position..<(position + n)])))
+        position += n
+    }
+    let h = m.loadUnaligned(as: fuse_in_header.self)
+    var capacity = 4096
+    if h.opcode == FUSE_READ.rawValue && m.count >= headerSize + MemoryLayout<fuse_read_in>.size {
+        capacity = 16 + Int(min(m.loadUnaligned(fromByteOffset: headerSize, as: fuse_read_in.self).size, 1 << 20))
+    }
+    if layout & 0x8000 != 0 { capacity /= 2 }
+    var memory: [UnsafeMutableRawBufferPointer] = []
+    var left = capacity
+    while left > 0 {
+        let n = memory.isEmpty ? min(left, 16 + Int((layout >> 8) & 0x7F)) : min(left, 4096)
+        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 8)
+        p.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        memory.append(p)
+        left -= n
+    }
+    session.replyMemory[h.unique] = capacity
+    server.handle(segments: pieces.map { UnsafeRawBufferPointer($0) }, replyMemory: memory, reply: sink)
+    var sum: UInt8 = 0
+    for p in memory { for byte in p { sum &+= byte }; p.deallocate() }
+    for p in pieces { p.deallocate() }
+    if sum == 0x5A && trace { traceLine("  (reply memory checksum 0x5A)") }   // keeps the reads
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuseDecoderFuzz(_ bytes: UnsafeRawPointer, _ count: Int) -> CInt {
     let b = backing!
@@ -317,7 +379,12 @@ public func fuseDecoderFuzz(_ bytes: UnsafeRawPointer, _ count: Int) -> CInt {
         }
         message.withUnsafeBytes { m in
             session.note(m)
-            server.handle(m, reply: sink)
+            let layout = m.count >= headerSize ? m.loadUnaligned(fromByteOffset: 38, as: UInt16.self) : 0
+            if layout == 0 {
+                server.handle(m, reply: sink)
+            } else {
+                scattered(m, layout: layout, server: server, session: session, sink: sink)
+            }
         }
     }
     operations.endSession()
@@ -438,6 +505,15 @@ enum Seed {
         var fo = fuse_forget_in(); fo.nlookup = 1
         s.add(FUSE_FORGET, node(1), bytes(fo))
         seeds.append(s)
+
+        // The same as a guest sends it: in pieces, with reply memory (one READ's too small).
+        var pieces = s
+        for i in pieces.messages.indices {
+            let isRead = pieces.messages[i].withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } == FUSE_READ.rawValue
+            let layout: UInt16 = isRead && i % 2 == 0 ? 0x8000 | 0x0240 : 0x0305
+            pieces.messages[i].withUnsafeMutableBytes { $0.storeBytes(of: layout, toByteOffset: 38, as: UInt16.self) }
+        }
+        seeds.append(pieces)
 
         // Names: directories, links, symlinks, rename, unlink, rmdir, mknod.
         s = Script()
