@@ -50,6 +50,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     var ackedFeatures: UInt64 = 0
     var ackedProtocol: UInt64 = 0
     var memory = GuestMemory.empty
+    /// Bumped (under the memory lock) when a new memory table replaces the
+    /// mappings: host pointers taken before are stale from then on.
+    var memoryEpoch: UInt64 = 0
     var queues: [Virtqueue]
     var workers: [Int: (thread: pthread_t, stop: Int32)] = [:]
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
@@ -355,6 +358,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         pthread_rwlock_wrlock(memoryLock)
         let old = memory
         memory = new
+        memoryEpoch &+= 1
         for q in queues where q.size > 0 && q.descriptorAddress != 0 { _ = q.attach(new) }
         pthread_rwlock_unlock(memoryLock)
         old.unmapAll()
@@ -472,17 +476,30 @@ public final class VhostUserBackend: @unchecked Sendable {
                 return
             }
             if let pool, Self.mayBlock(chain) {
-                let generation = q.generation
+                let generation = q.generation, epoch = memoryEpoch
                 pool.submit { [self] in
                     pthread_rwlock_rdlock(memoryLock)
                     defer { pthread_rwlock_unlock(memoryLock) }
                     // After a device reset the chain's memory may be gone: drop it.
                     guard q.generation == generation else { return }
-                    handle(chain, on: q)
+                    // After a new memory table, find its buffers in the new mappings.
+                    guard let current = epoch == memoryEpoch ? chain : rewalk(chain.head, on: q) else { return }
+                    handle(current, on: q)
                 }
             } else {
                 handle(chain, on: q)
             }
+        }
+    }
+
+    /// A chain in flight, walked again over the current memory table; nil (and
+    /// the queue stopped, as for any bad chain) if it no longer checks out.
+    private func rewalk(_ head: UInt16, on q: Virtqueue) -> Virtqueue.Chain? {
+        do { return try q.walk(head) } catch {
+            logger.error("queue \(q.index): chain \(head) no longer valid after a new memory table (\(error)); the queue is stopped")
+            q.broken = true
+            if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
+            return nil
         }
     }
 
@@ -507,7 +524,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         let answered = Flag()
         let writable = WritableBuffers(chain.writable)
         let head = chain.head
-        let writableBytes = chain.writableBytes
+        let epoch = memoryEpoch
         do {
             // A WRITE's data is taken from the guest's buffers and a READ's put
             // into them, with no copy through ours.
@@ -517,15 +534,22 @@ public final class VhostUserBackend: @unchecked Sendable {
                 pthread_rwlock_rdlock(memoryLock)
                 defer { pthread_rwlock_unlock(memoryLock) }
                 guard q.generation == generation else { return }
+                // A late reply (SETLKW) after a new memory table: the buffers are
+                // found again in the new mappings.
+                var buffers = writable.buffers
+                if epoch != memoryEpoch {
+                    guard let current = rewalk(head, on: q) else { return }
+                    buffers = current.writable
+                }
                 var offset = 0
-                for w in writable.buffers where offset < reply.count {
+                for w in buffers where offset < reply.count {
                     let n = min(w.count, reply.count - offset)
                     reply.withUnsafeBytes { w.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
                     offset += n
                 }
                 // The out-header's length counts data already placed in the buffers.
                 let declared = reply.count >= 4 ? Int(reply.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) : 0
-                q.push(head, length: max(offset, min(declared, writableBytes)))
+                q.push(head, length: max(offset, min(declared, buffers.reduce(0) { $0 + $1.count })))
             }
         }
         // FORGET, BATCH_FORGET, INTERRUPT and undecodable requests get no reply,

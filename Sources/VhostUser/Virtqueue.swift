@@ -73,7 +73,9 @@ final class Virtqueue: @unchecked Sendable {
     }
 
     /// Collects a chain's buffers: readable ones first, then writable ones.
-    private func walk(_ head: UInt16) throws -> Chain {
+    /// Also used again for a chain still in flight when the memory table was
+    /// replaced: its buffers are then found in the new mappings (and checked again).
+    func walk(_ head: UInt16) throws -> Chain {
         var chain = Chain(head: head)
         var table = descriptors!
         var tableSize = Int(size)
