@@ -211,6 +211,14 @@ public final class FUSEServer: @unchecked Sendable {
         return b.finish()
     }
 
+    /// CREATE and TMPFILE: the new entry, then the open file.
+    private func createReply(_ r: FUSERequest, _ created: (FUSEEntry, FUSEOpenResult)) -> [UInt8] {
+        var b = ReplyBuilder(unique: r.unique)
+        b.append(Self.entryOut(created.0))
+        b.append(fuse_open_out(fh: created.1.handle, open_flags: created.1.flags, padding: 0))
+        return b.finish()
+    }
+
     private func openReply(_ r: FUSERequest, _ o: FUSEOpenResult) -> [UInt8] {
         var b = ReplyBuilder(unique: r.unique)
         b.append(fuse_open_out(fh: o.handle, open_flags: o.flags, padding: 0))
@@ -291,18 +299,10 @@ public final class FUSEServer: @unchecked Sendable {
             return openReply(r, try ops.open(r, nodeid: r.nodeid, flags: o.flags, killSuidGid: o.open_flags & UInt32(FUSE_OPEN_KILL_SUIDGID) != 0))
         case FUSE_CREATE:
             let c = try reader.read(fuse_create_in.self)
-            let (e, o) = try ops.create(r, parent: r.nodeid, name: try name(&reader), mode: c.mode, flags: c.flags, umask: c.umask)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(Self.entryOut(e))
-            b.append(fuse_open_out(fh: o.handle, open_flags: o.flags, padding: 0))
-            return b.finish()
+            return createReply(r, try ops.create(r, parent: r.nodeid, name: try name(&reader), mode: c.mode, flags: c.flags, umask: c.umask))
         case FUSE_TMPFILE:
             let c = try reader.read(fuse_create_in.self)
-            let (e, o) = try ops.tmpfile(r, parent: r.nodeid, mode: c.mode, flags: c.flags, umask: c.umask)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(Self.entryOut(e))
-            b.append(fuse_open_out(fh: o.handle, open_flags: o.flags, padding: 0))
-            return b.finish()
+            return createReply(r, try ops.tmpfile(r, parent: r.nodeid, mode: c.mode, flags: c.flags, umask: c.umask))
         case FUSE_READ:
             let rd = try reader.read(fuse_read_in.self)
             let size = Int(min(rd.size, maxWrite))

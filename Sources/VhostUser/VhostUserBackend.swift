@@ -505,21 +505,13 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     /// Whether a chain's request may block (FUSEServer decides from its first bytes).
     static func mayBlock(_ chain: Virtqueue.Chain) -> Bool {
-        var head = [UInt8](repeating: 0, count: FUSEServer.blockingCheckBytes)
-        var filled = 0
-        for r in chain.readable where filled < head.count {
-            let n = min(r.count, head.count - filled)
-            head.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: filled).copyMemory(from: r.baseAddress!, byteCount: n) }
-            filled += n
-        }
-        return head.withUnsafeBytes { FUSEServer.mayBlock(UnsafeRawBufferPointer(rebasing: $0[0..<filled])) }
+        chain.prefix(FUSEServer.blockingCheckBytes).withUnsafeBytes { FUSEServer.mayBlock($0) }
     }
 
     private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
         // The readable buffers hold the request, the writable ones receive the reply.
-        var opcodeBytes = [UInt8]()
-        for r in chain.readable where opcodeBytes.count < 8 { opcodeBytes.append(contentsOf: r.prefix(8 - opcodeBytes.count)) }
-        let opcode: UInt32 = opcodeBytes.count == 8 ? opcodeBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0
+        let start = chain.prefix(8)
+        let opcode: UInt32 = start.count == 8 ? start.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0
         let generation = q.generation
         let answered = Flag()
         let writable = WritableBuffers(chain.writable)

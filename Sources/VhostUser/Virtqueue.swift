@@ -53,6 +53,13 @@ final class Virtqueue: @unchecked Sendable {
         var writable: [UnsafeMutableRawBufferPointer] = []
         var readableBytes: Int { readable.reduce(0) { $0 + $1.count } }
         var writableBytes: Int { writable.reduce(0) { $0 + $1.count } }
+        /// The request's first `count` bytes (fewer if it is shorter), copied out.
+        func prefix(_ count: Int) -> [UInt8] {
+            var out = [UInt8]()
+            out.reserveCapacity(count)
+            for r in readable where out.count < count { out.append(contentsOf: r.prefix(count - out.count)) }
+            return out
+        }
     }
 
     enum ChainError: Error { case badHead, badIndex, loop, badAddress, writableBeforeReadable, badIndirect, tooLarge }

@@ -196,16 +196,7 @@ final class TestMutex: @unchecked Sendable {
         let content = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         let (e, o) = try s.guest.create(s.request, parent: 1, name: Array("r".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
         _ = try content.withUnsafeBytes { try s.guest.write(s.request, nodeid: e.nodeid, handle: o.handle, offset: 0, data: $0, flags: 0) }
-        let server = FUSEServer(operations: s.guest)
-        var i = fuse_init_in()
-        i.major = 7; i.minor = 38
-        func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8]) -> [UInt8] {
-            var h = fuse_in_header()
-            h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
-            h.opcode = opcode; h.unique = 9; h.nodeid = nodeid
-            return withUnsafeBytes(of: &h) { Array($0) } + body
-        }
-        message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
+        let server = initializedServer(s.guest)
         // Guest-like buffers: the header's 16 bytes split oddly, then page-sized pieces.
         let sizes = [10, 6 + 100, 4096, 4096, 8192, 5000]
         let memory = sizes.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0, alignment: 8) }
@@ -214,7 +205,7 @@ final class TestMutex: @unchecked Sendable {
         var rd = fuse_read_in()
         rd.fh = o.handle; rd.offset = 333; rd.size = 20_000
         let replies = Replies()
-        message(FUSE_READ.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &rd) { Array($0) }).withUnsafeBytes {
+        message(FUSE_READ.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &rd) { Array($0) }, unique: 9).withUnsafeBytes {
             server.handle($0, replyMemory: memory) { replies.all.append($0) }
         }
         let header = try #require(replies.all.first)
@@ -228,6 +219,23 @@ final class TestMutex: @unchecked Sendable {
     }
 }
 
+/// A FUSE request message as the kernel sends it.
+func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8], unique: UInt64 = 5) -> [UInt8] {
+    var h = fuse_in_header()
+    h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
+    h.opcode = opcode; h.unique = unique; h.nodeid = nodeid
+    return withUnsafeBytes(of: &h) { Array($0) } + body
+}
+
+/// A FUSE engine over `operations`, past INIT (protocol 7.38).
+func initializedServer(_ operations: FUSEOperations) -> FUSEServer {
+    let server = FUSEServer(operations: operations)
+    var i = fuse_init_in()
+    i.major = 7; i.minor = 38
+    message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
+    return server
+}
+
 final class Replies: @unchecked Sendable {
     var all: [[UInt8]] = []
 }
@@ -236,16 +244,7 @@ final class Replies: @unchecked Sendable {
 @Suite struct WriteInPlaceTests {
     @Test func scatteredWritesLandLikeContiguousOnes() throws {
         let s = try TwoSessions()
-        let server = FUSEServer(operations: s.guest)
-        var i = fuse_init_in()
-        i.major = 7; i.minor = 38
-        func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8], unique: UInt64 = 5) -> [UInt8] {
-            var h = fuse_in_header()
-            h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
-            h.opcode = opcode; h.unique = unique; h.nodeid = nodeid
-            return withUnsafeBytes(of: &h) { Array($0) } + body
-        }
-        message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
+        let server = initializedServer(s.guest)
         let (e, o) = try s.guest.create(s.request, parent: 1, name: Array("w".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
         var rng = SystemRandomNumberGenerator()
         var model = [UInt8]()
