@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "pmfs-torture", targets: ["PmfsTorture"]),
         .executable(name: "pmfs-crash-writer", targets: ["PmfsCrashWriter"]),
         .executable(name: "pmfs-bench-data", targets: ["PmfsDataBench"]),
+        .executable(name: "pmfs-bench-vhost", targets: ["PmfsVhostBench"]),
         .library(name: "PMFSMetadata", targets: ["PMFSMetadata"]),
         .library(name: "PMFSCheck", targets: ["PMFSCheck"]),
     ],
@@ -74,6 +75,14 @@ let package = Package(
         .target(
             name: "VhostUser",
             dependencies: ["CVhost", "FUSEProtocol", .product(name: "Logging", package: "swift-log")]
+        ),
+        // A vhost-user front end that plays QEMU and the guest (memfd memory,
+        // split rings, eventfds): the daemon-side benchmark and transport tests.
+        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE"]),
+        // Per-request latency of a vhost-user-fs back end (pmfsd or virtiofsd): tools/bench/vhost.sh.
+        .executableTarget(
+            name: "PmfsVhostBench",
+            dependencies: ["VhostUserFrontEnd", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
@@ -161,7 +170,7 @@ let package = Package(
         // Malformed FUSE messages and hostile descriptor chains.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser"]
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(

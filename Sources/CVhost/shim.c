@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,4 +86,40 @@ uint64_t cvhost_eventfd_drain(int fd) {
 int cvhost_eventfd_signal(int fd) {
     uint64_t one = 1;
     return write(fd, &one, sizeof one) == sizeof one ? 0 : -errno;
+}
+
+long cvhost_send_with_fds(int sock, const void *buf, size_t length, const int *fds, int nfds) {
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    if (nfds < 0 || nfds > 16) return -EINVAL;
+    struct iovec iov = { (void *)buf, length };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        memset(control, 0, sizeof control);
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    long n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    if ((size_t)n < length) {   /* the rest without descriptors */
+        long rest = cvhost_send(sock, (const char *)buf + n, length - (size_t)n);
+        if (rest < 0) return rest;
+        n += rest;
+    }
+    return n;
+}
+
+int cvhost_memfd(const char *name, uint64_t size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) != 0) { int e = errno; close(fd); return -e; }
+    return fd;
 }

@@ -13,6 +13,10 @@ long cvhost_recv_with_fds(int sock, void *buf, size_t capacity, int *fds, int ma
 /* Receives exactly `length` bytes (message payload), -errno on error, 0 on EOF. */
 long cvhost_recv_exact(int sock, void *buf, size_t length);
 long cvhost_send(int sock, const void *buf, size_t length);
+/* Sends a message with descriptors attached (SCM_RIGHTS); used by front ends (tests, benchmarks). */
+long cvhost_send_with_fds(int sock, const void *buf, size_t length, const int *fds, int nfds);
+/* A memfd of `size` bytes (guest memory for a front end); -errno on failure. */
+int cvhost_memfd(const char *name, uint64_t size);
 
 static inline uint16_t cvhost_load_acquire_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void cvhost_store_release_u16(volatile uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
