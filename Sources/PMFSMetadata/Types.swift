@@ -63,6 +63,16 @@ public struct Timestamp: Hashable, Sendable, Comparable {
 
     init(_ t: pmfs_timespec) { self.init(seconds: t.sec, nanoseconds: t.nsec) }
     var persistent: pmfs_timespec { pmfs_timespec(sec: seconds, nsec: nanoseconds, reserved: 0) }
+
+    /// relatime: whether a read should move atime to `now` (atime older than
+    /// mtime or ctime, or a day old). The times are whatever a client set, any
+    /// Int64 (SETATTR stores them as sent), so the age is never computed as
+    /// `now - atime`: that overflows for an atime near Int64.min.
+    public static func relatimeUpdateDue(atime: Timestamp, mtime: Timestamp, ctime: Timestamp, now: Timestamp) -> Bool {
+        if atime < mtime || atime < ctime { return true }
+        let (dayBeforeNow, overflow) = now.seconds.subtractingReportingOverflow(86_400)
+        return !overflow && atime.seconds <= dayBeforeNow
+    }
 }
 
 /// Everything stat(2) reports of an inode, plus its generation.

@@ -427,7 +427,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// day old; the check is a DRAM read, the rare update one small transaction.
     func noteAccess(_ ino: UInt64) throws {
         let a = try fs.getattr(ino)
-        if a.atime < a.mtime || a.atime < a.ctime || Timestamp.now().seconds - a.atime.seconds >= 86_400 {
+        if Timestamp.relatimeUpdateDue(atime: a.atime, mtime: a.mtime, ctime: a.ctime, now: .now()) {
             try metadata.noteAccess(ino)
         }
     }
