@@ -151,10 +151,10 @@ final class LockManager: Sendable {
         for w in granted { w.reply(0) }
     }
 
-    /// INTERRUPT: a waiting SETLKW gives up with EINTR.
-    func interrupt(unique: UInt64) {
+    /// INTERRUPT: a waiting SETLKW of `session` gives up with EINTR.
+    func interrupt(unique: UInt64, session: UInt64) {
         let victim: Waiter? = state.withLock { s in
-            guard let i = s.waiters.firstIndex(where: { $0.unique == unique }) else { return nil }
+            guard let i = s.waiters.firstIndex(where: { $0.unique == unique && $0.wanted.session == session }) else { return nil }
             return s.waiters.remove(at: i)
         }
         victim?.reply(EINTR)

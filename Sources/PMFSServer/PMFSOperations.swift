@@ -508,7 +508,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, reply: reply)
     }
 
-    public func interrupt(unique: UInt64) { locks.interrupt(unique: unique) }
+    /// Only this session's waits: `unique` numbers are per connection, so
+    /// another guest's INTERRUPT may name the same one.
+    public func interrupt(unique: UInt64) { locks.interrupt(unique: unique, session: session) }
 
     // MARK: data
 
