@@ -334,11 +334,41 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
-            let a = try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true)
+            let a: InodeAttributes
+            do {
+                a = try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true)
+            } catch Errno.fileExists where Int32(bitPattern: flags) & O_EXCL == 0 {
+                return try openExisting(r, parent: parent, name: name, flags: flags)
+            }
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
             let e = try entry(a)
             changed([.entry(parent: parent, name: name), .attributes(parent)])
             return (e, FUSEOpenResult(handle: h, flags: openFlags))
+        }
+    }
+
+    /// CREATE without O_EXCL of a name that exists (the kernel's cache had no
+    /// entry for it, or another session made it meanwhile) opens that file, as
+    /// open(2) with O_CREAT does. The kernel skips its own permission check for
+    /// a CREATE's file, so it is made here.
+    func openExisting(_ r: FUSERequest, parent: UInt64, name: [UInt8], flags: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
+        let a = try metadata.lookup(parent, try fileName(name), pin: true)
+        do {
+            switch a.type {
+            case .regular: break
+            case .directory: throw FUSEError(EISDIR)
+            default: throw FUSEError(EEXIST)   // the kernel resolves symlinks and special files itself
+            }
+            let f = Int32(bitPattern: flags)
+            let accessMode = f & O_ACCMODE
+            var want: UInt32 = accessMode == O_RDONLY ? 4 : (accessMode == O_WRONLY ? 2 : 6)
+            if f & O_TRUNC != 0 { want |= 2 }
+            try access(r, nodeid: a.ino, mask: want)
+            let opened = try open(r, nodeid: a.ino, flags: flags, killSuidGid: r.uid != 0)
+            return (try entry(a), opened)
+        } catch {
+            do { try metadata.unpin(a.ino, count: 1) } catch { logger.debug("unpin \(a.ino): \(error)") }
+            throw error
         }
     }
 
