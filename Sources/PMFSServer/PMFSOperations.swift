@@ -52,6 +52,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         var directory: Bool
     }
     private let handles = Mutex<(next: UInt64, table: [UInt64: Handle])>((1, [:]))
+    /// Whether the kernel was offered the writeback cache (INIT); it then
+    /// reads through write-only handles.
+    private let writebackCache = Atomic<Bool>(false)
     /// The kernel's references (lookup counts) held by this session, per inode.
     private let lookups = Mutex<[UInt64: UInt64]>([:])
     /// This session's identity in the lock table shared by all sessions.
@@ -169,6 +172,23 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     func handle(_ id: UInt64) -> Handle? { handles.withLock { $0.table[id] } }
 
+    enum HandleUse { case read, write }
+
+    /// The open file `id` of this session, when it is open on `ino` for `use`;
+    /// EBADF otherwise (a guest may name any number: another file's handle, or
+    /// a read-only one to write through).
+    func openFile(_ id: UInt64, on ino: UInt64, for use: HandleUse) throws -> Handle {
+        guard let h = handle(id), h.ino == ino, !h.directory else { throw FUSEError(EBADF) }
+        let accessMode = Int32(bitPattern: h.flags) & O_ACCMODE
+        switch use {
+        // With the writeback cache the kernel fills a page around a partial
+        // write by READ through the writing handle, even a write-only one.
+        case .read: guard accessMode != O_WRONLY || writebackCache.load(ordering: .relaxed) else { throw FUSEError(EBADF) }
+        case .write: guard accessMode == O_WRONLY || accessMode == O_RDWR else { throw FUSEError(EBADF) }
+        }
+        return h
+    }
+
     /// Clears set-user-ID, and set-group-ID where group execute is set, as a
     /// write or truncate by the owner does on a local file system.
     func killPrivileges(_ ino: UInt64) throws {
@@ -182,7 +202,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     // MARK: session
 
-    public func initialize(capabilities: UInt64) -> UInt64 { capabilities }
+    public func initialize(capabilities: UInt64) -> UInt64 {
+        writebackCache.store(capabilities & UInt64(FUSE_WRITEBACK_CACHE) != 0, ordering: .relaxed)
+        return capabilities
+    }
 
     public func destroy() {
         endSession()
@@ -383,6 +406,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try run {
+            _ = try openFile(handle, on: nodeid, for: .read)
             let n = try fs.read(nodeid, offset: offset, into: buffer)
             try noteAccess(nodeid)
             return n
@@ -391,6 +415,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
         try run {
+            _ = try openFile(handle, on: nodeid, for: .read)
             let n = try fs.read(nodeid, offset: offset, into: segments)
             try noteAccess(nodeid)
             return n
@@ -403,8 +428,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
         try run {
+            let openFlags = Int32(bitPattern: try openFile(handle, on: nodeid, for: .write).flags)
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
-            let openFlags = self.handle(handle).map { Int32(bitPattern: $0.flags) } ?? 0
             let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
             let n = try fs.write(nodeid, offset: offset, from: segments, sync: sync)
             changed([.contents(nodeid)])
@@ -546,6 +571,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws {
         try run {
+            _ = try openFile(handle, on: nodeid, for: .write)
             try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length)
             changed([.contents(nodeid)])
         }
@@ -565,6 +591,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                               toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 {
         try run {
             guard flags == 0 else { throw FUSEError(EINVAL) }
+            _ = try openFile(handle, on: nodeid, for: .read)
+            _ = try openFile(toHandle, on: toNode, for: .write)
             let n = try fs.copyFileRange(from: nodeid, offset: offset, to: toNode, offset: toOffset, length: min(length, 1 << 30))
             changed([.contents(toNode)])
             return n
