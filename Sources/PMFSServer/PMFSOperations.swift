@@ -144,6 +144,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// Every entry is one more kernel reference, counted for this session.
     func entry(_ a: InodeAttributes) throws -> FUSEEntry {
         lookups.withLock { $0[a.ino, default: 0] += 1 }
+        return try countedEntry(a)
+    }
+
+    /// The entry for an inode whose kernel reference is already counted.
+    func countedEntry(_ a: InodeAttributes) throws -> FUSEEntry {
         // Read again after counting the reference: a change by another session
         // either shows here or finds the count and sends an invalidation.
         let merged = a.type == .regular ? try fs.getattr(a.ino) : try metadata.getattr(a.ino)
@@ -171,6 +176,14 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     func handle(_ id: UInt64) -> Handle? { handles.withLock { $0.table[id] } }
+
+    /// A node ID must be one this session's kernel holds a reference for (or
+    /// the root), as virtiofsd requires: otherwise a guest could name any inode
+    /// number, another session's unlinked-but-open file included, and LINK it
+    /// back into the tree. EBADF otherwise.
+    func requireReference(_ ino: UInt64) throws {
+        guard ino == UInt64(FUSE_ROOT_ID) || lookups.withLock({ ($0[ino] ?? 0) > 0 }) else { throw FUSEError(EBADF) }
+    }
 
     enum HandleUse { case read, write }
 
@@ -215,7 +228,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: names
 
     public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry {
-        try run { try entry(try metadata.lookup(parent, try fileName(name), pin: true)) }
+        try run {
+            try requireReference(parent)
+            return try entry(try metadata.lookup(parent, try fileName(name), pin: true))
+        }
     }
 
     public func forget(nodeid: UInt64, count: UInt64) {
@@ -232,11 +248,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) {
-        try run { (attributes(try fs.getattr(nodeid)), attributeTimeout) }
+        try run {
+            try requireReference(nodeid)
+            return (attributes(try fs.getattr(nodeid)), attributeTimeout)
+        }
     }
 
     public func setattr(_ r: FUSERequest, nodeid: UInt64, _ c: FUSESetattr) throws -> (FUSEAttributes, Double) {
         try run {
+            try requireReference(nodeid)
             let current = try metadata.getattr(nodeid)
             var changes = AttributeChanges()
             var mode = c.mode.map { $0 & 0o7777 }
@@ -271,11 +291,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] {
-        try run { try metadata.readlink(nodeid) }
+        try run {
+            try requireReference(nodeid)
+            return try metadata.readlink(nodeid)
+        }
     }
 
     public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.symlink | 0o777)
             let e = try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -285,6 +309,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: mode)
             let e = try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -294,6 +319,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.directory | (mode & 0o7777))
             let e = try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -303,6 +329,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
         try run {
+            try requireReference(parent)
             let victim = inodeNamed(parent, name)
             try metadata.unlink(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)] + (victim.map { [.attributes($0)] } ?? []))
@@ -311,6 +338,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
         try run {
+            try requireReference(parent)
             try metadata.rmdir(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
         }
@@ -318,6 +346,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws {
         try run {
+            try requireReference(parent); try requireReference(newParent)
             guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
             let moved = inodeNamed(parent, name), replaced = inodeNamed(newParent, newName)
             try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
@@ -328,6 +357,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry {
         try run {
+            try requireReference(nodeid); try requireReference(newParent)
             let e = try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true))
             changed([.entry(parent: newParent, name: newName), .attributes(newParent), .attributes(nodeid)])
             return e
@@ -338,6 +368,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
         try run {
+            try requireReference(nodeid)
             let a = try metadata.getattr(nodeid)
             switch a.type {
             case .directory: throw FUSEError(EISDIR)
@@ -356,6 +387,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a: InodeAttributes
             do {
@@ -376,6 +408,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// a CREATE's file, so it is made here.
     func openExisting(_ r: FUSERequest, parent: UInt64, name: [UInt8], flags: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         let a = try metadata.lookup(parent, try fileName(name), pin: true)
+        lookups.withLock { $0[a.ino, default: 0] += 1 }
         do {
             switch a.type {
             case .regular: break
@@ -388,15 +421,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             if f & O_TRUNC != 0 { want |= 2 }
             try access(r, nodeid: a.ino, mask: want)
             let opened = try open(r, nodeid: a.ino, flags: flags, killSuidGid: r.uid != 0)
-            return (try entry(a), opened)
+            return (try countedEntry(a), opened)
         } catch {
-            do { try metadata.unpin(a.ino, count: 1) } catch { logger.debug("unpin \(a.ino): \(error)") }
+            forget(nodeid: a.ino, count: 1)
             throw error
         }
     }
 
     public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
@@ -456,6 +490,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult {
         try run {
+            try requireReference(nodeid)
             guard try metadata.getattr(nodeid).type == .directory else { throw FUSEError(ENOTDIR) }
             return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: true)))
         }
@@ -463,6 +498,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {
         try run {
+            try requireReference(nodeid)
             if offset == 0 { try metadata.noteAccess(nodeid) }
             return try metadata.readdir(nodeid, cookie: offset, limit: limit).map {
                 FUSEDirectoryEntry(ino: $0.ino, nextOffset: $0.nextCookie, type: UInt32($0.type.rawValue), name: $0.name)
@@ -504,6 +540,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws {
         try run {
+            try requireReference(nodeid)
             let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
             try metadata.setxattr(nodeid, name, Array(value), mode: mode)
             changed([.attributes(nodeid)])
@@ -511,15 +548,22 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws -> [UInt8] {
-        try run { try metadata.getxattr(nodeid, name) }
+        try run {
+            try requireReference(nodeid)
+            return try metadata.getxattr(nodeid, name)
+        }
     }
 
     public func listxattr(_ r: FUSERequest, nodeid: UInt64) throws -> [[UInt8]] {
-        try run { try metadata.listxattr(nodeid) }
+        try run {
+            try requireReference(nodeid)
+            return try metadata.listxattr(nodeid)
+        }
     }
 
     public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws {
         try run {
+            try requireReference(nodeid)
             try metadata.removexattr(nodeid, name)
             changed([.attributes(nodeid)])
         }
@@ -529,6 +573,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// may do anything but execute a file with no execute bit.
     public func access(_ r: FUSERequest, nodeid: UInt64, mask: UInt32) throws {
         try run {
+            try requireReference(nodeid)
             let a = try metadata.getattr(nodeid)
             let want = mask & 7
             if want == 0 { return }
@@ -550,6 +595,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock {
+        try requireReference(nodeid)
         if let c = locks.test(ino: nodeid, held(owner, lock, flock: flock)) {
             return FUSELock(start: c.start, end: c.end, type: c.type, pid: c.pid)
         }
@@ -560,6 +606,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                       reply: @escaping @Sendable (Int32) -> Void) {
         guard lock.type == F_RDLCK || lock.type == F_WRLCK || lock.type == F_UNLCK else { reply(EINVAL); return }
         guard lock.start <= lock.end else { reply(EINVAL); return }
+        guard (try? requireReference(nodeid)) != nil else { reply(EBADF); return }
         locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, reply: reply)
     }
 
@@ -579,6 +626,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
         try run {
+            try requireReference(nodeid)
             switch Int32(bitPattern: whence) {
             case 3: return try fs.seek(nodeid, from: offset, to: .data)   // SEEK_DATA
             case 4: return try fs.seek(nodeid, from: offset, to: .hole)   // SEEK_HOLE

@@ -79,3 +79,35 @@ import Testing
         #expect(wire.read(f.nodeid, handle: f.handle, offset: 0, size: 16).error == 0)
     }
 }
+
+/// A node ID the session's kernel holds no reference for (never looked up,
+/// forgotten, another session's) is EBADF, the root excepted.
+@Suite struct NodeReferenceTests {
+    let root = FUSERequest(unique: 1, nodeid: 1, uid: 0, gid: 0, pid: 1, opcode: 0)
+
+    @Test func unreferencedNodesAreRefused() throws {
+        let s = try PoolSessions()
+        let host = s.session(), guest = s.session()
+        let (f, h) = try host.create(root, parent: 1, name: Array("f".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
+        let d = try host.mkdir(root, parent: 1, name: Array("d".utf8), mode: 0o755, umask: 0)
+        // The guest never looked them up.
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.getattr(root, nodeid: f.nodeid, handle: nil) }
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.open(root, nodeid: f.nodeid, flags: UInt32(O_RDWR), killSuidGid: false) }
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.lookup(root, parent: d.nodeid, name: Array("x".utf8)) }
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.mkdir(root, parent: d.nodeid, name: Array("x".utf8), mode: 0o755, umask: 0) }
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.setattr(root, nodeid: f.nodeid, FUSESetattr(mode: 0o600, killSuidGid: false)) }
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.getxattr(root, nodeid: f.nodeid, name: Array("user.x".utf8)) }
+        // The host's file, unlinked while open there: the guest cannot link it back.
+        try host.unlink(root, parent: 1, name: Array("f".utf8))
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.link(root, nodeid: f.nodeid, newParent: 1, newName: Array("back".utf8)) }
+        #expect(throws: FUSEError(ENOENT)) { _ = try guest.lookup(root, parent: 1, name: Array("back".utf8)) }
+        // Forgotten is as never looked up.
+        let e = try guest.lookup(root, parent: 1, name: Array("d".utf8))
+        #expect(try guest.getattr(root, nodeid: e.nodeid, handle: nil).0.ino == d.nodeid)
+        guest.forget(nodeid: e.nodeid, count: UInt64.max)   // a huge count drops only what is held
+        #expect(throws: FUSEError(EBADF)) { _ = try guest.getattr(root, nodeid: d.nodeid, handle: nil) }
+        // The root needs no lookup; the host still uses what it holds.
+        #expect(try guest.getattr(root, nodeid: 1, handle: nil).0.ino == 1)
+        #expect(try host.getattr(root, nodeid: f.nodeid, handle: h.handle).0.nlink == 0)
+    }
+}

@@ -18,6 +18,7 @@ import Testing
         holder.setlk(r, nodeid: e.nodeid, handle: o.handle, owner: 1, lock: whole, flock: false, wait: false) { got.all.append([UInt8(clamping: $0)]) }
         #expect(got.all == [[0]])
         // Session a waits as request 7; session b interrupts its own request 7.
+        _ = try a.lookup(r, parent: 1, name: Array("l".utf8))
         let waits = Replies()
         a.setlk(r, nodeid: e.nodeid, handle: 0, owner: 2, lock: whole, flock: false, wait: true) { waits.all.append([UInt8(clamping: $0)]) }
         #expect(waits.all.isEmpty)
