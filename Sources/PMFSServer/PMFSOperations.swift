@@ -28,6 +28,19 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// FOPEN_* flags for every opened file (keep the page cache, direct I/O).
     public var openFlags: UInt32 = 0
 
+    /// What one session (one guest) may hold, so no guest can exhaust the
+    /// daemon's memory for the others. Set before the session serves.
+    public struct Limits: Sendable {
+        /// Open files and directories (EMFILE beyond).
+        public var openHandles = 65_536
+        /// POSIX and flock lock records in the shared table (ENOLCK beyond).
+        public var lockRecords = 65_536
+        /// SETLKW requests waiting at once (ENOLCK beyond).
+        public var lockWaiters = 4_096
+        public init() {}
+    }
+    public var limits = Limits()
+
     /// How much a session's kernel may cache, as virtiofsd's cache= option.
     public enum CachePolicy: String, CaseIterable, Sendable {
         /// Nothing: every access asks pmfs (direct I/O, no name or attribute cache).
@@ -164,6 +177,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             return (r.uid, p.gid, isDir ? mode | ModeBits.setGID : mode)
         }
         return (r.uid, r.gid, mode)
+    }
+
+    /// EMFILE when the session has as many handles open as it may. Checked
+    /// before an open or create does anything (concurrent opens may pass the
+    /// limit by a few, which only bounds it less tightly).
+    func requireHandleSlot() throws {
+        guard handles.withLock({ $0.table.count }) < limits.openHandles else {
+            logger.warning("session \(session): open handle limit (\(limits.openHandles)) reached: EMFILE")
+            throw FUSEError(EMFILE)
+        }
     }
 
     func newHandle(_ h: Handle) -> UInt64 {
@@ -369,6 +392,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
         try run {
             try requireReference(nodeid)
+            try requireHandleSlot()
             let a = try metadata.getattr(nodeid)
             switch a.type {
             case .directory: throw FUSEError(EISDIR)
@@ -388,6 +412,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
             try requireReference(parent)
+            try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a: InodeAttributes
             do {
@@ -431,6 +456,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
             try requireReference(parent)
+            try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
@@ -491,6 +517,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult {
         try run {
             try requireReference(nodeid)
+            try requireHandleSlot()
             guard try metadata.getattr(nodeid).type == .directory else { throw FUSEError(ENOTDIR) }
             return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: true)))
         }
@@ -607,7 +634,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         guard lock.type == F_RDLCK || lock.type == F_WRLCK || lock.type == F_UNLCK else { reply(EINVAL); return }
         guard lock.start <= lock.end else { reply(EINVAL); return }
         guard (try? requireReference(nodeid)) != nil else { reply(EBADF); return }
-        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, reply: reply)
+        let limits = LockManager.Limits(records: self.limits.lockRecords, waiters: self.limits.lockWaiters)
+        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, limits: limits) { [logger, session] error in
+            if error == ENOLCK { logger.warning("session \(session): lock record or waiter limit reached: ENOLCK") }
+            reply(error)
+        }
     }
 
     /// Only this session's waits: `unique` numbers are per connection, so
