@@ -167,3 +167,11 @@ public struct FileSystemStatistics: Sendable {
     public var nameMax: UInt32
     public var poolBytes: UInt64
 }
+
+/// Counts read back from the pool (link, entry, extent counts) are input: a
+/// damaged one at 0 or at its maximum must not trap the operation that steps
+/// it, and every one after; it stays pinned at the bound for fsck to mend.
+extension FixedWidthInteger {
+    mutating func decrementSaturating() { if self > .min { self -= 1 } }
+    mutating func incrementSaturating() { if self < .max { self += 1 } }
+}
