@@ -78,7 +78,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// `group` is shared by every session serving the same file system (the
     /// host mount and each guest): their locks conflict as they should and
     /// their kernels hear of each other's changes.
-    public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), logger: Logger = Logger(label: "pmfs.fuse")) {
+    public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), limits: Limits = Limits(),
+                logger: Logger = Logger(label: "pmfs.fuse")) {
+        self.limits = limits
         self.metadata = metadata
         self.fs = fs
         self.logger = logger
@@ -280,6 +282,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func setattr(_ r: FUSERequest, nodeid: UInt64, _ c: FUSESetattr) throws -> (FUSEAttributes, Double) {
         try run {
             try requireReference(nodeid)
+            try Self.requireValidNanoseconds(c)
             let current = try metadata.getattr(nodeid)
             var changes = AttributeChanges()
             var mode = c.mode.map { $0 & 0o7777 }
@@ -311,6 +314,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             changed(c.size != nil ? [.contents(nodeid)] : [.attributes(nodeid)])
             return (attributes(a), attributeTimeout)
         }
+    }
+
+    /// utimensat(2) answers EINVAL for a tv_nsec past a second; a guest's
+    /// SETATTR gets the same rather than storing it.
+    static func requireValidNanoseconds(_ c: FUSESetattr) throws {
+        var all: [UInt32] = []
+        if case .set(_, let ns) = c.atime { all.append(ns) }
+        if case .set(_, let ns) = c.mtime { all.append(ns) }
+        if let (_, ns) = c.ctime { all.append(ns) }
+        guard all.allSatisfy({ $0 < 1_000_000_000 }) else { throw FUSEError(EINVAL) }
     }
 
     public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] {

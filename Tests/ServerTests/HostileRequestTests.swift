@@ -112,6 +112,21 @@ struct Wire {
         #expect(wire.getattr(f.nodeid) == 0)
     }
 
+    /// Nanoseconds past a second are EINVAL, as utimensat(2) answers.
+    @Test(arguments: [FATTR_ATIME, FATTR_MTIME, FATTR_CTIME])
+    func nanosecondsPastASecondAreInvalid(field: Int32) throws {
+        let s = try PoolSessions()
+        var wire = Wire(s.session())
+        let created = wire.create("n")
+        let f = try #require(created)
+        var sa = fuse_setattr_in()
+        sa.valid = UInt32(field)
+        sa.atimensec = .max; sa.mtimensec = .max; sa.ctimensec = 1_000_000_000
+        #expect(wire.send(FUSE_SETATTR, nodeid: f.nodeid, sa).error == EINVAL)
+        sa.atimensec = 999_999_999; sa.mtimensec = 999_999_999; sa.ctimensec = 999_999_999
+        #expect(wire.send(FUSE_SETATTR, nodeid: f.nodeid, sa).error == 0)
+    }
+
     @Test func relatimeRuleOnExtremeTimes() {
         let now = Timestamp.now()
         let t = { (s: Int64) in Timestamp(seconds: s, nanoseconds: 0) }

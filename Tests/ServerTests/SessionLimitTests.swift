@@ -25,8 +25,9 @@ import Testing
 
     @Test func openHandlesBeyondTheLimitAreEMFILE() throws {
         let s = try PoolSessions()
-        let ops = s.session()
-        ops.limits.openHandles = 2
+        var limits = PMFSOperations.Limits()
+        limits.openHandles = 2
+        let ops = PMFSOperations(metadata: s.metadata, fs: s.fs, group: s.group, limits: limits)
         let (f, first) = try ops.create(root, parent: 1, name: Array("f".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
         _ = try ops.opendir(root, nodeid: 1, flags: 0)
         #expect(throws: FUSEError(EMFILE)) { _ = try ops.open(root, nodeid: f.nodeid, flags: UInt32(O_RDONLY), killSuidGid: false) }
