@@ -188,7 +188,7 @@ let package = Package(
         // Runs the built mkfs.pmfs and pmfs-inspect; depending on them gets them built first.
         .testTarget(
             name: "ToolsTests",
-            dependencies: ["PMFSMetadata", "MkfsPmfs", "PmfsInspect"]
+            dependencies: ["PMFSMetadata", "MkfsPmfs", "PmfsInspect", "Pmfsd"]
         ),
         .executableTarget(
             name: "MetadataBenchmarks",

@@ -101,6 +101,9 @@ public final class FileSystem: @unchecked Sendable {
         }) { return f }
         let attrs = try metadata.getattr(ino)
         guard attrs.type == .regular else { throw attrs.type == .directory ? Errno.isDirectory : Errno.invalidArgument }
+        // A size past the largest a file can have is damage (fsck's to mend):
+        // refused here, every offset computed from the size below stays in range.
+        guard attrs.size <= MetadataStore.maxFileSize else { throw Errno.ioError }
         return filesLock.withLock {
             let f = files[ino] ?? FileData(ino: ino, size: attrs.size)
             files[ino] = f

@@ -48,10 +48,8 @@ extension MetadataStore {
     public func noteAccess(_ ino: UInt64, at now: Timestamp = .now()) throws -> Bool {
         try locks.withExclusive(ino) {
             let p = try inodes.inode(ino)
-            let atime = Timestamp(p.pointee.atime)
-            guard atime < Timestamp(p.pointee.mtime) || atime < Timestamp(p.pointee.ctime) || now.seconds - atime.seconds >= 86_400 else {
-                return false
-            }
+            guard Timestamp.relatimeUpdateDue(atime: Timestamp(p.pointee.atime), mtime: Timestamp(p.pointee.mtime),
+                                              ctime: Timestamp(p.pointee.ctime), now: now) else { return false }
             try pool.transaction { tx in
                 try tx.snapshot(field(p, \.atime))
                 p.pointee.atime = now.persistent

@@ -144,8 +144,8 @@ package struct DirectoryIndex {
         try tx.snapshot(b)
         entry.pointee.next = b.pointee
         b.pointee = index + 1
-        dir.pointee.entry_count += 1
-        if type == .directory { dir.pointee.subdir_count += 1 }
+        dir.pointee.entry_count.incrementSaturating()
+        if type == .directory { dir.pointee.subdir_count.incrementSaturating() }
         if dir.pointee.entry_count > dir.pointee.bucket_count * 2 {
             try split(tx)
         }
@@ -179,12 +179,12 @@ package struct DirectoryIndex {
         if entry.pointee.name_length > UInt8(PMFS_DIR_INLINE_NAME) {
             try tx.free(entry.pointee.name.name_off)
         }
-        if entry.pointee.type == FileType.directory.rawValue { dir.pointee.subdir_count -= 1 }
+        if entry.pointee.type == FileType.directory.rawValue { dir.pointee.subdir_count.decrementSaturating() }
         try tx.snapshot(entry)
         entry.pointee = pmfs_dirent()
         entry.pointee.next = dir.pointee.free_slot
         dir.pointee.free_slot = index + 1
-        dir.pointee.entry_count -= 1
+        dir.pointee.entry_count.decrementSaturating()
     }
 
     /// Points the entry in `index` at another inode (rename over an existing name).
@@ -193,8 +193,8 @@ package struct DirectoryIndex {
         let oldType = entry.pointee.type
         if oldType != type.rawValue {
             try tx.snapshot(field(dir, \.subdir_count))
-            if oldType == FileType.directory.rawValue { dir.pointee.subdir_count -= 1 }
-            if type == .directory { dir.pointee.subdir_count += 1 }
+            if oldType == FileType.directory.rawValue { dir.pointee.subdir_count.decrementSaturating() }
+            if type == .directory { dir.pointee.subdir_count.incrementSaturating() }
         }
         try tx.snapshot(entry, count: 1)
         entry.pointee.ino = ino

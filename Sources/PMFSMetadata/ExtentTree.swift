@@ -261,7 +261,7 @@ struct ExtentTree {
             }
         }
         try tx.snapshot(field(inode, \.extent_count))
-        inode.pointee.extent_count -= 1
+        inode.pointee.extent_count.decrementSaturating()
     }
 
     /// Returns true when the node at `off` became empty (the caller frees it).

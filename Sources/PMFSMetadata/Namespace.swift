@@ -160,7 +160,7 @@ extension MetadataStore {
                 try Self.touch(dirInode, tx, now)
                 if isDirectory {
                     try tx.snapshot(field(dirInode, \.nlink))
-                    dirInode.pointee.nlink += 1
+                    dirInode.pointee.nlink.incrementSaturating()
                 }
                 if pin {
                     pinInode(ino)
@@ -248,7 +248,7 @@ extension MetadataStore {
                 try dir.remove(slot: slot, in: tx)
                 try Self.touch(dirInode, tx, now)
                 try tx.snapshot(field(dirInode, \.nlink))
-                dirInode.pointee.nlink -= 1
+                dirInode.pointee.nlink.decrementSaturating()
                 try dropLink(ino, p, isDirectory: true, tx, now)
             }
         }
@@ -327,8 +327,8 @@ extension MetadataStore {
                 if crossDirectory && srcIsDir != dstIsDir {
                     try tx.snapshot(field(oldDirInode, \.nlink))
                     try tx.snapshot(field(newDirInode, \.nlink))
-                    if srcIsDir { oldDirInode.pointee.nlink -= 1; newDirInode.pointee.nlink += 1 }
-                    else { oldDirInode.pointee.nlink += 1; newDirInode.pointee.nlink -= 1 }
+                    if srcIsDir { oldDirInode.pointee.nlink.decrementSaturating(); newDirInode.pointee.nlink.incrementSaturating() }
+                    else { oldDirInode.pointee.nlink.incrementSaturating(); newDirInode.pointee.nlink.decrementSaturating() }
                 }
                 if crossDirectory {
                     if srcIsDir { try tx.snapshot(field(srcInode, \.parent)); srcInode.pointee.parent = newParent }
@@ -363,7 +363,7 @@ extension MetadataStore {
                 try newDir.retarget(slot: dstSlot, ino: src, type: srcType, in: tx)
                 if dstIsDir {
                     try tx.snapshot(field(newDirInode, \.nlink))
-                    newDirInode.pointee.nlink -= 1
+                    newDirInode.pointee.nlink.decrementSaturating()
                 }
                 try dropLink(dst, dstInode, isDirectory: dstIsDir, tx, now)
             } else {
@@ -376,8 +376,8 @@ extension MetadataStore {
                 srcInode.pointee.parent = newParent
                 try tx.snapshot(field(oldDirInode, \.nlink))
                 try tx.snapshot(field(newDirInode, \.nlink))
-                oldDirInode.pointee.nlink -= 1
-                newDirInode.pointee.nlink += 1
+                oldDirInode.pointee.nlink.decrementSaturating()
+                newDirInode.pointee.nlink.incrementSaturating()
             }
             try Self.touch(oldDirInode, tx, now)
             if crossDirectory { try Self.touch(newDirInode, tx, now) }

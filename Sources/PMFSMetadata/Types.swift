@@ -63,6 +63,16 @@ public struct Timestamp: Hashable, Sendable, Comparable {
 
     init(_ t: pmfs_timespec) { self.init(seconds: t.sec, nanoseconds: t.nsec) }
     var persistent: pmfs_timespec { pmfs_timespec(sec: seconds, nsec: nanoseconds, reserved: 0) }
+
+    /// relatime: whether a read should move atime to `now` (atime older than
+    /// mtime or ctime, or a day old). The times are whatever a client set, any
+    /// Int64 (SETATTR stores them as sent), so the age is never computed as
+    /// `now - atime`: that overflows for an atime near Int64.min.
+    public static func relatimeUpdateDue(atime: Timestamp, mtime: Timestamp, ctime: Timestamp, now: Timestamp) -> Bool {
+        if atime < mtime || atime < ctime { return true }
+        let (dayBeforeNow, overflow) = now.seconds.subtractingReportingOverflow(86_400)
+        return !overflow && atime.seconds <= dayBeforeNow
+    }
 }
 
 /// Everything stat(2) reports of an inode, plus its generation.
@@ -156,4 +166,12 @@ public struct FileSystemStatistics: Sendable {
     public var freeInodes: UInt64
     public var nameMax: UInt32
     public var poolBytes: UInt64
+}
+
+/// Counts read back from the pool (link, entry, extent counts) are input: a
+/// damaged one at 0 or at its maximum must not trap the operation that steps
+/// it, and every one after; it stays pinned at the bound for fsck to mend.
+extension FixedWidthInteger {
+    mutating func decrementSaturating() { if self > .min { self -= 1 } }
+    mutating func incrementSaturating() { if self < .max { self += 1 } }
 }

@@ -31,6 +31,8 @@ final class LockManager: Sendable {
     private struct State {
         var locks: [UInt64: [Held]] = [:]
         var waiters: [Waiter] = []
+        /// Lock records held, per session (for the per-session limit).
+        var records: [UInt64: Int] = [:]
     }
 
     private let state = Mutex(State())
@@ -49,6 +51,7 @@ final class LockManager: Sendable {
     private static func apply(_ s: inout State, ino: UInt64, _ wanted: Held) -> Bool {
         var list = s.locks[ino] ?? []
         if wanted.type != F_UNLCK, list.contains(where: { conflicts($0, wanted) }) { return false }
+        let before = list.count
         // Remove this owner's overlap with the range, keeping the parts outside it.
         var kept: [Held] = []
         for h in list {
@@ -72,18 +75,41 @@ final class LockManager: Sendable {
             list.append(merged)
         }
         s.locks[ino] = list.isEmpty ? nil : list
+        count(&s, session: wanted.session, by: list.count - before)   // only this owner's records changed
         return true
     }
 
+    private static func count(_ s: inout State, session: UInt64, by delta: Int) {
+        guard delta != 0 else { return }
+        let n = (s.records[session] ?? 0) + delta
+        s.records[session] = n > 0 ? n : nil
+    }
+
+    /// What one session may hold in the table (PMFSOperations.Limits).
+    struct Limits {
+        var records: Int
+        var waiters: Int
+    }
+
     /// SETLK / SETLKW. The reply is sent now, or when the lock is granted.
-    func set(ino: UInt64, unique: UInt64, _ wanted: Held, wait: Bool, reply: @escaping @Sendable (Int32) -> Void) {
+    /// ENOLCK when the lock would take the session past its records (an
+    /// unlock inside a range splits it: one more), or its wait past its waiters.
+    func set(ino: UInt64, unique: UInt64, _ wanted: Held, wait: Bool, limits: Limits, reply: @escaping @Sendable (Int32) -> Void) {
         var granted: [Waiter] = []
         let answer: Int32? = state.withLock { s in
+            let saved = (list: s.locks[ino], records: s.records[wanted.session] ?? 0)
             if Self.apply(&s, ino: ino, wanted) {
-                granted = Self.wake(&s)
+                let records = s.records[wanted.session] ?? 0
+                if records > limits.records && records > saved.records {
+                    s.locks[ino] = saved.list
+                    s.records[wanted.session] = saved.records > 0 ? saved.records : nil
+                    return ENOLCK
+                }
+                granted = Self.wake(&s, ino: ino)
                 return 0
             }
             if !wait { return EAGAIN }
+            guard s.waiters.lazy.filter({ $0.wanted.session == wanted.session }).count < limits.waiters else { return ENOLCK }
             s.waiters.append(Waiter(unique: unique, ino: ino, wanted: wanted, reply: reply))
             return nil
         }
@@ -91,18 +117,26 @@ final class LockManager: Sendable {
         for w in granted { w.reply(0) }
     }
 
-    /// Grants every waiter that can now have its lock (lock held).
-    private static func wake(_ s: inout State) -> [Waiter] {
+    /// Grants every waiter (on `ino`, or on any inode) that can now have its
+    /// lock (lock held). Whole passes, repeated while one grants something (a
+    /// grant replaces the owner's own ranges, which may free others'): it used
+    /// to start over after each grant, quadratic in the waiters.
+    private static func wake(_ s: inout State, ino: UInt64? = nil) -> [Waiter] {
         var granted: [Waiter] = []
         var progress = true
         while progress {
             progress = false
-            for (i, w) in s.waiters.enumerated() where apply(&s, ino: w.ino, w.wanted) {
-                granted.append(w)
-                s.waiters.remove(at: i)
-                progress = true
-                break
+            var kept: [Waiter] = []
+            kept.reserveCapacity(s.waiters.count)
+            for w in s.waiters {
+                if ino == nil || w.ino == ino, apply(&s, ino: w.ino, w.wanted) {
+                    granted.append(w)
+                    progress = true
+                } else {
+                    kept.append(w)
+                }
             }
+            s.waiters = kept
         }
         return granted
     }
@@ -132,6 +166,7 @@ final class LockManager: Sendable {
                 let rest = list.filter { $0.session != session }
                 s.locks[ino] = rest.isEmpty ? nil : rest
             }
+            s.records[session] = nil
             let mine = s.waiters.filter { $0.wanted.session == session }
             s.waiters.removeAll { $0.wanted.session == session }
             return (Self.wake(&s), mine)
@@ -145,16 +180,17 @@ final class LockManager: Sendable {
         let granted: [Waiter] = state.withLock { s in
             guard let list = s.locks[ino], list.contains(where: match) else { return [] }
             let rest = list.filter { !match($0) }
+            for h in list where match(h) { Self.count(&s, session: h.session, by: -1) }
             s.locks[ino] = rest.isEmpty ? nil : rest
-            return Self.wake(&s)
+            return Self.wake(&s, ino: ino)
         }
         for w in granted { w.reply(0) }
     }
 
-    /// INTERRUPT: a waiting SETLKW gives up with EINTR.
-    func interrupt(unique: UInt64) {
+    /// INTERRUPT: a waiting SETLKW of `session` gives up with EINTR.
+    func interrupt(unique: UInt64, session: UInt64) {
         let victim: Waiter? = state.withLock { s in
-            guard let i = s.waiters.firstIndex(where: { $0.unique == unique }) else { return nil }
+            guard let i = s.waiters.firstIndex(where: { $0.unique == unique && $0.wanted.session == session }) else { return nil }
             return s.waiters.remove(at: i)
         }
         victim?.reply(EINTR)

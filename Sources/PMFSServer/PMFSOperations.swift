@@ -28,6 +28,19 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// FOPEN_* flags for every opened file (keep the page cache, direct I/O).
     public var openFlags: UInt32 = 0
 
+    /// What one session (one guest) may hold, so no guest can exhaust the
+    /// daemon's memory for the others. Set before the session serves.
+    public struct Limits: Sendable {
+        /// Open files and directories (EMFILE beyond).
+        public var openHandles = 65_536
+        /// POSIX and flock lock records in the shared table (ENOLCK beyond).
+        public var lockRecords = 65_536
+        /// SETLKW requests waiting at once (ENOLCK beyond).
+        public var lockWaiters = 4_096
+        public init() {}
+    }
+    public var limits = Limits()
+
     /// How much a session's kernel may cache, as virtiofsd's cache= option.
     public enum CachePolicy: String, CaseIterable, Sendable {
         /// Nothing: every access asks pmfs (direct I/O, no name or attribute cache).
@@ -52,6 +65,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         var directory: Bool
     }
     private let handles = Mutex<(next: UInt64, table: [UInt64: Handle])>((1, [:]))
+    /// Whether the kernel was offered the writeback cache (INIT); it then
+    /// reads through write-only handles.
+    private let writebackCache = Atomic<Bool>(false)
     /// The kernel's references (lookup counts) held by this session, per inode.
     private let lookups = Mutex<[UInt64: UInt64]>([:])
     /// This session's identity in the lock table shared by all sessions.
@@ -62,7 +78,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// `group` is shared by every session serving the same file system (the
     /// host mount and each guest): their locks conflict as they should and
     /// their kernels hear of each other's changes.
-    public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), logger: Logger = Logger(label: "pmfs.fuse")) {
+    public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), limits: Limits = Limits(),
+                logger: Logger = Logger(label: "pmfs.fuse")) {
+        self.limits = limits
         self.metadata = metadata
         self.fs = fs
         self.logger = logger
@@ -141,6 +159,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// Every entry is one more kernel reference, counted for this session.
     func entry(_ a: InodeAttributes) throws -> FUSEEntry {
         lookups.withLock { $0[a.ino, default: 0] += 1 }
+        return try countedEntry(a)
+    }
+
+    /// The entry for an inode whose kernel reference is already counted.
+    func countedEntry(_ a: InodeAttributes) throws -> FUSEEntry {
         // Read again after counting the reference: a change by another session
         // either shows here or finds the count and sends an invalidation.
         let merged = a.type == .regular ? try fs.getattr(a.ino) : try metadata.getattr(a.ino)
@@ -158,6 +181,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         return (r.uid, r.gid, mode)
     }
 
+    /// EMFILE when the session has as many handles open as it may. Checked
+    /// before an open or create does anything (concurrent opens may pass the
+    /// limit by a few, which only bounds it less tightly).
+    func requireHandleSlot() throws {
+        guard handles.withLock({ $0.table.count }) < limits.openHandles else {
+            logger.warning("session \(session): open handle limit (\(limits.openHandles)) reached: EMFILE")
+            throw FUSEError(EMFILE)
+        }
+    }
+
     func newHandle(_ h: Handle) -> UInt64 {
         handles.withLock { state in
             let id = state.next
@@ -168,6 +201,31 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     func handle(_ id: UInt64) -> Handle? { handles.withLock { $0.table[id] } }
+
+    /// A node ID must be one this session's kernel holds a reference for (or
+    /// the root), as virtiofsd requires: otherwise a guest could name any inode
+    /// number, another session's unlinked-but-open file included, and LINK it
+    /// back into the tree. EBADF otherwise.
+    func requireReference(_ ino: UInt64) throws {
+        guard ino == UInt64(FUSE_ROOT_ID) || lookups.withLock({ ($0[ino] ?? 0) > 0 }) else { throw FUSEError(EBADF) }
+    }
+
+    enum HandleUse { case read, write }
+
+    /// The open file `id` of this session, when it is open on `ino` for `use`;
+    /// EBADF otherwise (a guest may name any number: another file's handle, or
+    /// a read-only one to write through).
+    func openFile(_ id: UInt64, on ino: UInt64, for use: HandleUse) throws -> Handle {
+        guard let h = handle(id), h.ino == ino, !h.directory else { throw FUSEError(EBADF) }
+        let accessMode = Int32(bitPattern: h.flags) & O_ACCMODE
+        switch use {
+        // With the writeback cache the kernel fills a page around a partial
+        // write by READ through the writing handle, even a write-only one.
+        case .read: guard accessMode != O_WRONLY || writebackCache.load(ordering: .relaxed) else { throw FUSEError(EBADF) }
+        case .write: guard accessMode == O_WRONLY || accessMode == O_RDWR else { throw FUSEError(EBADF) }
+        }
+        return h
+    }
 
     /// Clears set-user-ID, and set-group-ID where group execute is set, as a
     /// write or truncate by the owner does on a local file system.
@@ -182,7 +240,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     // MARK: session
 
-    public func initialize(capabilities: UInt64) -> UInt64 { capabilities }
+    public func initialize(capabilities: UInt64) -> UInt64 {
+        writebackCache.store(capabilities & UInt64(FUSE_WRITEBACK_CACHE) != 0, ordering: .relaxed)
+        return capabilities
+    }
 
     public func destroy() {
         endSession()
@@ -192,7 +253,10 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: names
 
     public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry {
-        try run { try entry(try metadata.lookup(parent, try fileName(name), pin: true)) }
+        try run {
+            try requireReference(parent)
+            return try entry(try metadata.lookup(parent, try fileName(name), pin: true))
+        }
     }
 
     public func forget(nodeid: UInt64, count: UInt64) {
@@ -209,11 +273,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) {
-        try run { (attributes(try fs.getattr(nodeid)), attributeTimeout) }
+        try run {
+            try requireReference(nodeid)
+            return (attributes(try fs.getattr(nodeid)), attributeTimeout)
+        }
     }
 
     public func setattr(_ r: FUSERequest, nodeid: UInt64, _ c: FUSESetattr) throws -> (FUSEAttributes, Double) {
         try run {
+            try requireReference(nodeid)
+            try Self.requireValidNanoseconds(c)
             let current = try metadata.getattr(nodeid)
             var changes = AttributeChanges()
             var mode = c.mode.map { $0 & 0o7777 }
@@ -247,12 +316,26 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         }
     }
 
+    /// utimensat(2) answers EINVAL for a tv_nsec past a second; a guest's
+    /// SETATTR gets the same rather than storing it.
+    static func requireValidNanoseconds(_ c: FUSESetattr) throws {
+        var all: [UInt32] = []
+        if case .set(_, let ns) = c.atime { all.append(ns) }
+        if case .set(_, let ns) = c.mtime { all.append(ns) }
+        if let (_, ns) = c.ctime { all.append(ns) }
+        guard all.allSatisfy({ $0 < 1_000_000_000 }) else { throw FUSEError(EINVAL) }
+    }
+
     public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] {
-        try run { try metadata.readlink(nodeid) }
+        try run {
+            try requireReference(nodeid)
+            return try metadata.readlink(nodeid)
+        }
     }
 
     public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.symlink | 0o777)
             let e = try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -262,6 +345,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: mode)
             let e = try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -271,6 +355,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
+            try requireReference(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.directory | (mode & 0o7777))
             let e = try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -280,6 +365,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
         try run {
+            try requireReference(parent)
             let victim = inodeNamed(parent, name)
             try metadata.unlink(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)] + (victim.map { [.attributes($0)] } ?? []))
@@ -288,6 +374,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
         try run {
+            try requireReference(parent)
             try metadata.rmdir(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
         }
@@ -295,6 +382,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws {
         try run {
+            try requireReference(parent); try requireReference(newParent)
             guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
             let moved = inodeNamed(parent, name), replaced = inodeNamed(newParent, newName)
             try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
@@ -305,6 +393,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry {
         try run {
+            try requireReference(nodeid); try requireReference(newParent)
             let e = try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true))
             changed([.entry(parent: newParent, name: newName), .attributes(newParent), .attributes(nodeid)])
             return e
@@ -315,6 +404,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
         try run {
+            try requireReference(nodeid)
+            try requireHandleSlot()
             let a = try metadata.getattr(nodeid)
             switch a.type {
             case .directory: throw FUSEError(EISDIR)
@@ -333,8 +424,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
+            try requireReference(parent)
+            try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
-            let a = try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true)
+            let a: InodeAttributes
+            do {
+                a = try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true)
+            } catch Errno.fileExists where Int32(bitPattern: flags) & O_EXCL == 0 {
+                return try openExisting(r, parent: parent, name: name, flags: flags)
+            }
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
             let e = try entry(a)
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -342,8 +440,36 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         }
     }
 
+    /// CREATE without O_EXCL of a name that exists (the kernel's cache had no
+    /// entry for it, or another session made it meanwhile) opens that file, as
+    /// open(2) with O_CREAT does. The kernel skips its own permission check for
+    /// a CREATE's file, so it is made here.
+    func openExisting(_ r: FUSERequest, parent: UInt64, name: [UInt8], flags: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
+        let a = try metadata.lookup(parent, try fileName(name), pin: true)
+        lookups.withLock { $0[a.ino, default: 0] += 1 }
+        do {
+            switch a.type {
+            case .regular: break
+            case .directory: throw FUSEError(EISDIR)
+            default: throw FUSEError(EEXIST)   // the kernel resolves symlinks and special files itself
+            }
+            let f = Int32(bitPattern: flags)
+            let accessMode = f & O_ACCMODE
+            var want: UInt32 = accessMode == O_RDONLY ? 4 : (accessMode == O_WRONLY ? 2 : 6)
+            if f & O_TRUNC != 0 { want |= 2 }
+            try access(r, nodeid: a.ino, mask: want)
+            let opened = try open(r, nodeid: a.ino, flags: flags, killSuidGid: r.uid != 0)
+            return (try countedEntry(a), opened)
+        } catch {
+            forget(nodeid: a.ino, count: 1)
+            throw error
+        }
+    }
+
     public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
+            try requireReference(parent)
+            try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
@@ -353,6 +479,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try run {
+            _ = try openFile(handle, on: nodeid, for: .read)
             let n = try fs.read(nodeid, offset: offset, into: buffer)
             try noteAccess(nodeid)
             return n
@@ -361,6 +488,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
         try run {
+            _ = try openFile(handle, on: nodeid, for: .read)
             let n = try fs.read(nodeid, offset: offset, into: segments)
             try noteAccess(nodeid)
             return n
@@ -373,8 +501,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
         try run {
+            let openFlags = Int32(bitPattern: try openFile(handle, on: nodeid, for: .write).flags)
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
-            let openFlags = self.handle(handle).map { Int32(bitPattern: $0.flags) } ?? 0
             let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
             let n = try fs.write(nodeid, offset: offset, from: segments, sync: sync)
             changed([.contents(nodeid)])
@@ -401,6 +529,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult {
         try run {
+            try requireReference(nodeid)
+            try requireHandleSlot()
             guard try metadata.getattr(nodeid).type == .directory else { throw FUSEError(ENOTDIR) }
             return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: true)))
         }
@@ -408,6 +538,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {
         try run {
+            try requireReference(nodeid)
             if offset == 0 { try metadata.noteAccess(nodeid) }
             return try metadata.readdir(nodeid, cookie: offset, limit: limit).map {
                 FUSEDirectoryEntry(ino: $0.ino, nextOffset: $0.nextCookie, type: UInt32($0.type.rawValue), name: $0.name)
@@ -427,7 +558,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// day old; the check is a DRAM read, the rare update one small transaction.
     func noteAccess(_ ino: UInt64) throws {
         let a = try fs.getattr(ino)
-        if a.atime < a.mtime || a.atime < a.ctime || Timestamp.now().seconds - a.atime.seconds >= 86_400 {
+        if Timestamp.relatimeUpdateDue(atime: a.atime, mtime: a.mtime, ctime: a.ctime, now: .now()) {
             try metadata.noteAccess(ino)
         }
     }
@@ -449,6 +580,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws {
         try run {
+            try requireReference(nodeid)
             let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
             try metadata.setxattr(nodeid, name, Array(value), mode: mode)
             changed([.attributes(nodeid)])
@@ -456,15 +588,22 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws -> [UInt8] {
-        try run { try metadata.getxattr(nodeid, name) }
+        try run {
+            try requireReference(nodeid)
+            return try metadata.getxattr(nodeid, name)
+        }
     }
 
     public func listxattr(_ r: FUSERequest, nodeid: UInt64) throws -> [[UInt8]] {
-        try run { try metadata.listxattr(nodeid) }
+        try run {
+            try requireReference(nodeid)
+            return try metadata.listxattr(nodeid)
+        }
     }
 
     public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws {
         try run {
+            try requireReference(nodeid)
             try metadata.removexattr(nodeid, name)
             changed([.attributes(nodeid)])
         }
@@ -474,6 +613,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// may do anything but execute a file with no execute bit.
     public func access(_ r: FUSERequest, nodeid: UInt64, mask: UInt32) throws {
         try run {
+            try requireReference(nodeid)
             let a = try metadata.getattr(nodeid)
             let want = mask & 7
             if want == 0 { return }
@@ -495,6 +635,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock {
+        try requireReference(nodeid)
         if let c = locks.test(ino: nodeid, held(owner, lock, flock: flock)) {
             return FUSELock(start: c.start, end: c.end, type: c.type, pid: c.pid)
         }
@@ -505,15 +646,23 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                       reply: @escaping @Sendable (Int32) -> Void) {
         guard lock.type == F_RDLCK || lock.type == F_WRLCK || lock.type == F_UNLCK else { reply(EINVAL); return }
         guard lock.start <= lock.end else { reply(EINVAL); return }
-        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, reply: reply)
+        guard (try? requireReference(nodeid)) != nil else { reply(EBADF); return }
+        let limits = LockManager.Limits(records: self.limits.lockRecords, waiters: self.limits.lockWaiters)
+        locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, limits: limits) { [logger, session] error in
+            if error == ENOLCK { logger.warning("session \(session): lock record or waiter limit reached: ENOLCK") }
+            reply(error)
+        }
     }
 
-    public func interrupt(unique: UInt64) { locks.interrupt(unique: unique) }
+    /// Only this session's waits: `unique` numbers are per connection, so
+    /// another guest's INTERRUPT may name the same one.
+    public func interrupt(unique: UInt64) { locks.interrupt(unique: unique, session: session) }
 
     // MARK: data
 
     public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws {
         try run {
+            _ = try openFile(handle, on: nodeid, for: .write)
             try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length)
             changed([.contents(nodeid)])
         }
@@ -521,6 +670,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
         try run {
+            try requireReference(nodeid)
             switch Int32(bitPattern: whence) {
             case 3: return try fs.seek(nodeid, from: offset, to: .data)   // SEEK_DATA
             case 4: return try fs.seek(nodeid, from: offset, to: .hole)   // SEEK_HOLE
@@ -533,6 +683,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                               toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 {
         try run {
             guard flags == 0 else { throw FUSEError(EINVAL) }
+            _ = try openFile(handle, on: nodeid, for: .read)
+            _ = try openFile(toHandle, on: toNode, for: .write)
             let n = try fs.copyFileRange(from: nodeid, offset: offset, to: toNode, offset: toOffset, length: min(length, 1 << 30))
             changed([.contents(toNode)])
             return n

@@ -204,15 +204,25 @@ struct Pmfsd: ParsableCommand {
             try metadata.close()
             logger.notice("stopped cleanly")
         } catch let e as PoolError {
-            throw CleanExit.message("pmfsd: \(e)")
+            throw failure(e)
         } catch let e as FUSEMountError {
-            throw CleanExit.message("pmfsd: \(e)")
+            throw failure(e)
         } catch let e as VhostError {
-            throw CleanExit.message("pmfsd: \(e)")
+            throw failure(e)
         } catch let e as DataDeviceError {
-            throw CleanExit.message("pmfsd: \(e)")
+            throw failure(e)
         }
     }
+}
+
+/// A failure to start or serve: the message to stderr and a non-zero exit, so
+/// a service manager or script sees it (ArgumentParser's CleanExit would print
+/// to stdout and exit 0). Written directly: the C `stderr` global is not
+/// concurrency-safe in Swift 6.
+func failure(_ error: Error) -> ExitCode {
+    var text = "pmfsd: \(error)\n"
+    text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    return .failure
 }
 
 /// Where a guest's QEMU connects.

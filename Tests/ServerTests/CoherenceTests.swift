@@ -169,7 +169,7 @@ final class TwoSessions {
         // the guest writes it: the host holds it, so it hears of it.
         let (e, o) = try s.host.create(r, parent: 1, name: Array("a".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
         try s.host.release(r, nodeid: e.nodeid, handle: o.handle, flags: 0, releaseFlags: 0, lockOwner: 0)
-        try s.guestWrite(e.nodeid, at: 0, [1, 2, 3])
+        try s.guestWrite(try s.guestLookup("a"), at: 0, [1, 2, 3])
         // The guest creates "b" in a directory the host never looked up: dropped.
         let dir = try s.guest.mkdir(r, parent: 1, name: Array("hidden".utf8), mode: 0o755, umask: 0)
         _ = try s.guest.create(r, parent: dir.nodeid, name: Array("b".utf8), mode: 0o644, flags: 0, umask: 0)
