@@ -374,7 +374,13 @@ public final class VhostUserBackend: @unchecked Sendable {
         // The used index in the ring is where the guest expects us to continue.
         if let used = q.used { q.usedIndex = cvhost_load_u16((used + 2).assumingMemoryBound(to: UInt16.self)) }
         q.broken = false
+        q.chainLimit = 2 * server.maxRequestSize
         let stop = cvhost_eventfd()
+        guard stop >= 0 else {
+            // A worker nobody could stop must not start.
+            logger.error("cannot start the worker of queue \(q.index): eventfd: \(String(cString: strerror(errno)))")
+            return
+        }
         let context = Unmanaged.passRetained(WorkerContext(backend: self, queue: q, stop: stop))
         var thread = pthread_t()
         guard pthread_create(&thread, nil, { arg in
@@ -392,8 +398,11 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     private func stopWorker(_ index: Int) {
         guard let w = workers.removeValue(forKey: index) else { return }
+        // The flag stops a worker between chains; the eventfd wakes a sleeping one.
+        queues[index].stopRequested = true
         _ = cvhost_eventfd_signal(w.stop)
         pthread_join(w.thread, nil)
+        queues[index].stopRequested = false
         close(w.stop)
         pool?.waitIdle()
     }
@@ -426,7 +435,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         var poll = PollWindow(limit: UInt64(pollMicroseconds) * 1000)
         while true {
             let ready = cvhost_wait2(q.kickFD, stop, 1000)
-            if ready & 2 != 0 { return }
+            if ready & 2 != 0 || q.stopRequested { return }
             if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
             poll.wokeUp(at: cvhost_monotonic_ns())
             // Process everything available, poll a while if the window says so,
@@ -438,6 +447,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 if poll.window > 0 { q.setKicks(enabled: false) }
                 pthread_rwlock_unlock(memoryLock)
                 if poll.limit > 0 { poll.answered(at: cvhost_monotonic_ns()) }
+                if q.stopRequested { return }
                 if poll.window > 0 {
                     let came = pollForMore(q, nanoseconds: poll.window)
                     poll.polled(success: came)
@@ -456,7 +466,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
         let deadline = cvhost_monotonic_ns() + nanoseconds
         while cvhost_monotonic_ns() < deadline {
-            if readLocked({ q.hasMore && !q.broken }) { return true }
+            if readLocked({ q.hasMore && !q.broken }) || q.stopRequested { return true }
             cvhost_cpu_relax()
         }
         return false
@@ -464,7 +474,8 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     /// Handles every chain the guest made available (memory lock held shared).
     private func processAvailable(_ q: Virtqueue) {
-        while !q.broken {
+        var budget = Int(q.size)
+        while q.mayTakeAnother(&budget) {
             let chain: Virtqueue.Chain
             do {
                 guard let c = try q.pop() else { return }

@@ -17,6 +17,8 @@ long cvhost_send(int sock, const void *buf, size_t length);
 static inline uint16_t cvhost_load_acquire_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void cvhost_store_release_u16(volatile uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint16_t cvhost_load_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline int32_t cvhost_load_acquire_i32(const volatile int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void cvhost_store_release_i32(volatile int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void cvhost_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 /* For the polling option: a monotonic clock and a spin-wait hint. */

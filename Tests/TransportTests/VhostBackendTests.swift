@@ -1,0 +1,114 @@
+import Dispatch
+import Glibc
+import Testing
+@testable import FUSEProtocol
+@testable import VhostUser
+
+/// A backend serving on a fresh socket path from a background thread.
+final class RunningBackend: @unchecked Sendable {
+    let backend: VhostUserBackend
+    let path = "/tmp/pmfs-vhost-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+    private let finished = DispatchSemaphore(value: 0)
+
+    init() throws {
+        backend = try VhostUserBackend(socketPath: path, server: FUSEServer(operations: StubOperations()))
+        DispatchQueue.global().async { [self] in
+            backend.serve()
+            finished.signal()
+        }
+    }
+
+    /// Stops the backend; false if `serve` did not return within `seconds`.
+    func stop(within seconds: Double = 1) -> Bool {
+        backend.stop()
+        return finished.wait(timeout: .now() + seconds) == .success
+    }
+}
+
+/// The real backend over a real socket, driven by a front end and a guest
+/// that break the rules: one bad peer must not crash, hang or starve it.
+@Suite(.serialized) struct VhostBackendTests {
+    static let ramSize = 1 << 20
+    /// Three ring layouts fit in the RAM: at 0, 0x40000 and 0x80000.
+    static let ringSpacing: UInt64 = 0x4_0000
+
+    struct Session {
+        let running: RunningBackend
+        let frontEnd: VhostFrontEnd
+        let ram: GuestRAM
+    }
+
+    func connected() throws -> Session {
+        let running = try RunningBackend()
+        let frontEnd = try #require(VhostFrontEnd.connect(to: running.path))
+        let ram = try #require(GuestRAM(size: Self.ramSize))
+        try #require(frontEnd.negotiate())
+        try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(Self.ramSize), 0)]))
+        return Session(running: running, frontEnd: frontEnd, ram: ram)
+    }
+
+    /// A fresh ring at `offset` on queue 1 answers INIT and GETATTR of the root.
+    func expectServes(_ s: Session, ringAt offset: UInt64, sourceLocation: SourceLocation = #_sourceLocation) {
+        let ring = SplitRing(in: s.ram, at: offset)
+        #expect(s.frontEnd.start(ring, queue: 1), sourceLocation: sourceLocation)
+        #expect(ring.request(GuestRequests.initialize()) == 0, sourceLocation: sourceLocation)
+        #expect(ring.request(GuestRequests.getattrRoot()) == 0, sourceLocation: sourceLocation)
+    }
+
+    @Test func aSessionServesAndStops() throws {
+        let s = try connected()
+        expectServes(s, ringAt: 0)
+        #expect(s.running.stop())
+    }
+
+    @Test func aGuestKeepingItsRingFullCannotHoldUpGetVringBase() throws {
+        let s = try connected()
+        let ring = SplitRing(in: s.ram, at: 0)
+        try #require(s.frontEnd.start(ring, queue: 1))
+        ring.place(GuestRequests.getattrRoot())
+        // Every avail slot holds chain 0 (the memory is zeroed); the guest keeps
+        // the avail index a full ring ahead of what came back.
+        let done = Flag()
+        let guestStopped = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            var one: UInt64 = 1
+            _ = write(ring.kick, &one, 8)
+            while !done.isSet { ring.availableIndex = ring.usedIndex &+ ring.size }
+            guestStopped.signal()
+        }
+        usleep(100_000)
+        #expect(s.frontEnd.stopRing(1, timeout: 1) != nil)
+        done.set()
+        guestStopped.wait()
+        expectServes(s, ringAt: Self.ringSpacing)
+        #expect(s.running.stop())
+    }
+
+    @Test func anAvailIndexFarAheadIsABrokenRing() throws {
+        let s = try connected()
+        let ring = SplitRing(in: s.ram, at: 0)
+        try #require(s.frontEnd.start(ring, queue: 1))
+        ring.place(GuestRequests.getattrRoot())
+        ring.availableIndex = 1000
+        var one: UInt64 = 1
+        _ = write(ring.kick, &one, 8)
+        usleep(50_000)
+        #expect(ring.usedIndex == 0)
+        #expect(s.frontEnd.stopRing(1) != nil)
+        expectServes(s, ringAt: Self.ringSpacing)
+        #expect(s.running.stop())
+    }
+
+    @Test func aMemoryTableThatNoLongerCoversTheRingDetachesIt() throws {
+        let s = try connected()
+        let ring = SplitRing(in: s.ram, at: 2 * Self.ringSpacing)
+        try #require(s.frontEnd.start(ring, queue: 1))
+        #expect(ring.request(GuestRequests.initialize()) == 0)
+        // Only the first half of the RAM from now on: the running ring is outside it.
+        #expect(s.frontEnd.setMemoryTable([(s.ram, 0, UInt64(Self.ramSize / 2), 0)]))
+        #expect(ring.request(GuestRequests.getattrRoot(), timeout: 0.2) == nil)
+        #expect(s.frontEnd.stopRing(1) != nil)
+        expectServes(s, ringAt: 0)
+        #expect(s.running.stop())
+    }
+}
