@@ -263,18 +263,19 @@ public final class VhostUserBackend: @unchecked Sendable {
         case .setVringNum:
             guard let i = load(0, UInt32.self), let num = load(4, UInt32.self), let q = queue(i),
                   num > 0, num <= 32768, num & (num - 1) == 0 else { return .ack(false) }
-            q.size = UInt16(truncatingIfNeeded: num == 32768 ? 32768 : num)
+            reconfigure(q) { q.size = UInt16(truncatingIfNeeded: num) }
             return .ack(true)
         case .setVringAddr:
             guard let i = load(0, UInt32.self), let q = queue(i), let d = load(8, UInt64.self), let u = load(16, UInt64.self),
                   let a = load(24, UInt64.self) else { return .ack(false) }
-            q.descriptorAddress = d; q.usedAddress = u; q.availableAddress = a
-            readLocked { _ = q.attach(memory) }
+            reconfigure(q) { q.descriptorAddress = d; q.usedAddress = u; q.availableAddress = a }
             return .ack(true)
         case .setVringBase:
             guard let i = load(0, UInt32.self), let base = load(4, UInt32.self), let q = queue(i) else { return .ack(false) }
-            q.lastAvailable = UInt16(truncatingIfNeeded: base)
-            q.usedIndex = UInt16(truncatingIfNeeded: base)
+            reconfigure(q) {
+                q.lastAvailable = UInt16(truncatingIfNeeded: base)
+                q.usedIndex = UInt16(truncatingIfNeeded: base)
+            }
             return .ack(true)
         case .getVringBase:
             guard let i = load(0, UInt32.self) else { return .ack(false) }
@@ -328,6 +329,17 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
     }
 
+    /// Changes a ring's size, addresses or indices: never under a running
+    /// worker (it walks the ring with them), and the ring is checked against
+    /// the memory table again before its worker starts again (if it is
+    /// enabled and kicked, as any ring with a worker is).
+    private func reconfigure(_ q: Virtqueue, _ change: () -> Void) {
+        stopWorker(q.index)
+        change()
+        readLocked { _ = q.attach(memory) }
+        startWorkerIfReady(q)
+    }
+
     private func readLocked<T>(_ body: () -> T) -> T {
         pthread_rwlock_rdlock(memoryLock); defer { pthread_rwlock_unlock(memoryLock) }
         return body()
@@ -359,10 +371,21 @@ public final class VhostUserBackend: @unchecked Sendable {
         let old = memory
         memory = new
         memoryEpoch &+= 1
-        for q in queues where q.size > 0 && q.descriptorAddress != 0 { _ = q.attach(new) }
+        for q in queues { detachIfUncovered(q, by: new) }
         pthread_rwlock_unlock(memoryLock)
         old.unmapAll()
         return true
+    }
+
+    /// Every ring is resolved in a new memory table (none may keep the old
+    /// one's pointers); a running ring it no longer covers is broken until
+    /// the front end sets it up again (memory lock held exclusively).
+    private func detachIfUncovered(_ q: Virtqueue, by memory: GuestMemory) {
+        if !q.attach(memory) && workers[q.index] != nil {
+            logger.error("queue \(q.index): the new memory table does not cover the ring; the queue is stopped")
+            q.broken = true
+            if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
+        }
     }
 
     // MARK: workers
@@ -417,7 +440,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             q.lock.withLock { if q.callFD >= 0 { close(q.callFD) }; q.callFD = -1 }
             q.kickFD = -1; q.errorFD = -1
             q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
-            q.descriptors = nil; q.available = nil; q.used = nil; q.generation &+= 1
+            q.descriptors = nil; q.available = nil; q.used = nil; q.memory = .empty; q.generation &+= 1
         }
         pthread_rwlock_unlock(memoryLock)
         ackedFeatures = 0

@@ -29,7 +29,7 @@ final class RunningBackend: @unchecked Sendable {
 /// that break the rules: one bad peer must not crash, hang or starve it.
 @Suite(.serialized) struct VhostBackendTests {
     static let ramSize = 1 << 20
-    /// Three ring layouts fit in the RAM: at 0, 0x40000 and 0x80000.
+    /// Four ring layouts fit in the RAM: at 0, 0x40000, 0x80000 and 0xc0000.
     static let ringSpacing: UInt64 = 0x4_0000
 
     struct Session {
@@ -109,6 +109,36 @@ final class RunningBackend: @unchecked Sendable {
         #expect(ring.request(GuestRequests.getattrRoot(), timeout: 0.2) == nil)
         #expect(s.frontEnd.stopRing(1) != nil)
         expectServes(s, ringAt: 0)
+        #expect(s.running.stop())
+    }
+
+    @Test func ringSizeChangedOnARunningRingIsCheckedAgain() throws {
+        let s = try connected()
+        let ring = SplitRing(in: s.ram, at: 3 * Self.ringSpacing)
+        try #require(s.frontEnd.start(ring, queue: 1))
+        #expect(ring.request(GuestRequests.initialize()) == 0)
+        // 32768 entries from here run past the end of guest memory: the ring
+        // must stop rather than be walked with the new size.
+        s.frontEnd.ask(.setVringNum, bytes(UInt32(1), UInt32(32768)))
+        #expect(ring.request(GuestRequests.getattrRoot(), timeout: 0.2) == nil)
+        // Back to a size that fits: the ring runs again (and answers what was waiting).
+        #expect(s.frontEnd.ask(.setVringNum, bytes(UInt32(1), UInt32(ring.size))))
+        #expect(s.frontEnd.setAddress(ring, queue: 1))
+        #expect(ring.request(GuestRequests.getattrRoot()) == 0)
+        #expect(s.frontEnd.stopRing(1) != nil)
+        #expect(s.running.stop())
+    }
+
+    @Test func ringMovedOnARunningRingIsServedAtItsNewPlace() throws {
+        let s = try connected()
+        let first = SplitRing(in: s.ram, at: 0)
+        try #require(s.frontEnd.start(first, queue: 1))
+        #expect(first.request(GuestRequests.initialize()) == 0)
+        let moved = SplitRing(in: s.ram, at: Self.ringSpacing)
+        moved.carryOn(from: first)
+        #expect(s.frontEnd.setAddress(moved, queue: 1))
+        #expect(moved.request(GuestRequests.getattrRoot(), kick: first.kick) == 0)
+        #expect(s.frontEnd.stopRing(1) != nil)
         #expect(s.running.stop())
     }
 }

@@ -202,6 +202,13 @@ final class SplitRing: @unchecked Sendable {
 
     deinit { close(kick); close(call) }
 
+    /// Takes over another ring's indices, as a ring moved elsewhere in guest memory would.
+    func carryOn(from other: SplitRing) {
+        nextAvailable = other.nextAvailable
+        availableIndex = other.availableIndex
+        at(usedOffset + 2).storeBytes(of: other.usedIndex, as: UInt16.self)
+    }
+
     private func at(_ offset: UInt64) -> UnsafeMutableRawPointer { memory.base + Int(offset) }
 
     func descriptor(_ i: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
