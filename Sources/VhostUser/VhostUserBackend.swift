@@ -236,6 +236,8 @@ public final class VhostUserBackend: @unchecked Sendable {
             closeFDs()
             return .ack(false)
         }
+        // Every fd received is kept or closed: those of a message that takes none now.
+        if !Self.takesFDs(request) { closeFDs() }
         switch request {
         case .getFeatures:
             return u64(offeredFeatures)
@@ -293,7 +295,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         case .setVringKick, .setVringCall, .setVringErr:
             guard let v = load(0, UInt64.self), let q = queue(UInt32(v & 0xff)) else { closeFDs(); return .ack(false) }
             let fd: Int32 = v & 0x100 != 0 ? -1 : (fds.first ?? -1)
-            for extra in fds.dropFirst() { close(extra) }
+            for other in fds where other != fd { close(other) }
+            guard fd < 0 || acceptsEventFD(fd, for: request) else { close(fd); return .ack(false) }
             switch request {
             case .setVringKick:
                 stopWorker(q.index)
@@ -318,15 +321,29 @@ public final class VhostUserBackend: @unchecked Sendable {
             if q.enabled { startWorkerIfReady(q) } else { stopWorker(q.index) }
             return .ack(true)
         case .setBackendReqFD:
-            closeFDs()
             return .ack(true)
         case .getMaxMemSlots:
             return u64(8)
         default:
             logger.warning("vhost-user message \(request) is not supported")
-            closeFDs()
             return .ack(false)
         }
+    }
+
+    /// The messages whose fds are kept (or closed) by their handlers.
+    static func takesFDs(_ request: Request) -> Bool {
+        [.setMemTable, .setVringKick, .setVringCall, .setVringErr].contains(request)
+    }
+
+    /// A kick, call or error fd must be an eventfd, written without blocking:
+    /// a pipe's reader could stop reading (the worker would block) or go away
+    /// (SIGPIPE), and a front end can fill an eventfd's counter.
+    private func acceptsEventFD(_ fd: Int32, for request: Request) -> Bool {
+        guard cvhost_is_eventfd(fd) != 0, cvhost_set_nonblocking(fd) == 0 else {
+            logger.error("vhost-user \(request): descriptor \(fd) is not an eventfd; refused")
+            return false
+        }
+        return true
     }
 
     /// Changes a ring's size, addresses or indices: never under a running

@@ -1,3 +1,4 @@
+import CVhost
 import Dispatch
 import Glibc
 import Testing
@@ -138,6 +139,72 @@ final class RunningBackend: @unchecked Sendable {
         moved.carryOn(from: first)
         #expect(s.frontEnd.setAddress(moved, queue: 1))
         #expect(moved.request(GuestRequests.getattrRoot(), kick: first.kick) == 0)
+        #expect(s.frontEnd.stopRing(1) != nil)
+        #expect(s.running.stop())
+    }
+
+    @Test func aRegionLargerThanItsFileIsRefused() throws {
+        let s = try connected()
+        let small = try #require(GuestRAM(size: 0x4_0000))
+        // Touching a mapping past the end of its file would raise SIGBUS.
+        #expect(!s.frontEnd.setMemoryTable([(small, 0, UInt64(Self.ramSize), 0)]))
+        #expect(!s.frontEnd.setMemoryTable([(small, 0, UInt64(small.size), 0x1000)]))
+        #expect(s.frontEnd.setMemoryTable([(small, 0, UInt64(small.size), 0)]))
+        let ring = SplitRing(in: small, at: 0)
+        #expect(s.frontEnd.start(ring, queue: 1))
+        #expect(ring.request(GuestRequests.initialize()) == 0)
+        #expect(s.running.stop())
+    }
+
+    /// True once every copy of a pipe's write end is closed (the read end sees EOF).
+    func writeEndClosed(_ readEnd: Int32) -> Bool {
+        var p = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 1000) == 1 && p.revents & Int16(POLLHUP) != 0
+    }
+
+    @Test func fdsOnMessagesThatTakeNoneAreClosed() throws {
+        let s = try connected()
+        for (request, payload) in [(VhostFrontEnd.Request.setFeatures, bytes(VhostFrontEnd.protocolFeatures)),
+                                   (.setVringNum, bytes(UInt32(1), UInt32(8))), (.setVringEnable, bytes(UInt32(1), UInt32(0)))] {
+            var ends: [Int32] = [-1, -1]
+            try #require(pipe(&ends) == 0)
+            s.frontEnd.ask(request, payload, fds: [ends[1]])
+            close(ends[1])
+            #expect(writeEndClosed(ends[0]), "\(request)")
+            close(ends[0])
+        }
+        // An unknown request, and a kick with an extra fd.
+        var ends: [Int32] = [-1, -1]
+        try #require(pipe(&ends) == 0)
+        s.frontEnd.send(99, flags: VhostFrontEnd.versionFlag | VhostFrontEnd.needReplyFlag, fds: [ends[1]])
+        _ = s.frontEnd.receive()
+        let ring = SplitRing(in: s.ram, at: 0)
+        s.frontEnd.ask(.setVringKick, bytes(UInt64(1)), fds: [ring.kick, ends[1]])
+        close(ends[1])
+        #expect(writeEndClosed(ends[0]))
+        close(ends[0])
+        #expect(s.running.stop())
+    }
+
+    @Test func aCallFdThatCannotBeWrittenDoesNotBlockTheQueue() throws {
+        let s = try connected()
+        let ring = SplitRing(in: s.ram, at: 0)
+        try #require(s.frontEnd.start(ring, queue: 1))
+        // A pipe could block the worker (full) or raise SIGPIPE (no reader): refused.
+        var ends: [Int32] = [-1, -1]
+        try #require(pipe(&ends) == 0)
+        close(ends[0])
+        #expect(!s.frontEnd.ask(.setVringCall, bytes(UInt64(1)), fds: [ends[1]]))
+        close(ends[1])
+        // An eventfd whose counter is full: a blocking write to it would never return.
+        let full = cvhost_eventfd()
+        defer { close(full) }
+        _ = fcntl(full, F_SETFL, 0)
+        var most: UInt64 = 0xffff_ffff_ffff_fffe
+        #expect(write(full, &most, 8) == 8)
+        #expect(s.frontEnd.ask(.setVringCall, bytes(UInt64(1)), fds: [full]))
+        #expect(ring.request(GuestRequests.initialize()) == 0)
+        #expect(ring.request(GuestRequests.getattrRoot()) == 0)
         #expect(s.frontEnd.stopRing(1) != nil)
         #expect(s.running.stop())
     }

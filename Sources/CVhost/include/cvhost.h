@@ -39,5 +39,10 @@ int cvhost_wait2(int fd1, int fd2, int timeout_ms);
 /* Reads (drains) an eventfd counter; returns the value or 0. */
 uint64_t cvhost_eventfd_drain(int fd);
 int cvhost_eventfd_signal(int fd);
+/* Whether a descriptor is an eventfd (the only kind a ring's kick, call and
+ * error fds may be: a pipe could block a worker or raise SIGPIPE). */
+int cvhost_is_eventfd(int fd);
+/* Sets O_NONBLOCK (shared with the front end's copy, which QEMU sets anyway). */
+int cvhost_set_nonblocking(int fd);
 
 #endif
