@@ -56,6 +56,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     var queues: [Virtqueue]
     var workers: [Int: (thread: pthread_t, stop: Int32)] = [:]
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
+    /// A worker may take it shared twice (a request the full pool hands back
+    /// runs on the worker): glibc's default rwlock prefers readers, so that
+    /// does not wait behind a writer.
     let memoryLock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
     private var listenFD: Int32 = -1
     /// False for an inherited socket (`--fd`): its path belongs to whoever made it.

@@ -209,3 +209,24 @@ final class RunningBackend: @unchecked Sendable {
         #expect(s.running.stop())
     }
 }
+
+@Suite struct RequestPoolTests {
+    @Test func aFullQueueRunsTheTaskOnTheCaller() {
+        let pool = RequestPool(threads: 1, queueLimit: 2)
+        defer { pool.stop() }
+        let release = DispatchSemaphore(value: 0)
+        let started = DispatchSemaphore(value: 0)
+        pool.submit { started.signal(); release.wait() }
+        started.wait()
+        // The only thread is busy: two tasks wait, the third is the caller's.
+        let ran = Flag()
+        pool.submit {}
+        pool.submit {}
+        let caller = pthread_self()
+        let onCaller = Flag()
+        pool.submit { ran.set(); if pthread_equal(pthread_self(), caller) != 0 { onCaller.set() } }
+        #expect(ran.isSet && onCaller.isSet)
+        release.signal()
+        pool.waitIdle()
+    }
+}
