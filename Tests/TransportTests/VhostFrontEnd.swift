@@ -243,6 +243,25 @@ final class SplitRing: @unchecked Sendable {
         descriptor(1, address: replyAt, length: 0x8000, flags: 2, next: 0)
     }
 
+    /// Writes `message` as chain 0 through an indirect table at `tableAt`
+    /// (guest-physical) that first has `padding` empty descriptors: a valid
+    /// chain that takes the backend long to walk.
+    func placeSlowly(_ message: [UInt8], tableAt: UInt64, padding: Int) {
+        place(message)
+        let table = memory.base + Int(tableAt)
+        func entry(_ i: Int, _ address: UInt64, _ length: UInt32, _ flags: UInt16) {
+            let d = table + 16 * i
+            d.storeBytes(of: address, as: UInt64.self)
+            d.storeBytes(of: length, toByteOffset: 8, as: UInt32.self)
+            d.storeBytes(of: flags, toByteOffset: 12, as: UInt16.self)
+            d.storeBytes(of: UInt16(i + 1), toByteOffset: 14, as: UInt16.self)
+        }
+        for i in 0..<padding { entry(i, requestAt, 0, 1) }
+        entry(padding, requestAt, UInt32(message.count), 1)
+        entry(padding + 1, replyAt, 0x8000, 2)
+        descriptor(0, address: tableAt, length: UInt32(16 * (padding + 2)), flags: 4, next: 0)
+    }
+
     private var requestAt: UInt64 { dataOffset }
     private var replyAt: UInt64 { dataOffset + 0x8000 }
 
