@@ -222,7 +222,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         guard i < Self.queueLimit else { return nil }
         if i >= queues.count {
             logger.notice("the front end uses queue \(i) (\(queues.count - 1) request queue(s) offered): serving it too")
-            queues += (queues.count...i).map { Virtqueue(index: $0) }
+            let eventIndex = ackedFeatures & Self.featureEventIndex != 0
+            queues += (queues.count...i).map { let q = Virtqueue(index: $0); q.eventIndex = eventIndex; return q }
         }
         return queues[i]
     }
@@ -247,7 +248,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         case .setFeatures:
             guard let f = load(0, UInt64.self), f & ~offeredFeatures == 0 else { return .ack(false) }
             ackedFeatures = f
-            for q in queues { q.eventIndex = f & Self.featureEventIndex != 0 }
+            let eventIndex = f & Self.featureEventIndex != 0
+            for q in queues where q.eventIndex != eventIndex { reconfigure(q) { q.eventIndex = eventIndex } }
             return .ack(true)
         case .getProtocolFeatures:
             return u64(offeredProtocol)
