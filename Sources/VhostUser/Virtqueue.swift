@@ -105,6 +105,10 @@ final class Virtqueue: @unchecked Sendable {
         if lastAvailable == availableNow { return nil }
         // More than a ring's worth ahead of what we took: no ring holds that many.
         guard availableNow &- lastAvailable <= size else { broken = true; throw ChainError.overrun }
+        // A chain is in flight from pop to push, and a ring has no more than its
+        // size of them: another means the guest offered one again before it came
+        // back (left alone, that would pile up requests without limit).
+        guard lock.withLock({ lastAvailable &- usedIndex }) < size else { broken = true; throw ChainError.overrun }
         let slot = Int(lastAvailable % size)
         let head = (available + 4 + 2 * slot).loadUnaligned(as: UInt16.self)
         lastAvailable &+= 1

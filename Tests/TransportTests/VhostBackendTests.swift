@@ -270,3 +270,19 @@ final class RunningBackend: @unchecked Sendable {
         pool.waitIdle()
     }
 }
+
+@Suite struct InFlightLimitTests {
+    @Test func aChainOfferedAgainBeforeItCameBackBreaksTheRing() throws {
+        let g = FakeGuest(queueSize: 4)
+        g.descriptor(0, address: g.data, length: 40, flags: Virtqueue.descriptorNext, next: 1)
+        g.descriptor(1, address: g.data + 4096, length: 100, flags: Virtqueue.descriptorWrite, next: 0)
+        // A ring's worth in flight is fine, and each one back makes room for one more.
+        for _ in 0..<4 { g.offer(0); #expect(try g.queue.pop() != nil) }
+        g.queue.push(0, length: 0)
+        g.offer(0)
+        #expect(try g.queue.pop() != nil)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.overrun) { try g.queue.pop() }
+        #expect(g.queue.broken)
+    }
+}
