@@ -125,6 +125,26 @@ final class RunningBackend: @unchecked Sendable {
         #expect(s.running.stop())
     }
 
+    @Test func aGuestKeepingItsRingFullCannotHoldUpShutdown() throws {
+        let s = try connected()
+        let ring = SplitRing(in: s.ram, at: 0)
+        try #require(s.frontEnd.start(ring, queue: 1))
+        ring.placeSlowly(GuestRequests.getattrRoot(), tableAt: 3 * Self.ringSpacing, padding: 1000)
+        let done = Flag()
+        let guestStopped = DispatchSemaphore(value: 0)
+        detachThread {
+            var one: UInt64 = 1
+            _ = write(ring.kick, &one, 8)
+            while !done.isSet { ring.availableIndex = ring.usedIndex &+ ring.size }
+            guestStopped.signal()
+        }
+        usleep(100_000)
+        // The daemon's SIGTERM path: the connection ends, the device is reset.
+        #expect(s.running.stop())
+        done.set()
+        guestStopped.wait()
+    }
+
     @Test func anAvailIndexFarAheadIsABrokenRing() throws {
         let s = try connected()
         let ring = SplitRing(in: s.ram, at: 0)
