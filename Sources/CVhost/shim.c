@@ -2,6 +2,9 @@
 #include <time.h>
 #include "cvhost.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -122,4 +125,23 @@ int cvhost_memfd(const char *name, uint64_t size) {
     if (fd < 0) return -errno;
     if (ftruncate(fd, (off_t)size) != 0) { int e = errno; close(fd); return -e; }
     return fd;
+}
+
+int cvhost_is_eventfd(int fd) {
+    char path[64], target[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n >= 0) {
+        target[n] = 0;
+        return strcmp(target, "anon_inode:[eventfd]") == 0;
+    }
+    /* No /proc (a confined daemon): at least an anonymous inode, never a pipe,
+     * socket or file (writes to the other kinds fail at once). */
+    struct stat st;
+    return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == 0;
+}
+
+int cvhost_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    return flags < 0 ? -errno : (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? -errno : 0);
 }

@@ -22,7 +22,7 @@ final class GuestMemory: @unchecked Sendable {
 
     /// Maps one region: `mmap_offset` bytes into the fd, `size` bytes long.
     static func map(fd: Int32, guestPhysical: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) -> Region? {
-        guard size > 0, size < 1 << 46, mmapOffset < 1 << 46 else { return nil }
+        guard size > 0, size < 1 << 46, mmapOffset < 1 << 46, fileHolds(fd, mmapOffset + size) else { return nil }
         let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
         let alignedOffset = mmapOffset & ~(page - 1)
         let lead = Int(mmapOffset - alignedOffset)
@@ -31,6 +31,16 @@ final class GuestMemory: @unchecked Sendable {
         guard let p, p != MAP_FAILED else { return nil }
         return Region(guestPhysical: guestPhysical, size: size, userAddress: userAddress, mapping: p, mappingSize: length,
                       offsetInMapping: lead)
+    }
+
+    /// A mapping past the end of its file raises SIGBUS when touched: a
+    /// regular file (a memfd, a hugetlbfs file) must be at least that long.
+    static func fileHolds(_ fd: Int32, _ end: UInt64) -> Bool {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return false }
+        guard st.st_mode & S_IFMT == S_IFREG else { return true }
+        guard end <= UInt64(max(0, st.st_size)) else { errno = EINVAL; return false }
+        return true
     }
 
     func unmapAll() {

@@ -12,8 +12,12 @@ final class RequestPool: @unchecked Sendable {
     private var stopping = false
     private var running = 0
     private var threads: [pthread_t] = []
+    /// The most tasks waiting at once: a guest re-offering chains faster than
+    /// they are answered must not grow the queue without end.
+    let queueLimit: Int
 
-    init(threads count: Int) {
+    init(threads count: Int, queueLimit: Int = 256) {
+        self.queueLimit = max(1, queueLimit)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
         for _ in 0..<max(1, count) {
@@ -31,8 +35,15 @@ final class RequestPool: @unchecked Sendable {
         }
     }
 
+    /// Queues a task, or runs it at once on the caller's thread when the queue
+    /// is full (backpressure: the queue worker serves that one itself).
     func submit(_ task: @escaping () -> Void) {
         pthread_mutex_lock(mutex)
+        if tasks.count - head >= queueLimit {
+            pthread_mutex_unlock(mutex)
+            task()
+            return
+        }
         tasks.append(task)
         pthread_cond_signal(condition)
         pthread_mutex_unlock(mutex)

@@ -56,6 +56,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     var queues: [Virtqueue]
     var workers: [Int: (thread: pthread_t, stop: Int32)] = [:]
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
+    /// A worker may take it shared twice (a request the full pool hands back
+    /// runs on the worker): glibc's default rwlock prefers readers, so that
+    /// does not wait behind a writer.
     let memoryLock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
     private var listenFD: Int32 = -1
     /// False for an inherited socket (`--fd`): its path belongs to whoever made it.
@@ -219,7 +222,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         guard i < Self.queueLimit else { return nil }
         if i >= queues.count {
             logger.notice("the front end uses queue \(i) (\(queues.count - 1) request queue(s) offered): serving it too")
-            queues += (queues.count...i).map { Virtqueue(index: $0) }
+            let eventIndex = ackedFeatures & Self.featureEventIndex != 0
+            queues += (queues.count...i).map { let q = Virtqueue(index: $0); q.eventIndex = eventIndex; return q }
         }
         return queues[i]
     }
@@ -236,13 +240,16 @@ public final class VhostUserBackend: @unchecked Sendable {
             closeFDs()
             return .ack(false)
         }
+        // Every fd received is kept or closed: those of a message that takes none now.
+        if !Self.takesFDs(request) { closeFDs() }
         switch request {
         case .getFeatures:
             return u64(offeredFeatures)
         case .setFeatures:
             guard let f = load(0, UInt64.self), f & ~offeredFeatures == 0 else { return .ack(false) }
             ackedFeatures = f
-            for q in queues { q.eventIndex = f & Self.featureEventIndex != 0 }
+            let eventIndex = f & Self.featureEventIndex != 0
+            for q in queues where q.eventIndex != eventIndex { reconfigure(q) { q.eventIndex = eventIndex } }
             return .ack(true)
         case .getProtocolFeatures:
             return u64(offeredProtocol)
@@ -263,18 +270,19 @@ public final class VhostUserBackend: @unchecked Sendable {
         case .setVringNum:
             guard let i = load(0, UInt32.self), let num = load(4, UInt32.self), let q = queue(i),
                   num > 0, num <= 32768, num & (num - 1) == 0 else { return .ack(false) }
-            q.size = UInt16(truncatingIfNeeded: num == 32768 ? 32768 : num)
+            reconfigure(q) { q.size = UInt16(truncatingIfNeeded: num) }
             return .ack(true)
         case .setVringAddr:
             guard let i = load(0, UInt32.self), let q = queue(i), let d = load(8, UInt64.self), let u = load(16, UInt64.self),
                   let a = load(24, UInt64.self) else { return .ack(false) }
-            q.descriptorAddress = d; q.usedAddress = u; q.availableAddress = a
-            readLocked { _ = q.attach(memory) }
+            reconfigure(q) { q.descriptorAddress = d; q.usedAddress = u; q.availableAddress = a }
             return .ack(true)
         case .setVringBase:
             guard let i = load(0, UInt32.self), let base = load(4, UInt32.self), let q = queue(i) else { return .ack(false) }
-            q.lastAvailable = UInt16(truncatingIfNeeded: base)
-            q.usedIndex = UInt16(truncatingIfNeeded: base)
+            reconfigure(q) {
+                q.lastAvailable = UInt16(truncatingIfNeeded: base)
+                q.usedIndex = UInt16(truncatingIfNeeded: base)
+            }
             return .ack(true)
         case .getVringBase:
             guard let i = load(0, UInt32.self) else { return .ack(false) }
@@ -292,7 +300,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         case .setVringKick, .setVringCall, .setVringErr:
             guard let v = load(0, UInt64.self), let q = queue(UInt32(v & 0xff)) else { closeFDs(); return .ack(false) }
             let fd: Int32 = v & 0x100 != 0 ? -1 : (fds.first ?? -1)
-            for extra in fds.dropFirst() { close(extra) }
+            for other in fds where other != fd { close(other) }
+            guard fd < 0 || acceptsEventFD(fd, for: request) else { close(fd); return .ack(false) }
             switch request {
             case .setVringKick:
                 stopWorker(q.index)
@@ -317,15 +326,40 @@ public final class VhostUserBackend: @unchecked Sendable {
             if q.enabled { startWorkerIfReady(q) } else { stopWorker(q.index) }
             return .ack(true)
         case .setBackendReqFD:
-            closeFDs()
             return .ack(true)
         case .getMaxMemSlots:
             return u64(8)
         default:
             logger.warning("vhost-user message \(request) is not supported")
-            closeFDs()
             return .ack(false)
         }
+    }
+
+    /// The messages whose fds are kept (or closed) by their handlers.
+    static func takesFDs(_ request: Request) -> Bool {
+        [.setMemTable, .setVringKick, .setVringCall, .setVringErr].contains(request)
+    }
+
+    /// A kick, call or error fd must be an eventfd, written without blocking:
+    /// a pipe's reader could stop reading (the worker would block) or go away
+    /// (SIGPIPE), and a front end can fill an eventfd's counter.
+    private func acceptsEventFD(_ fd: Int32, for request: Request) -> Bool {
+        guard cvhost_is_eventfd(fd) != 0, cvhost_set_nonblocking(fd) == 0 else {
+            logger.error("vhost-user \(request): descriptor \(fd) is not an eventfd; refused")
+            return false
+        }
+        return true
+    }
+
+    /// Changes a ring's size, addresses or indices: never under a running
+    /// worker (it walks the ring with them), and the ring is checked against
+    /// the memory table again before its worker starts again (if it is
+    /// enabled and kicked, as any ring with a worker is).
+    private func reconfigure(_ q: Virtqueue, _ change: () -> Void) {
+        stopWorker(q.index)
+        change()
+        readLocked { _ = q.attach(memory) }
+        startWorkerIfReady(q)
     }
 
     private func readLocked<T>(_ body: () -> T) -> T {
@@ -359,10 +393,21 @@ public final class VhostUserBackend: @unchecked Sendable {
         let old = memory
         memory = new
         memoryEpoch &+= 1
-        for q in queues where q.size > 0 && q.descriptorAddress != 0 { _ = q.attach(new) }
+        for q in queues { detachIfUncovered(q, by: new) }
         pthread_rwlock_unlock(memoryLock)
         old.unmapAll()
         return true
+    }
+
+    /// Every ring is resolved in a new memory table (none may keep the old
+    /// one's pointers); a running ring it no longer covers is broken until
+    /// the front end sets it up again (memory lock held exclusively).
+    private func detachIfUncovered(_ q: Virtqueue, by memory: GuestMemory) {
+        if !q.attach(memory) && workers[q.index] != nil {
+            logger.error("queue \(q.index): the new memory table does not cover the ring; the queue is stopped")
+            q.broken = true
+            if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
+        }
     }
 
     // MARK: workers
@@ -374,7 +419,13 @@ public final class VhostUserBackend: @unchecked Sendable {
         // The used index in the ring is where the guest expects us to continue.
         if let used = q.used { q.usedIndex = cvhost_load_u16((used + 2).assumingMemoryBound(to: UInt16.self)) }
         q.broken = false
+        q.chainLimit = 2 * server.maxRequestSize
         let stop = cvhost_eventfd()
+        guard stop >= 0 else {
+            // A worker nobody could stop must not start.
+            logger.error("cannot start the worker of queue \(q.index): eventfd: \(String(cString: strerror(errno)))")
+            return
+        }
         let context = Unmanaged.passRetained(WorkerContext(backend: self, queue: q, stop: stop))
         var thread = pthread_t()
         guard pthread_create(&thread, nil, { arg in
@@ -392,8 +443,11 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     private func stopWorker(_ index: Int) {
         guard let w = workers.removeValue(forKey: index) else { return }
+        // The flag stops a worker between chains; the eventfd wakes a sleeping one.
+        queues[index].stopRequested = true
         _ = cvhost_eventfd_signal(w.stop)
         pthread_join(w.thread, nil)
+        queues[index].stopRequested = false
         close(w.stop)
         pool?.waitIdle()
     }
@@ -408,7 +462,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             q.lock.withLock { if q.callFD >= 0 { close(q.callFD) }; q.callFD = -1 }
             q.kickFD = -1; q.errorFD = -1
             q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
-            q.descriptors = nil; q.available = nil; q.used = nil; q.generation &+= 1
+            q.descriptors = nil; q.available = nil; q.used = nil; q.memory = .empty; q.generation &+= 1
         }
         pthread_rwlock_unlock(memoryLock)
         ackedFeatures = 0
@@ -426,7 +480,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         var poll = PollWindow(limit: UInt64(pollMicroseconds) * 1000)
         while true {
             let ready = cvhost_wait2(q.kickFD, stop, 1000)
-            if ready & 2 != 0 { return }
+            if ready & 2 != 0 || q.stopRequested { return }
             if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
             poll.wokeUp(at: cvhost_monotonic_ns())
             // Process everything available, poll a while if the window says so,
@@ -438,6 +492,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 if poll.window > 0 { q.setKicks(enabled: false) }
                 pthread_rwlock_unlock(memoryLock)
                 if poll.limit > 0 { poll.answered(at: cvhost_monotonic_ns()) }
+                if q.stopRequested { return }
                 if poll.window > 0 {
                     let came = pollForMore(q, nanoseconds: poll.window)
                     poll.polled(success: came)
@@ -456,7 +511,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
         let deadline = cvhost_monotonic_ns() + nanoseconds
         while cvhost_monotonic_ns() < deadline {
-            if readLocked({ q.hasMore && !q.broken }) { return true }
+            if readLocked({ q.hasMore && !q.broken }) || q.stopRequested { return true }
             cvhost_cpu_relax()
         }
         return false
@@ -464,7 +519,8 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     /// Handles every chain the guest made available (memory lock held shared).
     private func processAvailable(_ q: Virtqueue) {
-        while !q.broken {
+        var budget = Int(q.size)
+        while q.mayTakeAnother(&budget) {
             let chain: Virtqueue.Chain
             do {
                 guard let c = try q.pop() else { return }

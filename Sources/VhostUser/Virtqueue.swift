@@ -31,20 +31,50 @@ final class Virtqueue: @unchecked Sendable {
     var memory: GuestMemory = .empty
     /// Serializes used-ring updates (deferred replies come from other threads).
     let lock = Mutex()
+    /// The most bytes one chain may describe (request plus reply buffers):
+    /// the backend sets it from the FUSE server's negotiated sizes.
+    var chainLimit = 1 << 26
+    /// Set (before the stop eventfd is signalled) when the control thread
+    /// wants the worker gone: checked between chains, so a guest that keeps
+    /// its ring full cannot keep the worker from stopping.
+    private let stopFlag = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
 
-    init(index: Int) { self.index = index }
+    init(index: Int) {
+        self.index = index
+        stopFlag.initialize(to: 0)
+    }
+
+    deinit { stopFlag.deallocate() }
+
+    var stopRequested: Bool {
+        get { cvhost_load_acquire_i32(stopFlag) != 0 }
+        set { cvhost_store_release_i32(stopFlag, newValue ? 1 : 0) }
+    }
+
+    /// Counts one more chain in a worker's pass: at most a ring's worth per
+    /// pass, and none once a stop is requested or the ring is broken.
+    func mayTakeAnother(_ budget: inout Int) -> Bool {
+        guard !broken, !stopRequested, budget > 0 else { return false }
+        budget -= 1
+        return true
+    }
 
     var ready: Bool { descriptors != nil && available != nil && used != nil && kickFD >= 0 && size > 0 }
 
     /// Resolves the ring addresses (front-end virtual) against the memory table.
+    /// A ring the memory does not wholly cover gets no pointers at all, so
+    /// nothing can walk or write half of it (or an old table's mappings).
     func attach(_ memory: GuestMemory) -> Bool {
         self.memory = memory
-        guard size > 0 else { return false }
         let n = Int(size)
         descriptors = memory.frontEnd(descriptorAddress, 16 * n)
         available = memory.frontEnd(availableAddress, 6 + 2 * n)
         used = memory.frontEnd(usedAddress, 6 + 8 * n)
-        return descriptors != nil && available != nil && used != nil
+        guard size > 0, descriptors != nil, available != nil, used != nil else {
+            descriptors = nil; available = nil; used = nil
+            return false
+        }
+        return true
     }
 
     struct Chain {
@@ -62,7 +92,7 @@ final class Virtqueue: @unchecked Sendable {
         }
     }
 
-    enum ChainError: Error { case badHead, badIndex, loop, badAddress, writableBeforeReadable, badIndirect, tooLarge }
+    enum ChainError: Error { case badHead, badIndex, loop, badAddress, writableBeforeReadable, badIndirect, tooLarge, overrun, detached }
 
     private func availableIndex() -> UInt16 {
         cvhost_load_acquire_u16((available! + 2).assumingMemoryBound(to: UInt16.self))
@@ -71,7 +101,14 @@ final class Virtqueue: @unchecked Sendable {
     /// The next chain the guest made available, or nil when there is none.
     func pop() throws -> Chain? {
         guard let available, descriptors != nil else { return nil }
-        if lastAvailable == availableIndex() { return nil }
+        let availableNow = availableIndex()
+        if lastAvailable == availableNow { return nil }
+        // More than a ring's worth ahead of what we took: no ring holds that many.
+        guard availableNow &- lastAvailable <= size else { broken = true; throw ChainError.overrun }
+        // A chain is in flight from pop to push, and a ring has no more than its
+        // size of them: another means the guest offered one again before it came
+        // back (left alone, that would pile up requests without limit).
+        guard lock.withLock({ lastAvailable &- usedIndex }) < size else { broken = true; throw ChainError.overrun }
         let slot = Int(lastAvailable % size)
         let head = (available + 4 + 2 * slot).loadUnaligned(as: UInt16.self)
         lastAvailable &+= 1
@@ -84,7 +121,8 @@ final class Virtqueue: @unchecked Sendable {
     /// replaced: its buffers are then found in the new mappings (and checked again).
     func walk(_ head: UInt16) throws -> Chain {
         var chain = Chain(head: head)
-        var table = descriptors!
+        guard let descriptors else { throw ChainError.detached }
+        var table = descriptors
         var tableSize = Int(size)
         var index = Int(head)
         var steps = 0
@@ -113,7 +151,7 @@ final class Virtqueue: @unchecked Sendable {
                 continue
             }
             total += length
-            guard total <= 1 << 26 else { throw ChainError.tooLarge }
+            guard total <= chainLimit else { throw ChainError.tooLarge }
             if length > 0 {
                 guard let p = memory.guest(address, length) else { throw ChainError.badAddress }
                 if flags & Self.descriptorWrite != 0 {

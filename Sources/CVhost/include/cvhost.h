@@ -21,6 +21,8 @@ int cvhost_memfd(const char *name, uint64_t size);
 static inline uint16_t cvhost_load_acquire_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void cvhost_store_release_u16(volatile uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint16_t cvhost_load_u16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline int32_t cvhost_load_acquire_i32(const volatile int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void cvhost_store_release_i32(volatile int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void cvhost_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 /* For the polling option: a monotonic clock and a spin-wait hint. */
@@ -41,5 +43,10 @@ int cvhost_wait2(int fd1, int fd2, int timeout_ms);
 /* Reads (drains) an eventfd counter; returns the value or 0. */
 uint64_t cvhost_eventfd_drain(int fd);
 int cvhost_eventfd_signal(int fd);
+/* Whether a descriptor is an eventfd (the only kind a ring's kick, call and
+ * error fds may be: a pipe could block a worker or raise SIGPIPE). */
+int cvhost_is_eventfd(int fd);
+/* Sets O_NONBLOCK (shared with the front end's copy, which QEMU sets anyway). */
+int cvhost_set_nonblocking(int fd);
 
 #endif
