@@ -530,7 +530,7 @@ public final class FileSystem: @unchecked Sendable {
             let commit = !mappings.isEmpty || !writtenRanges.isEmpty || f.needsCommit
             // New blocks must be on stable storage before the pool points at them.
             if commit || flushDevice {
-                try device.engine.performAndFlush(requests)
+                try device.writeDurably(requests)
             } else {
                 try device.engine.perform(requests)
             }
@@ -554,7 +554,7 @@ public final class FileSystem: @unchecked Sendable {
     }
 
     private func flushDeviceOrThrow() throws {
-        do { try device.engine.flush() } catch { throw Errno.ioError }
+        do { try device.flushShared() } catch { throw Errno.ioError }
     }
 
     /// Writes back other files whose locks are free; true if any frame came clean.

@@ -12,6 +12,8 @@ public final class DataDevice: @unchecked Sendable {
     public let size: UInt64
     public let direct: Bool
     public let engine: BlockIOEngine
+    /// Concurrent fsyncs share device flushes through this.
+    public let groupFlush = GroupFlush()
 
     public init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data")) throws {
         self.path = path
@@ -52,6 +54,19 @@ public final class DataDevice: @unchecked Sendable {
     public func close() {
         engine.close()
         Glibc.close(fd)
+    }
+}
+
+extension DataDevice {
+    /// Makes every completed write durable, sharing the flush with concurrent callers.
+    public func flushShared() throws {
+        try groupFlush.flush { try engine.flush() }
+    }
+
+    /// The writes, then a (shared) flush: fsync's path.
+    public func writeDurably(_ requests: [BlockIORequest]) throws {
+        try engine.perform(requests)
+        try flushShared()
     }
 }
 

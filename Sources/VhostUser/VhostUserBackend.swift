@@ -531,7 +531,10 @@ public final class VhostUserBackend: @unchecked Sendable {
                 if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
                 return
             }
-            if let pool, Self.mayBlock(chain) {
+            // Run to completion here unless another request is already waiting
+            // behind one that may block: a hand-over costs two wake-ups, more
+            // than a whole fsync on RAM media.
+            if let pool, Self.mayBlock(chain), q.hasMore {
                 let generation = q.generation, epoch = memoryEpoch
                 pool.submit { [self] in
                     pthread_rwlock_rdlock(memoryLock)
