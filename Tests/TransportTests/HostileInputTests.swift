@@ -14,7 +14,7 @@ final class StubOperations: FUSEOperations, @unchecked Sendable {
     func destroy() {}
     func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry { entry }
     func forget(nodeid: UInt64, count: UInt64) {}
-    func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) { (attrs, 1) }
+    func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) { onGetattr?(); return (attrs, 1) }
     func setattr(_ r: FUSERequest, nodeid: UInt64, _ changes: FUSESetattr) throws -> (FUSEAttributes, Double) { (attrs, 1) }
     func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] { [0x61] }
     func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry { entry }
@@ -31,7 +31,10 @@ final class StubOperations: FUSEOperations, @unchecked Sendable {
     func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int { data.count }
     func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws {}
     func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws {}
-    func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws {}
+    /// Called by FSYNC and GETATTR (tests of where requests run).
+    var onFsync: (@Sendable () -> Void)?
+    var onGetattr: (@Sendable () -> Void)?
+    func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws { onFsync?() }
     func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult { FUSEOpenResult(handle: 1) }
     func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {
         offset > 3 ? [] : [FUSEDirectoryEntry(ino: 2, nextOffset: offset + 1, type: 8, name: Array("name".utf8))]

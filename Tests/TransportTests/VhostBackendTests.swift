@@ -25,8 +25,8 @@ final class RunningBackend: @unchecked Sendable {
     let path = "/tmp/pmfs-vhost-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
     private let finished = DispatchSemaphore(value: 0)
 
-    init() throws {
-        backend = try VhostUserBackend(socketPath: path, server: FUSEServer(operations: StubOperations()))
+    init(operations: StubOperations = StubOperations()) throws {
+        backend = try VhostUserBackend(socketPath: path, server: FUSEServer(operations: operations))
         detachThread { [self] in
             backend.serve()
             finished.signal()
