@@ -6,7 +6,8 @@
 # through restarts and a killed QEMU). Exits non-zero on any failure.
 # PMFS_TEST_SKIP_GUEST=1 skips the guest (it installs QEMU and a Debian kernel).
 # After the Swift tests, a bounded fuzz run (tools/fuzz: the FUSE engine over a
-# real pool, the descriptor walker; about 2 minutes, built in .build-fuzz).
+# real pool, the descriptor walker, the vhost-user control plane; about 2
+# minutes, built in .build-fuzz).
 # PMFS_TEST_SKIP_FUZZ=1 skips it; PMFS_FUZZ_SECONDS sets each target's run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."

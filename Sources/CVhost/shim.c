@@ -72,7 +72,14 @@ int cvhost_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 
 int cvhost_wait2(int fd1, int fd2, int timeout_ms) {
     struct pollfd p[2] = { { fd1, POLLIN, 0 }, { fd2, POLLIN, 0 } };
-    int n = poll(p, 2, timeout_ms);   /* negative descriptors are ignored */
+    /* A signal (a timer, SIGHUP) is not a timeout: wait out the rest. */
+    uint64_t deadline = cvhost_monotonic_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000u;
+    int n;
+    while ((n = poll(p, 2, timeout_ms)) < 0 && errno == EINTR) {   /* negative descriptors are ignored */
+        if (timeout_ms < 0) continue;
+        uint64_t now = cvhost_monotonic_ns();
+        timeout_ms = now >= deadline ? 0 : (int)((deadline - now + 999999u) / 1000000u);
+    }
     if (n < 0) return -errno;
     int mask = 0;
     if (p[0].revents) mask |= 1;

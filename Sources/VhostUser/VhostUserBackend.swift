@@ -285,7 +285,11 @@ public final class VhostUserBackend: @unchecked Sendable {
             }
             return .ack(true)
         case .getVringBase:
-            guard let i = load(0, UInt32.self) else { return .ack(false) }
+            guard let i = load(0, UInt32.self) else {
+                // Owed a reply that cannot be given: the front end is broken.
+                logger.error("GET_VRING_BASE without a queue index; closing the connection")
+                return .close
+            }
             guard let q = queue(i) else {
                 // Always owed a reply: the front end blocks on it.
                 logger.error("GET_VRING_BASE for queue \(i), beyond any queue: answering 0")

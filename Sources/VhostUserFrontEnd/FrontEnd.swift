@@ -90,7 +90,9 @@ public final class VhostUserFrontEnd {
         }
     }
 
-    private static func connect(_ path: String, timeout: Double) throws -> Int32 {
+    /// A connected Unix stream socket to `path`, waiting up to `timeout`
+    /// seconds for a listener to appear there.
+    public static func connect(_ path: String, timeout: Double) throws -> Int32 {
         let deadline = Double(cvhost_monotonic_ns()) / 1e9 + timeout
         while true {
             let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -246,6 +246,17 @@ final class RunningBackend: @unchecked Sendable {
         #expect(s.running.stop())
     }
 
+    /// A reply is owed but cannot be given (no queue index): the connection
+    /// ends rather than leave the front end waiting, and the next one is served.
+    @Test func getVringBaseWithoutAnIndexEndsTheConnection() throws {
+        let s = try connected()
+        s.frontEnd.send(VhostFrontEnd.Request.getVringBase.rawValue)
+        #expect(s.frontEnd.receive() == nil)
+        let next = try #require(VhostFrontEnd.connect(to: s.running.path))
+        #expect(next.negotiate())
+        #expect(s.running.stop())
+    }
+
     @Test func aCallFdThatCannotBeWrittenDoesNotBlockTheQueue() throws {
         let s = try connected()
         let ring = SplitRing(in: s.ram, at: 0)

@@ -2,7 +2,8 @@
 # Builds the libFuzzer targets and runs each for a bounded time:
 #   fuse    FUSEServer.handle in front of the real pmfs operations (tools/fuzz/FUSEDecoderFuzz.swift)
 #   walker  the virtqueue descriptor walker (tools/fuzz/DescriptorWalkerFuzz.swift)
-# Usage: tools/fuzz/run.sh [fuse|walker ...]      (default: both, side by side)
+#   vhost   the vhost-user control plane of a real back end (tools/fuzz/VhostControlFuzz.swift)
+# Usage: tools/fuzz/run.sh [fuse|walker|vhost ...]      (default: all, side by side)
 # PMFS_FUZZ_SECONDS  run time of each target (default 60)
 # PMFS_FUZZ_BUILD_ONLY=1  build, do not run
 # Exits non-zero if a target crashes, leaks, times out or fails to build, and
@@ -22,17 +23,17 @@ out=$scratch/fuzz
 seconds=${PMFS_FUZZ_SECONDS:-60}
 config=${PMFS_FUZZ_CONFIG:-release}
 targets=("$@")
-(( ${#targets[@]} )) || targets=(fuse walker)
+(( ${#targets[@]} )) || targets=(fuse walker vhost)
 
-declare -A source=([fuse]=FUSEDecoderFuzz.swift [walker]=DescriptorWalkerFuzz.swift)
-declare -A modules=([fuse]="PMFSServer PMFSCheck" [walker]="VhostUser")
-declare -A maxlen=([fuse]=8192 [walker]=4096)
+declare -A source=([fuse]=FUSEDecoderFuzz.swift [walker]=DescriptorWalkerFuzz.swift [vhost]=VhostControlFuzz.swift)
+declare -A modules=([fuse]="PMFSServer PMFSCheck" [walker]="VhostUser" [vhost]="PMFSServer VhostUser VhostUserFrontEnd")
+declare -A maxlen=([fuse]=8192 [walker]=4096 [vhost]=2048)
 # The file system keeps state (caches, tables) from input to input, so the
 # per-input leak check would run on nearly every input and cost 10x; leaks are
 # still reported at exit.
-declare -A options=([fuse]="-detect_leaks=0" [walker]="")
+declare -A options=([fuse]="-detect_leaks=0" [walker]="" [vhost]="-detect_leaks=0")
 for t in "${targets[@]}"; do
-    [[ -n ${source[$t]:-} ]] || { echo "fuzz: unknown target '$t' (fuse, walker)" >&2; exit 2; }
+    [[ -n ${source[$t]:-} ]] || { echo "fuzz: unknown target '$t' (fuse, walker, vhost)" >&2; exit 2; }
 done
 
 # 1. The library modules, instrumented. One SwiftPM target per invocation.
