@@ -263,6 +263,13 @@ public struct Export: Sendable {
         if !policy.devices && (type == 0o020000 || type == 0o060000) { throw FUSEError(EPERM) }
     }
 
+    /// File capabilities give privileges on exec as set-id bits do: setting
+    /// them is EPERM where set-id bits are stripped.
+    func requireXattrAllowed(_ name: [UInt8]) throws {
+        if !policy.setID && name == Self.capabilityXattr { throw FUSEError(EPERM) }
+    }
+    static let capabilityXattr = Array("security.capability".utf8)
+
     // MARK: ids
 
     /// The host ids for a caller who creates something. A caller whose guest

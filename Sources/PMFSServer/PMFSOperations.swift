@@ -633,6 +633,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         try run {
             let nodeid = try reference(nodeid)
             try export.requireWritable()
+            try export.requireXattrAllowed(name)
             let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
             try metadata.setxattr(nodeid, name, Array(value), mode: mode)
             changed([.attributes(nodeid)])

@@ -311,6 +311,11 @@ func names(_ ops: PMFSOperations, _ dir: UInt64) throws -> [String: UInt64] {
         chmod.mode = 0o6755
         #expect(try g.setattr(r, nodeid: file.nodeid, chmod).0.mode == 0o100755)
         #expect(try f.pool.metadata.getattr(file.nodeid).mode == 0o100755)
+        // File capabilities are set-id bits by another name.
+        #expect(throws: FUSEError(EPERM)) {
+            try [1, 0, 0, 2].withUnsafeBytes { try g.setxattr(r, nodeid: file.nodeid, name: bytes("security.capability"), value: $0, flags: 0) }
+        }
+        try [1].withUnsafeBytes { try g.setxattr(r, nodeid: file.nodeid, name: bytes("user.note"), value: $0, flags: 0) }
     }
 
     @Test func allowedWhenTheExportSaysSo() throws {
@@ -323,6 +328,7 @@ func names(_ ops: PMFSOperations, _ dir: UInt64) throws -> [String: UInt64] {
         var chmod = FUSESetattr(killSuidGid: false)
         chmod.mode = 0o6755
         #expect(try g.setattr(r, nodeid: file.nodeid, chmod).0.mode == 0o106755)
+        try [1, 0, 0, 2].withUnsafeBytes { try g.setxattr(r, nodeid: file.nodeid, name: bytes("security.capability"), value: $0, flags: 0) }
     }
 
     /// Inheriting a setgid directory's bit is the file system's rule, not the guest's request.
