@@ -82,9 +82,13 @@ import VhostUserFrontEnd
         let firstRun = first.stop()
         try #require(firstRun.status == 0, "\(firstRun.log)")
 
-        // Then one export read-write, one read-only, of /vms/vm1.
-        let second = try Daemon(common + ["--socket", dir + "/vm1.sock,export=/vms/vm1",
-                                          "--socket", dir + "/ro.sock,export=/vms/vm1,read-only,uid-map=0:100000:65536"],
+        // Then one export read-write with id maps, one read-only, of /vms/vm1,
+        // and the host mount, which keeps the whole tree.
+        let mountPoint = dir + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let second = try Daemon(common + ["--mount", mountPoint,
+                                          "--socket", dir + "/vm1.sock,export=/vms/vm1,uid-map=0:100000:65536,gid-map=0:200000:65536",
+                                          "--socket", dir + "/ro.sock,export=/vms/vm1,read-only"],
                                 log: URL(fileURLWithPath: dir + "/second.log"))
         do {
             let (frontEnd, client) = try connect(dir + "/vm1.sock")
@@ -97,17 +101,22 @@ import VhostUserFrontEnd
             #expect(errno { _ = try client.getattr(ids.secret) } == EBADF)
             #expect(errno { _ = try client.getattr(ids.vm1) } == EBADF)
             #expect(errno { _ = try client.lookup(parent: ids.secret, "x") } == EBADF)
-            _ = try client.mkdir(parent: 1, "made")
+            #expect(try client.lookup(parent: 1, "inside").attr.uid == 65534)   // host root is outside the map
+            let made = try client.mkdir(parent: 1, "made")
+            #expect(made.attr.uid == 0 && made.attr.gid == 0)
+            var st = stat()
+            #expect(stat(mountPoint + "/vms/vm1/made", &st) == 0 && st.st_uid == 100_000 && st.st_gid == 200_000)
+            #expect(stat(mountPoint + "/secret", &st) == 0)
 
             let (roFrontEnd, readOnly) = try connect(dir + "/ro.sock")
             #expect(errno { _ = try readOnly.mkdir(parent: 1, "refused") } == EROFS)
             #expect(errno { _ = try readOnly.open(try readOnly.lookup(parent: 1, "inside").nodeid, flags: UInt32(O_WRONLY)) } == EROFS)
-            let made = try readOnly.lookup(parent: 1, "made")
-            #expect(made.nodeid != 0 && made.attr.uid == 65534)   // host root is not in this guest's map
+            #expect(try readOnly.lookup(parent: 1, "made").attr.uid == 100_000)   // no map: host ids as they are
             withExtendedLifetime((frontEnd, roFrontEnd)) {}
         }
         let secondRun = second.stop()
         #expect(secondRun.status == 0, "\(secondRun.log)")
         #expect(secondRun.log.contains("export /vms/vm1, read-only"), "\(secondRun.log)")
+        #expect(secondRun.log.contains("export /vms/vm1, uid map 0:100000:65536, gid map 0:200000:65536"), "\(secondRun.log)")
     }
 }
