@@ -308,3 +308,24 @@ public struct Export: Sendable {
         return v
     }
 }
+
+/// The two checks that need the engine: where ".." leads, and whether a
+/// directory still lies in the export.
+extension PMFSOperations {
+    /// A lookup that cannot leave the export: ".." of the export's directory
+    /// is that directory (as in a chroot), and ".." of a directory the host
+    /// moved out of the export is not answered.
+    func lookupInExport(_ parent: UInt64, _ name: FileName) throws -> InodeAttributes {
+        guard export.confined, name.bytes == [0x2E, 0x2E] else { return try metadata.lookup(parent, name, pin: true) }
+        if parent == export.root { return try metadata.lookup(parent, try fileName([0x2E]), pin: true) }
+        guard try export.contains(directory: parent, metadata) else { throw FUSEError(ENOENT) }
+        return try metadata.lookup(parent, name, pin: true)
+    }
+
+    /// EXDEV when a directory a confined session names lies outside its export
+    /// (the host moved it out while the guest held it): nothing crosses the boundary.
+    func requireInsideExport(_ dirs: UInt64...) throws {
+        guard export.confined else { return }
+        for d in dirs where try !export.contains(directory: d, metadata) { throw FUSEError(EXDEV) }
+    }
+}
