@@ -101,6 +101,18 @@ import VhostUserFrontEnd
             #expect(errno { _ = try client.getattr(ids.secret) } == EBADF)
             #expect(errno { _ = try client.getattr(ids.vm1) } == EBADF)
             #expect(errno { _ = try client.lookup(parent: ids.secret, "x") } == EBADF)
+            // LINK of an outside inode into the export, RENAME out of it by number.
+            var link = fuse_link_in()
+            link.oldnodeid = ids.secret
+            #expect(errno { try client.call(FUSE_LINK, nodeid: 1, FUSEClient.bytes(link) + FUSEClient.name("stolen")) } == EBADF)
+            var rename = fuse_rename_in()
+            rename.newdir = 1   // a name ".." in the root cannot move anything out
+            #expect(errno { try client.call(FUSE_RENAME, nodeid: 1, FUSEClient.bytes(rename) + FUSEClient.name("inside") + FUSEClient.name("..")) } != 0)
+            for outside in [ids.vm1, ids.secret, ids.vm1 &- 1] {
+                rename.newdir = outside
+                #expect(errno { try client.call(FUSE_RENAME, nodeid: 1, FUSEClient.bytes(rename) + FUSEClient.name("inside") + FUSEClient.name("out")) } == EBADF)
+            }
+            #expect(try client.lookup(parent: 1, "inside").nodeid == ids.inside)
             #expect(try client.lookup(parent: 1, "inside").attr.uid == 65534)   // host root is outside the map
             let made = try client.mkdir(parent: 1, "made")
             #expect(made.attr.uid == 0 && made.attr.gid == 0)
