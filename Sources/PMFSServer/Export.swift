@@ -107,7 +107,9 @@ public struct ExportPolicy: Sendable, Equatable {
 
     /// The host mount: the whole tree, anything goes (the host kernel is trusted).
     public static let host = ExportPolicy(devices: true, setID: true)
-    /// A guest socket without options: the whole tree, no device nodes, no set-id bits.
+    /// A guest socket's starting point: the whole tree, no device nodes, no
+    /// set-id bits (GuestListenerSpec.settleSharing allows both where one guest
+    /// alone serves the export).
     public static let guest = ExportPolicy(devices: false, setID: false)
 
     /// Parses the comma-separated options after a socket path or fd:
@@ -173,11 +175,38 @@ public struct ExportPolicy: Sendable, Equatable {
 public struct GuestListenerSpec: Sendable, Equatable {
     public var target: String
     public var policy: ExportPolicy
+    /// Whether devices= and setid= were given (else `settleSharing` decides).
+    public var namesDevices = false
+    public var namesSetID = false
 
     public static func parse(_ text: String) throws(ExportError) -> GuestListenerSpec {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
         guard let first = parts.first, !first.isEmpty else { throw ExportError("'\(text)': the socket path or fd comes first") }
-        return GuestListenerSpec(target: String(first), policy: try ExportPolicy.parse(options: Array(parts.dropFirst())))
+        let options = Array(parts.dropFirst())
+        var spec = GuestListenerSpec(target: String(first), policy: try ExportPolicy.parse(options: options))
+        spec.namesDevices = options.contains { $0.hasPrefix("devices=") }
+        spec.namesSetID = options.contains { $0.hasPrefix("setid=") }
+        return spec
+    }
+
+    /// Device nodes and set-id bits where the options do not say: allowed on
+    /// an export that one guest alone serves (it is then that VM's own disk,
+    /// as with virtiofsd), refused and stripped on a tree several guests share,
+    /// so one VM's root cannot plant a set-uid shell or a device node for
+    /// another VM's users.
+    public static func settleSharing(_ specs: inout [GuestListenerSpec]) {
+        for i in specs.indices {
+            let shared = specs.indices.contains { $0 != i && Self.overlap(specs[$0].policy.path, specs[i].policy.path) }
+            if !specs[i].namesDevices { specs[i].policy.devices = !shared }
+            if !specs[i].namesSetID { specs[i].policy.setID = !shared }
+        }
+    }
+
+    /// Whether one export directory lies inside the other (or is it).
+    static func overlap(_ a: String, _ b: String) -> Bool {
+        func parts(_ p: String) -> [Substring] { p.split(separator: "/") }
+        let (x, y) = (parts(a), parts(b))
+        return x.starts(with: y) || y.starts(with: x)
     }
 }
 

@@ -228,21 +228,25 @@ extension Pmfsd {
     /// The guest sockets and descriptors with their export policies, from
     /// `PATH[,option...]` and `N[,option...]`.
     static func listeners(sockets: [String], fds: [String]) throws -> [(Listener, ExportPolicy)] {
-        var all: [(Listener, ExportPolicy)] = []
+        var listeners: [Listener] = []
+        var specs: [GuestListenerSpec] = []
         for text in sockets {
             do {
                 let spec = try GuestListenerSpec.parse(text)
-                all.append((.path(spec.target), spec.policy))
+                listeners.append(.path(spec.target))
+                specs.append(spec)
             } catch { throw ExportError("--socket \(text): \(error)") }
         }
         for text in fds {
             do {
                 let spec = try GuestListenerSpec.parse(text)
                 guard let n = Int32(spec.target), n >= 0 else { throw ExportError("'\(spec.target)' is not a descriptor number") }
-                all.append((.descriptor(n), spec.policy))
+                listeners.append(.descriptor(n))
+                specs.append(spec)
             } catch { throw ExportError("--fd \(text): \(error)") }
         }
-        return all
+        GuestListenerSpec.settleSharing(&specs)
+        return Array(zip(listeners, specs.map(\.policy)))
     }
 
     /// One line for the log: what the guest sees and may do.

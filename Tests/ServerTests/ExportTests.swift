@@ -373,6 +373,24 @@ func names(_ ops: PMFSOperations, _ dir: UInt64) throws -> [String: UInt64] {
         #expect(try GuestListenerSpec.parse("3,export=/a,devices=deny,setid=strip").policy == ExportPolicy(path: "/a", devices: false, setID: false))
     }
 
+    /// Unnamed device and set-id policy: allowed where one guest alone serves
+    /// the export, denied where guests' exports overlap; named ones stay.
+    @Test func sharedExportsDenyDevicesAndSetIDUnlessTold() throws {
+        var specs = try ["/a.sock", "/b.sock,export=/vms/b", "/c.sock,export=/vms/b/inner", "/d.sock,export=/vms/d,devices=deny",
+                         "/e.sock,export=/vms/e", "/f.sock,export=/vms/e,setid=allow", "/g.sock,export=/vms/bb"].map(GuestListenerSpec.parse)
+        specs.removeFirst()   // the whole tree would overlap every other export
+        GuestListenerSpec.settleSharing(&specs)
+        let policies = specs.map { ($0.policy.devices, $0.policy.setID) }
+        #expect(policies.map(\.0) == [false, false, false, false, false, true])
+        #expect(policies.map(\.1) == [false, false, true, false, true, true])
+        var alone = [try GuestListenerSpec.parse("/a.sock")]
+        GuestListenerSpec.settleSharing(&alone)
+        #expect(alone[0].policy.devices && alone[0].policy.setID)
+        var whole = try ["/a.sock", "/b.sock,export=/vms/b"].map(GuestListenerSpec.parse)
+        GuestListenerSpec.settleSharing(&whole)
+        #expect(whole.allSatisfy { !$0.policy.devices && !$0.policy.setID })
+    }
+
     @Test(arguments: [
         ("/s,bogus", "unknown option 'bogus'"),
         ("/s,export=relative", "absolute path"),

@@ -24,9 +24,7 @@ tag=$(basename "$sock" .sock)-$$
 pool=${PMFS_GUEST_POOL_DIR:-/dev/shm}/pmfs-guest-$tag.pool
 data=${PMFS_GUEST_DATA_DIR:-$(dirname "$dir")}/pmfs-guest-$tag.data
 "$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size "${PMFS_GUEST_DATA_SIZE:-2G}" -q ${PMFS_GUEST_MKFS_ARGS:-}
-# setid=allow: the posix workload checks chmod 4755/2755 as on a local file
-# system (and as virtiofsd keeps them); guest sockets strip set-id bits by default.
-"$bin/pmfsd" --pool "$pool" --data "$data" --socket "$sock,setid=allow" --queues "${PMFS_GUEST_QUEUES:-1}" --log-level "${PMFS_LOG_LEVEL:-notice}" ${PMFS_GUEST_PMFSD_ARGS:-} "$@" \
+"$bin/pmfsd" --pool "$pool" --data "$data" --socket "$sock" --queues "${PMFS_GUEST_QUEUES:-1}" --log-level "${PMFS_LOG_LEVEL:-notice}" ${PMFS_GUEST_PMFSD_ARGS:-} "$@" \
     >"$sock.log" 2>&1 </dev/null &
 pid=$!
 ( while kill -0 "$pid" 2>/dev/null; do sleep 1; done; rm -f "$pool" "$data" ) >/dev/null 2>&1 </dev/null &
