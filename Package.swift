@@ -170,7 +170,7 @@ let package = Package(
         // Malformed FUSE messages and hostile descriptor chains.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd"]
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "Pmfsd", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(

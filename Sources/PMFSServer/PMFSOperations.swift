@@ -74,13 +74,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     let session: UInt64
 
     let group: SessionGroup
+    /// What this session sees (nodeid 1 is the export's directory) and may do (Export.swift).
+    public let export: Export
 
     /// `group` is shared by every session serving the same file system (the
     /// host mount and each guest): their locks conflict as they should and
     /// their kernels hear of each other's changes.
     public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), limits: Limits = Limits(),
-                logger: Logger = Logger(label: "pmfs.fuse")) {
+                export: Export = .wholeTree, logger: Logger = Logger(label: "pmfs.fuse")) {
         self.limits = limits
+        self.export = export
         self.metadata = metadata
         self.fs = fs
         self.logger = logger
@@ -149,10 +152,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         do { return try FileName(bytes: bytes) } catch { throw FUSEError(error.rawValue) }
     }
 
+    /// Attributes as this session's peer sees them (its node IDs and ids).
     func attributes(_ a: InodeAttributes) -> FUSEAttributes {
-        FUSEAttributes(ino: a.ino, size: a.size, blocks: a.blocks, atime: (a.atime.seconds, a.atime.nanoseconds),
+        export.guestView(FUSEAttributes(ino: a.ino, size: a.size, blocks: a.blocks, atime: (a.atime.seconds, a.atime.nanoseconds),
                        mtime: (a.mtime.seconds, a.mtime.nanoseconds), ctime: (a.ctime.seconds, a.ctime.nanoseconds),
-                       mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, rdev: UInt32(truncatingIfNeeded: a.rdev), blockSize: 4096)
+                       mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, rdev: UInt32(truncatingIfNeeded: a.rdev), blockSize: 4096))
     }
 
     /// An entry for a pinned inode, with the attributes readers should see.
@@ -167,18 +171,21 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         // Read again after counting the reference: a change by another session
         // either shows here or finds the count and sends an invalidation.
         let merged = a.type == .regular ? try fs.getattr(a.ino) : try metadata.getattr(a.ino)
-        return FUSEEntry(nodeid: a.ino, generation: a.generation, attributes: attributes(merged),
+        return FUSEEntry(nodeid: export.nodeid(a.ino), generation: a.generation, attributes: attributes(merged),
                          entryTimeout: entryTimeout, attributeTimeout: attributeTimeout)
     }
 
-    /// Owner of a new inode: the caller, with the group of a setgid directory.
+    /// Owner of a new inode: the caller (in host ids), with the group of a
+    /// setgid directory; set-id bits the export does not allow are dropped.
     func owner(_ r: FUSERequest, parent: UInt64, mode: UInt32) throws -> (uid: UInt32, gid: UInt32, mode: UInt32) {
+        let caller = try export.hostOwner(uid: r.uid, gid: r.gid)
+        let mode = export.admitted(mode: mode)
         let p = try metadata.getattr(parent)
         if p.mode & ModeBits.setGID != 0 {
             let isDir = mode & ModeBits.typeMask == ModeBits.directory
-            return (r.uid, p.gid, isDir ? mode | ModeBits.setGID : mode)
+            return (caller.uid, p.gid, isDir ? mode | ModeBits.setGID : mode)
         }
-        return (r.uid, r.gid, mode)
+        return (caller.uid, caller.gid, mode)
     }
 
     /// EMFILE when the session has as many handles open as it may. Checked
@@ -202,13 +209,18 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     func handle(_ id: UInt64) -> Handle? { handles.withLock { $0.table[id] } }
 
-    /// A node ID must be one this session's kernel holds a reference for (or
-    /// the root), as virtiofsd requires: otherwise a guest could name any inode
-    /// number, another session's unlinked-but-open file included, and LINK it
-    /// back into the tree. EBADF otherwise.
-    func requireReference(_ ino: UInt64) throws {
-        guard ino == UInt64(FUSE_ROOT_ID) || lookups.withLock({ ($0[ino] ?? 0) > 0 }) else { throw FUSEError(EBADF) }
+    /// The inode a node ID names. It must be one this session's kernel holds
+    /// a reference for, or the root (nodeid 1: the export's directory), as
+    /// virtiofsd requires: otherwise a guest could name any inode number,
+    /// another session's unlinked-but-open file or a file outside its export
+    /// included, and LINK it into its tree. EBADF otherwise; the export
+    /// directory's own inode number is only ever spoken as 1.
+    func reference(_ nodeid: UInt64) throws -> UInt64 {
+        if nodeid == UInt64(FUSE_ROOT_ID) { return export.root }
+        guard nodeid != export.root, lookups.withLock({ ($0[nodeid] ?? 0) > 0 }) else { throw FUSEError(EBADF) }
+        return nodeid
     }
+
 
     enum HandleUse { case read, write }
 
@@ -254,12 +266,13 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry {
         try run {
-            try requireReference(parent)
-            return try entry(try metadata.lookup(parent, try fileName(name), pin: true))
+            let parent = try reference(parent)
+            return try entry(try lookupInExport(parent, try fileName(name)))
         }
     }
 
     public func forget(nodeid: UInt64, count: UInt64) {
+        let nodeid = export.inode(nodeid)
         let dropped: UInt64 = lookups.withLock { table in
             let held = table[nodeid] ?? 0
             let n = min(held, count)
@@ -274,19 +287,21 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             return (attributes(try fs.getattr(nodeid)), attributeTimeout)
         }
     }
 
     public func setattr(_ r: FUSERequest, nodeid: UInt64, _ c: FUSESetattr) throws -> (FUSEAttributes, Double) {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
+            try export.requireWritable()
             try Self.requireValidNanoseconds(c)
             let current = try metadata.getattr(nodeid)
             var changes = AttributeChanges()
-            var mode = c.mode.map { $0 & 0o7777 }
-            if (c.uid != nil && c.uid != current.uid) || (c.gid != nil && c.gid != current.gid) || c.killSuidGid {
+            var mode = c.mode.map { export.admitted(mode: $0 & 0o7777) }
+            let uid = try export.hostID(uid: c.uid), gid = try export.hostID(gid: c.gid)
+            if (uid != nil && uid != current.uid) || (gid != nil && gid != current.gid) || c.killSuidGid {
                 // chown, and truncate/write with KILL_SUIDGID, clear set-ID bits of non-directories.
                 if current.type != .directory {
                     var m = mode ?? current.permissions
@@ -296,8 +311,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                 }
             }
             changes.mode = mode
-            changes.uid = c.uid
-            changes.gid = c.gid
+            changes.uid = uid
+            changes.gid = gid
             switch c.atime {
             case .now: changes.atime = Timestamp.now()
             case .set(let s, let ns): changes.atime = Timestamp(seconds: s, nanoseconds: ns)
@@ -328,14 +343,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             return try metadata.readlink(nodeid)
         }
     }
 
     public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
             let o = try owner(r, parent: parent, mode: ModeBits.symlink | 0o777)
             let e = try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -345,7 +361,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
+            try export.requireNodeAllowed(mode: mode)
             let o = try owner(r, parent: parent, mode: mode)
             let e = try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -355,7 +373,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
             let o = try owner(r, parent: parent, mode: ModeBits.directory | (mode & 0o7777))
             let e = try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -365,7 +384,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
             let victim = inodeNamed(parent, name)
             try metadata.unlink(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)] + (victim.map { [.attributes($0)] } ?? []))
@@ -374,7 +394,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
             try metadata.rmdir(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
         }
@@ -382,7 +403,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws {
         try run {
-            try requireReference(parent); try requireReference(newParent)
+            let parent = try reference(parent), newParent = try reference(newParent)
+            try export.requireWritable()
+            try requireInsideExport(parent, newParent)
             guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
             let moved = inodeNamed(parent, name), replaced = inodeNamed(newParent, newName)
             try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
@@ -393,7 +416,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry {
         try run {
-            try requireReference(nodeid); try requireReference(newParent)
+            let nodeid = try reference(nodeid), newParent = try reference(newParent)
+            try export.requireWritable()
+            try requireInsideExport(newParent)
             let e = try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true))
             changed([.entry(parent: newParent, name: newName), .attributes(newParent), .attributes(nodeid)])
             return e
@@ -404,7 +429,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
+            let f = Int32(bitPattern: flags)
+            if f & O_ACCMODE != O_RDONLY || f & O_TRUNC != 0 { try export.requireWritable() }
             try requireHandleSlot()
             let a = try metadata.getattr(nodeid)
             switch a.type {
@@ -412,7 +439,6 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             case .regular: break
             default: throw FUSEError(EINVAL)   // the kernel opens device nodes and fifos itself
             }
-            let f = Int32(bitPattern: flags)
             if f & O_TRUNC != 0 && f & O_ACCMODE != O_RDONLY {
                 if killSuidGid { try killPrivileges(nodeid) }
                 _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
@@ -424,7 +450,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
             try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a: InodeAttributes
@@ -468,7 +495,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
         try run {
-            try requireReference(parent)
+            let parent = try reference(parent)
+            try export.requireWritable()
             try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
@@ -479,6 +507,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try run {
+            let nodeid = export.inode(nodeid)
             _ = try openFile(handle, on: nodeid, for: .read)
             let n = try fs.read(nodeid, offset: offset, into: buffer)
             try noteAccess(nodeid)
@@ -488,6 +517,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
         try run {
+            let nodeid = export.inode(nodeid)
             _ = try openFile(handle, on: nodeid, for: .read)
             let n = try fs.read(nodeid, offset: offset, into: segments)
             try noteAccess(nodeid)
@@ -501,6 +531,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
         try run {
+            let nodeid = export.inode(nodeid)
+            try export.requireWritable()
             let openFlags = Int32(bitPattern: try openFile(handle, on: nodeid, for: .write).flags)
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
             let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
@@ -512,24 +544,25 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws {
         // close(2) of any descriptor drops the process's POSIX locks on the file.
-        locks.releasePosix(ino: nodeid, owner: lockOwner, session: session)
+        locks.releasePosix(ino: export.inode(nodeid), owner: lockOwner, session: session)
     }
 
     public func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws {
+        let nodeid = export.inode(nodeid)
         if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0 { locks.releaseFlock(ino: nodeid, owner: lockOwner, session: session) }
         locks.releaseHandle(ino: nodeid, handle: handle, session: session)
         _ = handles.withLock { $0.table.removeValue(forKey: handle) }
     }
 
     public func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws {
-        try run { try fs.fsync(nodeid, dataOnly: dataOnly) }
+        try run { try fs.fsync(export.inode(nodeid), dataOnly: dataOnly) }
     }
 
     // MARK: directories
 
     public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             try requireHandleSlot()
             guard try metadata.getattr(nodeid).type == .directory else { throw FUSEError(ENOTDIR) }
             return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: true)))
@@ -538,17 +571,19 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             if offset == 0 { try metadata.noteAccess(nodeid) }
             return try metadata.readdir(nodeid, cookie: offset, limit: limit).map {
-                FUSEDirectoryEntry(ino: $0.ino, nextOffset: $0.nextCookie, type: UInt32($0.type.rawValue), name: $0.name)
+                // The export's ".." is itself, as lookup answers.
+                let ino = nodeid == export.root && $0.name == [0x2E, 0x2E] ? export.root : $0.ino
+                return FUSEDirectoryEntry(ino: export.nodeid(ino), nextOffset: $0.nextCookie, type: UInt32($0.type.rawValue), name: $0.name)
             }
         }
     }
 
     public func readdirplusEntry(_ r: FUSERequest, parent: UInt64, entry e: FUSEDirectoryEntry) throws -> FUSEEntry? {
         do {
-            return try run { try entry(try metadata.lookup(parent, try fileName(e.name), pin: true)) }
+            return try run { try entry(try lookupInExport(export.inode(parent), try fileName(e.name))) }
         } catch let error as FUSEError where error.errno == ENOENT {
             return nil   // removed since the listing was read
         }
@@ -580,7 +615,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
+            try export.requireWritable()
+            try export.requireXattrAllowed(name)
             let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
             try metadata.setxattr(nodeid, name, Array(value), mode: mode)
             changed([.attributes(nodeid)])
@@ -589,21 +626,22 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func getxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws -> [UInt8] {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             return try metadata.getxattr(nodeid, name)
         }
     }
 
     public func listxattr(_ r: FUSERequest, nodeid: UInt64) throws -> [[UInt8]] {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             return try metadata.listxattr(nodeid)
         }
     }
 
     public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
+            try export.requireWritable()
             try metadata.removexattr(nodeid, name)
             changed([.attributes(nodeid)])
         }
@@ -613,15 +651,18 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// may do anything but execute a file with no execute bit.
     public func access(_ r: FUSERequest, nodeid: UInt64, mask: UInt32) throws {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             let a = try metadata.getattr(nodeid)
             let want = mask & 7
             if want == 0 { return }
+            if want & 2 != 0 { try export.requireWritable() }
+            // The guest's root is root in its export; owners compare in host ids.
             if r.uid == 0 {
                 if want & 1 != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
                 return
             }
-            let bits: UInt32 = r.uid == a.uid ? (a.mode >> 6) & 7 : (r.gid == a.gid ? (a.mode >> 3) & 7 : a.mode & 7)
+            let caller = export.hostCaller(uid: r.uid, gid: r.gid)
+            let bits: UInt32 = caller.uid == a.uid ? (a.mode >> 6) & 7 : (caller.gid == a.gid ? (a.mode >> 3) & 7 : a.mode & 7)
             guard bits & want == want else { throw FUSEError(EACCES) }
         }
     }
@@ -635,7 +676,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock {
-        try requireReference(nodeid)
+        let nodeid = try reference(nodeid)
         if let c = locks.test(ino: nodeid, held(owner, lock, flock: flock)) {
             return FUSELock(start: c.start, end: c.end, type: c.type, pid: c.pid)
         }
@@ -646,7 +687,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                       reply: @escaping @Sendable (Int32) -> Void) {
         guard lock.type == F_RDLCK || lock.type == F_WRLCK || lock.type == F_UNLCK else { reply(EINVAL); return }
         guard lock.start <= lock.end else { reply(EINVAL); return }
-        guard (try? requireReference(nodeid)) != nil else { reply(EBADF); return }
+        guard let nodeid = try? reference(nodeid) else { reply(EBADF); return }
         let limits = LockManager.Limits(records: self.limits.lockRecords, waiters: self.limits.lockWaiters)
         locks.set(ino: nodeid, unique: r.unique, held(owner, lock, flock: flock, handle: handle), wait: wait, limits: limits) { [logger, session] error in
             if error == ENOLCK { logger.warning("session \(session): lock record or waiter limit reached: ENOLCK") }
@@ -662,6 +703,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws {
         try run {
+            let nodeid = export.inode(nodeid)
+            try export.requireWritable()
             _ = try openFile(handle, on: nodeid, for: .write)
             try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length)
             changed([.contents(nodeid)])
@@ -670,7 +713,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
         try run {
-            try requireReference(nodeid)
+            let nodeid = try reference(nodeid)
             switch Int32(bitPattern: whence) {
             case 3: return try fs.seek(nodeid, from: offset, to: .data)   // SEEK_DATA
             case 4: return try fs.seek(nodeid, from: offset, to: .hole)   // SEEK_HOLE
@@ -683,6 +726,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
                               toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 {
         try run {
             guard flags == 0 else { throw FUSEError(EINVAL) }
+            let nodeid = export.inode(nodeid), toNode = export.inode(toNode)
+            try export.requireWritable()
             _ = try openFile(handle, on: nodeid, for: .read)
             _ = try openFile(toHandle, on: toNode, for: .write)
             let n = try fs.copyFileRange(from: nodeid, offset: offset, to: toNode, offset: toOffset, length: min(length, 1 << 30))

@@ -26,11 +26,11 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Mount the file system here on the host (/dev/fuse).")
     var mount: String?
 
-    @Option(help: "Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path); repeat it to share the file system with several VMs at once.")
+    @Option(help: ArgumentHelp("Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path); repeat it to share the file system with several VMs at once. Export options may follow, comma-separated: export=DIR (the guest's root, a directory in the file system), read-only, uid-map=GUEST:HOST:COUNT, gid-map=GUEST:HOST:COUNT (repeatable), devices=allow|deny, setid=allow|strip.", valueName: "path[,option...]"))
     var socket: [String] = []
 
-    @Option(help: "Serve a guest on this already listening socket descriptor (as libvirt passes it); may be repeated.")
-    var fd: [Int32] = []
+    @Option(help: ArgumentHelp("Serve a guest on this already listening socket descriptor (as libvirt passes it); may be repeated; the same export options as --socket.", valueName: "n[,option...]"))
+    var fd: [String] = []
 
     @Option(help: "Group allowed to connect to --socket (mode 0660); by default only root can.")
     var socketGroup: String?
@@ -101,7 +101,10 @@ struct Pmfsd: ParsableCommand {
         guard mount != nil || !socket.isEmpty || !fd.isEmpty else {
             throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both")
         }
-        guard Set(socket).count == socket.count else { throw ValidationError("--socket: each path once") }
+        let guestListeners: [(Listener, ExportPolicy)]
+        do { guestListeners = try Self.listeners(sockets: socket, fds: fd) } catch { throw failure(error) }
+        let socketPaths = guestListeners.compactMap { if case .path(let p) = $0.0 { p } else { nil } }
+        guard Set(socketPaths).count == socketPaths.count else { throw ValidationError("--socket: each path once") }
         var socketGID: gid_t? = nil
         if let socketGroup {
             guard !socket.isEmpty else { throw ValidationError("--socket-group needs --socket") }
@@ -126,6 +129,12 @@ struct Pmfsd: ParsableCommand {
             if metadata.recoveredFromUncleanShutdown {
                 logger.notice("recovered after an unclean stop: \(metadata.reclaimedOrphans) orphan(s) reclaimed")
             }
+            // Every export directory must exist before anything is served.
+            let exports: [Export]
+            do { exports = try guestListeners.map { try Export.open($0.1, in: metadata) } } catch {
+                try? metadata.close()
+                throw failure(error)
+            }
             let device = try DataDevice(path: data, engine: engine)
             var options = FileSystem.Options()
             options.cacheBytes = cacheBytes
@@ -146,8 +155,8 @@ struct Pmfsd: ParsableCommand {
             // One back end per socket: each VM is a FUSE session of its own.
             var guests: [VhostUserBackend] = []
             var guestThreads: [Thread] = []
-            for listener in socket.map({ Listener.path($0) }) + fd.map({ Listener.descriptor($0) }) {
-                let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
+            for ((listener, _), export) in zip(guestListeners, exports) {
+                let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions, export: export)
                 operations.setCachePolicy(cachePolicy)
                 var offered = FUSEServer.defaultCapabilities | (writeback ? FUSEServer.writebackCache : 0)
                 if guestLocks == "local" { offered &= ~FUSEServer.remoteLocks }
@@ -166,7 +175,7 @@ struct Pmfsd: ParsableCommand {
                 backend.onSessionEnd = { operations.endSession() }
                 guests.append(backend)
                 guestThreads.append(Thread { backend.serve() })
-                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache), locks \(guestLocks)\(writeback ? ", writeback" : ""))")
+                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache), locks \(guestLocks)\(writeback ? ", writeback" : ""), \(Self.describe(export.policy)))")
             }
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 
@@ -212,6 +221,43 @@ struct Pmfsd: ParsableCommand {
         } catch let e as DataDeviceError {
             throw failure(e)
         }
+    }
+}
+
+extension Pmfsd {
+    /// The guest sockets and descriptors with their export policies, from
+    /// `PATH[,option...]` and `N[,option...]`.
+    static func listeners(sockets: [String], fds: [String]) throws -> [(Listener, ExportPolicy)] {
+        var listeners: [Listener] = []
+        var specs: [GuestListenerSpec] = []
+        for text in sockets {
+            do {
+                let spec = try GuestListenerSpec.parse(text)
+                listeners.append(.path(spec.target))
+                specs.append(spec)
+            } catch { throw ExportError("--socket \(text): \(error)") }
+        }
+        for text in fds {
+            do {
+                let spec = try GuestListenerSpec.parse(text)
+                guard let n = Int32(spec.target), n >= 0 else { throw ExportError("'\(spec.target)' is not a descriptor number") }
+                listeners.append(.descriptor(n))
+                specs.append(spec)
+            } catch { throw ExportError("--fd \(text): \(error)") }
+        }
+        GuestListenerSpec.settleSharing(&specs)
+        return Array(zip(listeners, specs.map(\.policy)))
+    }
+
+    /// One line for the log: what the guest sees and may do.
+    static func describe(_ p: ExportPolicy) -> String {
+        var parts = ["export \(p.path)"]
+        if p.readOnly { parts.append("read-only") }
+        if !p.uids.isIdentity { parts.append("uid map " + p.uids.ranges.map { "\($0.guest):\($0.host):\($0.count)" }.joined(separator: ",")) }
+        if !p.gids.isIdentity { parts.append("gid map " + p.gids.ranges.map { "\($0.guest):\($0.host):\($0.count)" }.joined(separator: ",")) }
+        parts.append(p.devices ? "devices allowed" : "no devices")
+        parts.append(p.setID ? "set-id allowed" : "set-id stripped")
+        return parts.joined(separator: ", ")
     }
 }
 

@@ -1,0 +1,134 @@
+import CFUSE
+import Foundation
+import Glibc
+import Testing
+import VhostUserFrontEnd
+
+/// pmfsd itself, with a real pool, serving guest sockets with exports; the
+/// VhostUserFrontEnd plays QEMU and the guest's virtiofs driver.
+@Suite(.serialized) struct ExportEndToEndTests {
+    /// The built executables sit beside the test binary.
+    static let products: String = {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        let exe = String(decoding: buffer[..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return (exe as NSString).deletingLastPathComponent
+    }()
+
+    final class Daemon {
+        let process = Process()
+        let log: URL
+        init(_ arguments: [String], log: URL) throws {
+            self.log = log
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            process.executableURL = URL(fileURLWithPath: ExportEndToEndTests.products + "/pmfsd")
+            process.arguments = arguments
+            var env = ProcessInfo.processInfo.environment
+            env["PMEM_IS_PMEM_FORCE"] = "1"
+            process.environment = env
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = try FileHandle(forWritingTo: log)
+            try process.run()
+        }
+        /// SIGTERM and the exit status; the daemon's log.
+        func stop() -> (status: Int32, log: String) {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+            return (process.terminationStatus, (try? String(contentsOf: log, encoding: .utf8)) ?? "")
+        }
+    }
+
+    func connect(_ socket: String) throws -> (VhostUserFrontEnd, FUSEClient) {
+        let frontEnd = try VhostUserFrontEnd(socketPath: socket)
+        let client = FUSEClient(frontEnd)
+        _ = try client.initialize()
+        return (frontEnd, client)
+    }
+
+    func errno(_ body: () throws -> Void) -> Int32 {
+        do { try body(); return 0 } catch let f as FUSEClient.Failure { return f.errno } catch { return -1 }
+    }
+
+    @Test func aGuestSocketWithAnExportSeesOnlyItsExport() throws {
+        let dir = "/dev/shm/pmfs-export-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let pool = dir + "/fs.pool", data = dir + "/fs.data"
+        let mkfs = Process()
+        mkfs.executableURL = URL(fileURLWithPath: Self.products + "/mkfs.pmfs")
+        mkfs.arguments = ["--pool", pool, "--data", data, "--data-size", "64M", "--quiet"]
+        mkfs.environment = ["PMEM_IS_PMEM_FORCE": "1"]
+        try mkfs.run()
+        mkfs.waitUntilExit()
+        try #require(mkfs.terminationStatus == 0)
+        let common = ["--pool", pool, "--data", data, "--io-engine", "threads"]
+
+        // First the whole tree, through a plain guest socket: /vms/vm1/inside and /secret.
+        var ids: (vm1: UInt64, inside: UInt64, secret: UInt64) = (0, 0, 0)
+        let first = try Daemon(common + ["--socket", dir + "/all.sock"], log: URL(fileURLWithPath: dir + "/first.log"))
+        do {
+            let (frontEnd, client) = try connect(dir + "/all.sock")
+            let vms = try client.mkdir(parent: 1, "vms").nodeid
+            ids.vm1 = try client.mkdir(parent: vms, "vm1").nodeid
+            let inside = try client.create(parent: ids.vm1, "inside")
+            try client.release(inside.entry.nodeid, handle: inside.handle)
+            ids.inside = inside.entry.nodeid
+            let secret = try client.create(parent: 1, "secret")
+            try client.release(secret.entry.nodeid, handle: secret.handle)
+            ids.secret = secret.entry.nodeid
+            withExtendedLifetime(frontEnd) {}
+        }
+        let firstRun = first.stop()
+        try #require(firstRun.status == 0, "\(firstRun.log)")
+
+        // Then one export read-write with id maps, one read-only, of /vms/vm1,
+        // and the host mount, which keeps the whole tree.
+        let mountPoint = dir + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let second = try Daemon(common + ["--mount", mountPoint,
+                                          "--socket", dir + "/vm1.sock,export=/vms/vm1,uid-map=0:100000:65536,gid-map=0:200000:65536",
+                                          "--socket", dir + "/ro.sock,export=/vms/vm1,read-only"],
+                                log: URL(fileURLWithPath: dir + "/second.log"))
+        do {
+            let (frontEnd, client) = try connect(dir + "/vm1.sock")
+            #expect(try client.getattr(1).attr.ino == 1)
+            #expect(try client.lookup(parent: 1, "inside").nodeid == ids.inside)
+            #expect(errno { _ = try client.lookup(parent: 1, "secret") } == ENOENT)
+            #expect(errno { _ = try client.lookup(parent: 1, "vm1") } == ENOENT)
+            #expect(try client.lookup(parent: 1, "..").nodeid == 1)
+            // Numbers of inodes outside, or of the export directory itself, name nothing.
+            #expect(errno { _ = try client.getattr(ids.secret) } == EBADF)
+            #expect(errno { _ = try client.getattr(ids.vm1) } == EBADF)
+            #expect(errno { _ = try client.lookup(parent: ids.secret, "x") } == EBADF)
+            // LINK of an outside inode into the export, RENAME out of it by number.
+            var link = fuse_link_in()
+            link.oldnodeid = ids.secret
+            #expect(errno { try client.call(FUSE_LINK, nodeid: 1, FUSEClient.bytes(link) + FUSEClient.name("stolen")) } == EBADF)
+            var rename = fuse_rename_in()
+            rename.newdir = 1   // a name ".." in the root cannot move anything out
+            #expect(errno { try client.call(FUSE_RENAME, nodeid: 1, FUSEClient.bytes(rename) + FUSEClient.name("inside") + FUSEClient.name("..")) } != 0)
+            for outside in [ids.vm1, ids.secret, ids.vm1 &- 1] {
+                rename.newdir = outside
+                #expect(errno { try client.call(FUSE_RENAME, nodeid: 1, FUSEClient.bytes(rename) + FUSEClient.name("inside") + FUSEClient.name("out")) } == EBADF)
+            }
+            #expect(try client.lookup(parent: 1, "inside").nodeid == ids.inside)
+            #expect(try client.lookup(parent: 1, "inside").attr.uid == 65534)   // host root is outside the map
+            let made = try client.mkdir(parent: 1, "made")
+            #expect(made.attr.uid == 0 && made.attr.gid == 0)
+            var st = stat()
+            #expect(stat(mountPoint + "/vms/vm1/made", &st) == 0 && st.st_uid == 100_000 && st.st_gid == 200_000)
+            #expect(stat(mountPoint + "/secret", &st) == 0)
+
+            let (roFrontEnd, readOnly) = try connect(dir + "/ro.sock")
+            #expect(errno { _ = try readOnly.mkdir(parent: 1, "refused") } == EROFS)
+            #expect(errno { _ = try readOnly.open(try readOnly.lookup(parent: 1, "inside").nodeid, flags: UInt32(O_WRONLY)) } == EROFS)
+            #expect(try readOnly.lookup(parent: 1, "made").attr.uid == 100_000)   // no map: host ids as they are
+            withExtendedLifetime((frontEnd, roFrontEnd)) {}
+        }
+        let secondRun = second.stop()
+        #expect(secondRun.status == 0, "\(secondRun.log)")
+        #expect(secondRun.log.contains("export /vms/vm1, read-only"), "\(secondRun.log)")
+        #expect(secondRun.log.contains("export /vms/vm1, uid map 0:100000:65536, gid map 0:200000:65536"), "\(secondRun.log)")
+    }
+}
