@@ -32,16 +32,7 @@ public protocol BlockIOEngine: AnyObject, Sendable {
     func perform(_ requests: [BlockIORequest]) throws
     /// Makes every completed write durable (fdatasync / NVMe flush).
     func flush() throws
-    /// `perform` then `flush`; an engine may submit both at once (fsync's path).
-    func performAndFlush(_ requests: [BlockIORequest]) throws
     func close()
-}
-
-extension BlockIOEngine {
-    public func performAndFlush(_ requests: [BlockIORequest]) throws {
-        try perform(requests)
-        try flush()
-    }
 }
 
 public enum IOEngineChoice: String, Sendable, CaseIterable {
