@@ -98,11 +98,14 @@ struct Pmfsd: ParsableCommand {
             throw ValidationError("--cache-size: a size of at least 64K, like 256M")
         }
         let cacheBytes = Int(size)
-        guard mount != nil || !socket.isEmpty || !fd.isEmpty else {
+        // Sockets systemd listens on for us; an --fd naming one sets its options.
+        let named = Set(fd.compactMap { Int32($0.prefix { $0 != "," }) })
+        let guestFDs = fd + SocketActivation.descriptors().filter { !named.contains($0) }.map { String($0) }
+        guard mount != nil || !socket.isEmpty || !guestFDs.isEmpty else {
             throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both")
         }
         let guestListeners: [(Listener, ExportPolicy)]
-        do { guestListeners = try Self.listeners(sockets: socket, fds: fd) } catch { throw failure(error) }
+        do { guestListeners = try Self.listeners(sockets: socket, fds: guestFDs) } catch { throw failure(error) }
         let socketPaths = guestListeners.compactMap { if case .path(let p) = $0.0 { p } else { nil } }
         guard Set(socketPaths).count == socketPaths.count else { throw ValidationError("--socket: each path once") }
         var socketGID: gid_t? = nil
@@ -119,7 +122,7 @@ struct Pmfsd: ParsableCommand {
         guard ["auto", "shared", "local"].contains(locks) else { throw ValidationError("--locks must be auto, shared or local") }
         // A lone guest's kernel sees every lock there is: keeping them there is
         // the same semantics without a round trip per lock.
-        let guestLocks = locks != "auto" ? locks : (mount == nil && socket.count + fd.count == 1 ? "local" : "shared")
+        let guestLocks = locks != "auto" ? locks : (mount == nil && guestListeners.count == 1 ? "local" : "shared")
         guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
@@ -181,16 +184,22 @@ struct Pmfsd: ParsableCommand {
 
             // SIGTERM / SIGINT: unmount and stop listening; then shut down cleanly.
             let done = DispatchSemaphore(value: 0)
+            let notifier = ServiceNotifier()
             let signalThread = Thread {
                 var which: Int32 = 0
                 sigwait(&stopSignals, &which)
                 logger.notice("signal \(which): stopping")
+                notifier?.stopping()
                 host?.unmount()
                 guests.forEach { $0.stop() }
                 done.signal()
             }
             signalThread.start()
             guestThreads.forEach { $0.start() }
+            // The mount exists and every guest socket listens: clients may come.
+            notifier?.ready(status: "serving \(pool)")
+            // Alive means the engine answers: a deadlock on its lock stops the pings.
+            notifier?.startWatchdog { (try? fs.getattr(1)) != nil }
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
                 guests.forEach { $0.stop() }
