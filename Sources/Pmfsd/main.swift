@@ -147,6 +147,7 @@ struct Pmfsd: ParsableCommand {
             var host: FUSEMount? = nil
             var hostOperations: PMFSOperations? = nil
             if let mount {
+                DeadMount.detach(at: mount, logger: logger)
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 let m = try FUSEMount(mountPoint: mount, server: FUSEServer(operations: operations), fsName: "pmfs")
                 // The host kernel hears of the guests' changes at once (FUSE notifications).
