@@ -1,4 +1,5 @@
 import CFUSE
+import Glibc
 
 /// Who asks: the caller's credentials and the request's identity.
 public struct FUSERequest: Sendable {
@@ -141,7 +142,8 @@ extension FUSEOperations {
 
 /// One method per FUSE operation, typed: the file system behind the FUSE
 /// engine. Nothing here knows the wire format. Errors are errno values
-/// (thrown as `FUSEError`). Methods not implemented answer ENOSYS.
+/// (thrown as `FUSEError`). Methods an implementation leaves out answer
+/// ENOSYS (the defaults below), which tells the kernel not to ask again.
 public protocol FUSEOperations: AnyObject, Sendable {
     func initialize(capabilities: UInt64) -> UInt64
     func destroy()
@@ -194,6 +196,54 @@ public protocol FUSEOperations: AnyObject, Sendable {
     func copyFileRange(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64,
                        toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64
     func syncfs(_ r: FUSERequest) throws
+}
+
+/// ENOSYS for everything an implementation does not provide; the lifecycle
+/// calls (initialize, destroy, forget, interrupt) have nothing to refuse.
+extension FUSEOperations {
+    private var unsupported: FUSEError { FUSEError(ENOSYS) }
+    public func initialize(capabilities: UInt64) -> UInt64 { capabilities }
+    public func destroy() {}
+    public func forget(nodeid: UInt64, count: UInt64) {}
+    public func interrupt(unique: UInt64) {}
+    public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry { throw unsupported }
+    public func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) { throw unsupported }
+    public func setattr(_ r: FUSERequest, nodeid: UInt64, _ changes: FUSESetattr) throws -> (FUSEAttributes, Double) { throw unsupported }
+    public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] { throw unsupported }
+    public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry { throw unsupported }
+    public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry { throw unsupported }
+    public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry { throw unsupported }
+    public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws { throw unsupported }
+    public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws { throw unsupported }
+    public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws { throw unsupported }
+    public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry { throw unsupported }
+    public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult { throw unsupported }
+    public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) { throw unsupported }
+    public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) { throw unsupported }
+    public func read(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, into: UnsafeMutableRawBufferPointer) throws -> Int { throw unsupported }
+    public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int { throw unsupported }
+    public func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws { throw unsupported }
+    public func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws { throw unsupported }
+    public func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws { throw unsupported }
+    public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult { throw unsupported }
+    public func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] { throw unsupported }
+    public func readdirplusEntry(_ r: FUSERequest, parent: UInt64, entry: FUSEDirectoryEntry) throws -> FUSEEntry? { throw unsupported }
+    public func releasedir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64) throws { throw unsupported }
+    public func fsyncdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws { throw unsupported }
+    public func statfs(_ r: FUSERequest, nodeid: UInt64) throws -> FUSEStatistics { throw unsupported }
+    public func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws { throw unsupported }
+    public func getxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws -> [UInt8] { throw unsupported }
+    public func listxattr(_ r: FUSERequest, nodeid: UInt64) throws -> [[UInt8]] { throw unsupported }
+    public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws { throw unsupported }
+    public func access(_ r: FUSERequest, nodeid: UInt64, mask: UInt32) throws { throw unsupported }
+    public func getlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool) throws -> FUSELock { throw unsupported }
+    public func setlk(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, owner: UInt64, lock: FUSELock, flock: Bool, wait: Bool,
+                      reply: @escaping @Sendable (Int32) -> Void) { reply(ENOSYS) }
+    public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws { throw unsupported }
+    public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 { throw unsupported }
+    public func copyFileRange(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64,
+                              toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 { throw unsupported }
+    public func syncfs(_ r: FUSERequest) throws { throw unsupported }
 }
 
 /// An errno for the reply.

@@ -231,7 +231,6 @@ public final class FUSEServer: @unchecked Sendable {
         return n
     }
 
-    // swiftlint:disable:next cyclomatic_complexity function_body_length
     private func dispatch(_ r: FUSERequest, _ reader: inout RequestReader, reply: @escaping FUSEReplySink) throws -> [UInt8]? {
         let ops = operations
         let opcode = fuse_opcode(rawValue: r.opcode)

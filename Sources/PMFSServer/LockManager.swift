@@ -195,14 +195,4 @@ final class LockManager: Sendable {
         }
         victim?.reply(EINTR)
     }
-
-    /// Ends every wait (unmount): the waiters get EINTR.
-    func cancelAll() {
-        let all = state.withLock { s in
-            let w = s.waiters
-            s.waiters.removeAll()
-            return w
-        }
-        for w in all { w.reply(EINTR) }
-    }
 }

@@ -228,7 +228,6 @@ public final class VhostUserBackend: @unchecked Sendable {
         return queues[i]
     }
 
-    // swiftlint:disable:next cyclomatic_complexity function_body_length
     private func handleMessage(_ code: UInt32, _ body: [UInt8], _ fds: [Int32]) -> Outcome {
         func load<T>(_ offset: Int, _ type: T.Type) -> T? {
             guard offset + MemoryLayout<T>.size <= body.count else { return nil }

@@ -59,8 +59,6 @@ final class Virtqueue: @unchecked Sendable {
         return true
     }
 
-    var ready: Bool { descriptors != nil && available != nil && used != nil && kickFD >= 0 && size > 0 }
-
     /// Resolves the ring addresses (front-end virtual) against the memory table.
     /// A ring the memory does not wholly cover gets no pointers at all, so
     /// nothing can walk or write half of it (or an old table's mappings).
