@@ -167,10 +167,10 @@ let package = Package(
             // The crash tests run the writer, so it is built before them.
             dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PmfsCrashWriter"]
         ),
-        // Malformed FUSE messages and hostile descriptor chains.
+        // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd"]
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(

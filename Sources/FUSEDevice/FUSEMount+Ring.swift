@@ -57,6 +57,14 @@ extension FUSEMount {
     /// rings are off) and waits for the end.
     @discardableResult
     public func negotiate(_ choice: FUSETransportChoice, queueDepth: Int = 8) throws -> String {
+        // Once INIT agrees on io_uring, the kernel holds every request until
+        // all queues are registered: agree only if rings can be made here.
+        if choice == .device {
+            server.withhold(FUSEServer.overIOURing)
+        } else if let why = Self.ringsUnavailable() {
+            if choice == .uring, server.offered & FUSEServer.overIOURing != 0 { throw FUSEMountError.ring(why) }
+            server.withhold(FUSEServer.overIOURing)
+        }
         try answerInit()
         let agreed = server.negotiated & FUSEServer.overIOURing != 0
         if choice == .device { return "transport /dev/fuse (--fuse-transport device)" }
@@ -73,6 +81,16 @@ extension FUSEMount {
             return "transport /dev/fuse (\(error))"
         }
         return "transport io_uring (\(count) queue(s) of \(queueDepth) entries; /dev/fuse for FORGET and INTERRUPT)"
+    }
+
+    /// Why this process cannot make a FUSE ring (io_uring off, no 128-byte
+    /// SQEs), or nil if it can: a test ring made and dropped.
+    static func ringsUnavailable() -> String? {
+        var ring = io_uring()
+        let rc = curing_init_sqe128(&ring, 8)
+        guard rc == 0 else { return "cannot make an io_uring with 128-byte entries: \(String(cString: strerror(-rc)))" }
+        curing_exit(&ring)
+        return nil
     }
 
     /// Reads and answers requests from /dev/fuse until INIT has been answered.

@@ -139,6 +139,9 @@ final class FUSERingQueue: @unchecked Sendable {
     private let mailbox = Mutex<[Int]>([])
     private let stopping = Atomic<Bool>(false)
     private var owner = pthread_t()
+    /// The entry whose request the queue thread is handling now (its reply is
+    /// committed right after); read by `replied` only on that thread.
+    private var handling = -1
     /// Set once the thread has its ring and registered its entries (or failed to).
     let registered = Atomic<Int>(0)   // 0 pending, 1 ok, -errno failed
     static let wakeTag = UInt64.max
@@ -257,9 +260,11 @@ final class FUSERingQueue: @unchecked Sendable {
         e.state.withLock { $0 = (commitID, nil) }
         if let message = e.message() {
             let queue = self
+            handling = e.index
             server.handle(message, replyMemory: e.replyMemory) { reply in
                 queue.replied(e, commitID: commitID, reply)
             }
+            handling = -1
         } else {
             e.state.withLock { $0.reply = [] }   // lengths that do not add up: EIO
         }
@@ -281,7 +286,10 @@ final class FUSERingQueue: @unchecked Sendable {
             s.reply = reply
             return true
         }
-        guard kept, pthread_equal(pthread_self(), owner) == 0 else { return }
+        // The reply to the request being handled is committed after `handle`
+        // returns; any other (a lock granted while handling an unlock, or on
+        // another thread) goes through the mailbox.
+        guard kept, pthread_equal(pthread_self(), owner) == 0 || handling != e.index else { return }
         mailbox.withLock { $0.append(e.index) }
         wake()
     }
