@@ -109,6 +109,9 @@ public final class FUSEMount: @unchecked Sendable {
 
     /// Serves requests on `workers` threads until the file system is unmounted.
     public func serve(workers: Int = 4) {
+        // Without `negotiate` no rings are made: INIT must not promise them
+        // (the kernel would hold every request for queues that never come).
+        if !server.initialized { server.withhold(FUSEServer.overIOURing) }
         var threads: [pthread_t] = []
         for _ in 0..<max(1, workers) {
             let box = Unmanaged.passRetained(self)
