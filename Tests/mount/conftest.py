@@ -86,6 +86,7 @@ class Pmfs:
         self.stderr_path = os.path.join(self.pool_dir, "pmfsd.stderr")
         self.stderr_file = None
         self.starts = 0
+        self.start_args = []   # extra pmfsd arguments for this file system (after PMFSD_ARGS and the transport)
         run = subprocess.run([binary("mkfs.pmfs"), "--pool", self.pool, "--data", self.data, "--data-size", data_size, "-q", *mkfs_args],
                              env=ENV, capture_output=True, text=True)
         if run.returncode != 0:
@@ -107,6 +108,7 @@ class Pmfs:
         if TRANSPORT:
             args += ["--fuse-transport", TRANSPORT]
         args += os.environ.get("PMFSD_ARGS", "").split()
+        args += self.start_args
         self.stderr_file = open(self.stderr_path, "a")
         self.stderr_file.write(f"--- start {self.starts}\n")
         self.stderr_file.flush()
@@ -117,7 +119,7 @@ class Pmfs:
             fields = mount_entry(self.mnt)
             if fields is not None:
                 assert fuse_type(fields) == "fuse.pmfs", f"unexpected mount at {self.mnt}: {fields}"
-                if TRANSPORT == "uring":
+                if self.transport() == "uring":
                     self.expect_log("transport io_uring", deadline)
                 return self
             rc = self.proc.poll()
@@ -145,8 +147,13 @@ class Pmfs:
                                  f"stderr:\n{self.stderr()}")
         assert rc == 0, f"pmfsd exited with {rc} after SIGTERM; stderr:\n{self.stderr()}"
         assert mount_entry(self.mnt) is None, f"{self.mnt} still mounted after pmfsd exited"
-        if TRANSPORT == "uring":
+        if self.transport() == "uring":
             self.expect_ring_requests()
+
+    def transport(self):
+        """The --fuse-transport this pmfsd gets (the last one given wins)."""
+        given = [a for a in self.start_args if a in ("auto", "uring", "device")]
+        return given[-1] if given else TRANSPORT
 
     def this_start_log(self):
         """pmfsd's stderr since its last start."""
