@@ -34,6 +34,8 @@ public enum FUSERingParameter {
 }
 
 extension FUSEMount {
+    static let maxQueues = 1024
+
     /// How many queues the kernel wants: one per possible CPU
     /// (/sys/devices/system/cpu/possible, e.g. "0-3" or "0,2-5").
     static func possibleCPUs() -> Int {
@@ -41,12 +43,14 @@ extension FUSEMount {
         defer { fclose(f) }
         var line = [CChar](repeating: 0, count: 256)
         guard fgets(&line, 256, f) != nil else { return Int(curing_possible_cpus()) }
+        let text = String(decoding: line.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         var count = 0
-        for range in String(cString: line).trimmingCharacters(in: "\n").split(separator: ",") {
+        for range in text.trimmingCharacters(in: "\n").split(separator: ",") {
             let ends = range.split(separator: "-").compactMap { Int($0) }
-            if ends.count == 2, ends[1] >= ends[0] { count += ends[1] - ends[0] + 1 } else if ends.count == 1 { count += 1 }
+            if ends.count == 2, ends[1] >= ends[0], ends[1] < Self.maxQueues { count += ends[1] - ends[0] + 1 } else if ends.count == 1 { count += 1 }
         }
-        return count > 0 ? count : Int(curing_possible_cpus())
+        // A thread and 8 MiB of buffers per queue: never more than CPU_SETSIZE.
+        return (1...Self.maxQueues).contains(count) ? count : max(1, min(Int(curing_possible_cpus()), Self.maxQueues))
     }
 
     /// Answers the kernel's INIT on this thread (it is queued by mount(2)),
