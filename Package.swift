@@ -64,10 +64,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The host transport: /dev/fuse, mount(2), worker threads.
+        // The host transport: /dev/fuse, mount(2), worker threads; FUSE over io_uring.
         .target(
             name: "FUSEDevice",
-            dependencies: ["FUSEProtocol", "CFUSE", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["FUSEProtocol", "CFUSE", "CURing", .product(name: "Logging", package: "swift-log")]
         ),
         // C helpers for vhost-user: SCM_RIGHTS, ring memory ordering, eventfd.
         .target(name: "CVhost"),
@@ -167,10 +167,10 @@ let package = Package(
             // The crash tests run the writer, so it is built before them.
             dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PmfsCrashWriter"]
         ),
-        // Malformed FUSE messages and hostile descriptor chains.
+        // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "Pmfsd", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(

@@ -9,6 +9,7 @@ public enum FUSEMountError: Error, CustomStringConvertible {
     case badMountPoint(String)
     case busy(String)
     case mountFailed(String, Int32)
+    case ring(String)
 
     public var description: String {
         switch self {
@@ -16,18 +17,38 @@ public enum FUSEMountError: Error, CustomStringConvertible {
         case .badMountPoint(let why): return why
         case .busy(let path): return "mount point \(path) is busy: something is already mounted there"
         case .mountFailed(let path, let e): return "mount of \(path) failed: \(String(cString: strerror(e)))"
+        case .ring(let why): return "FUSE over io_uring: \(why)"
         }
     }
 }
 
+/// How the host mount takes requests from the kernel.
+public enum FUSETransportChoice: String, Sendable, CaseIterable {
+    /// io_uring queues when the kernel offers them at INIT, else /dev/fuse.
+    case auto
+    /// io_uring queues or nothing: an error if the kernel does not offer them.
+    case uring
+    /// read()/write() on /dev/fuse only.
+    case device
+}
+
 /// The host transport: /dev/fuse, mounted with mount(2) directly (root), read
-/// by a few worker threads. It only moves bytes; the FUSE engine does the rest.
+/// by a few worker threads; after INIT, optionally FUSE over io_uring (one
+/// queue per possible CPU, see FUSERingQueue), with /dev/fuse still carrying
+/// FORGET, INTERRUPT and notifications. It only moves bytes; the FUSE engine
+/// does the rest.
 public final class FUSEMount: @unchecked Sendable {
     public let mountPoint: String
     public let server: FUSEServer
     let fd: Int32
     let logger: Logger
     private let stopped = Atomic<Bool>(false)
+    /// Requests per transport (io_uring or /dev/fuse).
+    public let counters = FUSETransportCounters()
+    var queues: [FUSERingQueue] = []
+    var queueThreads: [pthread_t] = []
+    /// True once requests are served from io_uring queues.
+    public var usesRing: Bool { !queues.isEmpty }
 
     /// Opens /dev/fuse and mounts it at `mountPoint`. `default_permissions`
     /// makes the kernel check permissions; `allow_other` lets every user in.
@@ -88,6 +109,9 @@ public final class FUSEMount: @unchecked Sendable {
 
     /// Serves requests on `workers` threads until the file system is unmounted.
     public func serve(workers: Int = 4) {
+        // Without `negotiate` no rings are made: INIT must not promise them
+        // (the kernel would hold every request for queues that never come).
+        if !server.initialized { server.withhold(FUSEServer.overIOURing) }
         var threads: [pthread_t] = []
         for _ in 0..<max(1, workers) {
             let box = Unmanaged.passRetained(self)
@@ -100,6 +124,11 @@ public final class FUSEMount: @unchecked Sendable {
             if rc == 0 { threads.append(thread) } else { box.release() }
         }
         for t in threads { pthread_join(t, nil) }
+        // The connection is gone (unmounted): the rings' entries have ended or
+        // end now; a queue still waiting is told to stop.
+        queues.forEach { $0.stop() }
+        for t in queueThreads { pthread_join(t, nil) }
+        queueThreads = []
     }
 
     private func workerLoop() {
@@ -119,6 +148,7 @@ public final class FUSEMount: @unchecked Sendable {
                     return
                 }
             }
+            counters.deviceRequests.add(1, ordering: .relaxed)
             server.handle(UnsafeRawBufferPointer(start: buffer, count: n)) { reply in
                 let w = reply.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
                 // ENOENT: the kernel no longer waits for this request (interrupted).

@@ -13,6 +13,7 @@ public final class FUSEServer: @unchecked Sendable {
     public let maxWrite: UInt32
     public let maxPages: UInt16
     private let negotiatedState = Mutex<(initialized: Bool, flags: UInt64, minor: UInt32)>((false, 0, 0))
+    private let withheld = Atomic<UInt64>(0)
 
     public static let defaultCapabilities: UInt64 =
         UInt64(FUSE_ASYNC_READ | FUSE_POSIX_LOCKS | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_BIG_WRITES |
@@ -33,6 +34,10 @@ public final class FUSEServer: @unchecked Sendable {
         self.maxWrite = maxWrite
         self.maxPages = UInt16(maxWrite / 4096)
     }
+
+    /// Takes `flags` out of what INIT may agree on (a transport that finds it
+    /// cannot serve FUSE_OVER_IO_URING after all, before INIT is answered).
+    public func withhold(_ flags: UInt64) { withheld.bitwiseOr(flags, ordering: .relaxed) }
 
     /// Flags both sides agreed on at INIT.
     public var negotiated: UInt64 { negotiatedState.withLock { $0.flags } }
@@ -501,7 +506,8 @@ public final class FUSEServer: @unchecked Sendable {
         guard i.minor >= 26 else { throw FUSEError(EPROTO) }
         var kernelFlags = UInt64(i.flags)
         if kernelFlags & UInt64(FUSE_INIT_EXT) != 0 { kernelFlags |= UInt64(i.flags2) << 32 }
-        let agreed = operations.initialize(capabilities: kernelFlags & offered) & kernelFlags & offered
+        let allowed = offered & ~withheld.load(ordering: .relaxed)
+        let agreed = operations.initialize(capabilities: kernelFlags & allowed) & kernelFlags & allowed
         negotiatedState.withLock { $0 = (true, agreed, min(i.minor, cfuse_kernel_minor_version)) }
         var b = ReplyBuilder(unique: r.unique)
         var out = fuse_init_out()

@@ -26,6 +26,9 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Mount the file system here on the host (/dev/fuse).")
     var mount: String?
 
+    @Option(help: "How the host mount takes requests: auto (FUSE over io_uring when the kernel offers it, else /dev/fuse), uring (io_uring or fail) or device (/dev/fuse read/write only). auto and uring turn the fuse module's enable_uring parameter on when run as root.")
+    var fuseTransport: String = "auto"
+
     @Option(help: ArgumentHelp("Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path); repeat it to share the file system with several VMs at once. Export options may follow, comma-separated: export=DIR (the guest's root, a directory in the file system), read-only, uid-map=GUEST:HOST:COUNT, gid-map=GUEST:HOST:COUNT (repeatable), devices=allow|deny, setid=allow|strip.", valueName: "path[,option...]"))
     var socket: [String] = []
 
@@ -123,6 +126,9 @@ struct Pmfsd: ParsableCommand {
         // A lone guest's kernel sees every lock there is: keeping them there is
         // the same semantics without a round trip per lock.
         let guestLocks = locks != "auto" ? locks : (mount == nil && guestListeners.count == 1 ? "local" : "shared")
+        guard let transport = FUSETransportChoice(rawValue: fuseTransport) else {
+            throw ValidationError("--fuse-transport must be auto, uring or device")
+        }
         guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
@@ -149,12 +155,21 @@ struct Pmfsd: ParsableCommand {
             if let mount {
                 DeadMount.detach(at: mount, logger: logger)
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
-                let m = try FUSEMount(mountPoint: mount, server: FUSEServer(operations: operations), fsName: "pmfs")
+                if transport != .device { allowRingTransport(logger: logger) }
+                let offered = FUSEServer.defaultCapabilities | (transport == .device ? 0 : FUSEServer.overIOURing)
+                let m = try FUSEMount(mountPoint: mount, server: FUSEServer(operations: operations, offered: offered), fsName: "pmfs")
+                let how: String
+                do {
+                    how = try m.negotiate(transport)
+                } catch {
+                    m.unmount()
+                    throw error
+                }
                 // The host kernel hears of the guests' changes at once (FUSE notifications).
                 operations.listen(FUSENotificationSink { [m] in m.notify($0) })
                 host = m
                 hostOperations = operations
-                logger.notice("host mount on \(m.mountPoint)")
+                logger.notice("host mount on \(m.mountPoint): \(how)")
             }
             // One back end per socket: each VM is a FUSE session of its own.
             var guests: [VhostUserBackend] = []
@@ -203,6 +218,7 @@ struct Pmfsd: ParsableCommand {
             notifier?.startWatchdog { (try? fs.getattr(1)) != nil }
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
+                logger.notice("host mount: \(host.counters.viaRing) request(s) over io_uring, \(host.counters.viaDevice) over /dev/fuse")
                 guests.forEach { $0.stop() }
             } else {
                 done.wait()
@@ -279,6 +295,29 @@ func failure(_ error: Error) -> ExitCode {
     var text = "pmfsd: \(error)\n"
     text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
     return .failure
+}
+
+/// The kernel offers FUSE over io_uring only while the fuse module's
+/// enable_uring parameter is Y: as root, turn it on (system-wide; it stays on)
+/// and say so.
+func allowRingTransport(logger: Logger) {
+    switch FUSERingParameter.isEnabled() {
+    case nil:
+        logger.info("this kernel has no FUSE over io_uring (\(FUSERingParameter.path) is missing)")
+    case false?:
+        guard geteuid() == 0 else {
+            logger.info("FUSE over io_uring is off (\(FUSERingParameter.path) is N) and only root may turn it on")
+            return
+        }
+        let e = FUSERingParameter.enable()
+        if e == 0 {
+            logger.notice("turned FUSE over io_uring on: wrote Y to \(FUSERingParameter.path) (system-wide)")
+        } else {
+            logger.warning("could not turn FUSE over io_uring on (\(FUSERingParameter.path)): \(String(cString: strerror(e)))")
+        }
+    case true?:
+        break
+    }
 }
 
 /// Where a guest's QEMU connects.

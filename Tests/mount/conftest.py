@@ -8,11 +8,15 @@ Run with `python3 -m pytest -q Tests/mount` after `swift build` (pmfsd, mkfs.pmf
 PMFS_MOUNT_TEST_LONG=1 turns on the long mode (bigger counts, longer stress).
 PMFS_BUILD_DIR overrides where the binaries are (default .build/debug).
 PMFSD_ARGS adds arguments to every pmfsd, e.g. "--io-engine threads" or "--write-through".
+PMFS_FUSE_TRANSPORT=auto|uring|device picks the host transport (`--fuse-transport`; pmfsd's default is
+auto); with uring, each pmfsd must say at start that it serves through io_uring and, when stopped, that
+requests came through it.
 """
 import ctypes
 import ctypes.util
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("PMFS_BUILD_DIR", ROOT / ".build" / "debug"))
 LONG = os.environ.get("PMFS_MOUNT_TEST_LONG", "") not in ("", "0")
 ENV = dict(os.environ, PMEM_IS_PMEM_FORCE="1")
+TRANSPORT = os.environ.get("PMFS_FUSE_TRANSPORT", "")
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -81,6 +86,7 @@ class Pmfs:
         self.stderr_path = os.path.join(self.pool_dir, "pmfsd.stderr")
         self.stderr_file = None
         self.starts = 0
+        self.start_args = []   # extra pmfsd arguments for this file system (after PMFSD_ARGS and the transport)
         run = subprocess.run([binary("mkfs.pmfs"), "--pool", self.pool, "--data", self.data, "--data-size", data_size, "-q", *mkfs_args],
                              env=ENV, capture_output=True, text=True)
         if run.returncode != 0:
@@ -99,7 +105,10 @@ class Pmfs:
         args = [binary("pmfsd"), "--pool", self.pool, "--data", self.data, "--mount", self.mnt]
         if self.cache_size:
             args += ["--cache-size", self.cache_size]
+        if TRANSPORT:
+            args += ["--fuse-transport", TRANSPORT]
         args += os.environ.get("PMFSD_ARGS", "").split()
+        args += self.start_args
         self.stderr_file = open(self.stderr_path, "a")
         self.stderr_file.write(f"--- start {self.starts}\n")
         self.stderr_file.flush()
@@ -110,6 +119,8 @@ class Pmfs:
             fields = mount_entry(self.mnt)
             if fields is not None:
                 assert fuse_type(fields) == "fuse.pmfs", f"unexpected mount at {self.mnt}: {fields}"
+                if self.transport() == "uring":
+                    self.expect_log("transport io_uring", deadline)
                 return self
             rc = self.proc.poll()
             if rc is not None:
@@ -136,6 +147,31 @@ class Pmfs:
                                  f"stderr:\n{self.stderr()}")
         assert rc == 0, f"pmfsd exited with {rc} after SIGTERM; stderr:\n{self.stderr()}"
         assert mount_entry(self.mnt) is None, f"{self.mnt} still mounted after pmfsd exited"
+        if self.transport() == "uring":
+            self.expect_ring_requests()
+
+    def transport(self):
+        """The --fuse-transport this pmfsd gets (the last one given wins)."""
+        given = [a for a in self.start_args if a in ("auto", "uring", "device")]
+        return given[-1] if given else TRANSPORT
+
+    def this_start_log(self):
+        """pmfsd's stderr since its last start."""
+        return self.stderr().rsplit(f"--- start {self.starts - 1}\n", 1)[-1]
+
+    def expect_log(self, text, deadline):
+        """Waits until pmfsd's log of this start says `text` (it logs the transport once INIT is answered)."""
+        while text not in self.this_start_log():
+            assert time.monotonic() < deadline, f"pmfsd never logged {text!r}; stderr:\n{self.stderr()}"
+            time.sleep(0.02)
+
+    def expect_ring_requests(self):
+        """The stop log counts requests per transport: under uring, most must have come through io_uring."""
+        log = self.this_start_log()
+        m = re.search(r"host mount: (\d+) request\(s\) over io_uring, (\d+) over /dev/fuse", log)
+        assert m, f"pmfsd did not log its request counts; stderr:\n{log}"
+        ring, device = int(m.group(1)), int(m.group(2))
+        assert ring > 0 and ring >= device, f"PMFS_FUSE_TRANSPORT=uring but {ring} request(s) over io_uring, {device} over /dev/fuse"
 
     def kill9(self):
         """SIGKILL pmfsd, then lazily unmount the dead mount."""

@@ -1,19 +1,34 @@
 #!/usr/bin/env python3
 """Metadata ops/s and 4 KiB write+fsync latency on a pmfs mount, side by side
-with tmpfs and an ext4 loop mount, in one run. Run as root after a build:
-    python3 tools/bench/mount.py [--files N] [--syncs N]
-pmfs: pool on /dev/shm with PMEM_IS_PMEM_FORCE=1, data file on /var/tmp (disk).
-ext4: a loop-mounted image on /var/tmp (the same disk)."""
+with tmpfs, an ext4 loop mount and native ext4, in one run. Run as root after a build:
+    python3 tools/bench/mount.py [--files N] [--syncs N] [--fuse-transport uring,device] [--ram]
+pmfs: pool on /dev/shm with PMEM_IS_PMEM_FORCE=1, data file on /var/tmp (disk), or on /dev/shm with --ram.
+ext4 (loop): an image on the same media as pmfs's data; ext4 (native): /var/tmp itself (the root disk).
+--fuse-transport: one pmfsd per transport given (auto, uring, device), each measured in its own column.
+PMFS_BUILD_DIR picks the binaries (default .build/release, else .build/debug)."""
 import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def build_dir():
-    for d in ("release", "debug"):
-        p = os.path.join(ROOT, ".build", d)
+    given = os.environ.get("PMFS_BUILD_DIR")
+    candidates = [given] if given else [os.path.join(ROOT, ".build", d) for d in ("release", "debug")]
+    for p in candidates:
         if os.path.exists(os.path.join(p, "pmfsd")):
             return p
     sys.exit("build first: swift build -c release (pmfsd and mkfs.pmfs)")
+
+def wait_for_transport(log_path, transport):
+    """pmfsd logs the transport once INIT is answered; under uring it must be io_uring."""
+    for _ in range(100):
+        with open(log_path, errors="replace") as f:
+            text = f.read()
+        if "transport " in text:
+            if transport == "uring" and "transport io_uring" not in text:
+                sys.exit("pmfsd did not serve through io_uring:\n" + text)
+            return text.split("transport ", 1)[1].split("\n", 1)[0]
+        time.sleep(0.1)
+    sys.exit("pmfsd never said which transport it uses")
 
 def mounted(path):
     with open("/proc/self/mountinfo") as f:
@@ -49,51 +64,74 @@ def measure(path, files, syncs):
     return dict(create=create, stat=stat, unlink=unlink,
                 p50=statistics.median(lat), p99=lat[int(len(lat) * 0.99) - 1])
 
+def start_pmfsd(bins, env, pool, data, mnt, transport, log_path):
+    subprocess.run([os.path.join(bins, "mkfs.pmfs"), "--pool", pool, "--data", data, "--data-size", "2G", "-q"],
+                   check=True, env=env)
+    log = open(log_path, "w")
+    daemon = subprocess.Popen([os.path.join(bins, "pmfsd"), "--pool", pool, "--data", data, "--mount", mnt,
+                               "--fuse-transport", transport], env=env, stdout=log, stderr=log)
+    for _ in range(100):
+        if mounted(mnt):
+            break
+        time.sleep(0.1)
+    return daemon, wait_for_transport(log_path, transport)
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--syncs", type=int, default=2000)
+    ap.add_argument("--fuse-transport", default="auto",
+                    help="comma-separated pmfsd host transports to measure side by side: auto, uring, device")
+    ap.add_argument("--ram", action="store_true", help="pmfs data file and the ext4 loop image on /dev/shm")
     args = ap.parse_args()
+    transports = [t for t in args.fuse_transport.split(",") if t]
+    if not transports or any(t not in ("auto", "uring", "device") for t in transports):
+        sys.exit("--fuse-transport: a comma-separated list of auto, uring, device")
     bins = build_dir()
     work = tempfile.mkdtemp(prefix="pmfs-bench-", dir="/var/tmp")
     shm = tempfile.mkdtemp(prefix="pmfs-bench-", dir="/dev/shm")
+    media = shm if args.ram else work
     env = dict(os.environ, PMEM_IS_PMEM_FORCE="1")
-    mnt = {k: os.path.join(work, k) for k in ("pmfs", "tmpfs", "ext4")}
+    pmfs_names = ["pmfs (%s)" % t for t in transports]
+    names = pmfs_names + ["tmpfs", "ext4 (loop)", "ext4 (native)"]
+    mnt = {n: os.path.join(work, "m%d" % i) for i, n in enumerate(names)}
+    mnt["ext4 (native)"] = os.path.join(work, "native")
     for p in mnt.values():
         os.mkdir(p)
-    daemon = None
-    results = {}
+    daemons = []
+    results, how = {}, {}
     try:
-        subprocess.run([os.path.join(bins, "mkfs.pmfs"), "--pool", shm + "/p.pool", "--data", work + "/data.img",
-                        "--data-size", "2G", "-q"], check=True, env=env)
-        daemon = subprocess.Popen([os.path.join(bins, "pmfsd"), "--pool", shm + "/p.pool", "--data", work + "/data.img",
-                                   "--mount", mnt["pmfs"], "--log-level", "warning"], env=env)
-        for _ in range(100):
-            if mounted(mnt["pmfs"]):
-                break
-            time.sleep(0.1)
+        for t, n in zip(transports, pmfs_names):
+            d, how[n] = start_pmfsd(bins, env, "%s/%s.pool" % (shm, t), "%s/%s.img" % (media, t), mnt[n], t,
+                                    "%s/%s.log" % (shm, t))
+            daemons.append(d)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2G", "tmpfs", mnt["tmpfs"]], check=True)
-        subprocess.run(["truncate", "-s", "2G", work + "/ext4.img"], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", work + "/ext4.img"], check=True)
-        subprocess.run(["mount", "-o", "loop", work + "/ext4.img", mnt["ext4"]], check=True)
-        for name in ("pmfs", "tmpfs", "ext4"):
+        subprocess.run(["truncate", "-s", "2G", media + "/ext4.img"], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", media + "/ext4.img"], check=True)
+        subprocess.run(["mount", "-o", "loop", media + "/ext4.img", mnt["ext4 (loop)"]], check=True)
+        for name in names:
             results[name] = measure(mnt[name], args.files, args.syncs)
     finally:
-        for name in ("tmpfs", "ext4"):
+        for name in ("tmpfs", "ext4 (loop)"):
             subprocess.run(["umount", mnt[name]], stderr=subprocess.DEVNULL)
-        if daemon:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=60)
+        for d in daemons:
+            d.send_signal(signal.SIGTERM)
+            d.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
-    print("| measure | pmfs | tmpfs | ext4 (loop) | pmfs/ext4 |")
-    print("|---|---:|---:|---:|---:|")
+    print("| measure | " + " | ".join(names) + " | " + " | ".join("%s/ext4 (loop)" % n for n in pmfs_names) + " |")
+    print("|---|" + "---:|" * (len(names) + len(pmfs_names)))
     for key, label, fmt in (("create", "create+close (ops/s)", "%.0f"), ("stat", "stat (ops/s)", "%.0f"),
                             ("unlink", "unlink (ops/s)", "%.0f"), ("p50", "4 KiB write+fsync p50 (µs)", "%.1f"),
                             ("p99", "4 KiB write+fsync p99 (µs)", "%.1f")):
-        r = [results[n][key] for n in ("pmfs", "tmpfs", "ext4")]
-        print("| %s | %s | %s | %s | %.2f |" % (label, fmt % r[0], fmt % r[1], fmt % r[2], r[0] / r[2]))
-    print("\n%d files, %d fsyncs; pmfs binaries from %s" % (args.files, args.syncs, bins))
+        r = [results[n][key] for n in names]
+        ratios = ["%.2f" % (results[n][key] / results["ext4 (loop)"][key]) for n in pmfs_names]
+        print("| %s | %s | %s |" % (label, " | ".join(fmt % v for v in r), " | ".join(ratios)))
+    print("\n%d files, %d fsyncs; pmfs binaries from %s; pool on /dev/shm (PMEM_IS_PMEM_FORCE=1), pmfs data and the "
+          "ext4 loop image on %s; ext4 (native) is /var/tmp" % (args.files, args.syncs, bins,
+                                                               "/dev/shm (RAM)" if args.ram else "/var/tmp (disk)"))
+    for n in pmfs_names:
+        print("%s: transport %s" % (n, how[n]))
 
 if __name__ == "__main__":
     main()

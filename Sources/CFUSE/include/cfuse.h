@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <linux/fuse.h>
 #include <sys/mount.h>
+#include "cfuse_uring.h"
 
 static const uint32_t cfuse_kernel_version = FUSE_KERNEL_VERSION;
 static const uint32_t cfuse_kernel_minor_version = FUSE_KERNEL_MINOR_VERSION;

@@ -31,4 +31,22 @@ int curing_submit_and_wait(struct io_uring *ring, unsigned wait_for);
 /* Copies out up to `max` ready completions without a syscall; returns how many. */
 unsigned curing_reap(struct io_uring *ring, uint64_t *tags, int32_t *results, unsigned max);
 
+/* FUSE over io_uring: a ring with 128-byte SQEs (the command needs their
+ * 80-byte area), set up for one issuing thread; falls back to plain SQE128
+ * where the kernel refuses the extra flags. 0 or -errno. */
+int curing_init_sqe128(struct io_uring *ring, unsigned entries);
+/* Queues an IORING_OP_URING_CMD on registered file 0: `cmd_op` with `cmd_len`
+ * (<= 80) bytes of command data and an iovec array (header, payload). Liburing
+ * 2.3 has no io_uring_prep_cmd, so the SQE is filled here by hand. */
+int curing_queue_uring_cmd(struct io_uring *ring, uint32_t cmd_op, const void *cmd, unsigned cmd_len,
+                           const struct iovec *iov, unsigned iov_count, uint64_t tag);
+/* Queues a read(2) of `len` bytes into `buffer` (an eventfd's counter). */
+int curing_queue_read(struct io_uring *ring, int fd, void *buffer, unsigned len, uint64_t tag);
+
+/* For the FUSE ring queues: an eventfd (CLOEXEC), pinning the calling thread
+ * to one CPU (0 or errno), and the count of possible CPUs (get_nprocs_conf). */
+int curing_eventfd(void);
+int curing_pin_to_cpu(int cpu);
+int curing_possible_cpus(void);
+
 #endif

@@ -1,0 +1,352 @@
+import CFUSE
+import CURing
+import FUSEProtocol
+import Glibc
+import Logging
+import Synchronization
+
+/// One ring entry of a FUSE io_uring queue: the header buffer (iovec 0) and the
+/// payload buffer (iovec 1) the kernel copies a request into and a reply out of.
+/// The payload sits behind a small prefix of our own, so the in-header and the
+/// opcode's first argument can be copied right in front of it and the engine
+/// gets the request as one contiguous message, as read() on /dev/fuse gives it.
+final class FUSERingEntry: @unchecked Sendable {
+    static let headerSize = MemoryLayout<cfuse_uring_req_header>.size
+    /// Room in front of the payload for fuse_in_header + the op argument.
+    static let prefix = 4096
+    static let inHeaderSize = MemoryLayout<fuse_in_header>.size
+    static let outHeaderSize = MemoryLayout<fuse_out_header>.size
+    static let opInOffset = MemoryLayout<cfuse_uring_req_header>.offset(of: \.op_in)!
+    static let inOutOffset = MemoryLayout<cfuse_uring_req_header>.offset(of: \.ring_ent_in_out)!
+
+    let index: Int
+    let header: UnsafeMutableRawPointer
+    let region: UnsafeMutableRawPointer
+    let payloadSize: Int
+    let iov: UnsafeMutablePointer<iovec>
+    /// Where a READ's out-header would go (the engine leaves it empty and puts
+    /// the data in the payload behind it).
+    let outHeaderRoom: UnsafeMutableRawPointer
+    /// The request this entry holds and its reply once the engine gave it:
+    /// replies may come from another thread (a lock granted later).
+    let state = Mutex<(commitID: UInt64, reply: [UInt8]?)>((0, nil))
+
+    var payload: UnsafeMutableRawPointer { region + Self.prefix }
+
+    init(index: Int, payloadSize: Int) {
+        self.index = index
+        self.payloadSize = payloadSize
+        header = UnsafeMutableRawPointer.allocate(byteCount: Self.headerSize, alignment: 4096)
+        header.initializeMemory(as: UInt8.self, repeating: 0, count: Self.headerSize)
+        region = UnsafeMutableRawPointer.allocate(byteCount: Self.prefix + payloadSize, alignment: 4096)
+        outHeaderRoom = UnsafeMutableRawPointer.allocate(byteCount: Self.outHeaderSize, alignment: 8)
+        iov = UnsafeMutablePointer<iovec>.allocate(capacity: 2)
+        iov[0] = iovec(iov_base: header, iov_len: Self.headerSize)
+        iov[1] = iovec(iov_base: region + Self.prefix, iov_len: payloadSize)
+    }
+
+    deinit {
+        header.deallocate()
+        region.deallocate()
+        outHeaderRoom.deallocate()
+        iov.deallocate()
+    }
+
+    var inHeader: fuse_in_header { header.loadUnaligned(as: fuse_in_header.self) }
+    var ringInOut: cfuse_uring_ent_in_out {
+        header.loadUnaligned(fromByteOffset: Self.inOutOffset, as: cfuse_uring_ent_in_out.self)
+    }
+
+    /// The request as one message (in-header, op argument, payload), after
+    /// checking every length the kernel gave; nil if they do not add up.
+    func message() -> UnsafeRawBufferPointer? {
+        let h = inHeader
+        let payloadBytes = Int(ringInOut.payload_sz)
+        guard payloadBytes <= payloadSize else { return nil }
+        let (argPlusHeader, o1) = Int(h.len).subtractingReportingOverflow(payloadBytes)
+        guard !o1, argPlusHeader >= Self.inHeaderSize else { return nil }
+        let argBytes = argPlusHeader - Self.inHeaderSize
+        guard argBytes <= Int(cfuse_uring_op_in_size) else { return nil }
+        let start = payload - argBytes - Self.inHeaderSize
+        start.copyMemory(from: header, byteCount: Self.inHeaderSize)
+        (start + Self.inHeaderSize).copyMemory(from: header + Self.opInOffset, byteCount: argBytes)
+        return UnsafeRawBufferPointer(start: start, count: Int(h.len))
+    }
+
+    /// Memory a READ reply may fill: the out-header's room, then the payload.
+    var replyMemory: [UnsafeMutableRawBufferPointer] {
+        [UnsafeMutableRawBufferPointer(start: outHeaderRoom, count: Self.outHeaderSize),
+         UnsafeMutableRawBufferPointer(start: payload, count: payloadSize)]
+    }
+
+    /// Puts a reply from the engine into the entry's buffers: the out-header in
+    /// the header buffer, the rest in the payload. A reply too big for the
+    /// payload, or malformed, becomes EIO.
+    func store(reply bytes: [UInt8], unique: UInt64) {
+        var out = fuse_out_header(len: UInt32(Self.outHeaderSize), error: -EIO, unique: unique)
+        var body = 0
+        if bytes.count >= Self.outHeaderSize {
+            let given = bytes.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
+            let length = Int(given.len)
+            if given.error != 0 {
+                out.error = given.error
+            } else if bytes.count == Self.outHeaderSize, length > bytes.count, length - Self.outHeaderSize <= payloadSize {
+                // A READ: its data is already in the payload (replyMemory).
+                out.error = 0
+                body = length - Self.outHeaderSize
+            } else if length == bytes.count, length - Self.outHeaderSize <= payloadSize {
+                out.error = 0
+                body = length - Self.outHeaderSize
+                bytes.withUnsafeBytes { payload.copyMemory(from: $0.baseAddress! + Self.outHeaderSize, byteCount: body) }
+            }
+        }
+        out.len = UInt32(Self.outHeaderSize + body)
+        withUnsafeBytes(of: out) { header.copyMemory(from: $0.baseAddress!, byteCount: Self.outHeaderSize) }
+        var inOut = ringInOut
+        inOut.payload_sz = UInt32(body)
+        withUnsafeBytes(of: inOut) { (header + Self.inOutOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+}
+
+/// Counts of requests per host transport, for logs and tests: proof that
+/// requests really came through io_uring rather than a silent fallback.
+public final class FUSETransportCounters: Sendable {
+    let ringRequests = Atomic<Int>(0)
+    let deviceRequests = Atomic<Int>(0)
+    public init() {}
+    /// Requests taken from io_uring queues.
+    public var viaRing: Int { ringRequests.load(ordering: .relaxed) }
+    /// Requests read from /dev/fuse (INIT, FORGET, INTERRUPT, and everything when the rings are off).
+    public var viaDevice: Int { deviceRequests.load(ordering: .relaxed) }
+}
+
+/// One FUSE-over-io_uring queue (one per possible CPU, as the kernel wants:
+/// it switches to the rings only when every queue has an entry, and queues a
+/// request on the queue of the CPU it was made on). One thread owns the ring:
+/// it registers the entries, takes requests from completions, runs them
+/// through the engine and commits each reply with the fetch of the next
+/// request in one command. Replies given later from other threads come back
+/// to it through a mailbox and an eventfd the ring also waits on.
+final class FUSERingQueue: @unchecked Sendable {
+    let qid: Int
+    let fd: Int32
+    let server: FUSEServer
+    let counters: FUSETransportCounters
+    let logger: Logger
+    let entries: [FUSERingEntry]
+    private let wakeFD: Int32
+    private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    private let mailbox = Mutex<[Int]>([])
+    private let stopping = Atomic<Bool>(false)
+    private var owner = pthread_t()
+    /// The entry whose request the queue thread is handling now (its reply is
+    /// committed right after); read by `replied` only on that thread.
+    private var handling = -1
+    /// Set once the thread has its ring and registered its entries (or failed to).
+    let registered = Atomic<Int>(0)   // 0 pending, 1 ok, -errno failed
+    static let wakeTag = UInt64.max
+
+    init(qid: Int, depth: Int, fd: Int32, server: FUSEServer, payloadSize: Int, counters: FUSETransportCounters, logger: Logger) throws {
+        self.qid = qid
+        self.fd = fd
+        self.server = server
+        self.counters = counters
+        self.logger = logger
+        entries = (0..<depth).map { FUSERingEntry(index: $0, payloadSize: payloadSize) }
+        wakeFD = curing_eventfd()
+        guard wakeFD >= 0 else { throw FUSEMountError.ring("eventfd: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit {
+        close(wakeFD)
+        wakeBuffer.deallocate()
+    }
+
+    /// Asks the queue's thread to leave its loop.
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        wake()
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    /// The queue thread's body: returns when the kernel ended every entry
+    /// (unmount) or on `stop()`.
+    func run() {
+        owner = pthread_self()
+        pinToCPU()
+        var ring = io_uring()
+        let sqEntries = UInt32(max(8, (entries.count + 1).nextPowerOfTwo))
+        var rc = curing_init_sqe128(&ring, sqEntries)
+        guard rc == 0 else { return failed("ring setup", rc) }
+        defer { curing_exit(&ring) }
+        rc = curing_register_file(&ring, fd)
+        guard rc == 0 else { return failed("registering /dev/fuse with the ring", rc) }
+        armWake(&ring)
+        for e in entries { queueCommand(&ring, e, cfuse_io_uring_cmd_register, commitID: 0) }
+        // A registered entry completes only when a request comes; a refused
+        // one completes at once, during the submission.
+        rc = io_uring_submit(&ring)
+        guard rc >= 0 else { return failed("registering entries", rc) }
+        var live = entries.count
+        var tags = [UInt64](repeating: 0, count: 64)
+        var results = [Int32](repeating: 0, count: 64)
+        var n = Int(curing_reap(&ring, &tags, &results, UInt32(tags.count)))
+        if let refused = (0..<n).first(where: { tags[$0] != Self.wakeTag && results[$0] < 0 }) {
+            return failed("registering entries", results[refused])
+        }
+        registered.store(1, ordering: .releasing)
+        while true {
+            live -= complete(&ring, tags, results, n)
+            guard live > 0, !stopping.load(ordering: .relaxed) else { break }
+            let s = curing_submit_and_wait(&ring, 1)
+            if s < 0 && s != -EINTR && s != -EAGAIN && s != -EBUSY {
+                logger.error("FUSE io_uring queue \(qid): \(String(cString: strerror(-s)))")
+                break
+            }
+            n = Int(curing_reap(&ring, &tags, &results, UInt32(tags.count)))
+        }
+    }
+
+    private func failed(_ what: String, _ rc: Int32) {
+        logger.warning("FUSE io_uring queue \(qid): \(what) failed: \(String(cString: strerror(-rc)))")
+        registered.store(Int(rc < 0 ? rc : -EIO), ordering: .releasing)
+    }
+
+    /// Handles `n` completions; returns how many entries the kernel ended.
+    private func complete(_ ring: inout io_uring, _ tags: [UInt64], _ results: [Int32], _ n: Int) -> Int {
+        var ended = 0
+        for i in 0..<n {
+            if tags[i] == Self.wakeTag {
+                deliverMailbox(&ring)
+                armWake(&ring)
+                continue
+            }
+            guard tags[i] < UInt64(entries.count) else { continue }
+            let e = entries[Int(tags[i])]
+            switch results[i] {
+            case 0:
+                take(&ring, e)
+            case -EINTR, -EAGAIN:
+                // Interrupted, or the connection not initialized yet: ask again.
+                let commit = e.state.withLock { $0.commitID }
+                queueCommand(&ring, e, commit == 0 ? cfuse_io_uring_cmd_register : cfuse_io_uring_cmd_commit_and_fetch,
+                             commitID: commit)
+            case let res:
+                // ENOTCONN: unmounted or aborted; anything else ends the entry too.
+                if res != -ENOTCONN && res != -ECONNABORTED && res != -ECANCELED {
+                    logger.warning("FUSE io_uring queue \(qid) entry \(e.index): \(String(cString: strerror(-res)))")
+                }
+                ended += 1
+            }
+        }
+        return ended
+    }
+
+    /// A request arrived in `e`: hand it to the engine, commit what it answers.
+    private func take(_ ring: inout io_uring, _ e: FUSERingEntry) {
+        let inOut = e.ringInOut
+        let unique = e.inHeader.unique
+        // The kernel finds the request by this id; without it we cannot answer.
+        guard inOut.commit_id != 0 else {
+            logger.error("FUSE io_uring queue \(qid): a request without a commit id (dropped entry \(e.index))")
+            return
+        }
+        counters.ringRequests.add(1, ordering: .relaxed)
+        let commitID = inOut.commit_id
+        e.state.withLock { $0 = (commitID, nil) }
+        if let message = e.message() {
+            let queue = self
+            handling = e.index
+            server.handle(message, replyMemory: e.replyMemory) { reply in
+                queue.replied(e, commitID: commitID, reply)
+            }
+            handling = -1
+        } else {
+            e.state.withLock { $0.reply = [] }   // lengths that do not add up: EIO
+        }
+        let ready: [UInt8]? = e.state.withLock { s in
+            defer { s.reply = nil }
+            return s.reply
+        }
+        if let ready {
+            e.store(reply: ready, unique: unique)
+            queueCommand(&ring, e, cfuse_io_uring_cmd_commit_and_fetch, commitID: commitID)
+        }
+        // Otherwise the reply comes later, through the mailbox.
+    }
+
+    /// The engine's reply sink for a request held in `e`.
+    private func replied(_ e: FUSERingEntry, commitID: UInt64, _ reply: [UInt8]) {
+        let kept = e.state.withLock { s -> Bool in
+            guard s.commitID == commitID, s.reply == nil else { return false }   // stale or repeated
+            s.reply = reply
+            return true
+        }
+        // The reply to the request being handled is committed after `handle`
+        // returns; any other (a lock granted while handling an unlock, or on
+        // another thread) goes through the mailbox.
+        guard kept, pthread_equal(pthread_self(), owner) == 0 || handling != e.index else { return }
+        mailbox.withLock { $0.append(e.index) }
+        wake()
+    }
+
+    /// Commits the replies other threads left for us.
+    private func deliverMailbox(_ ring: inout io_uring) {
+        let ready = mailbox.withLock { m -> [Int] in
+            defer { m.removeAll(keepingCapacity: true) }
+            return m
+        }
+        for index in ready {
+            let e = entries[index]
+            let taken: (UInt64, [UInt8])? = e.state.withLock { s in
+                guard let r = s.reply else { return nil }
+                s.reply = nil
+                return (s.commitID, r)
+            }
+            guard let (commitID, reply) = taken else { continue }
+            e.store(reply: reply, unique: e.inHeader.unique)
+            queueCommand(&ring, e, cfuse_io_uring_cmd_commit_and_fetch, commitID: commitID)
+        }
+    }
+
+    private func queueCommand(_ ring: inout io_uring, _ e: FUSERingEntry, _ op: UInt32, commitID: UInt64) {
+        var cmd = cfuse_uring_cmd_req()
+        cmd.commit_id = commitID
+        cmd.qid = UInt16(qid)
+        var rc = withUnsafeBytes(of: &cmd) {
+            curing_queue_uring_cmd(&ring, op, $0.baseAddress, UInt32($0.count), e.iov, 2, UInt64(e.index))
+        }
+        if rc == -EBUSY {   // the submission queue is full: flush it, then queue again
+            _ = io_uring_submit(&ring)
+            rc = withUnsafeBytes(of: &cmd) {
+                curing_queue_uring_cmd(&ring, op, $0.baseAddress, UInt32($0.count), e.iov, 2, UInt64(e.index))
+            }
+        }
+        if rc != 0 { logger.error("FUSE io_uring queue \(qid): cannot queue a command: \(String(cString: strerror(-rc)))") }
+    }
+
+    private func armWake(_ ring: inout io_uring) {
+        if curing_queue_read(&ring, wakeFD, wakeBuffer, 8, Self.wakeTag) == -EBUSY {
+            _ = io_uring_submit(&ring)
+            _ = curing_queue_read(&ring, wakeFD, wakeBuffer, 8, Self.wakeTag)
+        }
+    }
+
+    /// Requests for this queue are made on CPU `qid`: serve them there.
+    private func pinToCPU() {
+        let e = curing_pin_to_cpu(Int32(qid))
+        if e != 0 { logger.debug("FUSE io_uring queue \(qid): cannot pin to CPU \(qid): \(String(cString: strerror(e)))") }
+    }
+}
+
+extension Int {
+    var nextPowerOfTwo: Int {
+        var p = 1
+        while p < self { p <<= 1 }
+        return p
+    }
+}
