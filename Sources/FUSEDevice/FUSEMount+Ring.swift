@@ -60,7 +60,9 @@ extension FUSEMount {
     /// then runs the /dev/fuse readers (FORGET, INTERRUPT; everything if the
     /// rings are off) and waits for the end.
     @discardableResult
-    public func negotiate(_ choice: FUSETransportChoice, queueDepth: Int = 8) throws -> String {
+    /// `blockingThreads` serve ring requests that may block (fsync, large I/O)
+    /// while other requests wait behind them on the same CPU's queue.
+    public func negotiate(_ choice: FUSETransportChoice, queueDepth: Int = 8, blockingThreads: Int = 4) throws -> String {
         // Once INIT agrees on io_uring, the kernel holds every request until
         // all queues are registered: agree only if rings can be made here.
         if choice == .device {
@@ -79,7 +81,7 @@ extension FUSEMount {
         }
         let count = Self.possibleCPUs()
         do {
-            try startQueues(count: count, depth: max(1, min(queueDepth, 64)))
+            try startQueues(count: count, depth: max(1, min(queueDepth, 64)), blockingThreads: blockingThreads)
         } catch {
             if choice == .uring { throw error }
             return "transport /dev/fuse (\(error))"
@@ -118,13 +120,15 @@ extension FUSEMount {
 
     /// One queue thread per possible CPU; waits until each registered its
     /// entries (the kernel switches to the rings once all have).
-    private func startQueues(count: Int, depth: Int) throws {
+    private func startQueues(count: Int, depth: Int, blockingThreads: Int) throws {
         // The kernel wants room for the largest request and reply it may send.
         let payload = max(8192, Int(server.maxWrite), Int(server.maxPages) * 4096)
+        let pool = blockingThreads > 0 ? RequestPool(threads: blockingThreads) : nil
+        ringPool = pool
         var made: [FUSERingQueue] = []
         for qid in 0..<count {
             made.append(try FUSERingQueue(qid: qid, depth: depth, fd: fd, server: server, payloadSize: payload,
-                                          counters: counters, logger: logger))
+                                          counters: counters, pool: pool, logger: logger))
         }
         var threads: [pthread_t] = []
         for q in made {
@@ -158,6 +162,8 @@ extension FUSEMount {
         for t in queueThreads { pthread_join(t, nil) }
         queueThreads = []
         queues = []
+        ringPool?.stop()
+        ringPool = nil
     }
 }
 

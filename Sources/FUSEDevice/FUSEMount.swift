@@ -47,6 +47,8 @@ public final class FUSEMount: @unchecked Sendable {
     public let counters = FUSETransportCounters()
     var queues: [FUSERingQueue] = []
     var queueThreads: [pthread_t] = []
+    /// Threads for ring requests that may block while others wait behind them.
+    var ringPool: RequestPool?
     /// True once requests are served from io_uring queues.
     public var usesRing: Bool { !queues.isEmpty }
 
@@ -129,6 +131,8 @@ public final class FUSEMount: @unchecked Sendable {
         queues.forEach { $0.stop() }
         for t in queueThreads { pthread_join(t, nil) }
         queueThreads = []
+        ringPool?.stop()
+        ringPool = nil
     }
 
     private func workerLoop() {

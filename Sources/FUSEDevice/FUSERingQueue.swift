@@ -113,7 +113,10 @@ final class FUSERingEntry: @unchecked Sendable {
 public final class FUSETransportCounters: Sendable {
     let ringRequests = Atomic<Int>(0)
     let deviceRequests = Atomic<Int>(0)
+    let ringOffloaded = Atomic<Int>(0)
     public init() {}
+    /// Ring requests that ran on a pool thread (they may block, others waited).
+    public var offloaded: Int { ringOffloaded.load(ordering: .relaxed) }
     /// Requests taken from io_uring queues.
     public var viaRing: Int { ringRequests.load(ordering: .relaxed) }
     /// Requests read from /dev/fuse (INIT, FORGET, INTERRUPT, and everything when the rings are off).
@@ -134,6 +137,8 @@ final class FUSERingQueue: @unchecked Sendable {
     let counters: FUSETransportCounters
     let logger: Logger
     let entries: [FUSERingEntry]
+    /// Where a request that may block goes when others wait behind it.
+    let pool: RequestPool?
     private let wakeFD: Int32
     private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private let mailbox = Mutex<[Int]>([])
@@ -146,8 +151,10 @@ final class FUSERingQueue: @unchecked Sendable {
     let registered = Atomic<Int>(0)   // 0 pending, 1 ok, -errno failed
     static let wakeTag = UInt64.max
 
-    init(qid: Int, depth: Int, fd: Int32, server: FUSEServer, payloadSize: Int, counters: FUSETransportCounters, logger: Logger) throws {
+    init(qid: Int, depth: Int, fd: Int32, server: FUSEServer, payloadSize: Int, counters: FUSETransportCounters,
+         pool: RequestPool? = nil, logger: Logger) throws {
         self.qid = qid
+        self.pool = pool
         self.fd = fd
         self.server = server
         self.counters = counters
@@ -229,7 +236,9 @@ final class FUSERingQueue: @unchecked Sendable {
             let e = entries[Int(tags[i])]
             switch results[i] {
             case 0:
-                take(&ring, e)
+                // Run to completion here unless another request of this batch waits behind it.
+                let waiting = (i + 1..<n).contains { tags[$0] < UInt64(entries.count) && results[$0] == 0 }
+                take(&ring, e, offload: waiting)
             case -EINTR, -EAGAIN:
                 // Interrupted, or the connection not initialized yet: ask again.
                 let commit = e.state.withLock { $0.commitID }
@@ -247,7 +256,7 @@ final class FUSERingQueue: @unchecked Sendable {
     }
 
     /// A request arrived in `e`: hand it to the engine, commit what it answers.
-    private func take(_ ring: inout io_uring, _ e: FUSERingEntry) {
+    private func take(_ ring: inout io_uring, _ e: FUSERingEntry, offload: Bool) {
         let inOut = e.ringInOut
         let unique = e.inHeader.unique
         // The kernel finds the request by this id; without it we cannot answer.
@@ -260,6 +269,15 @@ final class FUSERingQueue: @unchecked Sendable {
         e.state.withLock { $0 = (commitID, nil) }
         if let message = e.message() {
             let queue = self
+            // The entry's buffers stay ours until the commit, so a pool thread
+            // may use them; its reply comes back through the mailbox.
+            if offload, let pool, FUSEServer.mayBlock(message) {
+                counters.ringOffloaded.add(1, ordering: .relaxed)
+                pool.submit { [server] in
+                    server.handle(message, replyMemory: e.replyMemory) { reply in queue.replied(e, commitID: commitID, reply) }
+                }
+                return
+            }
             handling = e.index
             server.handle(message, replyMemory: e.replyMemory) { reply in
                 queue.replied(e, commitID: commitID, reply)

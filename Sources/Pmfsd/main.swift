@@ -160,7 +160,7 @@ struct Pmfsd: ParsableCommand {
                 let m = try FUSEMount(mountPoint: mount, server: FUSEServer(operations: operations, offered: offered), fsName: "pmfs")
                 let how: String
                 do {
-                    how = try m.negotiate(transport)
+                    how = try m.negotiate(transport, blockingThreads: workers)
                 } catch {
                     m.unmount()
                     throw error
@@ -218,7 +218,7 @@ struct Pmfsd: ParsableCommand {
             notifier?.startWatchdog { (try? fs.getattr(1)) != nil }
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
-                logger.notice("host mount: \(host.counters.viaRing) request(s) over io_uring, \(host.counters.viaDevice) over /dev/fuse")
+                logger.notice("host mount: \(host.counters.viaRing) request(s) over io_uring, \(host.counters.viaDevice) over /dev/fuse; \(host.counters.offloaded) ring request(s) ran on pool threads")
                 guests.forEach { $0.stop() }
             } else {
                 done.wait()

@@ -1,10 +1,11 @@
 import Glibc
 
-/// A few threads for guest requests that may block (fsync, large reads and
-/// writes, truncation): a queue worker hands them over and goes on with the
-/// ring, so one slow request does not hold up the guest's other processes.
-/// (Linux 6.1's virtiofs driver sends everything on the first request queue.)
-final class RequestPool: @unchecked Sendable {
+/// A few threads for requests that may block (fsync, large reads and writes,
+/// truncation): a transport's queue thread hands them over and goes on with
+/// its queue, so one slow request does not hold up the others behind it (a
+/// guest's virtqueue: Linux 6.1's virtiofs driver sends everything on the
+/// first request queue; a FUSE io_uring queue: one per CPU).
+public final class RequestPool: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var tasks: [() -> Void] = []
@@ -14,9 +15,9 @@ final class RequestPool: @unchecked Sendable {
     private var threads: [pthread_t] = []
     /// The most tasks waiting at once: a guest re-offering chains faster than
     /// they are answered must not grow the queue without end.
-    let queueLimit: Int
+    public let queueLimit: Int
 
-    init(threads count: Int, queueLimit: Int = 256) {
+    public init(threads count: Int, queueLimit: Int = 256) {
         self.queueLimit = max(1, queueLimit)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
@@ -37,7 +38,7 @@ final class RequestPool: @unchecked Sendable {
 
     /// Queues a task, or runs it at once on the caller's thread when the queue
     /// is full (backpressure: the queue worker serves that one itself).
-    func submit(_ task: @escaping () -> Void) {
+    public func submit(_ task: @escaping () -> Void) {
         pthread_mutex_lock(mutex)
         if tasks.count - head >= queueLimit {
             pthread_mutex_unlock(mutex)
@@ -51,14 +52,14 @@ final class RequestPool: @unchecked Sendable {
 
     /// Waits until every task handed over so far has finished (a ring being
     /// stopped must not see completions after its base index was reported).
-    func waitIdle() {
+    public func waitIdle() {
         pthread_mutex_lock(mutex)
         while head != tasks.count || running > 0 { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
     }
 
     /// Runs what is queued, then ends the threads.
-    func stop() {
+    public func stop() {
         pthread_mutex_lock(mutex)
         stopping = true
         pthread_cond_broadcast(condition)
