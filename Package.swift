@@ -199,5 +199,15 @@ let package = Package(
             path: "Benchmarks/MetadataBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // The request path without a transport: time and heap allocations per FUSE request.
+        .executableTarget(
+            name: "RequestPathBenchmarks",
+            dependencies: [
+                "FUSEProtocol", "CFUSE", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/RequestPathBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

@@ -76,26 +76,38 @@ public final class FUSEServer: @unchecked Sendable {
     /// copied out, the payload is not); anything else is gathered first.
     public func handle(segments: [UnsafeRawBufferPointer], replyMemory: [UnsafeMutableRawBufferPointer]? = nil,
                        reply: @escaping FUSEReplySink) {
+        // One piece is a whole message already (a WRITE's data is used where it lies there too).
+        if segments.count == 1 { return handle(segments[0], replyMemory: replyMemory, reply: reply) }
         let total = segments.reduce(0) { $0 + $1.count }
         let fixed = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
-        var prefix = [UInt8]()
-        prefix.reserveCapacity(fixed)
-        for s in segments where prefix.count < fixed { prefix.append(contentsOf: s.prefix(fixed - prefix.count)) }
-        let state = negotiatedState.withLock { $0 }
-        if prefix.count == fixed, state.initialized, state.minor >= 9 {
-            let header = prefix.withUnsafeBytes { $0.loadUnaligned(as: fuse_in_header.self) }
-            if header.opcode == FUSE_WRITE.rawValue, Int(header.len) == total, header.total_extlen == 0 {
-                let w = prefix.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.size, as: fuse_write_in.self) }
-                let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
-                                    pid: header.pid, opcode: header.opcode)
-                reply(writeInPlace(r, w, segments, skip: fixed, available: total - fixed))
-                return
-            }
+        let write = withUnsafeTemporaryAllocation(byteCount: fixed, alignment: 8) { prefix -> (fuse_in_header, fuse_write_in)? in
+            guard Self.gather(segments, into: prefix) == fixed else { return nil }
+            let header = prefix.loadUnaligned(as: fuse_in_header.self)
+            guard header.opcode == FUSE_WRITE.rawValue, Int(header.len) == total, header.total_extlen == 0 else { return nil }
+            return (header, prefix.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.size, as: fuse_write_in.self))
         }
-        var message = [UInt8]()
-        message.reserveCapacity(total)
-        for s in segments { message.append(contentsOf: s) }
-        message.withUnsafeBytes { handle($0, replyMemory: replyMemory, reply: reply) }
+        if let (header, w) = write, negotiatedState.withLock({ $0.initialized && $0.minor >= 9 }) {
+            let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
+                                pid: header.pid, opcode: header.opcode)
+            reply(writeInPlace(r, w, segments, skip: fixed, available: total - fixed))
+            return
+        }
+        // Anything else is gathered (small requests on the stack).
+        withUnsafeTemporaryAllocation(byteCount: max(total, 1), alignment: 16) { message in
+            let n = Self.gather(segments, into: message)
+            handle(UnsafeRawBufferPointer(rebasing: message[0..<n]), replyMemory: replyMemory, reply: reply)
+        }
+    }
+
+    /// Copies the first bytes of `segments` into `buffer`: how many fit.
+    static func gather(_ segments: [UnsafeRawBufferPointer], into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        var done = 0
+        for s in segments where done < buffer.count {
+            let n = min(s.count, buffer.count - done)
+            if n > 0 { (buffer.baseAddress! + done).copyMemory(from: s.baseAddress!, byteCount: n) }
+            done += n
+        }
+        return done
     }
 
     /// The bytes of `segments` from `skip` on, at most `count` of them, as

@@ -84,8 +84,9 @@ public struct ReplyBuilder {
 
     public var count: Int { bytes.count }
 
-    /// The finished message with its length filled in.
-    public func finish() -> [UInt8] {
+    /// The finished message with its length filled in (the builder is used
+    /// up, so its bytes are not copied).
+    public consuming func finish() -> [UInt8] {
         var out = bytes
         let length = UInt32(out.count)
         withUnsafeBytes(of: length) { l in out.withUnsafeMutableBytes { $0.copyMemory(from: l) } }

@@ -567,13 +567,12 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     /// Whether a chain's request may block (FUSEServer decides from its first bytes).
     static func mayBlock(_ chain: Virtqueue.Chain) -> Bool {
-        chain.prefix(FUSEServer.blockingCheckBytes).withUnsafeBytes { FUSEServer.mayBlock($0) }
+        chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.mayBlock($0) }
     }
 
     private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
         // The readable buffers hold the request, the writable ones receive the reply.
-        let start = chain.prefix(8)
-        let opcode: UInt32 = start.count == 8 ? start.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0
+        let opcode: UInt32 = chain.withPrefix(8) { $0.count == 8 ? $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) : 0 }
         let generation = q.generation
         let answered = Flag()
         let writable = WritableBuffers(chain.writable)

@@ -82,11 +82,19 @@ final class Virtqueue: @unchecked Sendable {
         var readableBytes: Int { readable.reduce(0) { $0 + $1.count } }
         var writableBytes: Int { writable.reduce(0) { $0 + $1.count } }
         /// The request's first `count` bytes (fewer if it is shorter), copied out.
-        func prefix(_ count: Int) -> [UInt8] {
-            var out = [UInt8]()
-            out.reserveCapacity(count)
-            for r in readable where out.count < count { out.append(contentsOf: r.prefix(count - out.count)) }
-            return out
+        /// The request's first `count` bytes (fewer if it is shorter): where
+        /// they lie when the first buffer holds them, else gathered on the stack.
+        func withPrefix<T>(_ count: Int, _ body: (UnsafeRawBufferPointer) -> T) -> T {
+            if let first = readable.first, first.count >= count { return body(UnsafeRawBufferPointer(rebasing: first[0..<count])) }
+            return withUnsafeTemporaryAllocation(byteCount: max(count, 1), alignment: 8) { out in
+                var done = 0
+                for r in readable where done < count {
+                    let n = min(r.count, count - done)
+                    if n > 0 { (out.baseAddress! + done).copyMemory(from: r.baseAddress!, byteCount: n) }
+                    done += n
+                }
+                return body(UnsafeRawBufferPointer(rebasing: out[0..<done]))
+            }
         }
     }
 

@@ -1,0 +1,138 @@
+import Benchmark
+import CFUSE
+import FUSEProtocol
+import Glibc
+import PMFSCore
+import PMFSData
+import PMFSMetadata
+import PMFSServer
+
+// The request path without a transport: FUSE requests handed to
+// FUSEServer.handle(segments:replyMemory:) as the vhost-user back end hands
+// them over (a guest's descriptor chain: the in-header and the arguments in
+// separate buffers, a WRITE's data in a third; replies into the guest's
+// writable buffers), in front of the real PMFSOperations over a pool on
+// /dev/shm (PMEM_IS_PMEM_FORCE=1: emulated PM) and a data file on /dev/shm.
+// The figure that matters here is heap allocations per request (malloc
+// counters), beside the time. tools/bench/request-path.sh runs it.
+
+/// One file system and one session, ready for requests on a file `f`.
+final class Served: @unchecked Sendable {
+    let directory = "/dev/shm/pmfs-reqbench-\(getpid())"
+    var metadata: MetadataStore!
+    var fs: FileSystem!
+    var server: FUSEServer!
+    var node: UInt64 = 0
+    var handle: UInt64 = 0
+    var unique: UInt64 = 10
+    let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 4096)
+    let data = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+
+    func open() throws {
+        mkdir(directory, 0o755)
+        let pool = directory + "/pool", file = directory + "/data"
+        let blocks: UInt64 = 16384
+        let fd = Glibc.open(file, O_CREAT | O_RDWR | O_TRUNC, 0o600)
+        ftruncate(fd, off_t(blocks * 4096))
+        Glibc.close(fd)
+        unlink(pool)
+        metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: blocks))
+        try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: file)
+        fs = try FileSystem(metadata: metadata, device: try DataDevice(path: file), options: FileSystem.Options())
+        server = FUSEServer(operations: PMFSOperations(metadata: metadata, fs: fs))
+        var i = fuse_init_in()
+        i.major = 7; i.minor = 38; i.flags = 0xFFFF_FFFF; i.flags2 = 0xFFFF_FFFF
+        _ = request(FUSE_INIT, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) })
+        var c = fuse_create_in()
+        c.flags = UInt32(O_RDWR); c.mode = 0o100644
+        let created = request(FUSE_CREATE, nodeid: 1, withUnsafeBytes(of: &c) { Array($0) } + Array("f".utf8) + [0])
+        node = created.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: fuse_entry_out.self).nodeid }
+        handle = created.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16 + MemoryLayout<fuse_entry_out>.size, as: fuse_open_out.self).fh }
+        memset(data.baseAddress!, 0x5a, data.count)
+        for block in 0..<16 { write(offset: UInt64(block) * 4096) }
+        fsync()
+    }
+
+    func close() {
+        try? fs.shutdown()
+        try? metadata.close()
+        unlink(directory + "/pool"); unlink(directory + "/data"); rmdir(directory)
+    }
+
+    /// A whole request in one buffer (setup only): its reply.
+    func request(_ opcode: fuse_opcode, nodeid: UInt64, _ body: [UInt8]) -> [UInt8] {
+        var h = header(opcode, nodeid: nodeid, argumentBytes: body.count)
+        var message = withUnsafeBytes(of: &h) { Array($0) } + body
+        final class Box: @unchecked Sendable { var bytes: [UInt8] = [] }
+        let out = Box()
+        message.withUnsafeMutableBytes { m in server.handle(UnsafeRawBufferPointer(m)) { out.bytes = $0 } }
+        return out.bytes
+    }
+
+    func header(_ opcode: fuse_opcode, nodeid: UInt64, argumentBytes: Int) -> fuse_in_header {
+        var h = fuse_in_header()
+        h.len = UInt32(MemoryLayout<fuse_in_header>.size + argumentBytes)
+        h.opcode = opcode.rawValue
+        unique &+= 1
+        h.unique = unique
+        h.nodeid = nodeid
+        return h
+    }
+
+    /// A request as a descriptor chain brings it: header, arguments (and data) in separate buffers.
+    @inline(__always)
+    func chain<Arguments>(_ opcode: fuse_opcode, nodeid: UInt64, _ arguments: Arguments, tail: UnsafeRawBufferPointer? = nil) {
+        var h = header(opcode, nodeid: nodeid, argumentBytes: MemoryLayout<Arguments>.size + (tail?.count ?? 0))
+        var a = arguments
+        withUnsafeBytes(of: &h) { hb in
+            withUnsafeBytes(of: &a) { ab in
+                let segments = tail.map { [hb, ab, $0] } ?? [hb, ab]
+                server.handle(segments: segments, replyMemory: [reply]) { blackHole($0) }
+            }
+        }
+    }
+
+    func getattr() { chain(FUSE_GETATTR, nodeid: node, fuse_getattr_in()) }
+    func read(offset: UInt64) {
+        var r = fuse_read_in()
+        r.fh = handle; r.offset = offset; r.size = 4096
+        chain(FUSE_READ, nodeid: node, r)
+    }
+    func write(offset: UInt64) {
+        var w = fuse_write_in()
+        w.fh = handle; w.offset = offset; w.size = 4096
+        chain(FUSE_WRITE, nodeid: node, w, tail: UnsafeRawBufferPointer(data))
+    }
+    func fsync() {
+        var f = fuse_fsync_in()
+        f.fh = handle
+        chain(FUSE_FSYNC, nodeid: node, f)
+    }
+}
+
+let benchmarks: @Sendable () -> Void = {
+    let configuration = Benchmark.Configuration(
+        metrics: [.wallClock, .mallocCountTotal, .throughput],
+        timeUnits: .nanoseconds,
+        warmupIterations: 100,
+        maxDuration: .seconds(2),
+        maxIterations: 20_000,
+        skip: getenv("PMEM_IS_PMEM_FORCE").map { String(cString: $0) } != "1")
+    let served = Served()
+    func bench(_ name: String, _ body: @escaping (Int) -> Void) {
+        var i = 0
+        Benchmark(name, configuration: configuration) { _ in
+            i &+= 1
+            body(i)
+        } setup: {
+            if served.server == nil { try served.open() }
+        }
+    }
+    bench("GETATTR") { _ in served.getattr() }
+    bench("READ 4 KiB (cached)") { i in served.read(offset: UInt64(i & 15) * 4096) }
+    bench("WRITE 4 KiB") { i in served.write(offset: UInt64(i & 15) * 4096) }
+    bench("WRITE 4 KiB + FSYNC") { i in
+        served.write(offset: UInt64(i & 15) * 4096)
+        served.fsync()
+    }
+}
