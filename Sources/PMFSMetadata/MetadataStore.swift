@@ -328,7 +328,7 @@ public final class MetadataStore: @unchecked Sendable {
                 try d.destroy(offset: p.pointee.content_off, in: tx)
             }
         case .regular:
-            let tree = ExtentTree(pool: pool, inode: p)
+            let tree = extentTree(p)
             var extents: [ExtentTree.Entry] = []
             try tree.forEach { extents.append($0) }
             for e in extents { try space.free(e.deviceBlock, e.length, in: tx) }
@@ -417,11 +417,17 @@ public final class MetadataStore: @unchecked Sendable {
         var seen = Set<UInt64>()
         while pool.superblock.pointee.orphan_head != 0 {
             let ino = pool.superblock.pointee.orphan_head
-            guard seen.insert(ino).inserted else { throw PoolError.corrupt("orphan list loops at \(ino)") }
-            try pool.transaction { tx in
-                try removeOrphan(ino, tx)
-                let p = try inodes.inode(ino)
-                if p.pointee.nlink == 0 { try destroyInode(ino, tx) }
+            do {
+                guard seen.insert(ino).inserted else { throw PoolError.corrupt("orphan list loops at \(ino)") }
+                try pool.transaction { tx in
+                    try removeOrphan(ino, tx)
+                    let p = try inodes.inode(ino)
+                    if p.pointee.nlink == 0 { try destroyInode(ino, tx) }
+                }
+            } catch let e as PoolError {
+                // A damaged orphan costs its space until fsck.pmfs, not the whole file system.
+                logger.error("orphan inode \(ino) not reclaimed: \(e)")
+                break
             }
             count += 1
         }

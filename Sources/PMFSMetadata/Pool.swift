@@ -87,15 +87,26 @@ package final class PersistentPool: @unchecked Sendable {
     /// A typed pointer to the object at `offset`, refusing offsets outside the pool.
     @inline(__always)
     package func pointer<T>(_ offset: UInt64, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
-        guard offset >= 4096, offset &+ UInt64(MemoryLayout<T>.size) <= size, offset % 8 == 0 else {
-            throw PoolError.corrupt("reference to offset \(offset) outside the pool (\(T.self))")
+        try pointer(offset, count: 1, as: T.self)
+    }
+
+    /// A pointer to `count` consecutive `T`s at `offset` (a chunk of inodes or
+    /// directory slots): every one of them must lie inside the pool, so an index
+    /// below `count` never reaches memory past it. Offsets come from the pool
+    /// and may be anything: the check cannot wrap.
+    @inline(__always)
+    package func pointer<T>(_ offset: UInt64, count: Int, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
+        let (bytes, overflow) = count <= 1 ? (UInt64(MemoryLayout<T>.size), false)
+            : UInt64(MemoryLayout<T>.stride).multipliedReportingOverflow(by: UInt64(count))
+        guard !overflow, offset >= 4096, offset <= size, bytes <= size - offset, offset % 8 == 0 else {
+            throw PoolError.corrupt("reference to offset \(offset) outside the pool (\(count) × \(T.self))")
         }
         return (base + Int(offset)).assumingMemoryBound(to: T.self)
     }
 
     @inline(__always)
     package func raw(_ offset: UInt64, length: Int) throws -> UnsafeMutableRawPointer {
-        guard offset >= 4096, offset &+ UInt64(length) <= size else {
+        guard length >= 0, offset >= 4096, offset <= size, UInt64(length) <= size - offset else {
             throw PoolError.corrupt("reference to offset \(offset)+\(length) outside the pool")
         }
         return base + Int(offset)
