@@ -44,7 +44,7 @@ struct Run: ParsableCommand {
             if seconds > 0 && now() - start > seconds { break }
             let result = try runSeed(seed, fixture, work, fsck)
             done += 1
-            outcomes[result.outcome, default: 0] += 1
+            if result.failure == nil { outcomes[result.outcome, default: 0] += 1 }
             if verbose || result.failure != nil {
                 print("seed \(seed): \(result.failure.map { "FAILED: \($0)" } ?? result.outcome)\n  damage: \(result.damage.joined(separator: "; "))\n  \(result.detail)")
             }
@@ -83,6 +83,7 @@ struct Run: ParsableCommand {
             return "\(why) (damaged pool kept at \(kept))"
         }
         // 1. The damaged pool: served and walked in a child.
+        unlink(report)
         let walk = spawn(selfExecutable(), ["walk", "--pool", pool, "--data", data, "--report", report, "--tag", "damaged"], timeout: timeout)
         result.detail = "walk: \(readText(report))"
         switch walk {
@@ -111,6 +112,7 @@ struct Run: ParsableCommand {
             return result
         }
         // 3. The repaired pool serves without damage.
+        unlink(report)
         let again = spawn(selfExecutable(), ["walk", "--pool", pool, "--data", data, "--report", report, "--tag", "repaired"], timeout: timeout)
         guard again == .exited(0) else { result.failure = keep("walk after repair: \(again): \(readText(report))"); return result }
         result.outcome += ", repaired"
