@@ -48,8 +48,11 @@ extension MetadataStore {
             let segEnd = min(e.end, end)
             // Only extents that overlap (damage) can end where the last one did.
             guard segEnd > position else { throw PoolError.corrupt("extents overlap at file block \(e.fileBlock)") }
-            result.append(ExtentSegment(fileBlock: position, length: segEnd - position,
-                                        deviceBlock: e.deviceBlock + (position - e.fileBlock),
+            let device = e.deviceBlock + (position - e.fileBlock)
+            guard space.allUsed(device, segEnd - position) else {
+                throw PoolError.corrupt("extent at file block \(e.fileBlock) maps device blocks \(e.deviceBlock)+\(e.length) that the space map has free")
+            }
+            result.append(ExtentSegment(fileBlock: position, length: segEnd - position, deviceBlock: device,
                                         unwritten: e.flags & PMFS_EXTENT_UNWRITTEN != 0))
             position = segEnd
         }

@@ -81,6 +81,22 @@ final class SpaceMap: @unchecked Sendable {
         freeBlocks = total
     }
 
+    /// Whether every block of [start, start+length) is marked in use: blocks a
+    /// file maps must be, or a later allocation would hand them out again (an
+    /// extent map pointing into free space is damage). Bounds checked by the caller.
+    func allUsed(_ start: UInt64, _ length: UInt64) -> Bool {
+        var b = start
+        let end = start + length
+        while b < end {
+            let w = Int(b / 64), bit = b % 64
+            let n = min(64 - bit, end - b)
+            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
+            if words[w] & mask != mask { return false }
+            b += n
+        }
+        return true
+    }
+
     @inline(__always)
     func isUsed(_ block: UInt64) -> Bool {
         words[Int(block / 64)] & (1 << (block % 64)) != 0

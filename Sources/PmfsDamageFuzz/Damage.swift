@@ -51,9 +51,14 @@ struct PoolDamager {
             objects.append((off, type, size))
             switch type {
             case UInt64(PMFS_T_INODE_CHUNK.rawValue):
+                var free = 0
                 for i in 0..<(size / 256) {
                     let p: UnsafeMutablePointer<pmfs_inode> = try pool.pointer(off + UInt64(i * 256))
-                    if p.pointee.mode != 0 { inodes.append(off + UInt64(i * 256)) }
+                    // Live inodes, and a few free slots (the next creates reuse them).
+                    if p.pointee.mode != 0 { inodes.append(off + UInt64(i * 256)) } else if free < 3 && i > 0 {
+                        inodes.append(off + UInt64(i * 256))
+                        free += 1
+                    }
                 }
             case UInt64(PMFS_T_DIRENT_CHUNK.rawValue):
                 for i in 0..<(size / 64) {
@@ -70,6 +75,7 @@ struct PoolDamager {
 
     static let inodeFields: [Field] = [
         field("mode", \pmfs_inode.mode), field("nlink", \pmfs_inode.nlink), field("size", \pmfs_inode.size),
+        field("generation", \pmfs_inode.generation),
         field("blocks", \pmfs_inode.blocks), field("parent", \pmfs_inode.parent), field("flags", \pmfs_inode.flags),
         field("content_off", \pmfs_inode.content_off, reference: true), field("xattr_off", \pmfs_inode.xattr_off, reference: true),
         field("orphan_next", \pmfs_inode.orphan_next), field("orphan_prev", \pmfs_inode.orphan_prev),

@@ -42,8 +42,9 @@ import Testing
         let header = try #require(try DataDeviceHeader.read(from: t.dataPath))
         let blockCount = UInt64(4096)
         // Block 0 (the device header), the last blocks running off the end,
-        // past the end, and values whose byte offset overflows.
-        for (device, length) in [(UInt64(0), UInt32(3)), (blockCount - 1, 3), (blockCount, 1), (UInt64.max - 1, 3), (1 << 63, 3), (100, UInt32.max)] {
+        // past the end, values whose byte offset overflows, and blocks the
+        // space map has free (a later allocation would hand them out again).
+        for (device, length) in [(UInt64(0), UInt32(3)), (blockCount - 1, 3), (blockCount, 1), (UInt64.max - 1, 3), (1 << 63, 3), (100, UInt32.max), (2000, 3)] {
             let e = try Self.firstExtent(t, damaged)
             e.pointee.device_block = device
             e.pointee.length = length
