@@ -58,6 +58,7 @@ final class Walker {
                 case .regular: readAndWrite(a.ino)
                 default: break
                 }
+                changeEntry(dir, name, a)
             }
         }
         changeDirectory(dir)
@@ -78,6 +79,23 @@ final class Walker {
         _ = attempt("write \(ino)") { try bytes.withUnsafeBytes { try fs.write(ino, offset: 4000, from: $0) } }
         _ = attempt("append \(ino)") { try bytes.withUnsafeBytes { try fs.write(ino, offset: offset, from: $0) } }
         _ = attempt("fsync \(ino)") { try fs.fsync(ino) }
+    }
+
+    /// Changes that free what the entry's inode owns (the old xattr blob,
+    /// blocks past a new size, a symlink's target, the inode itself), so frees
+    /// of damaged offsets are tried too. Every fourth file and every symlink.
+    func changeEntry(_ dir: UInt64, _ name: FileName, _ a: InodeAttributes) {
+        _ = attempt("setxattr \(a.ino)") { try metadata.setxattr(a.ino, Array("user.walk".utf8), Array(tag.utf8)) }
+        switch a.type {
+        case .regular where a.ino % 4 == 0:
+            _ = attempt("truncate \(a.ino)") { try fs.setattr(a.ino, AttributeChanges(size: a.size / 2)) }
+            _ = attempt("unlink \(dir)/\(name)") { try metadata.unlink(dir, name) }
+        case .regular:
+            _ = attempt("truncate \(a.ino)") { try fs.setattr(a.ino, AttributeChanges(size: a.size / 2)) }
+        case .symbolicLink, .fifo:
+            _ = attempt("unlink \(dir)/\(name)") { try metadata.unlink(dir, name) }
+        default: break
+        }
     }
 
     func changeDirectory(_ dir: UInt64) {
