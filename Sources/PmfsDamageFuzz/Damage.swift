@@ -136,7 +136,8 @@ struct PoolDamager {
         let max: UInt64 = f.width == 8 ? .max : (1 << UInt64(f.width * 8)) - 1
         var choices: [UInt64] = [0, 1, max, max - 1, max / 2 + 1, max / 2, rng.next() % 64, rng.next() & max]
         if f.width == 8 {
-            choices += [pool.size - 8, pool.size, pool.size - 64, UInt64.max - 7, 1 << 62, base, base + 8,
+            // 8192 and 1 MiB: inside the pool, before libpmemobj's heap (its lanes).
+            choices += [pool.size - 8, pool.size, pool.size - 64, UInt64.max - 7, 1 << 62, base, base + 8, 8192, 1 << 20,
                         rng.pick(objects).offset, rng.pick(objects).offset + 16, UInt64(Fixture.dataBlocks), UInt64(Fixture.dataBlocks) - 1]
             if f.isReference { choices += [base, rng.pick(objects).offset, rng.pick(objects).offset] }
         }

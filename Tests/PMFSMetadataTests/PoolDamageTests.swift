@@ -165,3 +165,38 @@ import Testing
         try Self.stillServes(s)
     }
 }
+
+/// References to something that is no object (or no longer one): libpmemobj
+/// crashes freeing such an offset (SIGSEGV, SIGFPE), so the engine refuses.
+@Suite struct DamagedReferenceFreeTests {
+    @Test func freeingWhatIsNoObjectIsRefused() throws {
+        let t = try TestPool()
+        let s = try #require(t.store)
+        let f = try s.create(root, name("f"), file()).ino
+        let l = try s.symlink(root, name("l"), target: Array("target".utf8), uid: 0, gid: 0).ino
+        // Zeros near the pool's end read as an empty blob; 8192 lies in the pool's lanes, before the heap.
+        for bad in [(s.pool.size - 64) & ~7, 8192] {
+            try s.inodes.inode(f).pointee.xattr_off = bad
+            #expect(throws: PoolError.self) { try s.setxattr(f, Array("user.a".utf8), [1]) }
+            try s.inodes.inode(l).pointee.content_off = bad
+            #expect(throws: PoolError.self) { try s.unlink(root, name("l")) }
+        }
+        try s.inodes.inode(f).pointee.xattr_off = 0
+        try s.setxattr(f, Array("user.a".utf8), [1])
+        try PoolDamageMetadataTests.stillServes(s)
+    }
+
+    /// Two inodes sharing one xattr blob: the second rewrite must not free it again.
+    @Test func aSharedObjectIsFreedOnce() throws {
+        let t = try TestPool()
+        let s = try #require(t.store)
+        let a = try s.create(root, name("a"), file()).ino
+        let b = try s.create(root, name("b"), file()).ino
+        try s.setxattr(a, Array("user.k".utf8), [1])
+        try s.inodes.inode(b).pointee.xattr_off = s.inodes.inode(a).pointee.xattr_off
+        try s.setxattr(a, Array("user.k".utf8), [2])
+        #expect(throws: PoolError.self) { try s.setxattr(b, Array("user.k".utf8), [3]) }
+        #expect(try s.getxattr(a, Array("user.k".utf8)) == [2])
+        try PoolDamageMetadataTests.stillServes(s)
+    }
+}
