@@ -376,12 +376,19 @@ public final class MetadataStore: @unchecked Sendable {
         p.pointee.orphan_next = head
         p.pointee.orphan_prev = 0
         if head != 0 {
-            let h = try inodes.inode(head)
+            let h = try orphanNeighbour(head)
             try tx.snapshot(field(h, \.orphan_prev))
             h.pointee.orphan_prev = ino
         }
         try tx.snapshot(field(sb, \.orphan_head))
         sb.pointee.orphan_head = ino
+    }
+
+    /// An inode the orphan list links to: one that is not there is damage
+    /// (EIO, fsck.pmfs rebuilds the list), not ENOENT for the caller's file.
+    private func orphanNeighbour(_ ino: UInt64) throws -> UnsafeMutablePointer<pmfs_inode> {
+        guard let p = try inodes.slot(ino), p.pointee.mode != 0 else { throw PoolError.corrupt("orphan list links to inode \(ino), which is free") }
+        return p
     }
 
     func removeOrphan(_ ino: UInt64, _ tx: Transaction) throws {
@@ -390,7 +397,7 @@ public final class MetadataStore: @unchecked Sendable {
         let p = try inodes.inode(ino)
         let next = p.pointee.orphan_next, prev = p.pointee.orphan_prev
         if prev != 0 {
-            let q = try inodes.inode(prev)
+            let q = try orphanNeighbour(prev)
             try tx.snapshot(field(q, \.orphan_next))
             q.pointee.orphan_next = next
         } else {
@@ -399,7 +406,7 @@ public final class MetadataStore: @unchecked Sendable {
             sb.pointee.orphan_head = next
         }
         if next != 0 {
-            let q = try inodes.inode(next)
+            let q = try orphanNeighbour(next)
             try tx.snapshot(field(q, \.orphan_prev))
             q.pointee.orphan_prev = prev
         }

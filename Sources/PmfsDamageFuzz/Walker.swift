@@ -115,7 +115,7 @@ final class Walker {
         let quiet = Logger(label: "pmfs.walk", factory: { _ in SwiftLogNoOpLogHandler() })
         guard let header = try DataDeviceHeader.read(from: data) else { throw FuzzError("no data device header") }
         let metadata = try MetadataStore.open(poolPath: pool, dataDevice: header, logger: quiet)
-        let device = try DataDevice(path: data, engine: .threads, logger: quiet)
+        let device = try DataDevice(path: data, engine: .auto, logger: quiet)
         var options = FileSystem.Options()
         options.cacheBytes = 4 << 20
         let fs = try FileSystem(metadata: metadata, device: device, options: options, logger: quiet)
