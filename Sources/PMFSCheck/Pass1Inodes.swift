@@ -128,6 +128,13 @@ extension CheckRun {
             }
         case .regular:
             checkExtentTree(ino, p)
+            if p.pointee.size > MetadataStore.maxFileSize {
+                // The engine refuses such a file (EIO); the extents say how far it reaches.
+                let end = (extents[ino]?.last).map { ($0.fileBlock + $0.length) * 4096 } ?? 0
+                found(.inodeFields, "regular file \(ino) has size \(p.pointee.size), past the largest file (\(MetadataStore.maxFileSize))") {
+                    try update(field(p, \.size)) { $0 = end }
+                }
+            }
         case .symbolicLink:
             guard checkSymlink(ino, p) else { return }
         default:

@@ -164,7 +164,8 @@ struct PoolDamager {
         ]
         // Whole-pool structures less often: most damage should be to one file.
         if rng.below(4) == 0 { targets.append(("superblock", [sb], Self.superblockFields)) }
-        let (kind, bases, fields) = rng.pick(targets.filter { !$0.1.isEmpty })
+        // An earlier change of this seed may have pointed a header elsewhere: only offsets in the pool.
+        let (kind, bases, fields) = rng.pick(targets.map { ($0.0, $0.1.filter { $0 >= 4096 && $0 < pool.size }, $0.2) }.filter { !$0.1.isEmpty })
         let base = rng.pick(bases), f = rng.pick(fields)
         try poke(base + UInt64(f.offset), width: f.width, value(for: f, base: base, &rng), "\(kind)@\(base).\(f.name)")
     }
@@ -182,7 +183,11 @@ struct PoolDamager {
     mutating func damage(seed: UInt64) throws {
         var rng = SplitMix(seed: seed)
         for _ in 0..<(1 + rng.below(4)) {
-            if rng.below(10) < 7 { try damageStructure(&rng) } else { try damageRandomWord(&rng) }
+            // A change that lands outside the pool (a header pointed away by an
+            // earlier one) is skipped, not the end of the run.
+            do {
+                if rng.below(10) < 7 { try damageStructure(&rng) } else { try damageRandomWord(&rng) }
+            } catch let e as PoolError { log.append("skipped: \(e)") }
         }
     }
 }

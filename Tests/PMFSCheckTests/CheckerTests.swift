@@ -10,6 +10,7 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
     case extentOutsideDevice, sharedBlocks, bitmapUsedMarkedFree, bitmapFreeMarkedUsed, leakedObject
     case badSymlink, badXattr, orphanList, unreachableDirectory
     case directoryHardLink, hashChainLoop, superblockDataBlocks, extentTreeKeys, inodeChunksNeverMade
+    case sizePastLargestFile
 
     var testDescription: String { rawValue }
 
@@ -35,6 +36,7 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
         case .superblockDataBlocks: return "SB_DATA_BLOCKS"
         case .extentTreeKeys: return "EXTENT_TREE"
         case .inodeChunksNeverMade: return "TABLE_CHUNK_COUNT"
+        case .sizePastLargestFile: return "INODE_FIELDS"
         }
     }
 
@@ -122,6 +124,9 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
             // them, 1 MiB each, took minutes and failed for want of pool space).
             let table: UnsafeMutablePointer<pmfs_inode_table> = try raw.pool.pointer(raw.sb.pointee.inode_table_off)
             raw.poke(field(table, \.chunk_count), 4095)
+        case .sizePastLargestFile:
+            // The engine answers EIO for such a file; fsck sets the size from its extents.
+            raw.poke(field(try raw.inode(f.b), \.size), 1 << 63)
         }
     }
 }
