@@ -231,7 +231,8 @@ package final class Transaction {
     }
 
     fileprivate func finish(committed: Bool) {
-        pool.noteLive(committed ? Array(allocated) : freedLive)
+        // Most transactions allocate and free nothing: no lock taken for them.
+        if committed ? !allocated.isEmpty : !freedLive.isEmpty { pool.noteLive(committed ? Array(allocated) : freedLive) }
         if committed {
             for a in commitActions { a() }
         } else {
