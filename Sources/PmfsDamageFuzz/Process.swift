@@ -106,3 +106,8 @@ extension String {
         return String(s)
     }
 }
+
+func fileSize(_ path: String) -> UInt64 {
+    var st = stat()
+    return stat(path, &st) == 0 ? UInt64(st.st_size) : 0
+}

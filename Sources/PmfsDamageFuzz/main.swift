@@ -95,6 +95,8 @@ struct Run: ParsableCommand {
         case .timedOut: result.failure = keep("walk hung (no answer in \(timeout) s)"); return result
         }
         guard try readHeaderBlock(data) == header else { result.failure = keep("the data device header was overwritten"); return result }
+        // A write past the device's end would have grown the data file.
+        guard fileSize(data) == Fixture.dataBlocks * 4096 else { result.failure = keep("the data file grew: a write went past the device"); return result }
         // 2. fsck.pmfs -y repairs; -n then finds nothing.
         let repair = spawn(fsck, ["-y", "-f", pool], timeout: timeout, output: "\(work)/fsck-y.txt")
         switch repair {
