@@ -223,7 +223,7 @@ struct ExtentTree {
             inode.pointee.content_off = off
         }
         try tx.snapshot(field(inode, \.extent_count))
-        inode.pointee.extent_count += 1
+        inode.pointee.extent_count.incrementSaturating()
     }
 
     /// Returns (separator key, new right sibling) when `off` split.

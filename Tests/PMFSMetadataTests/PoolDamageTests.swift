@@ -160,8 +160,10 @@ import Testing
         try s.punchBlocks(f, start: 0, count: 2)
         #expect(try s.getattr(f).blocks == 0)
         try s.inodes.inode(f).pointee.blocks = UInt64.max
+        try s.inodes.inode(f).pointee.extent_count = UInt64.max   // found by pmfs-damage-fuzz (seeds 20523, 21265)
         try s.allocateBlocks(f, start: 10, count: 4)
         #expect(try s.getattr(f).blocks == UInt64.max)
+        #expect(try s.inodes.inode(f).pointee.extent_count == UInt64.max)
         try Self.stillServes(s)
     }
 }
