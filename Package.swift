@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "fsck.pmfs", targets: ["FsckPmfs"]),
         .executable(name: "pmfs-inspect", targets: ["PmfsInspect"]),
         .executable(name: "pmfs-torture", targets: ["PmfsTorture"]),
+        .executable(name: "pmfs-damage-fuzz", targets: ["PmfsDamageFuzz"]),
         .executable(name: "pmfs-crash-writer", targets: ["PmfsCrashWriter"]),
         .executable(name: "pmfs-bench-data", targets: ["PmfsDataBench"]),
         .executable(name: "pmfs-bench-vhost", targets: ["PmfsVhostBench"]),
@@ -120,6 +121,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The pool-damage fuzzer (runs fsck.pmfs and itself as children).
+        .executableTarget(
+            name: "PmfsDamageFuzz",
+            dependencies: [
+                "PMFSMetadata", "PMFSCore", "PMFSData", "CPMDK",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "PmfsInspect",
             dependencies: [
@@ -188,7 +199,7 @@ let package = Package(
         // Runs the built mkfs.pmfs and pmfs-inspect; depending on them gets them built first.
         .testTarget(
             name: "ToolsTests",
-            dependencies: ["PMFSMetadata", "MkfsPmfs", "PmfsInspect", "Pmfsd"]
+            dependencies: ["PMFSMetadata", "MkfsPmfs", "PmfsInspect", "Pmfsd", "FsckPmfs", "PmfsDamageFuzz"]
         ),
         .executableTarget(
             name: "MetadataBenchmarks",

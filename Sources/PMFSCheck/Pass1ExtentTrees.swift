@@ -27,7 +27,7 @@ extension CheckRun {
             nodes.append(off)
             guard let n: UnsafeMutablePointer<pmfs_extent_node> = try? pool.pointer(off) else { return }
             let count = Int(n.pointee.key_count)
-            guard count <= Self.fanout else { damage.append("node at \(off) holds \(count) keys (at most \(Self.fanout))"); return }
+            guard count < Self.fanout else { damage.append("node at \(off) holds \(count) keys (at most \(Self.fanout - 1))"); return }
             let key = { (i: Int) in element(n, \.keys, i, as: UInt64.self).pointee }
             for i in 0..<count {
                 let k = key(i)

@@ -25,6 +25,18 @@ extension CheckRun {
                 try update(field(table, \.chunk_count)) { $0 = UInt64(keep) }
             }
             count = keep
+        } else {
+            // A count past chunks that were never made (all missing to the end):
+            // lower the count rather than make thousands of empty chunks.
+            var n = 0
+            while n < count && validate(offsets[n], PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes) == nil { n += 1 }
+            let keep = max(n, 1)
+            if keep < count && (keep..<count).allSatisfy({ offsets[$0] == 0 }) {
+                found(.tableChunkCount, "inode table claims \(count) chunks; chunks \(keep) to \(count - 1) were never made") {
+                    try update(field(table, \.chunk_count)) { $0 = UInt64(keep) }
+                }
+                count = keep
+            }
         }
         chunks = Array(repeating: nil, count: count)
         for c in 0..<count {
@@ -116,6 +128,13 @@ extension CheckRun {
             }
         case .regular:
             checkExtentTree(ino, p)
+            if p.pointee.size > MetadataStore.maxFileSize {
+                // The engine refuses such a file (EIO); the extents say how far it reaches.
+                let end = (extents[ino]?.last).map { ($0.fileBlock + $0.length) * 4096 } ?? 0
+                found(.inodeFields, "regular file \(ino) has size \(p.pointee.size), past the largest file (\(MetadataStore.maxFileSize))") {
+                    try update(field(p, \.size)) { $0 = end }
+                }
+            }
         case .symbolicLink:
             guard checkSymlink(ino, p) else { return }
         default:

@@ -48,7 +48,7 @@ extension FileSystem {
     func zeroInBlock(_ f: FileData, _ block: UInt64, from: Int, to: Int) throws {
         guard from < to else { return }
         // Only blocks with data need zeroing: a hole or unwritten block reads zeros already.
-        let seg = try metadata.mapBlocks(f.ino, start: block, count: 1)[0]
+        guard let seg = try metadata.mapBlocks(f.ino, start: block, count: 1).first else { return }
         let cached = cache.lookup(f, block)
         if let c = cached { cache.unpin(c) }
         guard cached != nil || (seg.deviceBlock != nil && !seg.unwritten) else { return }

@@ -112,6 +112,18 @@ public final class FileSystem: @unchecked Sendable {
         }
     }
 
+    /// The errno for a failed read of `ino`'s blocks. Pool damage (a bad extent
+    /// map) and refused or failed device transfers are EIO, logged once here
+    /// naming the inode; errnos pass as they are.
+    func readFailure(_ ino: UInt64, _ error: Error) -> Errno {
+        if let e = error as? Errno { return e }
+        switch error {
+        case let e as PoolError: logger.error("reading inode \(ino): \(e)")
+        default: logger.error("reading inode \(ino): \(error)")
+        }
+        return .ioError
+    }
+
     /// For tests: the state of a file, if any.
     func fileData(_ ino: UInt64) throws -> FileData { try withFile(ino) { $0 } }
 
@@ -166,7 +178,7 @@ public final class FileSystem: @unchecked Sendable {
             f.lock.withLock {
                 a.size = f.size
                 if let m = f.pendingMtime { a.mtime = m; a.ctime = max(a.ctime, m) }
-                a.blocks += UInt64(f.reserved.count) * (blockSize / 512)
+                a.blocks = a.blocks.addingClamped(UInt64(f.reserved.count) * (blockSize / 512))
             }
         }
         return a
@@ -355,7 +367,7 @@ public final class FileSystem: @unchecked Sendable {
                 }
                 if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)) }
             }
-            try device.engine.perform(requests)
+            try device.perform(requests)
             for (b, fr) in readFrames {
                 if b < to { frames[Int(b - from)] = fr } else { cache.unpin(fr) }
             }
@@ -364,7 +376,7 @@ public final class FileSystem: @unchecked Sendable {
             for fr in pinned { cache.unpin(fr) }
             for b in missing { if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) } }
             for fr in frames where fr >= 0 { cache.unpin(fr) }
-            throw (error as? Errno) ?? Errno.ioError
+            throw readFailure(f.ino, error)
         }
         return frames
     }
@@ -430,13 +442,13 @@ public final class FileSystem: @unchecked Sendable {
                             // Read-modify-write of a partial block: fetch what is there.
                             if let dev = seg.deviceBlock, !seg.unwritten, b * blockSize < f.size {
                                 do {
-                                    try device.engine.perform([BlockIORequest(kind: .read, buffer: cache.memory(fr), length: Int(blockSize),
+                                    try device.perform([BlockIORequest(kind: .read, buffer: cache.memory(fr), length: Int(blockSize),
                                                                               offset: (dev + (b - seg.fileBlock)) * blockSize)])
                                 } catch {
                                     cache.unpin(fr)
                                     cache.drop(f, b)
                                     if needsReservation { metadata.unreserveBlocks(1) }
-                                    throw Errno.ioError
+                                    throw readFailure(f.ino, error)
                                 }
                             } else {
                                 memset(cache.memory(fr), 0, Int(blockSize))
@@ -532,7 +544,7 @@ public final class FileSystem: @unchecked Sendable {
             if commit || flushDevice {
                 try device.writeDurably(requests)
             } else {
-                try device.engine.perform(requests)
+                try device.perform(requests)
             }
             if commit {
                 try metadata.commitWrites(f.ino, mappings: mappings, written: writtenRanges, size: f.size, mtime: f.pendingMtime)

@@ -43,12 +43,15 @@ public enum DataDeviceError: Error, CustomStringConvertible {
     case open(path: String, errno: IOErrno)
     case io(String, errno: IOErrno)
     case ioUringUnavailable(IOErrno)
+    case outOfRange(offset: UInt64, length: Int, deviceSize: UInt64)
 
     public var description: String {
         switch self {
         case .open(let path, let e): return "cannot open data device \(path): \(e)"
         case .io(let what, let e): return "data device I/O failed (\(what)): \(e)"
         case .ioUringUnavailable(let e): return "io_uring is unavailable on this kernel (\(e))"
+        case .outOfRange(let offset, let length, let deviceSize):
+            return "refused a transfer of \(length) bytes at \(offset), outside the data area of the \(deviceSize)-byte device (damaged extent? run fsck.pmfs)"
         }
     }
 }

@@ -58,6 +58,28 @@ public final class DataDevice: @unchecked Sendable {
 }
 
 extension DataDevice {
+    /// Bytes at the start of the device that hold its header (block 0) and are
+    /// never file data.
+    public static let headerBytes: UInt64 = 4096
+
+    /// Refuses a batch with any transfer outside the file-data area: before the
+    /// end of the header or past the end of the device. Offsets come from extent
+    /// maps read from the pool; the engine checks them again here, where they
+    /// become device addresses, so no damage can write over the header.
+    public func checkRange(_ requests: [BlockIORequest]) throws {
+        for r in requests {
+            guard r.offset >= Self.headerBytes, r.offset <= size, UInt64(r.length) <= size - r.offset else {
+                throw DataDeviceError.outOfRange(offset: r.offset, length: r.length, deviceSize: size)
+            }
+        }
+    }
+
+    /// Performs `requests` once they are known to lie in the data area.
+    public func perform(_ requests: [BlockIORequest]) throws {
+        try checkRange(requests)
+        try engine.perform(requests)
+    }
+
     /// Makes every completed write durable, sharing the flush with concurrent callers.
     public func flushShared() throws {
         try groupFlush.flush { try engine.flush() }
@@ -65,7 +87,7 @@ extension DataDevice {
 
     /// The writes, then a (shared) flush: fsync's path.
     public func writeDurably(_ requests: [BlockIORequest]) throws {
-        try engine.perform(requests)
+        try perform(requests)
         try flushShared()
     }
 }

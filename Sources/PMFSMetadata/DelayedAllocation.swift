@@ -44,7 +44,7 @@ extension MetadataStore {
     public func claimBlocks(_ ino: UInt64, fileBlock: UInt64, count: UInt64, fromReservation: UInt64) throws -> [BlockRun] {
         let goal: UInt64? = try locks.withShared(ino) {
             let p = try regularFile(ino)
-            return try ExtentTree(pool: pool, inode: p).floor(fileBlock).map { $0.deviceBlock + $0.length + (fileBlock - $0.end) }
+            return Self.allocationGoal(after: try extentTree(p).floor(fileBlock), for: fileBlock)
         }
         return try space.claim(count, goal: goal, fromReservation: fromReservation).map { BlockRun(start: $0.start, length: $0.length) }
     }
@@ -69,7 +69,7 @@ extension MetadataStore {
                                   size: UInt64?, mtime: Timestamp?) throws {
         try locks.withExclusive(ino) {
             let p = try regularFile(ino)
-            let tree = ExtentTree(pool: pool, inode: p)
+            let tree = extentTree(p)
             try pool.transaction { tx in
                 for m in mappings {
                     if try tree.overlapping(m.fileBlock, m.fileBlock + m.length).isEmpty == false {
@@ -85,7 +85,7 @@ extension MetadataStore {
                     try tx.snapshot(field(p, \.size))
                     try tx.snapshot(field(p, \.mtime))
                     try tx.snapshot(field(p, \.ctime))
-                    p.pointee.blocks += added * UInt64(blockSize / 512)
+                    p.pointee.blocks.addSaturating(added * UInt64(blockSize / 512))
                     if let size { p.pointee.size = size }
                     if let mtime { p.pointee.mtime = mtime.persistent; p.pointee.ctime = mtime.persistent }
                 }

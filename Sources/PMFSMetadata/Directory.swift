@@ -31,12 +31,19 @@ package struct DirectoryIndex {
         dir = try pool.pointer(offset)
         self.seed = seed
         let d = dir.pointee
-        guard d.slot_count <= UInt64(PMFS_DIR_CHUNK0) * ((1 << UInt64(PMFS_DIR_MAX_CHUNKS)) - 1),
+        // Checked in this order so no sum below can overflow; the buckets in use
+        // must all lie in the chunks the header has room for.
+        guard d.slot_count <= Self.maxItems,
               d.entry_count <= d.slot_count, d.level < PMFS_DIR_MAX_CHUNKS,
-              d.bucket_count == (UInt64(PMFS_DIR_CHUNK0) << UInt64(d.level)) + d.split else {
+              d.split < UInt64(PMFS_DIR_CHUNK0) << UInt64(d.level),
+              d.bucket_count == (UInt64(PMFS_DIR_CHUNK0) << UInt64(d.level)) + d.split,
+              d.bucket_count <= Self.maxItems else {
             throw PoolError.corrupt("directory header at offset \(offset)")
         }
     }
+
+    /// Slots (or buckets) that PMFS_DIR_MAX_CHUNKS chunks hold.
+    static let maxItems = UInt64(PMFS_DIR_CHUNK0) * ((1 << UInt64(PMFS_DIR_MAX_CHUNKS)) - 1)
 
     /// Allocates an empty directory in `tx` and returns its offset.
     package static func create(in tx: Transaction) throws -> UInt64 {
@@ -58,17 +65,22 @@ package struct DirectoryIndex {
         guard index < dir.pointee.slot_count, k < Int(PMFS_DIR_MAX_CHUNKS) else {
             throw PoolError.corrupt("directory slot \(index) beyond \(dir.pointee.slot_count)")
         }
-        let chunk: UnsafeMutablePointer<pmfs_dirent> = try pool.pointer(element(dir, \.slot_chunk_off, k, as: UInt64.self).pointee)
-        return chunk + o
+        return try slotChunk(k) + o
+    }
+
+    /// Slot chunk `k`, checked whole (an index inside it stays inside the pool).
+    @inline(__always)
+    private func slotChunk(_ k: Int) throws -> UnsafeMutablePointer<pmfs_dirent> {
+        try pool.pointer(element(dir, \.slot_chunk_off, k, as: UInt64.self).pointee, count: geometricChunkSize(k))
     }
 
     @inline(__always)
     func bucket(_ index: UInt64) throws -> UnsafeMutablePointer<UInt64> {
         let (k, o) = geometricChunk(index)
-        guard index < dir.pointee.bucket_count else { throw PoolError.corrupt("directory bucket \(index)") }
+        guard index < dir.pointee.bucket_count, k < Int(PMFS_DIR_MAX_CHUNKS) else { throw PoolError.corrupt("directory bucket \(index)") }
         let chunkOff = element(dir, \.bucket_chunk_off, k, as: UInt64.self).pointee
         guard chunkOff != 0 else { throw PoolError.corrupt("directory bucket chunk \(k) missing") }
-        let chunk: UnsafeMutablePointer<UInt64> = try pool.pointer(chunkOff)
+        let chunk: UnsafeMutablePointer<UInt64> = try pool.pointer(chunkOff, count: geometricChunkSize(k))
         return chunk + o
     }
 
@@ -83,6 +95,7 @@ package struct DirectoryIndex {
 
     private func bucketHead(_ index: UInt64) throws -> UInt64 {
         let (k, _) = geometricChunk(index)
+        guard k < Int(PMFS_DIR_MAX_CHUNKS) else { throw PoolError.corrupt("directory bucket \(index)") }
         if element(dir, \.bucket_chunk_off, k, as: UInt64.self).pointee == 0 { return 0 }
         return try bucket(index).pointee
     }
@@ -113,11 +126,18 @@ package struct DirectoryIndex {
                     return link - 1
                 }
                 link = entry.pointee.next
-                steps += 1
-                if steps > dir.pointee.slot_count { throw PoolError.corrupt("directory hash chain loops") }
+                try countStep(&steps)
             }
             return nil
         }
+    }
+
+    /// A hash chain (or the free list) visits each slot at most once: one
+    /// longer than the slots there are loops (damage), and the walk stops.
+    @inline(__always)
+    private func countStep(_ steps: inout UInt64) throws {
+        steps += 1
+        if steps > dir.pointee.slot_count { throw PoolError.corrupt("directory hash chain loops") }
     }
 
     // MARK: changes (inside a transaction, directory locked exclusively)
@@ -164,6 +184,7 @@ package struct DirectoryIndex {
         } else {
             var link = b.pointee
             var found = false
+            var steps: UInt64 = 0
             while link != 0 {
                 let e = try slot(link - 1)
                 if e.pointee.next == index + 1 {
@@ -173,6 +194,7 @@ package struct DirectoryIndex {
                     break
                 }
                 link = e.pointee.next
+                try countStep(&steps)
             }
             guard found else { throw PoolError.corrupt("directory entry not on its hash chain") }
         }
@@ -244,7 +266,9 @@ package struct DirectoryIndex {
         try tx.snapshot(newBucket)
         var link = oldBucket.pointee
         var keepHead: UInt64 = 0, moveHead: UInt64 = 0
+        var steps: UInt64 = 0
         while link != 0 {
+            try countStep(&steps)
             let e = try slot(link - 1)
             let next = e.pointee.next
             try tx.snapshot(field(e, \.next))
@@ -281,7 +305,7 @@ package struct DirectoryIndex {
         let end = dir.pointee.slot_count
         while i < end {
             let (k, o) = geometricChunk(i)
-            let chunk: UnsafeMutablePointer<pmfs_dirent> = try pool.pointer(element(dir, \.slot_chunk_off, k, as: UInt64.self).pointee)
+            let chunk = try slotChunk(k)
             let chunkEnd = min(end, i + UInt64(geometricChunkSize(k) - o))
             var j = o
             while i < chunkEnd {

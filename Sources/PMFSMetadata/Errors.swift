@@ -12,6 +12,8 @@ public enum PoolError: Error, CustomStringConvertible, Equatable {
     case dataDeviceMismatch(String)
     case dataDevice(path: String, reason: String)
     case corrupt(String)
+    /// Damage met while serving one inode: EIO for requests on it, the rest serves on.
+    case damagedInode(UInt64, String)
     case invalidArgument(String)
 
     public var description: String {
@@ -27,6 +29,7 @@ public enum PoolError: Error, CustomStringConvertible, Equatable {
         case .dataDeviceMismatch(let why): return "wrong data device: \(why)"
         case .dataDevice(let path, let reason): return "data device \(path): \(reason)"
         case .corrupt(let what): return "pool is damaged: \(what) (run fsck.pmfs)"
+        case .damagedInode(let ino, let what): return "inode \(ino) is damaged: \(what) (run fsck.pmfs)"
         case .invalidArgument(let what): return what
         }
     }

@@ -9,12 +9,25 @@ import SystemPackage
 /// leaves are at one depth; no node is empty except an empty root leaf.
 /// Deletion removes empty nodes but does not merge underfull ones: space, not
 /// correctness, and random-write workloads mostly add extents.
+///
+/// The tree is read from the pool and may be damaged: every extent read is
+/// checked (non-empty, inside the largest file, inside the data area of the
+/// device) before anyone computes with it, and every walk is bounded (depth,
+/// nodes visited), so a shared or cyclic subtree cannot make one run forever.
+/// Damage is `PoolError.corrupt`: EIO for the request, fsck.pmfs mends it.
 struct ExtentTree {
     let pool: PersistentPool
     /// The inode that owns the tree (its content_off is the root).
     let inode: UnsafeMutablePointer<pmfs_inode>
+    /// Device blocks an extent may map: past the header, inside the device.
+    let dataArea: Range<UInt64>
 
     static let fanout = Int(PMFS_EXTENT_FANOUT)
+    static let maxDepth = 64
+    static let maxFileBlock = MetadataStore.maxFileSize / 4096
+    /// Nodes one search may visit. A sound tree needs about two root-to-leaf
+    /// paths; only a damaged one (empty nodes, keys out of order) needs more.
+    static let searchBudget = 4 * maxDepth
 
     struct Entry: Equatable {
         var fileBlock: UInt64
@@ -26,7 +39,9 @@ struct ExtentTree {
 
     private func node(_ off: UInt64) throws -> UnsafeMutablePointer<pmfs_extent_node> {
         let n: UnsafeMutablePointer<pmfs_extent_node> = try pool.pointer(off)
-        guard Int(n.pointee.key_count) <= Self.fanout else { throw PoolError.corrupt("extent node at \(off) has \(n.pointee.key_count) keys") }
+        // A node never holds `fanout` keys (it splits at that); reading one that
+        // does stays inside the node, but inserting into it would not.
+        guard Int(n.pointee.key_count) < Self.fanout else { throw PoolError.corrupt("extent node at \(off) has \(n.pointee.key_count) keys") }
         return n
     }
 
@@ -56,9 +71,18 @@ struct ExtentTree {
         return lo
     }
 
-    private func entry(_ n: UnsafeMutablePointer<pmfs_extent_node>, _ i: Int) -> Entry {
+    /// Extent `i` of leaf `n`, checked: `end` and `deviceBlock + length` cannot
+    /// overflow, and the blocks lie in the data area (a damaged extent must not
+    /// send a write to the device header or past the device's end).
+    private func entry(_ n: UnsafeMutablePointer<pmfs_extent_node>, _ i: Int) throws -> Entry {
         let e = extentPtr(n, i).pointee
-        return Entry(fileBlock: key(n, i), deviceBlock: e.device_block, length: UInt64(e.length), flags: e.flags)
+        let fileBlock = key(n, i), length = UInt64(e.length)
+        guard length > 0, fileBlock <= Self.maxFileBlock, length <= Self.maxFileBlock - fileBlock,
+              e.device_block >= dataArea.lowerBound, e.device_block <= dataArea.upperBound,
+              length <= dataArea.upperBound - e.device_block else {
+            throw PoolError.corrupt("extent at file block \(fileBlock) maps device blocks \(e.device_block)+\(length), outside the data area \(dataArea.lowerBound)..<\(dataArea.upperBound)")
+        }
+        return Entry(fileBlock: fileBlock, deviceBlock: e.device_block, length: length, flags: e.flags)
     }
 
     // MARK: queries
@@ -78,7 +102,7 @@ struct ExtentTree {
                     let mid = (lo + hi) / 2
                     if key(n, mid) <= block { lo = mid + 1 } else { hi = mid }
                 }
-                return lo > 0 ? entry(n, lo - 1) : best
+                return lo > 0 ? try entry(n, lo - 1) : best
             }
             let ci = childIndex(n, block)
             // If the chosen leaf has no key <= block, the answer is the greatest entry
@@ -86,16 +110,16 @@ struct ExtentTree {
             if ci > 0 { best = try last(inSubtree: child(n, ci - 1)) ?? best }
             off = child(n, ci)
             depth += 1
-            if depth > 64 { throw PoolError.corrupt("extent tree too deep") }
+            if depth > Self.maxDepth { throw PoolError.corrupt("extent tree too deep") }
         }
     }
 
     private func last(inSubtree off: UInt64) throws -> Entry? {
         var o = off
-        for _ in 0..<64 {
+        for _ in 0..<Self.maxDepth {
             let n = try node(o)
             let count = Int(n.pointee.key_count)
-            if n.pointee.is_leaf != 0 { return count > 0 ? entry(n, count - 1) : nil }
+            if n.pointee.is_leaf != 0 { return count > 0 ? try entry(n, count - 1) : nil }
             o = child(n, count)
         }
         throw PoolError.corrupt("extent tree too deep")
@@ -103,12 +127,18 @@ struct ExtentTree {
 
     /// The extent with the least key >= `block`, if any.
     func ceiling(_ block: UInt64) throws -> Entry? {
-        try ceilingFrom(inode.pointee.content_off, block, depth: 0)
+        var budget = Self.searchBudget
+        return try ceilingFrom(inode.pointee.content_off, block, depth: 0, budget: &budget)
     }
 
-    private func ceilingFrom(_ off: UInt64, _ block: UInt64, depth: Int) throws -> Entry? {
+    /// Tries the children right of the one holding `block` when it has nothing
+    /// at or past it; `budget` bounds the nodes visited, or a damaged tree whose
+    /// children all share one subtree would be searched exponentially.
+    private func ceilingFrom(_ off: UInt64, _ block: UInt64, depth: Int, budget: inout Int) throws -> Entry? {
         guard off != 0 else { return nil }
-        guard depth < 64 else { throw PoolError.corrupt("extent tree too deep") }
+        guard depth < Self.maxDepth else { throw PoolError.corrupt("extent tree too deep") }
+        budget -= 1
+        guard budget >= 0 else { throw PoolError.corrupt("extent tree search visits too many nodes (shared or empty subtrees)") }
         let n = try node(off)
         let count = Int(n.pointee.key_count)
         if n.pointee.is_leaf != 0 {
@@ -117,12 +147,12 @@ struct ExtentTree {
                 let mid = (lo + hi) / 2
                 if key(n, mid) < block { lo = mid + 1 } else { hi = mid }
             }
-            return lo < count ? entry(n, lo) : nil
+            return lo < count ? try entry(n, lo) : nil
         }
         var ci = childIndex(n, block)
         // The child holding block may have only smaller keys; then the next child starts past it.
         while ci <= count {
-            if let e = try ceilingFrom(child(n, ci), block, depth: depth + 1) { return e }
+            if let e = try ceilingFrom(child(n, ci), block, depth: depth + 1, budget: &budget) { return e }
             ci += 1
         }
         return nil
@@ -147,16 +177,25 @@ struct ExtentTree {
         }, node: { _ in })
     }
 
-    /// Visits every node and leaf (fsck).
+    /// Visits every node and leaf once. A node reached twice (a subtree shared
+    /// by two parents, or a cycle) is damage: the walk stops instead of going
+    /// over it again, which could take exponential time or free it twice.
     func visit(_ off: UInt64, depth: Int, leaf: (UnsafeMutablePointer<pmfs_extent_node>) throws -> Void,
                node visitNode: (UInt64) throws -> Void) throws {
+        var seen = Set<UInt64>()
+        try visit(off, depth: depth, seen: &seen, leaf: leaf, node: visitNode)
+    }
+
+    private func visit(_ off: UInt64, depth: Int, seen: inout Set<UInt64>, leaf: (UnsafeMutablePointer<pmfs_extent_node>) throws -> Void,
+                       node visitNode: (UInt64) throws -> Void) throws {
         guard off != 0 else { return }
-        guard depth < 64 else { throw PoolError.corrupt("extent tree too deep") }
+        guard depth < Self.maxDepth else { throw PoolError.corrupt("extent tree too deep") }
+        guard seen.insert(off).inserted else { throw PoolError.corrupt("extent node at \(off) is reached twice") }
         try visitNode(off)
         let n = try node(off)
         if n.pointee.is_leaf != 0 { try leaf(n); return }
         for i in 0...Int(n.pointee.key_count) {
-            try visit(child(n, i), depth: depth + 1, leaf: leaf, node: visitNode)
+            try visit(child(n, i), depth: depth + 1, seen: &seen, leaf: leaf, node: visitNode)
         }
     }
 
@@ -164,7 +203,7 @@ struct ExtentTree {
 
     /// Inserts an extent whose key is not present.
     func insert(_ e: Entry, in tx: Transaction) throws {
-        precondition(e.length > 0 && e.length <= UInt64(UInt32.max))
+        guard e.length > 0 && e.length <= UInt64(UInt32.max) else { throw PoolError.corrupt("extent of \(e.length) blocks") }
         if inode.pointee.content_off == 0 {
             let off = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: PMFS_T_EXTENT_NODE)
             let n = try node(off)
@@ -184,12 +223,12 @@ struct ExtentTree {
             inode.pointee.content_off = off
         }
         try tx.snapshot(field(inode, \.extent_count))
-        inode.pointee.extent_count += 1
+        inode.pointee.extent_count.incrementSaturating()
     }
 
     /// Returns (separator key, new right sibling) when `off` split.
     private func insert(_ e: Entry, into off: UInt64, tx: Transaction, depth: Int) throws -> (UInt64, UInt64)? {
-        guard depth < 64 else { throw PoolError.corrupt("extent tree too deep") }
+        guard depth < Self.maxDepth else { throw PoolError.corrupt("extent tree too deep") }
         let n = try node(off)
         let count = Int(n.pointee.key_count)
         if n.pointee.is_leaf != 0 {
@@ -252,7 +291,10 @@ struct ExtentTree {
         } else {
             // Collapse a root that is an inner node with a single child.
             var r = try node(inode.pointee.content_off)
+            var levels = 0
             while r.pointee.is_leaf == 0 && r.pointee.key_count == 0 {
+                levels += 1
+                guard levels < Self.maxDepth else { throw PoolError.corrupt("extent tree root chain loops") }
                 let only = child(r, 0)
                 try tx.free(inode.pointee.content_off)
                 try tx.snapshot(field(inode, \.content_off))
@@ -266,7 +308,7 @@ struct ExtentTree {
 
     /// Returns true when the node at `off` became empty (the caller frees it).
     private func remove(_ block: UInt64, from off: UInt64, tx: Transaction, depth: Int) throws -> Bool {
-        guard depth < 64 else { throw PoolError.corrupt("extent tree too deep") }
+        guard depth < Self.maxDepth else { throw PoolError.corrupt("extent tree too deep") }
         let n = try node(off)
         let count = Int(n.pointee.key_count)
         if n.pointee.is_leaf != 0 {
@@ -298,7 +340,7 @@ struct ExtentTree {
     /// Changes the value of an existing extent in place (same key).
     func update(_ e: Entry, in tx: Transaction) throws {
         var off = inode.pointee.content_off
-        for _ in 0..<64 {
+        for _ in 0..<Self.maxDepth {
             guard off != 0 else { break }
             let n = try node(off)
             if n.pointee.is_leaf != 0 {

@@ -14,15 +14,30 @@ extension MetadataStore {
         }
     }
 
+    /// The extent tree of regular file `p`, whose extents must lie in the data area.
+    func extentTree(_ p: UnsafeMutablePointer<pmfs_inode>) -> ExtentTree {
+        ExtentTree(pool: pool, inode: p, dataArea: space.reservedBlocks..<space.blockCount)
+    }
+
+    /// Where new blocks for `fileBlock` should go: just past `previous` (the
+    /// extent before it), as far on as the file is. nil if `previous` reaches
+    /// past `fileBlock` (only in a damaged tree) or there is none.
+    static func allocationGoal(after previous: ExtentTree.Entry?, for fileBlock: UInt64) -> UInt64? {
+        guard let e = previous, e.end <= fileBlock else { return nil }
+        // Both terms are bounded (device blocks, file blocks < 2^51): no overflow.
+        return e.deviceBlock + e.length + (fileBlock - e.end)
+    }
+
     /// The mapping of file blocks [start, start+count): mapped runs and holes, in order.
     public func mapBlocks(_ ino: UInt64, start: UInt64, count: UInt64) throws -> [ExtentSegment] {
         try locks.withShared(ino) {
             let p = try regularFile(ino)
-            return try segments(ExtentTree(pool: pool, inode: p), start, start &+ count)
+            return try segments(extentTree(p), start, start.addingClamped(count))
         }
     }
 
     func segments(_ tree: ExtentTree, _ start: UInt64, _ end: UInt64) throws -> [ExtentSegment] {
+        guard start < end else { return [] }
         var result: [ExtentSegment] = []
         var position = start
         for e in try tree.overlapping(start, end) {
@@ -31,8 +46,13 @@ extension MetadataStore {
                 position = e.fileBlock
             }
             let segEnd = min(e.end, end)
-            result.append(ExtentSegment(fileBlock: position, length: segEnd - position,
-                                        deviceBlock: e.deviceBlock + (position - e.fileBlock),
+            // Only extents that overlap (damage) can end where the last one did.
+            guard segEnd > position else { throw PoolError.corrupt("extents overlap at file block \(e.fileBlock)") }
+            let device = e.deviceBlock + (position - e.fileBlock)
+            guard space.allUsed(device, segEnd - position) else {
+                throw PoolError.corrupt("extent at file block \(e.fileBlock) maps device blocks \(e.deviceBlock)+\(e.length) that the space map has free")
+            }
+            result.append(ExtentSegment(fileBlock: position, length: segEnd - position, deviceBlock: device,
                                         unwritten: e.flags & PMFS_EXTENT_UNWRITTEN != 0))
             position = segEnd
         }
@@ -51,18 +71,18 @@ extension MetadataStore {
         guard start <= Self.maxFileSize / UInt64(blockSize), count <= Self.maxFileSize / UInt64(blockSize) - start else { throw Errno.fileTooLarge }
         return try locks.withExclusive(ino) {
             let p = try regularFile(ino)
-            let tree = ExtentTree(pool: pool, inode: p)
+            let tree = extentTree(p)
             return try pool.transaction { tx in
                 for hole in try segments(tree, start, start + count) where hole.deviceBlock == nil {
                     var fileBlock = hole.fileBlock
-                    let goal = try tree.floor(fileBlock).map { $0.deviceBlock + $0.length + (fileBlock - $0.end) }
+                    let goal = Self.allocationGoal(after: try tree.floor(fileBlock), for: fileBlock)
                     for run in try space.allocate(hole.length, goal: goal, in: tx) {
                         try insertMerging(tree, ExtentTree.Entry(fileBlock: fileBlock, deviceBlock: run.start, length: run.length,
                                                                  flags: unwritten ? PMFS_EXTENT_UNWRITTEN : 0), tx)
                         fileBlock += run.length
                     }
                     try tx.snapshot(field(p, \.blocks))
-                    p.pointee.blocks += hole.length * UInt64(blockSize / 512)
+                    p.pointee.blocks.addSaturating(hole.length * UInt64(blockSize / 512))
                 }
                 return try segments(tree, start, start + count)
             }
@@ -87,7 +107,7 @@ extension MetadataStore {
         try locks.withExclusive(ino) {
             let p = try regularFile(ino)
             try pool.transaction { tx in
-                try punchBlocksLocked(ino, p, from: start, to: start &+ count < start ? UInt64.max : start + count, tx)
+                try punchBlocksLocked(ino, p, from: start, to: start.addingClamped(count), tx)
                 try tx.snapshot(field(p, \.ctime))
                 try tx.snapshot(field(p, \.mtime))
                 let now = Timestamp.now().persistent
@@ -110,8 +130,8 @@ extension MetadataStore {
     }
 
     func markWrittenLocked(_ p: UnsafeMutablePointer<pmfs_inode>, start: UInt64, count: UInt64, _ tx: Transaction) throws {
-        let tree = ExtentTree(pool: pool, inode: p)
-        let end = start + count
+        let tree = extentTree(p)
+        let end = start.addingClamped(count)
         for e in try tree.overlapping(start, end) where e.flags & PMFS_EXTENT_UNWRITTEN != 0 {
             let lo = max(e.fileBlock, start), hi = min(e.end, end)
             try tree.remove(e.fileBlock, in: tx)
@@ -129,7 +149,7 @@ extension MetadataStore {
     /// Removes the mapping of file blocks [from, to) inside `tx`, freeing the device blocks.
     func punchBlocksLocked(_ ino: UInt64, _ p: UnsafeMutablePointer<pmfs_inode>, from: UInt64, to: UInt64, _ tx: Transaction) throws {
         guard from < to else { return }
-        let tree = ExtentTree(pool: pool, inode: p)
+        let tree = extentTree(p)
         var freed: UInt64 = 0
         for e in try tree.overlapping(from, to) {
             let lo = max(e.fileBlock, from), hi = min(e.end, to)
@@ -145,7 +165,7 @@ extension MetadataStore {
         }
         if freed > 0 {
             try tx.snapshot(field(p, \.blocks))
-            p.pointee.blocks -= freed * UInt64(blockSize / 512)
+            p.pointee.blocks.subtractSaturating(freed * UInt64(blockSize / 512))
         }
     }
 }

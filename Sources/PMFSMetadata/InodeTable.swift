@@ -40,9 +40,13 @@ final class InodeTable: @unchecked Sendable {
     func slot(_ ino: UInt64) throws -> UnsafeMutablePointer<pmfs_inode>? {
         let chunk = ino / Self.perChunk
         guard ino != 0, chunk < chunkCount else { return nil }
-        let off = chunkOffset(chunk)
-        let chunkPtr: UnsafeMutablePointer<pmfs_inode> = try pool.pointer(off)
-        return chunkPtr + Int(ino % Self.perChunk)
+        return try self.chunk(at: chunkOffset(chunk)) + Int(ino % Self.perChunk)
+    }
+
+    /// A chunk of inodes, checked whole: every slot in it lies inside the pool.
+    @inline(__always)
+    private func chunk(at offset: UInt64) throws -> UnsafeMutablePointer<pmfs_inode> {
+        try pool.pointer(offset, count: Int(Self.perChunk))
     }
 
     /// The in-use inode `ino`, or ENOENT / ESTALE.
@@ -57,7 +61,7 @@ final class InodeTable: @unchecked Sendable {
         var free: [UInt64] = []
         var live: UInt64 = 0
         for chunk in 0..<chunkCount {
-            let base: UnsafeMutablePointer<pmfs_inode> = try pool.pointer(chunkOffset(chunk))
+            let base = try self.chunk(at: chunkOffset(chunk))
             for i in 0..<Self.perChunk {
                 let ino = chunk * Self.perChunk + i
                 if ino == 0 { continue }

@@ -72,12 +72,18 @@ final class InodeLockTable: @unchecked Sendable {
         return Int(x & mask)
     }
 
+    /// Damage found while working on one inode is reported naming it
+    /// (`PoolError.damagedInode`), so the log says which file fsck.pmfs mends.
     func withShared<T>(_ ino: UInt64, _ body: () throws -> T) rethrows -> T {
-        try stripes[stripeIndex(ino)].withShared(body)
+        do { return try stripes[stripeIndex(ino)].withShared(body) } catch PoolError.corrupt(let what) {
+            throw PoolError.damagedInode(ino, what)
+        }
     }
 
     func withExclusive<T>(_ ino: UInt64, _ body: () throws -> T) rethrows -> T {
-        try stripes[stripeIndex(ino)].withExclusive(body)
+        do { return try stripes[stripeIndex(ino)].withExclusive(body) } catch PoolError.corrupt(let what) {
+            throw PoolError.damagedInode(ino, what)
+        }
     }
 
     /// Locks the stripes of all `inos` exclusively, in ascending stripe order.

@@ -328,7 +328,7 @@ public final class MetadataStore: @unchecked Sendable {
                 try d.destroy(offset: p.pointee.content_off, in: tx)
             }
         case .regular:
-            let tree = ExtentTree(pool: pool, inode: p)
+            let tree = extentTree(p)
             var extents: [ExtentTree.Entry] = []
             try tree.forEach { extents.append($0) }
             for e in extents { try space.free(e.deviceBlock, e.length, in: tx) }
@@ -376,12 +376,19 @@ public final class MetadataStore: @unchecked Sendable {
         p.pointee.orphan_next = head
         p.pointee.orphan_prev = 0
         if head != 0 {
-            let h = try inodes.inode(head)
+            let h = try orphanNeighbour(head)
             try tx.snapshot(field(h, \.orphan_prev))
             h.pointee.orphan_prev = ino
         }
         try tx.snapshot(field(sb, \.orphan_head))
         sb.pointee.orphan_head = ino
+    }
+
+    /// An inode the orphan list links to: one that is not there is damage
+    /// (EIO, fsck.pmfs rebuilds the list), not ENOENT for the caller's file.
+    private func orphanNeighbour(_ ino: UInt64) throws -> UnsafeMutablePointer<pmfs_inode> {
+        guard let p = try inodes.slot(ino), p.pointee.mode != 0 else { throw PoolError.corrupt("orphan list links to inode \(ino), which is free") }
+        return p
     }
 
     func removeOrphan(_ ino: UInt64, _ tx: Transaction) throws {
@@ -390,7 +397,7 @@ public final class MetadataStore: @unchecked Sendable {
         let p = try inodes.inode(ino)
         let next = p.pointee.orphan_next, prev = p.pointee.orphan_prev
         if prev != 0 {
-            let q = try inodes.inode(prev)
+            let q = try orphanNeighbour(prev)
             try tx.snapshot(field(q, \.orphan_next))
             q.pointee.orphan_next = next
         } else {
@@ -399,7 +406,7 @@ public final class MetadataStore: @unchecked Sendable {
             sb.pointee.orphan_head = next
         }
         if next != 0 {
-            let q = try inodes.inode(next)
+            let q = try orphanNeighbour(next)
             try tx.snapshot(field(q, \.orphan_prev))
             q.pointee.orphan_prev = prev
         }
@@ -417,11 +424,17 @@ public final class MetadataStore: @unchecked Sendable {
         var seen = Set<UInt64>()
         while pool.superblock.pointee.orphan_head != 0 {
             let ino = pool.superblock.pointee.orphan_head
-            guard seen.insert(ino).inserted else { throw PoolError.corrupt("orphan list loops at \(ino)") }
-            try pool.transaction { tx in
-                try removeOrphan(ino, tx)
-                let p = try inodes.inode(ino)
-                if p.pointee.nlink == 0 { try destroyInode(ino, tx) }
+            do {
+                guard seen.insert(ino).inserted else { throw PoolError.corrupt("orphan list loops at \(ino)") }
+                try pool.transaction { tx in
+                    try removeOrphan(ino, tx)
+                    let p = try inodes.inode(ino)
+                    if p.pointee.nlink == 0 { try destroyInode(ino, tx) }
+                }
+            } catch let e as PoolError {
+                // A damaged orphan costs its space until fsck.pmfs, not the whole file system.
+                logger.error("orphan inode \(ino) not reclaimed: \(e)")
+                break
             }
             count += 1
         }

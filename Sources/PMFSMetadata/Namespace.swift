@@ -133,7 +133,7 @@ extension MetadataStore {
             throw PoolError.corrupt("allocated inode \(ino) is in use")
         }
         try tx.snapshot(child)
-        let generation = child.pointee.generation + 1
+        let generation = child.pointee.generation &+ 1   // from the pool: may be at its maximum
         child.pointee = pmfs_inode()
         child.pointee.generation = generation
         child.pointee.mode = new.mode

@@ -11,6 +11,12 @@ package final class PersistentPool: @unchecked Sendable {
     package let path: String
     package let uuidLo: UInt64
     private var closed = false
+    /// Offsets of the live objects: the heap's own list, read at open, then
+    /// kept as transactions commit. libpmemobj frees whatever offset it is
+    /// given and crashes (SIGSEGV, SIGFPE) on one that starts no object, so a
+    /// reference read from the pool is checked here before it is freed.
+    private var liveObjects = Set<UInt64>()
+    private let liveObjectsLock = Mutex()
 
     private init(handle: OpaquePointer, path: String) throws {
         self.handle = handle
@@ -28,7 +34,24 @@ package final class PersistentPool: @unchecked Sendable {
         base = rootPtr - Int(rootOff)
         uuidLo = cpmdk_pool_uuid_lo(handle)
         rootOffset = rootOff
+        var off = cpmdk_first(handle)
+        while off != 0 {
+            liveObjects.insert(off)
+            off = cpmdk_next(handle, off)
+        }
     }
+
+    /// Takes `offset` out of the live set for a free; false if no object starts there.
+    fileprivate func takeForFree(_ offset: UInt64) -> Bool {
+        liveObjectsLock.withLock { liveObjects.remove(offset) != nil }
+    }
+
+    fileprivate func noteLive<S: Sequence<UInt64>>(_ offsets: S) {
+        liveObjectsLock.withLock { liveObjects.formUnion(offsets) }
+    }
+
+    /// Whether an object starts at `offset` (for tests).
+    package func isLiveObject(_ offset: UInt64) -> Bool { liveObjectsLock.withLock { liveObjects.contains(offset) } }
 
     package let rootOffset: UInt64
 
@@ -87,15 +110,26 @@ package final class PersistentPool: @unchecked Sendable {
     /// A typed pointer to the object at `offset`, refusing offsets outside the pool.
     @inline(__always)
     package func pointer<T>(_ offset: UInt64, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
-        guard offset >= 4096, offset &+ UInt64(MemoryLayout<T>.size) <= size, offset % 8 == 0 else {
-            throw PoolError.corrupt("reference to offset \(offset) outside the pool (\(T.self))")
+        try pointer(offset, count: 1, as: T.self)
+    }
+
+    /// A pointer to `count` consecutive `T`s at `offset` (a chunk of inodes or
+    /// directory slots): every one of them must lie inside the pool, so an index
+    /// below `count` never reaches memory past it. Offsets come from the pool
+    /// and may be anything: the check cannot wrap.
+    @inline(__always)
+    package func pointer<T>(_ offset: UInt64, count: Int, as type: T.Type = T.self) throws -> UnsafeMutablePointer<T> {
+        let (bytes, overflow) = count <= 1 ? (UInt64(MemoryLayout<T>.size), false)
+            : UInt64(MemoryLayout<T>.stride).multipliedReportingOverflow(by: UInt64(count))
+        guard !overflow, offset >= 4096, offset <= size, bytes <= size - offset, offset % 8 == 0 else {
+            throw PoolError.corrupt("reference to offset \(offset) outside the pool (\(count) × \(T.self))")
         }
         return (base + Int(offset)).assumingMemoryBound(to: T.self)
     }
 
     @inline(__always)
     package func raw(_ offset: UInt64, length: Int) throws -> UnsafeMutableRawPointer {
-        guard offset >= 4096, offset &+ UInt64(length) <= size else {
+        guard length >= 0, offset >= 4096, offset <= size, UInt64(length) <= size - offset else {
             throw PoolError.corrupt("reference to offset \(offset)+\(length) outside the pool")
         }
         return base + Int(offset)
@@ -145,6 +179,9 @@ package final class Transaction {
     private var commitActions: [() -> Void] = []
     private var abortActions: [() -> Void] = []
     private var heldLocks: [(GlobalLockRank, Mutex)] = []
+    /// Objects this transaction allocated, and live ones it took to free.
+    private var allocated = Set<UInt64>()
+    private var freedLive: [UInt64] = []
 
     init(pool: PersistentPool) { self.pool = pool }
 
@@ -164,11 +201,20 @@ package final class Transaction {
     package func allocate(size: Int, type: pmfs_type_num) throws -> UInt64 {
         let off = cpmdk_tx_zalloc(size, UInt64(type.rawValue))
         if off == 0 { throw Errno.noSpace }
+        allocated.insert(off)
         return off
     }
 
+    /// Frees the object at `offset` (0: nothing). An offset that starts no live
+    /// object — damage, or a second free of one — is refused as damage.
     package func free(_ offset: UInt64) throws {
         guard offset != 0 else { return }
+        if allocated.remove(offset) == nil {
+            guard pool.takeForFree(offset) else {
+                throw PoolError.corrupt("reference to offset \(offset), where no object starts (not freed)")
+            }
+            freedLive.append(offset)
+        }
         let rc = cpmdk_tx_free_off(pool.uuidLo, offset)
         if rc != 0 { throw Errno.fromPMDK(rc) }
     }
@@ -185,6 +231,8 @@ package final class Transaction {
     }
 
     fileprivate func finish(committed: Bool) {
+        // Most transactions allocate and free nothing: no lock taken for them.
+        if committed ? !allocated.isEmpty : !freedLive.isEmpty { pool.noteLive(committed ? Array(allocated) : freedLive) }
         if committed {
             for a in commitActions { a() }
         } else {

@@ -34,7 +34,9 @@ final class SpaceMap: @unchecked Sendable {
         blockCount = bitmap.pointee.block_count
         reservedBlocks = bitmap.pointee.reserved_blocks
         let wordCount = bitmap.pointee.word_count
-        guard wordCount == (blockCount + 63) / 64, reservedBlocks <= blockCount else {
+        // The header is input: the block count is bounded (the bitmap must fit
+        // in the pool) before anything is computed from it.
+        guard blockCount <= pool.size * 8, wordCount == (blockCount + 63) / 64, reservedBlocks <= blockCount else {
             throw PoolError.corrupt("space bitmap header (\(blockCount) blocks, \(wordCount) words)")
         }
         _ = try pool.raw(bitmapOffset, length: MemoryLayout<pmfs_space_bitmap>.size + Int(wordCount) * 8)
@@ -77,6 +79,22 @@ final class SpaceMap: @unchecked Sendable {
             total += free
         }
         freeBlocks = total
+    }
+
+    /// Whether every block of [start, start+length) is marked in use: blocks a
+    /// file maps must be, or a later allocation would hand them out again (an
+    /// extent map pointing into free space is damage). Bounds checked by the caller.
+    func allUsed(_ start: UInt64, _ length: UInt64) -> Bool {
+        var b = start
+        let end = start + length
+        while b < end {
+            let w = Int(b / 64), bit = b % 64
+            let n = min(64 - bit, end - b)
+            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
+            if words[w] & mask != mask { return false }
+            b += n
+        }
+        return true
     }
 
     @inline(__always)
@@ -193,7 +211,7 @@ final class SpaceMap: @unchecked Sendable {
     func free(_ start: UInt64, _ length: UInt64, in tx: Transaction) throws {
         guard length > 0 else { return }
         tx.hold(.spaceMap, lock)
-        guard start >= reservedBlocks, start + length <= blockCount else {
+        guard start >= reservedBlocks, start <= blockCount, length <= blockCount - start else {
             throw PoolError.corrupt("freeing blocks \(start)+\(length) outside the device")
         }
         try mark(start, length, used: false, tx)
@@ -203,6 +221,9 @@ final class SpaceMap: @unchecked Sendable {
     /// Every bit must currently be in the opposite state (a double allocation or
     /// double free is damage, not something to paper over).
     private func mark(_ start: UInt64, _ length: UInt64, used: Bool, _ tx: Transaction) throws {
+        guard length > 0, start >= reservedBlocks, start <= blockCount, length <= blockCount - start else {
+            throw PoolError.corrupt("blocks \(start)+\(length) outside the device")
+        }
         let firstWord = Int(start / 64), lastWord = Int((start + length - 1) / 64)
         try tx.snapshot(words + firstWord, count: lastWord - firstWord + 1)
         var b = start

@@ -174,4 +174,16 @@ public struct FileSystemStatistics: Sendable {
 extension FixedWidthInteger {
     mutating func decrementSaturating() { if self > .min { self -= 1 } }
     mutating func incrementSaturating() { if self < .max { self += 1 } }
+    /// `self + n`, or `.max` past it (the end of a range that may run off the end).
+    package func addingClamped(_ n: Self) -> Self where Self: UnsignedInteger {
+        let (sum, overflow) = addingReportingOverflow(n)
+        return overflow ? .max : sum
+    }
+    mutating func addSaturating(_ n: Self) where Self: UnsignedInteger {
+        let (sum, overflow) = addingReportingOverflow(n)
+        self = overflow ? .max : sum
+    }
+    mutating func subtractSaturating(_ n: Self) where Self: UnsignedInteger {
+        self = n > self ? 0 : self - n
+    }
 }

@@ -9,7 +9,8 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
     case linkCount, directoryEntryCount, hashChain, entryToFreeInode, unreachableInode, directoryCycle
     case extentOutsideDevice, sharedBlocks, bitmapUsedMarkedFree, bitmapFreeMarkedUsed, leakedObject
     case badSymlink, badXattr, orphanList, unreachableDirectory
-    case directoryHardLink, hashChainLoop, superblockDataBlocks, extentTreeKeys
+    case directoryHardLink, hashChainLoop, superblockDataBlocks, extentTreeKeys, inodeChunksNeverMade
+    case sizePastLargestFile
 
     var testDescription: String { rawValue }
 
@@ -34,6 +35,8 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
         case .hashChainLoop: return "DIR_HASH_CHAIN"
         case .superblockDataBlocks: return "SB_DATA_BLOCKS"
         case .extentTreeKeys: return "EXTENT_TREE"
+        case .inodeChunksNeverMade: return "TABLE_CHUNK_COUNT"
+        case .sizePastLargestFile: return "INODE_FIELDS"
         }
     }
 
@@ -116,6 +119,14 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
             let root: UnsafeMutablePointer<pmfs_extent_node> = try raw.pool.pointer(raw.inode(f.fragmented).pointee.content_off)
             precondition(root.pointee.is_leaf == 0)
             raw.poke(element(root, \.keys, 0, as: UInt64.self), 0)
+        case .inodeChunksNeverMade:
+            // 4,094 chunks that were never made: the count goes down (making
+            // them, 1 MiB each, took minutes and failed for want of pool space).
+            let table: UnsafeMutablePointer<pmfs_inode_table> = try raw.pool.pointer(raw.sb.pointee.inode_table_off)
+            raw.poke(field(table, \.chunk_count), 4095)
+        case .sizePastLargestFile:
+            // The engine answers EIO for such a file; fsck sets the size from its extents.
+            raw.poke(field(try raw.inode(f.b), \.size), 1 << 63)
         }
     }
 }

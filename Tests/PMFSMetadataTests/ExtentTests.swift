@@ -72,7 +72,7 @@ import Testing
         for b in blocks { try t.store.allocateBlocks(f.ino, start: b, count: 1); mapped.insert(b) }
         let p = try t.store.inodes.inode(f.ino)
         #expect(p.pointee.extent_count == 30_000)
-        let tree = ExtentTree(pool: t.store.pool, inode: p)
+        let tree = t.store.extentTree(p)
         var previousEnd: UInt64 = 0
         var count = 0
         try tree.forEach { e in
