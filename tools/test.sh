@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs the whole test suite: the Swift tests (engine,
 # checker, data tier, crash tests, tools, transports), the mount tests (a real
-# pmfsd host mount driven through the kernel and by real programs), and a real
+# pmfsd host mount driven through the kernel and by real programs, and 12 points of
+# the kill -9 crash campaign, tools/crash), and a real
 # QEMU guest on pmfsd's vhost-user-fs socket (smoke, posix, and the integrity run
 # through restarts and a killed QEMU). Exits non-zero on any failure.
 # PMFS_TEST_SKIP_GUEST=1 skips the guest (it installs QEMU and a Debian kernel).

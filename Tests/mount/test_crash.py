@@ -7,20 +7,18 @@ SIGKILL while the child runs; the dead mount is lazily unmounted. fsck.pmfs -f -
 exit 0, or problems only of the kinds an unclean stop leaves (the superblock state, the orphan list).
 pmfsd is started again and every logged record and file must be there, intact. Another stop must leave
 the pool clean."""
-import hashlib
 import os
-import re
-import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import LONG, Pmfs, require_fuse
 
-# Problem codes an unclean stop may leave without anything being damaged.
-UNCLEAN_ONLY = {"SB_STATE", "ORPHAN_LIST", "ORPHAN_FLAG", "ORPHAN_LINKED"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "crash"))
+from crashcheck import fsck_codes, fsck_problem, journal_problem  # noqa: E402  (shared with tools/crash/campaign.py)
 
 CHILD = r'''
 import hashlib, os, struct, sys, random
@@ -58,22 +56,6 @@ except OSError as e:
     log.write(f"stopped {e.errno}\n")
 '''
 
-
-def parse_records(data):
-    """Records from the start of a journal: (seq, offset, length) while they check out, and where they stop."""
-    out, off = [], 0
-    while off + 48 <= len(data):
-        seq, n = struct.unpack("<QQ", data[off:off + 16])
-        end = off + 48 + n
-        if end > len(data) or hashlib.sha256(data[off + 48:end]).digest() != data[off + 16:off + 48]:
-            break
-        out.append((seq, off, end - off))
-        off = end
-    return out, off
-
-
-def fsck_codes(output):
-    return set(re.findall(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b", output))
 
 
 @pytest.mark.parametrize("round_", range(3 if LONG else 1))
@@ -114,24 +96,15 @@ def test_kill9_during_fsync_workload(round_):
         rc, out = fs.fsck()
         codes = fsck_codes(out)
         print(f"fsck after kill -9: exit {rc}, codes {sorted(codes)}\n{out}")
-        assert rc in (0, 4), f"fsck exit {rc}:\n{out}"
-        if rc != 0:
-            assert codes and codes <= UNCLEAN_ONLY, f"fsck found damage after kill -9 (exit {rc}):\n{out}"
+        assert fsck_problem(rc, out) is None, f"fsck found damage after kill -9: {fsck_problem(rc, out)}"
 
         fs.start()
         assert "recovered after an unclean stop" in fs.stderr(), fs.stderr()[-2000:]
         for i in range(3):
             data = open(fs.path(f"journal{i}"), "rb").read()
-            found, good_end = parse_records(data)
-            mine = [r for r in records if r[0] == i]
-            by_seq = {seq: (off, n) for seq, off, n in found}
-            for _, off, n, seq in mine:
-                assert by_seq.get(seq) == (off, n), f"journal{i}: fsynced record {seq} at {off} (+{n}) is not intact"
-            last = max((off + n for _, off, n, _ in mine), default=0)
-            assert len(data) >= last
-            # Beyond the fsynced records: whole records (not yet logged) and nothing else.
-            assert good_end == len(data), (f"journal{i}: {len(data) - good_end} bytes after the last whole record "
-                                          f"at {good_end} (size {len(data)}, last fsynced end {last})")
+            mine = [(seq, off, n) for j, off, n, seq in records if j == i]
+            problem = journal_problem(f"journal{i}", data, mine)
+            assert problem is None, problem
         for n in names:
             assert open(fs.path("names", n), "rb").read() == b"name %d" % int(n[1:])
         fs.stop()
@@ -215,7 +188,7 @@ def test_kill9_during_namespace_churn():
         rc, out = fs.fsck()
         codes = fsck_codes(out)
         print(f"fsck after kill -9: exit {rc}, codes {sorted(codes)}\n{out}")
-        assert rc == 0 or (rc == 4 and codes and codes <= UNCLEAN_ONLY), f"fsck found damage after kill -9 (exit {rc}):\n{out}"
+        assert fsck_problem(rc, out) is None, f"fsck found damage after kill -9: {fsck_problem(rc, out)}"
         fs.start()
         published = 0
         for dirpath, _, names in os.walk(root):
