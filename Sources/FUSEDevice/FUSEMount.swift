@@ -80,17 +80,25 @@ public final class FUSEMount: @unchecked Sendable {
     }
 
     /// True if `path` is the mount point of some mount (from /proc/self/mountinfo).
-    static func isMountPoint(_ path: String) -> Bool {
-        guard let f = fopen("/proc/self/mountinfo", "r") else { return false }
+    static func isMountPoint(_ path: String) -> Bool { mountType(at: path) != nil }
+
+    /// The file-system type of the newest mount at `path` ("fuse.pmfs", "ext4"),
+    /// or nil if nothing is mounted there (from /proc/self/mountinfo).
+    public static func mountType(at path: String) -> String? {
+        guard let f = fopen("/proc/self/mountinfo", "r") else { return nil }
         defer { fclose(f) }
         var line: UnsafeMutablePointer<CChar>? = nil
         var capacity = 0
         defer { free(line) }
+        var type: String? = nil
         while getline(&line, &capacity, f) > 0 {
             let fields = String(cString: line!).split(separator: " ")
-            if fields.count > 4, Self.unescape(String(fields[4])) == path { return true }
+            // Mount point is field 5; the type follows the "-" separator.
+            guard fields.count > 4, Self.unescape(String(fields[4])) == path,
+                  let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
+            type = String(fields[dash + 1])
         }
-        return false
+        return type
     }
 
     /// mountinfo escapes space, tab, newline and backslash as octal.

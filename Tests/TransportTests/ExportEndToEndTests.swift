@@ -39,6 +39,19 @@ import VhostUserFrontEnd
         }
     }
 
+    /// A new 64 MiB file system in `dir` (mkfs.pmfs): pmfsd's arguments for it.
+    static func makeFileSystem(in dir: String) throws -> [String] {
+        let pool = dir + "/fs.pool", data = dir + "/fs.data"
+        let mkfs = Process()
+        mkfs.executableURL = URL(fileURLWithPath: products + "/mkfs.pmfs")
+        mkfs.arguments = ["--pool", pool, "--data", data, "--data-size", "64M", "--quiet"]
+        mkfs.environment = ["PMEM_IS_PMEM_FORCE": "1"]
+        try mkfs.run()
+        mkfs.waitUntilExit()
+        try #require(mkfs.terminationStatus == 0)
+        return ["--pool", pool, "--data", data, "--io-engine", "threads"]
+    }
+
     func connect(_ socket: String) throws -> (VhostUserFrontEnd, FUSEClient) {
         let frontEnd = try VhostUserFrontEnd(socketPath: socket)
         let client = FUSEClient(frontEnd)
@@ -54,15 +67,7 @@ import VhostUserFrontEnd
         let dir = "/dev/shm/pmfs-export-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let pool = dir + "/fs.pool", data = dir + "/fs.data"
-        let mkfs = Process()
-        mkfs.executableURL = URL(fileURLWithPath: Self.products + "/mkfs.pmfs")
-        mkfs.arguments = ["--pool", pool, "--data", data, "--data-size", "64M", "--quiet"]
-        mkfs.environment = ["PMEM_IS_PMEM_FORCE": "1"]
-        try mkfs.run()
-        mkfs.waitUntilExit()
-        try #require(mkfs.terminationStatus == 0)
-        let common = ["--pool", pool, "--data", data, "--io-engine", "threads"]
+        let common = try Self.makeFileSystem(in: dir)
 
         // First the whole tree, through a plain guest socket: /vms/vm1/inside and /secret.
         var ids: (vm1: UInt64, inside: UInt64, secret: UInt64) = (0, 0, 0)

@@ -65,23 +65,11 @@ import VhostUserFrontEnd
         return pid
     }
 
-    func makeFileSystem(in dir: String) throws -> [String] {
-        let pool = dir + "/fs.pool", data = dir + "/fs.data"
-        let mkfs = Process()
-        mkfs.executableURL = URL(fileURLWithPath: ExportEndToEndTests.products + "/mkfs.pmfs")
-        mkfs.arguments = ["--pool", pool, "--data", data, "--data-size", "64M", "--quiet"]
-        mkfs.environment = ["PMEM_IS_PMEM_FORCE": "1"]
-        try mkfs.run()
-        mkfs.waitUntilExit()
-        try #require(mkfs.terminationStatus == 0)
-        return ["--pool", pool, "--data", data, "--io-engine", "threads"]
-    }
-
     @Test func anActivatedDaemonNotifiesReadyWatchdogAndStoppingAndServesItsSocket() throws {
         let dir = "/dev/shm/pmfs-systemd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let arguments = try makeFileSystem(in: dir)
+        let arguments = try ExportEndToEndTests.makeFileSystem(in: dir)
         let notify = try NotifySocket(in: dir)
         let listener = try listeningSocket(dir + "/guest.sock")
         let pid = try spawnActivated(arguments, listener: listener, environment: [
