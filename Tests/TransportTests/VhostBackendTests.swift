@@ -116,7 +116,9 @@ final class RunningBackend: @unchecked Sendable {
             while !done.isSet { ring.availableIndex = ring.usedIndex &+ ring.size }
             guestStopped.signal()
         }
-        usleep(100_000)
+        // The worker is serving (up to 10 s on a loaded machine), then asked to stop.
+        var waited = 0
+        while ring.usedIndex == 0 && waited < 1000 { usleep(10_000); waited += 1 }
         #expect(ring.usedIndex > 0)
         #expect(s.frontEnd.stopRing(1, timeout: 1) != nil)
         done.set()
