@@ -21,7 +21,9 @@ from crashcheck import journal_problem, make_record  # noqa: E402
 
 BLOCK = 4096
 DATA_MAX = 4 << 20          # largest data-mix file
-GONE = (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)  # what I/O on the dead mount answers
+# What I/O on the dead mount answers (over io_uring: ECONNABORTED, and
+# ECANCELED for requests in flight when the rings were torn down).
+GONE = (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED, errno.ECANCELED)
 FALLOC_PUNCH = 0x01 | 0x02   # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
