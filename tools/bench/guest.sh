@@ -20,6 +20,12 @@
 #      PMFS_BENCH_SEQ_MIB   sequential file size, MiB (default 256)
 #      PMFS_BENCH_SQLITE_N  SQLite INSERTs (default N)
 #      PMFS_BENCH_DISK_DIR  directory on the root disk (default /var/tmp)
+#      PMFS_BENCH_TESTS     workloads, comma-separated (default: all but the par2_ ones)
+#      PMFS_BENCH_QUEUES    N > 1: also run pmfsd with N request queues (a column of its
+#                           own); with a 6.10+ guest kernel and N vCPUs, e.g.
+#                           PMFS_GUEST_DIR=.guest-backports PMFS_GUEST_SMP=2 PMFS_BENCH_QUEUES=2
+#                           PMFS_BENCH_TESTS=par2_write_fsync_4k,par2_create_close
+#                           (build that guest with PMFS_GUEST_KERNEL_SUITE=bookworm-backports)
 #      PMFS_BENCH_LOGS      keep each guest's markers, back-end log, all figures
 #                           (results.tsv) and the report in this directory
 #      PMFS_BIN             use the pmfsd and mkfs.pmfs in this directory (skips swift build)
@@ -38,10 +44,14 @@ media_list=${PMFS_BENCH_MEDIA:-disk ram}
 seq_mib=${PMFS_BENCH_SEQ_MIB:-256}
 sqlite_n=${PMFS_BENCH_SQLITE_N:-$n}
 disk_parent=${PMFS_BENCH_DISK_DIR:-/var/tmp}
-tests=create_close,stat,unlink,write_fsync_4k,sqlite_wal,sqlite_delete,seq_write_1m,seq_read_1m,stat_during_fsync
+tests=${PMFS_BENCH_TESTS:-create_close,stat,unlink,write_fsync_4k,sqlite_wal,sqlite_delete,seq_write_1m,seq_read_1m,stat_during_fsync}
+queues=${PMFS_BENCH_QUEUES:-1}
+backends="virtiofsd pmfsd"
+(( queues > 1 )) && backends="$backends pmfsd-q$queues"
 say() { echo "bench/guest: $*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { say "needs root (virtiofsd, losetup, mount)"; exit 2; }
+[[ $queues =~ ^[1-9][0-9]*$ ]] || { say "PMFS_BENCH_QUEUES must be a positive integer"; exit 2; }
 [[ $n =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ && $seq_mib =~ ^[1-9][0-9]*$ && $sqlite_n =~ ^[1-9][0-9]*$ ]] ||
     { say "N, PMFS_BENCH_ROUNDS, PMFS_BENCH_SEQ_MIB and PMFS_BENCH_SQLITE_N must be positive integers"; exit 2; }
 for m in $media_list; do [[ $m == disk || $m == ram ]] || { say "unknown media $m (disk, ram)"; exit 2; }; done
@@ -122,20 +132,21 @@ setup_loop() {
 
 # run_one MEDIA ROUND BACKEND: one fresh back end, one guest; its BENCH lines go to results.
 run_one() {
-    local media=$1 r=$2 be=$3 share sock out datadir t0
+    local media=$1 r=$2 be=$3 share sock out datadir t0 q=1
+    [[ $be == pmfsd-q* ]] && q=${be#pmfsd-q}
     if [[ $media == disk ]]; then share=$disk/share-$r-$be datadir=$disk
     else share=$mnt/share-$r-$be datadir=$ram; fi
     sock=$work/$media-$r-$be.sock out=$work/$media-$r-$be.out
     mkdir -p "$share"
     sync   # start each guest with nothing left to write back on the host
-    if [[ $be == pmfsd ]]; then
-        bepid=$(PMFS_GUEST_POOL_DIR=$ram PMFS_GUEST_DATA_DIR=$datadir "$guest/pmfsd.sh" "$share" "$sock" ${PMFS_BENCH_PMFSD_ARGS:-})
+    if [[ $be == pmfsd* ]]; then
+        bepid=$(PMFS_GUEST_QUEUES=$q PMFS_GUEST_POOL_DIR=$ram PMFS_GUEST_DATA_DIR=$datadir "$guest/pmfsd.sh" "$share" "$sock" ${PMFS_BENCH_PMFSD_ARGS:-})
     else
         bepid=$("$guest/virtiofsd.sh" "$share" "$sock")
     fi
     t0=$SECONDS
     # In the background, so that a signal reaches our trap at once (not after the guest).
-    "$guest/run.sh" "$sock" pmfs bench "pmfs.n=$n" "pmfs.sqlite_n=$sqlite_n" "pmfs.seq_mib=$seq_mib" \
+    PMFS_GUEST_QUEUES=$q "$guest/run.sh" "$sock" pmfs bench "pmfs.n=$n" "pmfs.sqlite_n=$sqlite_n" "pmfs.seq_mib=$seq_mib" \
         "pmfs.tests=$tests" "pmfs.test_timeout=${PMFS_GUEST_TIMEOUT:-600}" >"$out" 2>"$out.err" &
     runpid=$!
     local rc=0
@@ -177,7 +188,10 @@ sqlite_wal	ops_s	higher	SQLite INSERT, WAL, synchronous=FULL (inserts/s)
 sqlite_delete	ops_s	higher	SQLite INSERT, DELETE journal, synchronous=FULL (inserts/s)
 seq_write_1m	mib_s	higher	1 MiB sequential write + fsync (MiB/s)
 seq_read_1m	mib_s	higher	1 MiB sequential read, guest cache dropped (MiB/s)
-stat_during_fsync	p50	lower	stat p50 while another process writes+fsyncs (µs)'
+stat_during_fsync	p50	lower	stat p50 while another process writes+fsyncs (µs)
+par2_write_fsync_4k	ops_s	higher	2 processes (vCPU 0, 1) 4 KiB write+fsync (sum, ops/s)
+par2_write_fsync_4k	p50	lower	2 processes (vCPU 0, 1) 4 KiB write+fsync p50 (µs)
+par2_create_close	ops_s	higher	2 processes (vCPU 0, 1) create+close (sum, ops/s)'
 
 fmt() { awk -v v="$1" 'BEGIN { if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.2f", v }'; }
 
@@ -193,25 +207,37 @@ cell() {
 }
 
 table() {
-    local media=$1 kind key better label vc pc vmed vlo vhi
-    echo "| workload | better | virtiofsd | pmfsd | pmfsd/virtiofsd | pmfsd is |"
-    echo "|---|---|---:|---:|---:|---|"
+    local media=$1 kind key better label vc pc vmed vlo vhi qc= qcol=
+    if (( queues > 1 )); then
+        echo "| workload | better | virtiofsd | pmfsd | pmfsd, $queues queues | $queues queues / 1 | pmfsd/virtiofsd | pmfsd is |"
+        echo "|---|---|---:|---:|---:|---:|---:|---|"
+    else
+        echo "| workload | better | virtiofsd | pmfsd | pmfsd/virtiofsd | pmfsd is |"
+        echo "|---|---|---:|---:|---:|---|"
+    fi
     while IFS=$'\t' read -r kind key better label; do
+        grep -q "$kind" <<<"$tests" || continue
+        if (( queues > 1 )); then
+            cell "$media" "pmfsd-q$queues" "$kind" "$key" >"$work/cell"; qc=$(<"$work/cell"); local qmed=$med
+        fi
         cell "$media" virtiofsd "$kind" "$key" >"$work/cell"; vc=$(<"$work/cell"); vmed=$med vlo=$lo vhi=$hi
         cell "$media" pmfsd "$kind" "$key" >"$work/cell"; pc=$(<"$work/cell")
+        if (( queues > 1 )); then
+            qcol="$qc | $(awk -v q="${qmed:-0}" -v p="${med:-0}" 'BEGIN { if (p > 0 && q > 0) printf "%.2f", q / p; else printf "–" }') | "
+        fi
         if [[ -z $vmed || -z $med ]]; then
-            echo "| $label | $better | $vc | $pc | – | not measured |"
+            echo "| $label | $better | $vc | $pc | $qcol– | not measured |"
             continue
         fi
         awk -v l="$label" -v b="$better" -v vc="$vc" -v pc="$pc" -v v="$vmed" -v p="$med" \
-            -v vlo="$vlo" -v vhi="$vhi" -v plo="$lo" -v phi="$hi" -v rounds="$rounds" 'BEGIN {
+            -v vlo="$vlo" -v vhi="$vhi" -v plo="$lo" -v phi="$hi" -v rounds="$rounds" -v qcol="$qcol" 'BEGIN {
             ratio = (v > 0) ? p / v : 0
             f = (b == "higher") ? ratio : ((p > 0) ? v / p : 0)
             if (f >= 1.005) verdict = sprintf("%.2f× better", f)
             else if (f > 0 && f <= 0.995) verdict = sprintf("%.2f× worse", 1 / f)
             else verdict = "the same"
             if (rounds > 1 && plo <= vhi && vlo <= phi) verdict = verdict ", ranges overlap"
-            printf "| %s | %s | %s | %s | %.2f | %s |\n", l, b, vc, pc, ratio, verdict
+            printf "| %s | %s | %s | %s | %s%.2f | %s |\n", l, b, vc, pc, qcol, ratio, verdict
         }'
     done <<<"$metrics"
 }
@@ -249,8 +275,7 @@ for media in $media_list; do
     fi
     desc=$(describe "$media")
     for r in $(seq 1 "$rounds"); do
-        run_one "$media" "$r" virtiofsd
-        run_one "$media" "$r" pmfsd
+        for be in $backends; do run_one "$media" "$r" "$be"; done
     done
     { echo "## $desc"; echo; table "$media"; echo; } >>"$report"
     if [[ $media == disk ]]; then rm -rf "$disk"; disk=; else teardown_loop; fi
@@ -261,7 +286,7 @@ say "load after: $load_after"
     echo "Load before: $load_before"
     echo "Load after:  $load_after"
     echo
-    echo "TCG guest (Debian 12 kernel, 1 vCPU); latencies and rates on the guest's clock. The sequential read"
+    echo "TCG guest (kernel $(cat "${PMFS_GUEST_DIR:-$root/.guest}/kernel/version" 2>/dev/null || echo '?'), ${PMFS_GUEST_SMP:-1} vCPU(s)); latencies and rates on the guest's clock. The sequential read"
     echo "follows a guest drop_caches; the host's page cache is warm for both back ends."
     echo "Run time: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s."
 } >>"$report"

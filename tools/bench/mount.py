@@ -2,11 +2,15 @@
 """Metadata ops/s and 4 KiB write+fsync latency on a pmfs mount, side by side
 with tmpfs, an ext4 loop mount and native ext4, in one run. Run as root after a build:
     python3 tools/bench/mount.py [--files N] [--syncs N] [--fuse-transport uring,device] [--ram]
+                                 [--writers 8] [--seconds 2]
 pmfs: pool on /dev/shm with PMEM_IS_PMEM_FORCE=1, data file on /var/tmp (disk), or on /dev/shm with --ram.
 ext4 (loop): an image on the same media as pmfs's data; ext4 (native): /var/tmp itself (the root disk).
 --fuse-transport: one pmfsd per transport given (auto, uring, device), each measured in its own column.
+Group commit: fsyncs/s of one writer thread, then of --writers threads at once (each overwrites
+4 KiB of its own file and fsyncs, for --seconds), and their ratio.
+Ratios are against ext4 on the same media: the loop mount with --ram, native ext4 on disk.
 PMFS_BUILD_DIR picks the binaries (default .build/release, else .build/debug)."""
-import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +38,7 @@ def mounted(path):
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == path for line in f)
 
-def measure(path, files, syncs):
+def measure(path, files, syncs, writers, seconds):
     d = os.path.join(path, "bench")
     os.mkdir(d)
     names = [os.path.join(d, "f%06d" % i) for i in range(files)]
@@ -60,9 +64,43 @@ def measure(path, files, syncs):
         lat.append((time.perf_counter() - t) * 1e6)
     os.close(fd)
     lat.sort()
+    one = fsync_rate(d, 1, seconds)
+    many = fsync_rate(d, writers, seconds)
     shutil.rmtree(d)
     return dict(create=create, stat=stat, unlink=unlink,
-                p50=statistics.median(lat), p99=lat[int(len(lat) * 0.99) - 1])
+                p50=statistics.median(lat), p99=lat[int(len(lat) * 0.99) - 1],
+                fsync1=one, fsyncN=many, group=many / one)
+
+def fsync_rate(d, writers, seconds):
+    """fsyncs/s of WRITERS threads, each overwriting 4 KiB of its own file and
+    fsyncing in a loop (Python releases the GIL in both system calls)."""
+    block = os.urandom(4096)
+    fds = [os.open(os.path.join(d, "w%d" % i), os.O_CREAT | os.O_WRONLY, 0o644) for i in range(writers)]
+    for fd in fds:
+        os.pwrite(fd, block, 0)
+        os.fsync(fd)
+    counts = [0] * writers
+    start = threading.Barrier(writers + 1)
+    deadline = [0.0]
+    def run(i):
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            os.pwrite(fds[i], block, 0)
+            os.fsync(fds[i])
+            counts[i] += 1
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    for i, fd in enumerate(fds):
+        os.close(fd)
+        os.unlink(os.path.join(d, "w%d" % i))
+    return sum(counts) / elapsed
 
 def start_pmfsd(bins, env, pool, data, mnt, transport, log_path):
     subprocess.run([os.path.join(bins, "mkfs.pmfs"), "--pool", pool, "--data", data, "--data-size", "2G", "-q"],
@@ -83,6 +121,8 @@ def main():
     ap.add_argument("--fuse-transport", default="auto",
                     help="comma-separated pmfsd host transports to measure side by side: auto, uring, device")
     ap.add_argument("--ram", action="store_true", help="pmfs data file and the ext4 loop image on /dev/shm")
+    ap.add_argument("--writers", type=int, default=8, help="concurrent fsync writers for the group-commit rows")
+    ap.add_argument("--seconds", type=float, default=2.0, help="duration of each group-commit measurement")
     args = ap.parse_args()
     transports = [t for t in args.fuse_transport.split(",") if t]
     if not transports or any(t not in ("auto", "uring", "device") for t in transports):
@@ -110,7 +150,7 @@ def main():
         subprocess.run(["mkfs.ext4", "-q", "-F", media + "/ext4.img"], check=True)
         subprocess.run(["mount", "-o", "loop", media + "/ext4.img", mnt["ext4 (loop)"]], check=True)
         for name in names:
-            results[name] = measure(mnt[name], args.files, args.syncs)
+            results[name] = measure(mnt[name], args.files, args.syncs, max(1, args.writers), args.seconds)
     finally:
         for name in ("tmpfs", "ext4 (loop)"):
             subprocess.run(["umount", mnt[name]], stderr=subprocess.DEVNULL)
@@ -119,13 +159,17 @@ def main():
             d.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
-    print("| measure | " + " | ".join(names) + " | " + " | ".join("%s/ext4 (loop)" % n for n in pmfs_names) + " |")
+    ref = "ext4 (loop)" if args.ram else "ext4 (native)"
+    print("| measure | " + " | ".join(names) + " | " + " | ".join("%s/%s" % (n, ref) for n in pmfs_names) + " |")
     print("|---|" + "---:|" * (len(names) + len(pmfs_names)))
     for key, label, fmt in (("create", "create+close (ops/s)", "%.0f"), ("stat", "stat (ops/s)", "%.0f"),
                             ("unlink", "unlink (ops/s)", "%.0f"), ("p50", "4 KiB write+fsync p50 (µs)", "%.1f"),
-                            ("p99", "4 KiB write+fsync p99 (µs)", "%.1f")):
+                            ("p99", "4 KiB write+fsync p99 (µs)", "%.1f"),
+                            ("fsync1", "fsyncs/s, 1 writer", "%.0f"),
+                            ("fsyncN", "fsyncs/s, %d writers" % args.writers, "%.0f"),
+                            ("group", "%d writers / 1 writer" % args.writers, "%.2f")):
         r = [results[n][key] for n in names]
-        ratios = ["%.2f" % (results[n][key] / results["ext4 (loop)"][key]) for n in pmfs_names]
+        ratios = ["%.2f" % (results[n][key] / results[ref][key]) for n in pmfs_names]
         print("| %s | %s | %s |" % (label, " | ".join(fmt % v for v in r), " | ".join(ratios)))
     print("\n%d files, %d fsyncs; pmfs binaries from %s; pool on /dev/shm (PMEM_IS_PMEM_FORCE=1), pmfs data and the "
           "ext4 loop image on %s; ext4 (native) is /var/tmp" % (args.files, args.syncs, bins,

@@ -4,13 +4,24 @@
 # initramfs with the workloads. Safe to run again: the kernel is fetched once,
 # the initramfs is rebuilt only when its inputs change.
 # Usage: tools/guest/build.sh            (output in $PMFS_GUEST_DIR, default .guest/)
-# Env:   PMFS_GUEST_DIR          where the output goes
-#        PMFS_GUEST_KERNEL_PKG   kernel package (default: what linux-image-amd64 depends on)
+# Env:   PMFS_GUEST_DIR          where the output goes (default .guest/, or .guest-backports/
+#                                for the backports kernel)
+#        PMFS_GUEST_KERNEL_SUITE bookworm (default: Debian 12's 6.1) or bookworm-backports
+#                                (6.12, whose virtiofs spreads requests over several queues);
+#                                the backports suite is used for this one download only
+#        PMFS_GUEST_KERNEL_PKG   kernel package (default: what the suite's linux-image-amd64
+#                                depends on)
 #        PMFS_GUEST_EXTRA_BINS   more host programs to copy in with their libraries
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out=${PMFS_GUEST_DIR:-$repo/.guest}
+suite=${PMFS_GUEST_KERNEL_SUITE:-bookworm}
+case $suite in
+    bookworm) default_out=$repo/.guest ;;
+    bookworm-backports) default_out=$repo/.guest-backports ;;
+    *) echo "guest/build: PMFS_GUEST_KERNEL_SUITE=$suite: use bookworm or bookworm-backports" >&2; exit 2 ;;
+esac
+out=${PMFS_GUEST_DIR:-$default_out}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 log() { echo "guest/build: $*" >&2; }
@@ -38,19 +49,31 @@ fi
 
 # 2. Kernel package: download once; keep the vmlinuz and the modules we load
 #    (dependencies first, from each .ko's modinfo "depends="), drop the rest.
+# The backports suite gets its own apt lists and cache under $out/apt, so the
+# host's package sources stay as they are.
+apt_opts=()
+if [[ $suite != bookworm ]]; then
+    apt_dir="$out/apt"
+    mkdir -p "$apt_dir/sources" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$suite" > "$apt_dir/sources/$suite.sources"
+    apt_opts=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$apt_dir/sources"
+              -o "Dir::State::lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+fi
 kdir="$out/kernel"
 if [[ ! -f "$kdir/done" || "$(cat "$kdir/roots" 2>/dev/null)" != "${root_modules[*]}" ]]; then
     pkg=${PMFS_GUEST_KERNEL_PKG:-}
     if [[ -z "$pkg" ]]; then
-        (( updated )) || "${as_root[@]}" apt-get update -qq
-        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-        [[ -n "$pkg" ]] || { log "cannot find the kernel package behind linux-image-amd64"; exit 1; }
+        if (( ${#apt_opts[@]} )); then "${as_root[@]}" apt-get "${apt_opts[@]}" update -qq
+        elif (( ! updated )); then "${as_root[@]}" apt-get update -qq; fi
+        pkg=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        [[ -n "$pkg" ]] || { log "cannot find the kernel package behind linux-image-amd64 in $suite"; exit 1; }
     fi
-    log "fetching $pkg"
+    log "fetching $pkg ($suite)"
     rm -rf "$kdir" "$out/download"
     mkdir -p "$out/download" "$kdir/modules"
     # apt downloads as _apt when that user can write the directory, else as root with a warning.
-    (cd "$out/download" && apt-get download -qq "$pkg" 2> >(grep -v 'unsandboxed as root' >&2))
+    (cd "$out/download" && apt-get "${apt_opts[@]}" download -qq "$pkg" 2> >(grep -v 'unsandboxed as root' >&2))
     dpkg-deb -x "$out/download"/*.deb "$out/download/root"
     kver=$(ls "$out/download/root/lib/modules")
     moddir="$out/download/root/lib/modules/$kver"
@@ -58,19 +81,23 @@ if [[ ! -f "$kdir/done" || "$(cat "$kdir/roots" 2>/dev/null)" != "${root_modules
 
     declare -A seen=()
     order=()
+    # A module may be built in (6.12 builds virtio_pci and virtiofs in) or
+    # xz-compressed (6.12's .ko.xz): busybox insmod wants a plain .ko.
     add_module() {
         local m=$1 f deps d
         [[ -n "${seen[$m]:-}" ]] && return
         seen[$m]=1
-        f=$(find "$moddir/kernel" -name "$m.ko" -print -quit)
+        if grep -qE "/${m//_/[-_]}\.ko\$" "$moddir/modules.builtin" 2>/dev/null; then return; fi
+        f=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" \) -print -quit)
         [[ -n "$f" ]] || { log "module $m not in $moddir"; exit 1; }
-        deps=$(tr '\0' '\n' < "$f" | sed -n 's/^depends=//p' | head -n 1)
+        if [[ $f == *.xz ]]; then xz -dc "$f" > "$kdir/modules/$m.ko"; else cp "$f" "$kdir/modules/"; fi
+        deps=$(tr '\0' '\n' < "$kdir/modules/$m.ko" | sed -n 's/^depends=//p' | head -n 1)
         for d in ${deps//,/ }; do add_module "${d//-/_}"; done
-        cp "$f" "$kdir/modules/"
         order+=("$m")
     }
     for m in "${root_modules[@]}"; do add_module "$m"; done
-    printf '%s\n' "${order[@]}" > "$kdir/modules.order"
+    : > "$kdir/modules.order"
+    (( ${#order[@]} == 0 )) || printf '%s\n' "${order[@]}" > "$kdir/modules.order"
     echo "$kver" > "$kdir/version"
     echo "$pkg" > "$kdir/package"
     echo "${root_modules[*]}" > "$kdir/roots"
@@ -143,7 +170,7 @@ install -m 0755 "$here/init" "$staging/init"
 cp "$here/lib.sh" "$staging/pmfs/lib.sh"
 cp "$here"/workloads/*.sh "$staging/pmfs/workloads/"
 for m in "${order[@]}"; do cp "$kdir/modules/$m.ko" "$staging/pmfs/modules/"; done
-printf '%s\n' "${order[@]}" > "$staging/pmfs/modules.order"
+cp "$kdir/modules.order" "$staging/pmfs/modules.order"
 
 # Dynamic programs: the binary plus every library ldd names, at the same paths.
 copy_with_libs() {

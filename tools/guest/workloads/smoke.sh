@@ -126,9 +126,33 @@ test_statfs() {
 
 # The device's request queues (run.sh's PMFS_GUEST_QUEUES, passed as pmfs.queues=)
 # were all set up: the virtiofs driver names their interrupts requests.0 ... N-1.
-# (Linux 6.1 sends every request on the first one; the others must still exist.)
+# Linux 6.1 sends every request on the first one; 6.10+ sends each vCPU's on its
+# own queue, so there, with as many vCPUs as queues, work on each vCPU must raise
+# each queue's interrupt count.
 test_queues() {
     n=$(grep -c -- '-requests\.[0-9]*$' /proc/interrupts || true)
     [ "$n" = "${PMFS_QUEUES:-1}" ] ||
         fail "$n request queue(s) in /proc/interrupts, want ${PMFS_QUEUES:-1}: $(grep -o 'virtio[0-9]*-.*' /proc/interrupts | tr '\n' ' ')"
+    major=$(uname -r | cut -d. -f1) minor=$(uname -r | cut -d. -f2)
+    [ "$n" -gt 1 ] && [ "$(nproc)" -ge "$n" ] && { [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 10 ]; }; } || return 0
+    before=$(queue_interrupts)
+    cpu=0
+    while [ "$cpu" -lt "$n" ]; do
+        taskset -c "$cpu" sh -c 'i=0; while [ $i -lt 50 ]; do touch q.$i; rm q.$i; i=$((i + 1)); done'
+        cpu=$((cpu + 1))
+    done
+    after=$(queue_interrupts)
+    q=0
+    for b in $before; do
+        set -- $after; shift "$q"; a=$1
+        [ "$a" -gt "$b" ] || fail "request queue $q: interrupts $b before, $a after work on every vCPU (all: $before -> $after)"
+        q=$((q + 1))
+    done
+}
+
+# Interrupt counts of the request queues, in queue order, summed over CPUs.
+queue_interrupts() {
+    grep -- '-requests\.[0-9]*$' /proc/interrupts |
+        awk '{ s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; split($NF, q, "."); print q[2], s }' |
+        sort -n | awk '{ printf "%s ", $2 }'
 }
