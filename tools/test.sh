@@ -43,9 +43,15 @@ fi
 
 if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
     # The binaries just built, not an older release build. About 2 minutes under
-    # TCG: smoke and posix on one request queue, the integrity run on two.
+    # TCG: smoke and posix on one request queue, the integrity run on two, smoke
+    # on a 6.12 guest with two vCPUs and two queues.
     export PMFS_BIN="$PWD/.build/debug"
     # Locks in pmfsd's shared table (a lone guest would keep them in its kernel).
     PMFS_GUEST_PMFSD_ARGS="--locks shared" PMFS_GUEST_BACKEND="$PWD/tools/guest/pmfsd.sh" tools/guest/check.sh smoke posix
     PMFS_GUEST_QUEUES=2 tools/guest/integrity.sh
+    # Linux 6.12 (bookworm-backports) spreads requests over the queues by vCPU:
+    # smoke on 2 vCPUs and 2 queues checks that both carry requests.
+    PMFS_GUEST_KERNEL_SUITE=bookworm-backports tools/guest/build.sh
+    PMFS_GUEST_DIR="$PWD/.guest-backports" PMFS_GUEST_SMP=2 PMFS_GUEST_QUEUES=2 \
+        PMFS_GUEST_BACKEND="$PWD/tools/guest/pmfsd.sh" tools/guest/check.sh smoke
 fi
