@@ -49,6 +49,8 @@ if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
     # Locks in pmfsd's shared table (a lone guest would keep them in its kernel).
     PMFS_GUEST_PMFSD_ARGS="--locks shared" PMFS_GUEST_BACKEND="$PWD/tools/guest/pmfsd.sh" tools/guest/check.sh smoke posix
     PMFS_GUEST_QUEUES=2 tools/guest/integrity.sh
+    # Two VMs at once, each confined to its export (one read-only, one uid-mapped).
+    tools/guest/exports.sh
     # Linux 6.12 (bookworm-backports) spreads requests over the queues by vCPU:
     # smoke on 2 vCPUs and 2 queues checks that both carry requests.
     PMFS_GUEST_KERNEL_SUITE=bookworm-backports tools/guest/build.sh

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Exports end to end: one pmfsd serves two VMs at once, each confined to its own
+# directory of one file system, while the host mounts the whole tree:
+#   vm1  --socket S1,export=/vm1,uid-map=0:100000:65536   read-write, ids mapped
+#   vm2  --socket S2,export=/vm2,read-only
+# Both guests run the "export" workload at the same time: each sees only its
+# own directory (the host put "owner" and "data" files in each), vm2 cannot
+# change anything (EROFS), vm1's new file reaches the host as uid 100000. Then
+# the host checks vm1's file, that vm2's directory and the root are as they
+# were, and fsck.pmfs -n -f finds the pool clean after pmfsd stops.
+# Usage: tools/guest/exports.sh        Env: PMFS_BIN (as integrity.sh), run.sh's
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+say() { echo "guest/exports: $*" >&2; }
+die() {
+    say "FAILED: $*"
+    [[ -f ${work:-}/pmfsd.log ]] && { echo "----- pmfsd log (last 15 lines) -----" >&2; tail -n 15 "$work/pmfsd.log" >&2; }
+    exit 1
+}
+bin=${PMFS_BIN:-}
+if [[ -z $bin ]]; then
+    for b in "$root/.build/release" "$root/.build/debug"; do
+        [[ -x $b/pmfsd && -x $b/mkfs.pmfs && -x $b/fsck.pmfs ]] && { bin=$b; break; }
+    done
+fi
+for p in pmfsd mkfs.pmfs fsck.pmfs; do
+    [[ -n $bin && -x $bin/$p ]] || { say "no $p in ${bin:-.build}: swift build first"; exit 2; }
+done
+"$here/build.sh"
+export PMEM_IS_PMEM_FORCE=1
+work=$(mktemp -d /tmp/pmfs-exports.XXXXXX)
+pool=/dev/shm/pmfs-exports-$$.pool
+mnt=$work/mnt
+mkdir -p "$mnt"
+pmfsd_pid=
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n $pmfsd_pid ]]; then
+        kill -TERM "$pmfsd_pid" 2>/dev/null
+        for _ in $(seq 1 100); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$pmfsd_pid" 2>/dev/null
+    fi
+    mountpoint -q "$mnt" && umount -l "$mnt"
+    rm -f "$pool"
+    rm -rf "$work"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_pmfsd() {
+    "$bin/pmfsd" --pool "$pool" --data "$work/data" --mount "$mnt" --log-level notice "$@" >> "$work/pmfsd.log" 2>&1 < /dev/null &
+    pmfsd_pid=$!
+    for _ in $(seq 1 300); do
+        mountpoint -q "$mnt" && return 0
+        kill -0 "$pmfsd_pid" 2>/dev/null || die "pmfsd exited while starting"
+        sleep 0.1
+    done
+    die "pmfsd did not mount $mnt within 30 s"
+}
+stop_pmfsd() {
+    kill -TERM "$pmfsd_pid"
+    local rc=0
+    wait "$pmfsd_pid" || rc=$?
+    pmfsd_pid=
+    (( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
+}
+tree_sum() { (cd "$1" && find . -path ./vm1/guest-wrote -prune -o -print0 | LC_ALL=C sort -z |
+              xargs -0 stat -c '%n %s %u %a' ) | sha256sum | cut -d' ' -f1; }
+
+"$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 256M -q
+# The exports must exist when pmfsd starts: make them through a first mount.
+start_pmfsd
+for vm in vm1 vm2; do
+    mkdir "$mnt/$vm"
+    echo "$vm" > "$mnt/$vm/owner"
+    printf 'export %s\n' "$vm" > "$mnt/$vm/data"
+done
+echo "not for guests" > "$mnt/host-only"
+before=$(tree_sum "$mnt")
+stop_pmfsd
+
+start_pmfsd --socket "$work/vm1.sock,export=/vm1,uid-map=0:100000:65536" \
+            --socket "$work/vm2.sock,export=/vm2,read-only"
+for _ in $(seq 1 50); do [[ -S $work/vm1.sock && -S $work/vm2.sock ]] && break; sleep 0.1; done
+"$here/run.sh" "$work/vm1.sock" pmfs export pmfs.owner=vm1 pmfs.mapped_uid=100000 > "$work/vm1.out" 2>&1 &
+g1=$!
+"$here/run.sh" "$work/vm2.sock" pmfs export pmfs.owner=vm2 pmfs.readonly=1 > "$work/vm2.out" 2>&1 &
+g2=$!
+ok=1
+wait "$g1" || { cat "$work/vm1.out" >&2; ok=0; }
+wait "$g2" || { cat "$work/vm2.out" >&2; ok=0; }
+(( ok )) || die "a guest failed"
+grep -h '^guest/run: .*: ok' "$work/vm1.out" "$work/vm2.out" >&2
+
+# The host's view: vm1's file with the mapped owner; everything else as it was.
+[[ $(cat "$mnt/vm1/guest-wrote") == "written by vm1" ]] || die "vm1's file on the host: $(cat "$mnt/vm1/guest-wrote" 2>&1)"
+[[ $(stat -c %u "$mnt/vm1/guest-wrote") == 100000 ]] || die "vm1's file is owned by uid $(stat -c %u "$mnt/vm1/guest-wrote") on the host, want 100000"
+after=$(tree_sum "$mnt")
+[[ $after == "$before" ]] || { ls -laR "$mnt" >&2; die "the tree outside vm1's new file changed"; }
+stop_pmfsd
+out=$("$bin/fsck.pmfs" -n -f "$pool" 2>&1) || die "fsck.pmfs -n -f: $out"
+say "ok: two VMs confined to their exports (one read-only, one with a uid map); fsck: $out"
