@@ -275,10 +275,24 @@ public final class MetadataStore: @unchecked Sendable {
         var nlink = i.nlink
         // As ext4's dir_nlink: a directory past the link limit reports 1 ("unknown").
         if FileType(mode: i.mode) == .directory && nlink >= Self.maxLinks { nlink = 1 }
+        var size = i.size, blocks = i.blocks
+        if FileType(mode: i.mode) == .directory { (size, blocks) = directorySize(i) }
         return InodeAttributes(ino: ino, generation: i.generation, mode: i.mode, nlink: nlink, uid: i.uid, gid: i.gid,
-                               size: i.size, blocks: i.blocks, rdev: i.rdev, atime: Timestamp(i.atime),
+                               size: size, blocks: blocks, rdev: i.rdev, atime: Timestamp(i.atime),
                                mtime: Timestamp(i.mtime), ctime: Timestamp(i.ctime), btime: Timestamp(i.btime),
                                flags: i.attr_flags)
+    }
+
+    /// A directory's size as ext4 users expect it: the bytes its entry slots
+    /// take, in whole 4 KiB blocks (one at least), and as many 512-byte blocks.
+    /// A damaged header reports one block (the walk that reads it says EIO).
+    private func directorySize(_ i: pmfs_inode) -> (size: UInt64, blocks: UInt64) {
+        let slots = (try? DirectoryIndex(pool: pool, offset: i.content_off, seed: seed))?.slotCount ?? 0
+        let (bytes, overflow) = slots.multipliedReportingOverflow(by: UInt64(MemoryLayout<pmfs_dirent>.stride))
+        let blockBytes: UInt64 = 4096
+        let count = overflow ? UInt64.max / blockBytes : max(1, bytes / blockBytes + (bytes % blockBytes == 0 ? 0 : 1))
+        let size = count.multipliedReportingOverflow(by: blockBytes)
+        return size.overflow ? (UInt64.max & ~(blockBytes - 1), UInt64.max / 512) : (size.partialValue, size.partialValue / 512)
     }
 
     public func getattr(_ ino: UInt64) throws -> InodeAttributes {

@@ -25,6 +25,19 @@ import Testing
         #expect(throws: Errno.noSuchFileOrDirectory) { try t.store.setattr(9999, AttributeChanges(uid: 1)) }
     }
 
+    /// Directories report a size as ext4's do: whole 4 KiB blocks, one at least,
+    /// growing with the entries (st_blocks in 512-byte units to match).
+    @Test func directoriesReportASizeInBlocks() throws {
+        let t = try TestPool()
+        let d = try t.store.mkdir(root, name("d"), dir())
+        #expect(d.size == 4096 && d.blocks == 8)
+        for i in 0..<2000 { _ = try t.store.create(d.ino, name("file-\(i)"), file()) }
+        let grown = try t.store.getattr(d.ino)
+        #expect(grown.size > 4096 && grown.size % 4096 == 0)
+        #expect(grown.blocks == grown.size / 512)
+        #expect(try t.store.getattr(root).size >= 4096)
+    }
+
     @Test func truncateFreesBlocksPastTheEnd() throws {
         let t = try TestPool()
         let f = try t.store.create(root, name("f"), file())
