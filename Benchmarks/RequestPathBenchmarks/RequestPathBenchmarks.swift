@@ -8,7 +8,7 @@ import PMFSMetadata
 import PMFSServer
 
 // The request path without a transport: FUSE requests handed to
-// FUSEServer.handle(segments:replyMemory:) as the vhost-user back end hands
+// FUSEServer.handle(_:_:later:) as the vhost-user back end hands
 // them over (a guest's descriptor chain: the in-header and the arguments in
 // separate buffers, a WRITE's data in a third; replies into the guest's
 // writable buffers), in front of the real PMFSOperations over a pool on
@@ -86,8 +86,9 @@ final class Served: @unchecked Sendable {
         var a = arguments
         withUnsafeBytes(of: &h) { hb in
             withUnsafeBytes(of: &a) { ab in
-                let segments = tail.map { [hb, ab, $0] } ?? [hb, ab]
-                server.handle(segments: segments, replyMemory: [reply]) { blackHole($0) }
+                var request = RequestCursor(tail.map { [hb, ab, $0] } ?? [hb, ab])
+                var writer = ReplyWriter(reply)
+                blackHole(server.handle(&request, &writer) { blackHole($0) })
             }
         }
     }
