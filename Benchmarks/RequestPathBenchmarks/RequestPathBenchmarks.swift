@@ -8,7 +8,7 @@ import PMFSMetadata
 import PMFSServer
 
 // The request path without a transport: FUSE requests handed to
-// FUSEServer.handle(segments:replyMemory:) as the vhost-user back end hands
+// FUSEServer.handle(_:_:later:) as the vhost-user back end hands
 // them over (a guest's descriptor chain: the in-header and the arguments in
 // separate buffers, a WRITE's data in a third; replies into the guest's
 // writable buffers), in front of the real PMFSOperations over a pool on
@@ -27,6 +27,11 @@ final class Served: @unchecked Sendable {
     var unique: UInt64 = 10
     let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 4096)
     let data = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+    let name: UnsafeMutableRawBufferPointer = {
+        let n = UnsafeMutableRawBufferPointer.allocate(byteCount: 2, alignment: 1)
+        n[0] = UInt8(ascii: "f"); n[1] = 0
+        return n
+    }()
 
     func open() throws {
         mkdir(directory, 0o755)
@@ -86,13 +91,21 @@ final class Served: @unchecked Sendable {
         var a = arguments
         withUnsafeBytes(of: &h) { hb in
             withUnsafeBytes(of: &a) { ab in
-                let segments = tail.map { [hb, ab, $0] } ?? [hb, ab]
-                server.handle(segments: segments, replyMemory: [reply]) { blackHole($0) }
+                var request = RequestCursor(tail.map { [hb, ab, $0] } ?? [hb, ab])
+                var writer = ReplyWriter(reply)
+                blackHole(server.handle(&request, &writer) { blackHole($0) })
             }
         }
     }
 
     func getattr() { chain(FUSE_GETATTR, nodeid: node, fuse_getattr_in()) }
+    /// LOOKUP of "f" in the root (the name in its own buffer), then the FORGET it owes.
+    func lookup() {
+        chain(FUSE_LOOKUP, nodeid: 1, (), tail: UnsafeRawBufferPointer(name))
+        var f = fuse_forget_in()
+        f.nlookup = 1
+        chain(FUSE_FORGET, nodeid: node, f)
+    }
     func read(offset: UInt64) {
         var r = fuse_read_in()
         r.fh = handle; r.offset = offset; r.size = 4096
@@ -129,6 +142,7 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
     bench("GETATTR") { _ in served.getattr() }
+    bench("LOOKUP + FORGET") { _ in served.lookup() }
     bench("READ 4 KiB (cached)") { i in served.read(offset: UInt64(i & 15) * 4096) }
     bench("WRITE 4 KiB") { i in served.write(offset: UInt64(i & 15) * 4096) }
     bench("WRITE 4 KiB + FSYNC") { i in

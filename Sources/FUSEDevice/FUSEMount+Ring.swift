@@ -113,7 +113,7 @@ extension FUSEMount {
             counters.deviceRequests.add(1, ordering: .relaxed)
             let fd = self.fd
             server.handle(UnsafeRawBufferPointer(start: buffer, count: n)) { reply in
-                _ = reply.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                reply.withUnsafeBytes { Self.send(fd, $0) }
             }
         }
     }

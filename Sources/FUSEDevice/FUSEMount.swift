@@ -147,6 +147,10 @@ public final class FUSEMount: @unchecked Sendable {
         let size = max(server.maxRequestSize, 1 << 17)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
         defer { buffer.deallocate() }
+        // One reply buffer per worker, reused: replies need no allocation.
+        let replies = ReplyWriter(owning: server.maxReplySize)
+        defer { replies.release() }
+        var reply = replies
         let fd = self.fd
         while !stopped.load(ordering: .relaxed) {
             let n = read(fd, buffer, size)
@@ -161,13 +165,18 @@ public final class FUSEMount: @unchecked Sendable {
                 }
             }
             counters.deviceRequests.add(1, ordering: .relaxed)
-            server.handle(UnsafeRawBufferPointer(start: buffer, count: n)) { reply in
-                let w = reply.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-                // ENOENT: the kernel no longer waits for this request (interrupted).
-                if w < 0 && errno != ENOENT && errno != ENODEV {
-                    Logger(label: "pmfs.fuse").warning("writing a reply: \(String(cString: strerror(errno)))")
-                }
-            }
+            var request = RequestCursor(UnsafeRawBufferPointer(start: buffer, count: n))
+            let outcome = server.handle(&request, &reply) { late in late.withUnsafeBytes { Self.send(fd, $0) } }
+            if case .replied(let length) = outcome { reply.withWritten(length) { Self.send(fd, $0) } }
+        }
+    }
+
+    /// Writes one reply to /dev/fuse.
+    static func send(_ fd: Int32, _ reply: UnsafeRawBufferPointer) {
+        let w = Glibc.write(fd, reply.baseAddress, reply.count)
+        // ENOENT: the kernel no longer waits for this request (interrupted).
+        if w < 0 && errno != ENOENT && errno != ENODEV {
+            Logger(label: "pmfs.fuse").warning("writing a reply: \(String(cString: strerror(errno)))")
         }
     }
 

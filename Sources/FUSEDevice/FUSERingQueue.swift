@@ -29,7 +29,7 @@ final class FUSERingEntry: @unchecked Sendable {
     let outHeaderRoom: UnsafeMutableRawPointer
     /// The request this entry holds and its reply once the engine gave it:
     /// replies may come from another thread (a lock granted later).
-    let state = Mutex<(commitID: UInt64, reply: [UInt8]?)>((0, nil))
+    let state = Mutex<(commitID: UInt64, reply: RingReply?)>((0, nil))
 
     var payload: UnsafeMutableRawPointer { region + Self.prefix }
 
@@ -40,6 +40,8 @@ final class FUSERingEntry: @unchecked Sendable {
         header.initializeMemory(as: UInt8.self, repeating: 0, count: Self.headerSize)
         region = UnsafeMutableRawPointer.allocate(byteCount: Self.prefix + payloadSize, alignment: 4096)
         outHeaderRoom = UnsafeMutableRawPointer.allocate(byteCount: Self.outHeaderSize, alignment: 8)
+        replyMemory = [UnsafeMutableRawBufferPointer(start: outHeaderRoom, count: Self.outHeaderSize),
+                       UnsafeMutableRawBufferPointer(start: region + Self.prefix, count: payloadSize)]
         iov = UnsafeMutablePointer<iovec>.allocate(capacity: 2)
         iov[0] = iovec(iov_base: header, iov_len: Self.headerSize)
         iov[1] = iovec(iov_base: region + Self.prefix, iov_len: payloadSize)
@@ -73,16 +75,38 @@ final class FUSERingEntry: @unchecked Sendable {
         return UnsafeRawBufferPointer(start: start, count: Int(h.len))
     }
 
-    /// Memory a READ reply may fill: the out-header's room, then the payload.
-    var replyMemory: [UnsafeMutableRawBufferPointer] {
-        [UnsafeMutableRawBufferPointer(start: outHeaderRoom, count: Self.outHeaderSize),
-         UnsafeMutableRawBufferPointer(start: payload, count: payloadSize)]
-    }
+    /// Where the engine writes every reply: the out-header's room, then the
+    /// payload (made once, so wrapping it allocates nothing).
+    let replyMemory: [UnsafeMutableRawBufferPointer]
 
     /// Puts a reply from the engine into the entry's buffers: the out-header in
     /// the header buffer, the rest in the payload. A reply too big for the
     /// payload, or malformed, becomes EIO.
-    func store(reply bytes: [UInt8], unique: UInt64) {
+    func store(_ reply: RingReply, unique: UInt64) {
+        switch reply {
+        case .inPlace(let length): storeInPlace(length, unique: unique)
+        case .message(let bytes): store(reply: bytes, unique: unique)
+        }
+    }
+
+    /// A reply the engine wrote into `replyMemory`: its out-header is moved
+    /// to the header buffer, its body is already in the payload.
+    private func storeInPlace(_ length: Int, unique: UInt64) {
+        var out = fuse_out_header(len: UInt32(Self.outHeaderSize), error: -EIO, unique: unique)
+        var body = 0
+        if length >= Self.outHeaderSize, length - Self.outHeaderSize <= payloadSize {
+            out = outHeaderRoom.loadUnaligned(as: fuse_out_header.self)
+            body = length - Self.outHeaderSize
+        }
+        out.len = UInt32(Self.outHeaderSize + body)
+        withUnsafeBytes(of: out) { header.copyMemory(from: $0.baseAddress!, byteCount: Self.outHeaderSize) }
+        var inOut = ringInOut
+        inOut.payload_sz = UInt32(body)
+        withUnsafeBytes(of: inOut) { (header + Self.inOutOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// A reply that came as a message (a deferred lock answer).
+    private func store(reply bytes: [UInt8], unique: UInt64) {
         var out = fuse_out_header(len: UInt32(Self.outHeaderSize), error: -EIO, unique: unique)
         var body = 0
         if bytes.count >= Self.outHeaderSize {
@@ -90,10 +114,6 @@ final class FUSERingEntry: @unchecked Sendable {
             let length = Int(given.len)
             if given.error != 0 {
                 out.error = given.error
-            } else if bytes.count == Self.outHeaderSize, length > bytes.count, length - Self.outHeaderSize <= payloadSize {
-                // A READ: its data is already in the payload (replyMemory).
-                out.error = 0
-                body = length - Self.outHeaderSize
             } else if length == bytes.count, length - Self.outHeaderSize <= payloadSize {
                 out.error = 0
                 body = length - Self.outHeaderSize
@@ -273,32 +293,37 @@ final class FUSERingQueue: @unchecked Sendable {
             // may use them; its reply comes back through the mailbox.
             if offload, let pool, FUSEServer.mayBlock(message) {
                 counters.ringOffloaded.add(1, ordering: .relaxed)
-                pool.submit { [server] in
-                    server.handle(message, replyMemory: e.replyMemory) { reply in queue.replied(e, commitID: commitID, reply) }
-                }
+                pool.submit { [server] in queue.serve(server, message, in: e, commitID: commitID) }
                 return
             }
             handling = e.index
-            server.handle(message, replyMemory: e.replyMemory) { reply in
-                queue.replied(e, commitID: commitID, reply)
-            }
+            serve(server, message, in: e, commitID: commitID)
             handling = -1
         } else {
-            e.state.withLock { $0.reply = [] }   // lengths that do not add up: EIO
+            e.state.withLock { $0.reply = .message([]) }   // lengths that do not add up: EIO
         }
-        let ready: [UInt8]? = e.state.withLock { s in
+        let ready: RingReply? = e.state.withLock { s in
             defer { s.reply = nil }
             return s.reply
         }
         if let ready {
-            e.store(reply: ready, unique: unique)
+            e.store(ready, unique: unique)
             queueCommand(&ring, e, cfuse_io_uring_cmd_commit_and_fetch, commitID: commitID)
         }
         // Otherwise the reply comes later, through the mailbox.
     }
 
-    /// The engine's reply sink for a request held in `e`.
-    private func replied(_ e: FUSERingEntry, commitID: UInt64, _ reply: [UInt8]) {
+    /// Runs the request held in `e` through the engine, its reply written into
+    /// the entry's own buffers.
+    private func serve(_ server: FUSEServer, _ message: UnsafeRawBufferPointer, in e: FUSERingEntry, commitID: UInt64) {
+        var request = RequestCursor(message)
+        var reply = ReplyWriter(e.replyMemory)
+        let outcome = server.handle(&request, &reply) { [self] late in replied(e, commitID: commitID, .message(late)) }
+        if case .replied(let length) = outcome { replied(e, commitID: commitID, .inPlace(length)) }
+    }
+
+    /// Where the reply to a request held in `e` arrives.
+    private func replied(_ e: FUSERingEntry, commitID: UInt64, _ reply: RingReply) {
         let kept = e.state.withLock { s -> Bool in
             guard s.commitID == commitID, s.reply == nil else { return false }   // stale or repeated
             s.reply = reply
@@ -320,13 +345,13 @@ final class FUSERingQueue: @unchecked Sendable {
         }
         for index in ready {
             let e = entries[index]
-            let taken: (UInt64, [UInt8])? = e.state.withLock { s in
+            let taken: (UInt64, RingReply)? = e.state.withLock { s in
                 guard let r = s.reply else { return nil }
                 s.reply = nil
                 return (s.commitID, r)
             }
             guard let (commitID, reply) = taken else { continue }
-            e.store(reply: reply, unique: e.inHeader.unique)
+            e.store(reply, unique: e.inHeader.unique)
             queueCommand(&ring, e, cfuse_io_uring_cmd_commit_and_fetch, commitID: commitID)
         }
     }
@@ -367,4 +392,12 @@ extension Int {
         while p < self { p <<= 1 }
         return p
     }
+}
+
+/// A reply to a request in a ring entry: written in place by the engine
+/// (its length), or a message to copy in (a deferred lock answer, or empty
+/// for EIO).
+enum RingReply: Sendable {
+    case inPlace(Int)
+    case message([UInt8])
 }

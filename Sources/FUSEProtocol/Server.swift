@@ -71,143 +71,73 @@ public final class FUSEServer: @unchecked Sendable {
         }
     }
 
-    /// Handles a request that arrives in pieces (a guest's descriptor chain).
-    /// A WRITE's data is passed on where it lies (header and arguments are
-    /// copied out, the payload is not); anything else is gathered first.
-    public func handle(segments: [UnsafeRawBufferPointer], replyMemory: [UnsafeMutableRawBufferPointer]? = nil,
-                       reply: @escaping FUSEReplySink) {
-        // One piece is a whole message already (a WRITE's data is used where it lies there too).
-        if segments.count == 1 { return handle(segments[0], replyMemory: replyMemory, reply: reply) }
-        let total = segments.reduce(0) { $0 + $1.count }
-        let fixed = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
-        let write = withUnsafeTemporaryAllocation(byteCount: fixed, alignment: 8) { prefix -> (fuse_in_header, fuse_write_in)? in
-            guard Self.gather(segments, into: prefix) == fixed else { return nil }
-            let header = prefix.loadUnaligned(as: fuse_in_header.self)
-            guard header.opcode == FUSE_WRITE.rawValue, Int(header.len) == total, header.total_extlen == 0 else { return nil }
-            return (header, prefix.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.size, as: fuse_write_in.self))
-        }
-        if let (header, w) = write, negotiatedState.withLock({ $0.initialized && $0.minor >= 9 }) {
-            let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
-                                pid: header.pid, opcode: header.opcode)
-            reply(writeInPlace(r, w, segments, skip: fixed, available: total - fixed))
-            return
-        }
-        // Anything else is gathered (small requests on the stack).
-        withUnsafeTemporaryAllocation(byteCount: max(total, 1), alignment: 16) { message in
-            let n = Self.gather(segments, into: message)
-            handle(UnsafeRawBufferPointer(rebasing: message[0..<n]), replyMemory: replyMemory, reply: reply)
-        }
-    }
-
-    /// Copies the first bytes of `segments` into `buffer`: how many fit.
-    static func gather(_ segments: [UnsafeRawBufferPointer], into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        var done = 0
-        for s in segments where done < buffer.count {
-            let n = min(s.count, buffer.count - done)
-            if n > 0 { (buffer.baseAddress! + done).copyMemory(from: s.baseAddress!, byteCount: n) }
-            done += n
-        }
-        return done
-    }
-
-    /// The bytes of `segments` from `skip` on, at most `count` of them, as
-    /// pieces of the same memory; nil when `skip` is past their end.
-    static func pieces(of segments: [UnsafeRawBufferPointer], from skip: Int, count: Int) -> [UnsafeRawBufferPointer]? {
-        var out: [UnsafeRawBufferPointer] = []
-        var toSkip = skip, wanted = count
-        for s in segments {
-            if toSkip > 0 && toSkip >= s.count { toSkip -= s.count; continue }
-            let n = min(s.count - toSkip, wanted)
-            if n > 0 { out.append(UnsafeRawBufferPointer(start: s.baseAddress! + toSkip, count: n)) }
-            wanted -= n
-            toSkip = 0
-            if wanted == 0 { break }
-        }
-        return toSkip == 0 ? out : nil
-    }
-
-    /// WRITE from the request's own pieces, past its first `skip` bytes.
-    private func writeInPlace(_ r: FUSERequest, _ w: fuse_write_in, _ segments: [UnsafeRawBufferPointer], skip: Int, available: Int) -> [UInt8] {
-        guard w.size <= maxWrite, Int(w.size) <= available,
-              let data = Self.pieces(of: segments, from: skip, count: Int(w.size)) else {
-            return ReplyBuilder(unique: r.unique, error: EINVAL).finish()
-        }
-        do {
-            let n = try operations.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, segments: data, flags: w.write_flags)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(fuse_write_out(size: UInt32(n), padding: 0))
-            return b.finish()
-        } catch let e as FUSEError {
-            return ReplyBuilder(unique: r.unique, error: e.errno).finish()
-        } catch {
-            return ReplyBuilder(unique: r.unique, error: EIO).finish()
-        }
-    }
-
-    /// A READ whose data goes straight into `memory` past the out-header's
-    /// room; returns the out-header alone, its length counting the data.
-    private func readInPlace(_ r: FUSERequest, _ reader: inout RequestReader, _ memory: [UnsafeMutableRawBufferPointer]) throws -> [UInt8] {
-        let rd = try reader.read(fuse_read_in.self)
-        // Not even room for the out-header: an error the transport can still send.
-        guard let pieces = Self.pieces(of: memory.map { UnsafeRawBufferPointer($0) }, from: MemoryLayout<fuse_out_header>.size,
-                                       count: Int(min(rd.size, maxWrite))) else { throw FUSEError(EINVAL) }
-        let segments = pieces.map { UnsafeMutableRawBufferPointer(mutating: $0) }
-        let n = segments.isEmpty ? 0 : try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: segments)
-        var header = ReplyBuilder(unique: r.unique).finish()
-        let length = UInt32(header.count + n)
-        withUnsafeBytes(of: length) { l in header.withUnsafeMutableBytes { $0.copyMemory(from: l) } }
-        return header
-    }
-
-    /// Handles one request. Replies go through `reply`, now or later (SETLKW);
-    /// requests that take no reply (FORGET, BATCH_FORGET, INTERRUPT) send none.
-    ///
-    /// `replyMemory`: where the reply will be copied to (a guest's writable
-    /// buffers). A READ then puts its data there directly, after room for the
-    /// out-header, and `reply` gets just the out-header, whose `len` counts the
-    /// data: a transport sends `len` bytes, which is right for every reply.
-    public func handle(_ message: UnsafeRawBufferPointer, replyMemory: [UnsafeMutableRawBufferPointer]? = nil,
-                       reply: @escaping FUSEReplySink) {
-        var reader = RequestReader(message)
-        guard let header = try? reader.read(fuse_in_header.self) else { return }   // cannot even answer
-        let request = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
-                                  pid: header.pid, opcode: header.opcode)
-        guard Int(header.len) == message.count else {
-            reply(ReplyBuilder(unique: header.unique, error: EINVAL).finish())
-            return
-        }
+    /// Handles one request: reads it through `request`, writes the reply
+    /// through `reply`, and says what became of it. The transports only move
+    /// bytes: they wrap their buffers (a /dev/fuse buffer, an io_uring entry,
+    /// a guest's descriptor chain) and send `.replied(n)`'s first n bytes. A
+    /// WRITE's data is used where it lies and a READ's put straight into the
+    /// reply memory. `later` gets a `.deferred` request's reply (a SETLKW that
+    /// waits) as a whole message, possibly from another thread.
+    public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
+                       later: @escaping FUSEReplySink) -> FUSEOutcome {
+        guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
+        let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
+                            pid: header.pid, opcode: header.opcode)
+        guard Int(header.len) == request.total else { return fail(r, EINVAL, &reply) }
         // Extensions (security context etc.) trail the arguments; pmfs asks for none.
-        if header.total_extlen != 0 {
-            let ext = Int(header.total_extlen) * 8
-            guard ext <= reader.remaining else { reply(ReplyBuilder(unique: header.unique, error: EINVAL).finish()); return }
-            reader = RequestReader(UnsafeRawBufferPointer(rebasing: message[0..<(message.count - ext)]))
-            _ = try? reader.read(fuse_in_header.self)
-        }
-        if header.opcode != FUSE_INIT.rawValue && !initialized {
-            reply(ReplyBuilder(unique: header.unique, error: EIO).finish())
-            return
-        }
+        let ext = Int(header.total_extlen) * 8
+        guard ext <= request.remaining, var args = try? request.prefix(request.remaining - ext) else { return fail(r, EINVAL, &reply) }
+        if header.opcode != FUSE_INIT.rawValue && !initialized { return fail(r, EIO, &reply) }
         do {
-            if header.opcode == FUSE_READ.rawValue, let replyMemory {
-                reply(try readInPlace(request, &reader, replyMemory))
-            } else if let out = try dispatch(request, &reader, reply: reply) {
-                reply(out)
-            }
+            return try dispatch(r, &args, &reply, later: later)
         } catch let e as FUSEError {
-            reply(ReplyBuilder(unique: header.unique, error: e.errno).finish())
+            return fail(r, e.errno, &reply)
         } catch is FUSEWireError {
-            reply(ReplyBuilder(unique: header.unique, error: EINVAL).finish())
+            return fail(r, EINVAL, &reply)
         } catch {
-            reply(ReplyBuilder(unique: header.unique, error: EIO).finish())
+            return fail(r, EIO, &reply)
         }
     }
 
-    private func ok(_ r: FUSERequest) -> [UInt8] { ReplyBuilder(unique: r.unique).finish() }
+    /// The same path for a caller holding one whole message and wanting the
+    /// reply as bytes (tests, INIT before the rings start): replies, now or
+    /// deferred, go to `reply`.
+    public func handle(_ message: UnsafeRawBufferPointer, reply: @escaping FUSEReplySink) {
+        var request = RequestCursor(message)
+        let memory = ReplyWriter(owning: maxReplySize)
+        defer { memory.release() }
+        var writer = memory
+        if case .replied = handle(&request, &writer, later: reply) { reply(writer.bytes) }
+    }
 
-    private func entryReply(_ r: FUSERequest, _ e: FUSEEntry) -> [UInt8] {
-        var b = ReplyBuilder(unique: r.unique, capacity: MemoryLayout<fuse_entry_out>.size)
-        b.append(Self.entryOut(e))
-        return b.finish()
+    /// The largest reply: a READ or READDIR of `maxWrite` bytes and its header.
+    public var maxReplySize: Int { Int(maxWrite) + 4096 }
+
+    /// An error reply, in place of anything half written.
+    private func fail(_ r: FUSERequest, _ errno: Int32, _ out: inout ReplyWriter) -> FUSEOutcome {
+        out.reset()
+        let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -errno, unique: r.unique)
+        guard (try? out.write(header)) != nil else { return .noReply }   // no room even for that
+        return .replied(out.written)
+    }
+
+    /// A successful reply: the out-header, what `body` writes, then the
+    /// header's length filled in.
+    private func answer(_ r: FUSERequest, _ out: inout ReplyWriter,
+                        _ body: (inout ReplyWriter) throws -> Void = { _ in }) throws -> FUSEOutcome {
+        out.reset()
+        try out.write(fuse_out_header(len: 0, error: 0, unique: r.unique))
+        try body(&out)
+        try out.patch(UInt32(out.written), at: 0)
+        return .replied(out.written)
+    }
+
+    private func answer<T: BitwiseCopyable>(_ r: FUSERequest, _ out: inout ReplyWriter, with value: T) throws -> FUSEOutcome {
+        try answer(r, &out) { try $0.write(value) }
+    }
+
+    private func entry(_ r: FUSERequest, _ out: inout ReplyWriter, _ e: FUSEEntry) throws -> FUSEOutcome {
+        try answer(r, &out, with: Self.entryOut(e))
     }
 
     static func entryOut(_ e: FUSEEntry) -> fuse_entry_out {
@@ -221,238 +151,293 @@ public final class FUSEServer: @unchecked Sendable {
         return (UInt64(s), UInt32((s - Double(UInt64(s))) * 1e9))
     }
 
-    private func attrReply(_ r: FUSERequest, _ a: (FUSEAttributes, Double)) -> [UInt8] {
-        var b = ReplyBuilder(unique: r.unique, capacity: MemoryLayout<fuse_attr_out>.size)
+    private func attributes(_ r: FUSERequest, _ out: inout ReplyWriter, _ a: (FUSEAttributes, Double)) throws -> FUSEOutcome {
         let (s, ns) = Self.split(a.1)
-        b.append(fuse_attr_out(attr_valid: s, attr_valid_nsec: ns, dummy: 0, attr: a.0.wire))
-        return b.finish()
+        return try answer(r, &out, with: fuse_attr_out(attr_valid: s, attr_valid_nsec: ns, dummy: 0, attr: a.0.wire))
     }
 
     /// CREATE and TMPFILE: the new entry, then the open file.
-    private func createReply(_ r: FUSERequest, _ created: (FUSEEntry, FUSEOpenResult)) -> [UInt8] {
-        var b = ReplyBuilder(unique: r.unique)
-        b.append(Self.entryOut(created.0))
-        b.append(fuse_open_out(fh: created.1.handle, open_flags: created.1.flags, padding: 0))
-        return b.finish()
+    private func created(_ r: FUSERequest, _ out: inout ReplyWriter, _ c: (FUSEEntry, FUSEOpenResult)) throws -> FUSEOutcome {
+        try answer(r, &out) {
+            try $0.write(Self.entryOut(c.0))
+            try $0.write(fuse_open_out(fh: c.1.handle, open_flags: c.1.flags, padding: 0))
+        }
     }
 
-    private func openReply(_ r: FUSERequest, _ o: FUSEOpenResult) -> [UInt8] {
-        var b = ReplyBuilder(unique: r.unique)
-        b.append(fuse_open_out(fh: o.handle, open_flags: o.flags, padding: 0))
-        return b.finish()
+    private func opened(_ r: FUSERequest, _ out: inout ReplyWriter, _ o: FUSEOpenResult) throws -> FUSEOutcome {
+        try answer(r, &out, with: fuse_open_out(fh: o.handle, open_flags: o.flags, padding: 0))
     }
 
-    private func name(_ reader: inout RequestReader) throws -> [UInt8] {
-        let n = try reader.readCString()
+    private func name(_ args: inout RequestCursor) throws -> [UInt8] {
+        let n = try args.readName()
         guard !n.isEmpty else { throw FUSEError(ENOENT) }
         return n
     }
 
-    private func dispatch(_ r: FUSERequest, _ reader: inout RequestReader, reply: @escaping FUSEReplySink) throws -> [UInt8]? {
-        let ops = operations
-        let opcode = fuse_opcode(rawValue: r.opcode)
-        switch opcode {
-        case FUSE_INIT:
-            return try initialize(r, &reader)
-        case FUSE_DESTROY:
-            ops.destroy()
-            return ok(r)
-        case FUSE_LOOKUP:
-            return entryReply(r, try ops.lookup(r, parent: r.nodeid, name: try name(&reader)))
-        case FUSE_FORGET:
-            let f = try reader.read(fuse_forget_in.self)
-            ops.forget(nodeid: r.nodeid, count: f.nlookup)
-            return nil
-        case FUSE_BATCH_FORGET:
-            let b = try reader.read(fuse_batch_forget_in.self)
-            for _ in 0..<b.count {
-                guard let one = try? reader.read(fuse_forget_one.self) else { break }
-                ops.forget(nodeid: one.nodeid, count: one.nlookup)
-            }
-            return nil
-        case FUSE_GETATTR:
-            let g = try reader.read(fuse_getattr_in.self)
-            let handle = g.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? g.fh : nil
-            return attrReply(r, try ops.getattr(r, nodeid: r.nodeid, handle: handle))
-        case FUSE_SETATTR:
-            let s = try reader.read(fuse_setattr_in.self)
-            return attrReply(r, try ops.setattr(r, nodeid: r.nodeid, Self.setattr(s)))
-        case FUSE_READLINK:
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(contentsOf: try ops.readlink(r, nodeid: r.nodeid))
-            return b.finish()
-        case FUSE_SYMLINK:
-            let n = try name(&reader)
-            let target = try reader.readCString()
-            return entryReply(r, try ops.symlink(r, parent: r.nodeid, name: n, target: target))
-        case FUSE_MKNOD:
-            let m = try reader.readPadded(fuse_mknod_in.self, minimum: 8)
-            return entryReply(r, try ops.mknod(r, parent: r.nodeid, name: try name(&reader), mode: m.mode, rdev: m.rdev, umask: m.umask))
-        case FUSE_MKDIR:
-            let m = try reader.read(fuse_mkdir_in.self)
-            return entryReply(r, try ops.mkdir(r, parent: r.nodeid, name: try name(&reader), mode: m.mode, umask: m.umask))
-        case FUSE_UNLINK:
-            try ops.unlink(r, parent: r.nodeid, name: try name(&reader))
-            return ok(r)
-        case FUSE_RMDIR:
-            try ops.rmdir(r, parent: r.nodeid, name: try name(&reader))
-            return ok(r)
-        case FUSE_RENAME:
-            let m = try reader.read(fuse_rename_in.self)
-            let old = try name(&reader), new = try name(&reader)
-            try ops.rename(r, parent: r.nodeid, name: old, newParent: m.newdir, newName: new, flags: 0)
-            return ok(r)
+    /// One small method per opcode; each reads all of its arguments before it
+    /// writes its reply (over io_uring both share the payload buffer).
+    private func dispatch(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter,
+                          later: @escaping FUSEReplySink) throws -> FUSEOutcome {
+        switch fuse_opcode(rawValue: r.opcode) {
+        case FUSE_INIT: return try initialize(r, &a, &o)
+        case FUSE_DESTROY: operations.destroy(); return try answer(r, &o)
+        case FUSE_LOOKUP: return try entry(r, &o, try operations.lookup(r, parent: r.nodeid, name: try name(&a)))
+        case FUSE_FORGET: return try forget(r, &a)
+        case FUSE_BATCH_FORGET: return try batchForget(r, &a)
+        case FUSE_GETATTR: return try getattr(r, &a, &o)
+        case FUSE_SETATTR: return try attributes(r, &o, try operations.setattr(r, nodeid: r.nodeid, Self.setattr(try a.read())))
+        case FUSE_READLINK: return try readlink(r, &o)
+        case FUSE_SYMLINK: return try symlink(r, &a, &o)
+        case FUSE_MKNOD: return try mknod(r, &a, &o)
+        case FUSE_MKDIR: return try mkdir(r, &a, &o)
+        case FUSE_UNLINK: try operations.unlink(r, parent: r.nodeid, name: try name(&a)); return try answer(r, &o)
+        case FUSE_RMDIR: try operations.rmdir(r, parent: r.nodeid, name: try name(&a)); return try answer(r, &o)
+        case FUSE_RENAME: return try rename(r, &a, &o, newdir: try a.read(fuse_rename_in.self).newdir, flags: 0)
         case FUSE_RENAME2:
-            let m = try reader.read(fuse_rename2_in.self)
-            let old = try name(&reader), new = try name(&reader)
-            try ops.rename(r, parent: r.nodeid, name: old, newParent: m.newdir, newName: new, flags: m.flags)
-            return ok(r)
-        case FUSE_LINK:
-            let l = try reader.read(fuse_link_in.self)
-            return entryReply(r, try ops.link(r, nodeid: l.oldnodeid, newParent: r.nodeid, newName: try name(&reader)))
-        case FUSE_OPEN:
-            let o = try reader.read(fuse_open_in.self)
-            return openReply(r, try ops.open(r, nodeid: r.nodeid, flags: o.flags, killSuidGid: o.open_flags & UInt32(FUSE_OPEN_KILL_SUIDGID) != 0))
-        case FUSE_CREATE:
-            let c = try reader.read(fuse_create_in.self)
-            return createReply(r, try ops.create(r, parent: r.nodeid, name: try name(&reader), mode: c.mode, flags: c.flags, umask: c.umask))
-        case FUSE_TMPFILE:
-            let c = try reader.read(fuse_create_in.self)
-            return createReply(r, try ops.tmpfile(r, parent: r.nodeid, mode: c.mode, flags: c.flags, umask: c.umask))
-        case FUSE_READ:
-            let rd = try reader.read(fuse_read_in.self)
-            let size = Int(min(rd.size, maxWrite))
-            var b = ReplyBuilder(unique: r.unique, capacity: size)
-            try b.appendUninitialized(size) { buffer in
-                try ops.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: buffer)
-            }
-            return b.finish()
-        case FUSE_WRITE:
-            let w = try reader.readPadded(fuse_write_in.self, minimum: 24)
-            guard w.size <= maxWrite else { throw FUSEError(EINVAL) }
-            let data = try reader.readBytes(Int(w.size))
-            let n = try ops.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, data: data, flags: w.write_flags)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(fuse_write_out(size: UInt32(n), padding: 0))
-            return b.finish()
-        case FUSE_FLUSH:
-            let f = try reader.read(fuse_flush_in.self)
-            try ops.flush(r, nodeid: r.nodeid, handle: f.fh, lockOwner: f.lock_owner)
-            return ok(r)
-        case FUSE_RELEASE:
-            let rl = try reader.read(fuse_release_in.self)
-            try ops.release(r, nodeid: r.nodeid, handle: rl.fh, flags: rl.flags, releaseFlags: rl.release_flags, lockOwner: rl.lock_owner)
-            return ok(r)
-        case FUSE_FSYNC:
-            let f = try reader.read(fuse_fsync_in.self)
-            try ops.fsync(r, nodeid: r.nodeid, handle: f.fh, dataOnly: f.fsync_flags & UInt32(FUSE_FSYNC_FDATASYNC) != 0)
-            return ok(r)
-        case FUSE_OPENDIR:
-            let o = try reader.read(fuse_open_in.self)
-            return openReply(r, try ops.opendir(r, nodeid: r.nodeid, flags: o.flags))
-        case FUSE_READDIR, FUSE_READDIRPLUS:
-            let rd = try reader.read(fuse_read_in.self)
-            return try readdir(r, rd, plus: opcode == FUSE_READDIRPLUS)
+            let m = try a.read(fuse_rename2_in.self)
+            return try rename(r, &a, &o, newdir: m.newdir, flags: m.flags)
+        case FUSE_LINK: return try link(r, &a, &o)
+        case FUSE_OPEN: return try open(r, &a, &o)
+        case FUSE_CREATE: return try create(r, &a, &o)
+        case FUSE_TMPFILE: return try tmpfile(r, &a, &o)
+        case FUSE_READ: return try read(r, &a, &o)
+        case FUSE_WRITE: return try write(r, &a, &o)
+        case FUSE_FLUSH: return try flush(r, &a, &o)
+        case FUSE_RELEASE: return try release(r, &a, &o)
+        case FUSE_FSYNC: return try fsync(r, &a, &o, directory: false)
+        case FUSE_OPENDIR: return try opened(r, &o, try operations.opendir(r, nodeid: r.nodeid, flags: try a.read(fuse_open_in.self).flags))
+        case FUSE_READDIR: return try readdir(r, try a.read(), &o, plus: false)
+        case FUSE_READDIRPLUS: return try readdir(r, try a.read(), &o, plus: true)
         case FUSE_RELEASEDIR:
-            let rl = try reader.read(fuse_release_in.self)
-            try ops.releasedir(r, nodeid: r.nodeid, handle: rl.fh)
-            return ok(r)
-        case FUSE_FSYNCDIR:
-            let f = try reader.read(fuse_fsync_in.self)
-            try ops.fsyncdir(r, nodeid: r.nodeid, handle: f.fh, dataOnly: f.fsync_flags & 1 != 0)
-            return ok(r)
-        case FUSE_STATFS:
-            let s = try ops.statfs(r, nodeid: r.nodeid)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(fuse_statfs_out(st: fuse_kstatfs(blocks: s.blocks, bfree: s.freeBlocks, bavail: s.availableBlocks, files: s.files,
-                                                      ffree: s.freeFiles, bsize: s.blockSize, namelen: s.nameLength, frsize: s.fragmentSize,
-                                                      padding: 0, spare: (0, 0, 0, 0, 0, 0))))
-            return b.finish()
-        case FUSE_SETXATTR:
-            // The argument is 16 bytes with SETXATTR_EXT, 8 without.
-            let size: UInt32, flags: UInt32
-            if negotiated & UInt64(FUSE_SETXATTR_EXT) != 0 {
-                let s = try reader.read(fuse_setxattr_in.self)
-                (size, flags) = (s.size, s.flags)
-            } else {
-                size = try reader.read(UInt32.self)
-                flags = try reader.read(UInt32.self)
-            }
-            let n = try name(&reader)
-            let value = try reader.readBytes(Int(size))
-            try ops.setxattr(r, nodeid: r.nodeid, name: n, value: value, flags: flags)
-            return ok(r)
-        case FUSE_GETXATTR:
-            let g = try reader.read(fuse_getxattr_in.self)
-            let value = try ops.getxattr(r, nodeid: r.nodeid, name: try name(&reader))
-            return sizedReply(r, value, requested: g.size)
-        case FUSE_LISTXATTR:
-            let g = try reader.read(fuse_getxattr_in.self)
-            var list: [UInt8] = []
-            for n in try ops.listxattr(r, nodeid: r.nodeid) { list += n; list.append(0) }
-            return sizedReply(r, list, requested: g.size)
-        case FUSE_REMOVEXATTR:
-            try ops.removexattr(r, nodeid: r.nodeid, name: try name(&reader))
-            return ok(r)
-        case FUSE_ACCESS:
-            let a = try reader.read(fuse_access_in.self)
-            try ops.access(r, nodeid: r.nodeid, mask: a.mask)
-            return ok(r)
-        case FUSE_GETLK:
-            let l = try reader.read(fuse_lk_in.self)
-            let got = try ops.getlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
-                                    flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(fuse_lk_out(lk: fuse_file_lock(start: got.start, end: got.end, type: UInt32(bitPattern: got.type), pid: got.pid)))
-            return b.finish()
-        case FUSE_SETLK, FUSE_SETLKW:
-            let l = try reader.read(fuse_lk_in.self)
-            let unique = r.unique
-            ops.setlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
-                      flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: opcode == FUSE_SETLKW) { error in
-                reply(ReplyBuilder(unique: unique, error: error).finish())
-            }
-            return nil
-        case FUSE_INTERRUPT:
-            let i = try reader.read(fuse_interrupt_in.self)
-            ops.interrupt(unique: i.unique)
-            return nil
-        case FUSE_FALLOCATE:
-            let f = try reader.read(fuse_fallocate_in.self)
-            try ops.fallocate(r, nodeid: r.nodeid, handle: f.fh, offset: f.offset, length: f.length, mode: f.mode)
-            return ok(r)
-        case FUSE_LSEEK:
-            let l = try reader.read(fuse_lseek_in.self)
-            let off = try ops.lseek(r, nodeid: r.nodeid, handle: l.fh, offset: l.offset, whence: l.whence)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(fuse_lseek_out(offset: off))
-            return b.finish()
-        case FUSE_COPY_FILE_RANGE:
-            let c = try reader.read(fuse_copy_file_range_in.self)
-            let n = try ops.copyFileRange(r, nodeid: r.nodeid, handle: c.fh_in, offset: c.off_in, toNode: c.nodeid_out,
-                                          toHandle: c.fh_out, toOffset: c.off_out, length: c.len, flags: c.flags)
-            var b = ReplyBuilder(unique: r.unique)
-            b.append(fuse_write_out(size: UInt32(min(n, UInt64(UInt32.max))), padding: 0))
-            return b.finish()
-        case FUSE_SYNCFS:
-            try ops.syncfs(r)
-            return ok(r)
-        default:
-            // IOCTL, POLL, BMAP, mappings and anything unknown.
-            throw FUSEError(ENOSYS)
+            try operations.releasedir(r, nodeid: r.nodeid, handle: try a.read(fuse_release_in.self).fh)
+            return try answer(r, &o)
+        case FUSE_FSYNCDIR: return try fsync(r, &a, &o, directory: true)
+        case FUSE_STATFS: return try statfs(r, &o)
+        case FUSE_SETXATTR: return try setxattr(r, &a, &o)
+        case FUSE_GETXATTR: return try getxattr(r, &a, &o)
+        case FUSE_LISTXATTR: return try listxattr(r, &a, &o)
+        case FUSE_REMOVEXATTR: try operations.removexattr(r, nodeid: r.nodeid, name: try name(&a)); return try answer(r, &o)
+        case FUSE_ACCESS: try operations.access(r, nodeid: r.nodeid, mask: try a.read(fuse_access_in.self).mask); return try answer(r, &o)
+        case FUSE_GETLK: return try getlk(r, &a, &o)
+        case FUSE_SETLK: return try setlk(r, &a, &o, wait: false, later: later)
+        case FUSE_SETLKW: return try setlk(r, &a, &o, wait: true, later: later)
+        case FUSE_INTERRUPT: operations.interrupt(unique: try a.read(fuse_interrupt_in.self).unique); return .noReply
+        case FUSE_FALLOCATE: return try fallocate(r, &a, &o)
+        case FUSE_LSEEK: return try lseek(r, &a, &o)
+        case FUSE_COPY_FILE_RANGE: return try copyFileRange(r, &a, &o)
+        case FUSE_SYNCFS: try operations.syncfs(r); return try answer(r, &o)
+        default: throw FUSEError(ENOSYS)   // IOCTL, POLL, BMAP, mappings and anything unknown
         }
     }
 
-    /// GETXATTR / LISTXATTR: size 0 asks for the length; too small a buffer is ERANGE.
-    private func sizedReply(_ r: FUSERequest, _ value: [UInt8], requested: UInt32) -> [UInt8] {
-        var b = ReplyBuilder(unique: r.unique)
-        if requested == 0 {
-            b.append(fuse_getxattr_out(size: UInt32(value.count), padding: 0))
-            return b.finish()
+    private func forget(_ r: FUSERequest, _ a: inout RequestCursor) throws -> FUSEOutcome {
+        operations.forget(nodeid: r.nodeid, count: try a.read(fuse_forget_in.self).nlookup)
+        return .noReply
+    }
+
+    private func batchForget(_ r: FUSERequest, _ a: inout RequestCursor) throws -> FUSEOutcome {
+        let b = try a.read(fuse_batch_forget_in.self)
+        for _ in 0..<b.count {
+            guard let one = try? a.read(fuse_forget_one.self) else { break }
+            operations.forget(nodeid: one.nodeid, count: one.nlookup)
         }
-        guard value.count <= Int(requested) else { return ReplyBuilder(unique: r.unique, error: ERANGE).finish() }
-        b.append(contentsOf: value)
-        return b.finish()
+        return .noReply
+    }
+
+    private func getattr(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let g = try a.read(fuse_getattr_in.self)
+        let handle = g.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? g.fh : nil
+        return try attributes(r, &o, try operations.getattr(r, nodeid: r.nodeid, handle: handle))
+    }
+
+    private func readlink(_ r: FUSERequest, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let target = try operations.readlink(r, nodeid: r.nodeid)
+        return try answer(r, &o) { out in try target.withUnsafeBytes { try out.write(bytes: $0) } }
+    }
+
+    private func symlink(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let n = try name(&a)
+        let target = try a.readName()
+        return try entry(r, &o, try operations.symlink(r, parent: r.nodeid, name: n, target: target))
+    }
+
+    private func mknod(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let m = try a.readPadded(fuse_mknod_in.self, minimum: 8)
+        return try entry(r, &o, try operations.mknod(r, parent: r.nodeid, name: try name(&a), mode: m.mode, rdev: m.rdev, umask: m.umask))
+    }
+
+    private func mkdir(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let m = try a.read(fuse_mkdir_in.self)
+        return try entry(r, &o, try operations.mkdir(r, parent: r.nodeid, name: try name(&a), mode: m.mode, umask: m.umask))
+    }
+
+    private func rename(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter, newdir: UInt64, flags: UInt32) throws -> FUSEOutcome {
+        let old = try name(&a), new = try name(&a)
+        try operations.rename(r, parent: r.nodeid, name: old, newParent: newdir, newName: new, flags: flags)
+        return try answer(r, &o)
+    }
+
+    private func link(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let l = try a.read(fuse_link_in.self)
+        return try entry(r, &o, try operations.link(r, nodeid: l.oldnodeid, newParent: r.nodeid, newName: try name(&a)))
+    }
+
+    private func open(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let i = try a.read(fuse_open_in.self)
+        let kill = i.open_flags & UInt32(FUSE_OPEN_KILL_SUIDGID) != 0
+        return try opened(r, &o, try operations.open(r, nodeid: r.nodeid, flags: i.flags, killSuidGid: kill))
+    }
+
+    private func create(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let c = try a.read(fuse_create_in.self)
+        let n = try name(&a)
+        return try created(r, &o, try operations.create(r, parent: r.nodeid, name: n, mode: c.mode, flags: c.flags, umask: c.umask))
+    }
+
+    private func tmpfile(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let c = try a.read(fuse_create_in.self)
+        return try created(r, &o, try operations.tmpfile(r, parent: r.nodeid, mode: c.mode, flags: c.flags, umask: c.umask))
+    }
+
+    /// READ: the data goes straight into the reply memory behind the out-header
+    /// (a guest's buffers, an io_uring payload, a /dev/fuse reply buffer).
+    private func read(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let rd = try a.read(fuse_read_in.self)
+        return try answer(r, &o) { out in
+            _ = try out.fill(upTo: Int(min(rd.size, maxWrite))) { pieces in
+                try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: pieces)
+            }
+        }
+    }
+
+    /// WRITE: the data is used where it lies in the request, in however many pieces.
+    private func write(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let w = try a.readPadded(fuse_write_in.self, minimum: 24)
+        guard w.size <= maxWrite else { throw FUSEError(EINVAL) }
+        let n: Int
+        if let data = try a.contiguous(Int(w.size)) {   // the common case: no array of pieces
+            n = try operations.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, data: data, flags: w.write_flags)
+        } else {
+            let data = try a.segments(Int(w.size))
+            n = try operations.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, segments: data, flags: w.write_flags)
+        }
+        return try answer(r, &o, with: fuse_write_out(size: UInt32(n), padding: 0))
+    }
+
+    private func flush(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let f = try a.read(fuse_flush_in.self)
+        try operations.flush(r, nodeid: r.nodeid, handle: f.fh, lockOwner: f.lock_owner)
+        return try answer(r, &o)
+    }
+
+    private func release(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let rl = try a.read(fuse_release_in.self)
+        try operations.release(r, nodeid: r.nodeid, handle: rl.fh, flags: rl.flags, releaseFlags: rl.release_flags, lockOwner: rl.lock_owner)
+        return try answer(r, &o)
+    }
+
+    private func fsync(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter, directory: Bool) throws -> FUSEOutcome {
+        let f = try a.read(fuse_fsync_in.self)
+        let dataOnly = f.fsync_flags & UInt32(FUSE_FSYNC_FDATASYNC) != 0
+        if directory {
+            try operations.fsyncdir(r, nodeid: r.nodeid, handle: f.fh, dataOnly: dataOnly)
+        } else {
+            try operations.fsync(r, nodeid: r.nodeid, handle: f.fh, dataOnly: dataOnly)
+        }
+        return try answer(r, &o)
+    }
+
+    private func statfs(_ r: FUSERequest, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let s = try operations.statfs(r, nodeid: r.nodeid)
+        let st = fuse_kstatfs(blocks: s.blocks, bfree: s.freeBlocks, bavail: s.availableBlocks, files: s.files,
+                              ffree: s.freeFiles, bsize: s.blockSize, namelen: s.nameLength, frsize: s.fragmentSize,
+                              padding: 0, spare: (0, 0, 0, 0, 0, 0))
+        return try answer(r, &o, with: fuse_statfs_out(st: st))
+    }
+
+    private func setxattr(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        // The argument is 16 bytes with SETXATTR_EXT, 8 without.
+        let size: UInt32, flags: UInt32
+        if negotiated & UInt64(FUSE_SETXATTR_EXT) != 0 {
+            let s = try a.read(fuse_setxattr_in.self)
+            (size, flags) = (s.size, s.flags)
+        } else {
+            size = try a.read(UInt32.self)
+            flags = try a.read(UInt32.self)
+        }
+        let n = try name(&a)
+        let pieces = try a.segments(Int(size))
+        if pieces.count <= 1 {
+            let value = pieces.first ?? UnsafeRawBufferPointer(start: nil, count: 0)
+            try operations.setxattr(r, nodeid: r.nodeid, name: n, value: value, flags: flags)
+        } else {
+            let value = Array(pieces.joined())   // a value split across a guest's buffers
+            try value.withUnsafeBytes { try operations.setxattr(r, nodeid: r.nodeid, name: n, value: $0, flags: flags) }
+        }
+        return try answer(r, &o)
+    }
+
+    private func getxattr(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let g = try a.read(fuse_getxattr_in.self)
+        let value = try operations.getxattr(r, nodeid: r.nodeid, name: try name(&a))
+        return try sized(r, &o, value, requested: g.size)
+    }
+
+    private func listxattr(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let g = try a.read(fuse_getxattr_in.self)
+        var list: [UInt8] = []
+        for n in try operations.listxattr(r, nodeid: r.nodeid) { list += n; list.append(0) }
+        return try sized(r, &o, list, requested: g.size)
+    }
+
+    /// GETXATTR / LISTXATTR: size 0 asks for the length; too small a buffer is ERANGE.
+    private func sized(_ r: FUSERequest, _ o: inout ReplyWriter, _ value: [UInt8], requested: UInt32) throws -> FUSEOutcome {
+        if requested == 0 { return try answer(r, &o, with: fuse_getxattr_out(size: UInt32(value.count), padding: 0)) }
+        guard value.count <= Int(requested) else { throw FUSEError(ERANGE) }
+        return try answer(r, &o) { out in try value.withUnsafeBytes { try out.write(bytes: $0) } }
+    }
+
+    private func getlk(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let l = try a.read(fuse_lk_in.self)
+        let got = try operations.getlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
+                                       flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0)
+        let lk = fuse_file_lock(start: got.start, end: got.end, type: UInt32(bitPattern: got.type), pid: got.pid)
+        return try answer(r, &o, with: fuse_lk_out(lk: lk))
+    }
+
+    /// SETLK / SETLKW: answered in place when the lock manager decides before
+    /// `setlk` returns; otherwise deferred, and the answer goes to `later`.
+    private func setlk(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter, wait: Bool,
+                       later: @escaping FUSEReplySink) throws -> FUSEOutcome {
+        let l = try a.read(fuse_lk_in.self)
+        let decision = LockDecision()
+        operations.setlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
+                         flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [unique = r.unique] error in
+            guard decision.settle(error) else { return }
+            var header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: unique)
+            later(withUnsafeBytes(of: &header) { Array($0) })
+        }
+        guard let error = decision.returned() else { return .deferred }
+        return error == 0 ? try answer(r, &o) : fail(r, error, &o)
+    }
+
+    private func fallocate(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let f = try a.read(fuse_fallocate_in.self)
+        try operations.fallocate(r, nodeid: r.nodeid, handle: f.fh, offset: f.offset, length: f.length, mode: f.mode)
+        return try answer(r, &o)
+    }
+
+    private func lseek(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let l = try a.read(fuse_lseek_in.self)
+        let offset = try operations.lseek(r, nodeid: r.nodeid, handle: l.fh, offset: l.offset, whence: l.whence)
+        return try answer(r, &o, with: fuse_lseek_out(offset: offset))
+    }
+
+    private func copyFileRange(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let c = try a.read(fuse_copy_file_range_in.self)
+        let n = try operations.copyFileRange(r, nodeid: r.nodeid, handle: c.fh_in, offset: c.off_in, toNode: c.nodeid_out,
+                                             toHandle: c.fh_out, toOffset: c.off_out, length: c.len, flags: c.flags)
+        return try answer(r, &o, with: fuse_write_out(size: UInt32(min(n, UInt64(UInt32.max))), padding: 0))
     }
 
     static func lock(_ l: fuse_file_lock) -> FUSELock {
@@ -474,57 +459,49 @@ public final class FUSEServer: @unchecked Sendable {
         return c
     }
 
-    private func readdir(_ r: FUSERequest, _ rd: fuse_read_in, plus: Bool) throws -> [UInt8] {
-        let size = Int(min(rd.size, maxWrite))
-        var b = ReplyBuilder(unique: r.unique, capacity: size)
-        let header = b.count
+    private func readdir(_ r: FUSERequest, _ rd: fuse_read_in, _ o: inout ReplyWriter, plus: Bool) throws -> FUSEOutcome {
         let nameOffset = plus ? MemoryLayout<fuse_entry_out>.size + 24 : 24
-        // Ask for about as many entries as can fit; unsent ones are asked for again.
-        let entries = try operations.readdir(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, limit: max(1, size / 32))
-        for e in entries {
-            let record = (nameOffset + e.name.count + 7) & ~7
-            if b.count - header + record > size { break }
-            if plus {
-                // . and .. carry no entry (the kernel takes no reference for them).
-                var entry = fuse_entry_out()
-                if e.name != [0x2E] && e.name != [0x2E, 0x2E] {
-                    guard let looked = try operations.readdirplusEntry(r, parent: r.nodeid, entry: e) else { continue }
-                    entry = Self.entryOut(looked)
+        return try answer(r, &o) { out in
+            let start = out.written
+            let size = min(Int(min(rd.size, maxWrite)), out.remaining)
+            // Ask for about as many entries as can fit; unsent ones are asked for again.
+            let entries = try operations.readdir(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, limit: max(1, size / 32))
+            for e in entries {
+                let record = (nameOffset + e.name.count + 7) & ~7
+                if out.written - start + record > size { break }
+                if plus {
+                    // . and .. carry no entry (the kernel takes no reference for them).
+                    var entry = fuse_entry_out()
+                    if e.name != [0x2E] && e.name != [0x2E, 0x2E] {
+                        guard let looked = try operations.readdirplusEntry(r, parent: r.nodeid, entry: e) else { continue }
+                        entry = Self.entryOut(looked)
+                    }
+                    try out.write(entry)
                 }
-                b.append(entry)
+                // struct fuse_dirent: ino, off, namelen, type, then the name, padded to 8.
+                try out.write(e.ino)
+                try out.write(e.nextOffset)
+                try out.write(UInt32(e.name.count))
+                try out.write(e.type)
+                try e.name.withUnsafeBytes { try out.write(bytes: $0) }
+                try out.write(zeros: record - nameOffset - e.name.count)
             }
-            // struct fuse_dirent: ino, off, namelen, type, then the name.
-            b.append(e.ino)
-            b.append(e.nextOffset)
-            b.append(UInt32(e.name.count))
-            b.append(e.type)
-            b.append(contentsOf: e.name)
-            b.alignTo8()
         }
-        return b.finish()
     }
 
-    private func initialize(_ r: FUSERequest, _ reader: inout RequestReader) throws -> [UInt8] {
-        let i = try reader.readPadded(fuse_init_in.self, minimum: 16)
-        guard i.major == 7 else {
-            // A newer major: answer with ours so the kernel can retry (it does not for 7 < major).
-            var b = ReplyBuilder(unique: r.unique)
-            var out = fuse_init_out()
-            out.major = cfuse_kernel_version
-            out.minor = cfuse_kernel_minor_version
-            b.append(out)
-            return b.finish()
-        }
+    private func initialize(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let i = try a.readPadded(fuse_init_in.self, minimum: 16)
+        var out = fuse_init_out()
+        out.major = cfuse_kernel_version
+        out.minor = cfuse_kernel_minor_version
+        // A newer major: answer with ours so the kernel can retry (it does not for 7 < major).
+        guard i.major == 7 else { return try answer(r, &o, with: out) }
         guard i.minor >= 26 else { throw FUSEError(EPROTO) }
         var kernelFlags = UInt64(i.flags)
         if kernelFlags & UInt64(FUSE_INIT_EXT) != 0 { kernelFlags |= UInt64(i.flags2) << 32 }
         let allowed = offered & ~withheld.load(ordering: .relaxed)
         let agreed = operations.initialize(capabilities: kernelFlags & allowed) & kernelFlags & allowed
         negotiatedState.withLock { $0 = (true, agreed, min(i.minor, cfuse_kernel_minor_version)) }
-        var b = ReplyBuilder(unique: r.unique)
-        var out = fuse_init_out()
-        out.major = cfuse_kernel_version
-        out.minor = cfuse_kernel_minor_version
         out.max_readahead = i.max_readahead
         out.flags = UInt32(truncatingIfNeeded: agreed)
         out.max_background = 64
@@ -533,7 +510,36 @@ public final class FUSEServer: @unchecked Sendable {
         out.time_gran = 1
         out.max_pages = maxPages
         out.flags2 = UInt32(truncatingIfNeeded: agreed >> 32)
-        b.append(out)
-        return b.finish()
+        return try answer(r, &o, with: out)
     }
+}
+
+/// What became of a request.
+public enum FUSEOutcome: Equatable, Sendable {
+    /// The reply is the first `n` bytes of the reply memory.
+    case replied(Int)
+    /// No reply is due (FORGET, BATCH_FORGET, INTERRUPT, a request too short to
+    /// answer); the transport still gives its buffers back.
+    case noReply
+    /// The reply comes later through the `later` sink (a SETLKW that waits);
+    /// the transport keeps the request's buffers until then.
+    case deferred
+}
+
+/// Whether a lock request's answer came before `setlk` returned (then it is
+/// written in place) or after (then it goes through the deferred sink).
+final class LockDecision: Sendable {
+    private let state = Mutex<(returned: Bool, error: Int32?)>((false, nil))
+
+    /// The answer arrives: true when it must go out through the deferred sink.
+    func settle(_ error: Int32) -> Bool {
+        state.withLock { s in
+            if s.returned { return true }
+            s.error = error
+            return false
+        }
+    }
+
+    /// `setlk` returned: the answer if it came already; nil means deferred.
+    func returned() -> Int32? { state.withLock { s in s.returned = true; return s.error } }
 }

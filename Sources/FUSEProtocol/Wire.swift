@@ -6,58 +6,6 @@ public enum FUSEWireError: Error, Sendable {
     case malformed(String)
 }
 
-/// Reads fixed-layout structs and strings from a request, never past its end.
-/// Every accessor checks bounds and throws instead of trapping: a hostile or
-/// buggy peer gets an error reply, the daemon keeps running.
-public struct RequestReader {
-    private let bytes: UnsafeRawBufferPointer
-    public private(set) var position = 0
-
-    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
-
-    public var remaining: Int { bytes.count - position }
-
-    public mutating func read<T>(_ type: T.Type = T.self) throws -> T {
-        let size = MemoryLayout<T>.size
-        guard remaining >= size else { throw FUSEWireError.truncated(needed: size, available: remaining) }
-        let value = bytes.loadUnaligned(fromByteOffset: position, as: T.self)
-        position += size
-        return value
-    }
-
-    /// A struct that older peers send shorter (compat sizes): missing bytes read as zero.
-    public mutating func readPadded<T>(_ type: T.Type = T.self, minimum: Int) throws -> T {
-        let size = MemoryLayout<T>.size
-        guard remaining >= minimum else { throw FUSEWireError.truncated(needed: minimum, available: remaining) }
-        if remaining >= size { return try read(T.self) }
-        var buffer = [UInt8](repeating: 0, count: size)
-        let n = remaining
-        buffer.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[position..<(position + n)])) }
-        position += n
-        return buffer.withUnsafeBytes { $0.loadUnaligned(as: T.self) }
-    }
-
-    /// A NUL-terminated name; the NUL is consumed, not returned.
-    public mutating func readCString() throws -> [UInt8] {
-        guard let end = bytes[position...].firstIndex(of: 0) else { throw FUSEWireError.malformed("string without NUL") }
-        let s = Array(bytes[position..<end])
-        position = end + 1
-        return s
-    }
-
-    public mutating func readBytes(_ count: Int) throws -> UnsafeRawBufferPointer {
-        guard count >= 0, remaining >= count else { throw FUSEWireError.truncated(needed: count, available: remaining) }
-        let slice = UnsafeRawBufferPointer(rebasing: bytes[position..<(position + count)])
-        position += count
-        return slice
-    }
-
-    public mutating func skip(_ count: Int) throws {
-        guard count >= 0, remaining >= count else { throw FUSEWireError.truncated(needed: count, available: remaining) }
-        position += count
-    }
-}
-
 /// Builds one reply message: the out-header, then the payload.
 public struct ReplyBuilder {
     public private(set) var bytes: [UInt8]

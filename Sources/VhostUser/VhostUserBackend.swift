@@ -570,45 +570,47 @@ public final class VhostUserBackend: @unchecked Sendable {
         chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.mayBlock($0) }
     }
 
+    /// Serves one chain (memory lock held shared): the readable buffers hold
+    /// the request, the writable ones receive the reply. A WRITE's data is
+    /// taken from the guest's buffers and a READ's put into them, with no copy
+    /// through ours.
     private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
-        // The readable buffers hold the request, the writable ones receive the reply.
-        let opcode: UInt32 = chain.withPrefix(8) { $0.count == 8 ? $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) : 0 }
         let generation = q.generation
-        let answered = Flag()
+        let head = chain.head
+        var request = RequestCursor(chain.readable)
+        var reply = ReplyWriter(chain.writable)
+        let outcome = server.handle(&request, &reply, later: deferredReply(chain, on: q, generation: generation))
+        switch outcome {
+        case .replied(let length):
+            guard q.generation == generation else { return }
+            q.push(head, length: length)
+        case .noReply:
+            q.push(head, length: 0)   // FORGET, INTERRUPT, undecodable: the buffers still go back
+        case .deferred:
+            break                     // a waiting SETLKW answers later
+        }
+    }
+
+    /// Where a deferred reply (SETLKW) goes: copied into the chain's writable
+    /// buffers, which may have moved by then.
+    private func deferredReply(_ chain: Virtqueue.Chain, on q: Virtqueue, generation: UInt64) -> FUSEReplySink {
         let writable = WritableBuffers(chain.writable)
         let head = chain.head
         let epoch = memoryEpoch
-        do {
-            // A WRITE's data is taken from the guest's buffers and a READ's put
-            // into them, with no copy through ours.
-            server.handle(segments: chain.readable, replyMemory: chain.writable) { [self] reply in
-                answered.set()
-                // A deferred reply (SETLKW) may come after a reset: drop it then.
-                pthread_rwlock_rdlock(memoryLock)
-                defer { pthread_rwlock_unlock(memoryLock) }
-                guard q.generation == generation else { return }
-                // A late reply (SETLKW) after a new memory table: the buffers are
-                // found again in the new mappings.
-                var buffers = writable.buffers
-                if epoch != memoryEpoch {
-                    guard let current = rewalk(head, on: q) else { return }
-                    buffers = current.writable
-                }
-                var offset = 0
-                for w in buffers where offset < reply.count {
-                    let n = min(w.count, reply.count - offset)
-                    reply.withUnsafeBytes { w.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
-                    offset += n
-                }
-                // The out-header's length counts data already placed in the buffers.
-                let declared = reply.count >= 4 ? Int(reply.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) : 0
-                q.push(head, length: max(offset, min(declared, buffers.reduce(0) { $0 + $1.count })))
+        return { [self] reply in
+            // After a reset the chain is gone: drop the reply.
+            pthread_rwlock_rdlock(memoryLock)
+            defer { pthread_rwlock_unlock(memoryLock) }
+            guard q.generation == generation else { return }
+            // After a new memory table the buffers are found again in the new mappings.
+            var buffers = writable.buffers
+            if epoch != memoryEpoch {
+                guard let current = rewalk(head, on: q) else { return }
+                buffers = current.writable
             }
-        }
-        // FORGET, BATCH_FORGET, INTERRUPT and undecodable requests get no reply,
-        // but the buffers still go back; a waiting SETLKW answers later.
-        if !answered.isSet && opcode != 33 /* FUSE_SETLKW */ {
-            q.push(head, length: 0)
+            var out = ReplyWriter(buffers)
+            guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(head, length: 0) }
+            q.push(head, length: out.written)
         }
     }
 }

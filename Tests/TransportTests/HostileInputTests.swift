@@ -397,14 +397,17 @@ final class FakeGuest {
                     return UnsafeRawBufferPointer(rebasing: buffer[start..<(start + n)])
                 }
                 let skip = Int.random(in: 0...(total + 5), using: &rng), count = Int.random(in: 0...50, using: &rng)
-                let got = FUSEServer.pieces(of: segments, from: skip, count: count)
-                if skip > total {
-                    #expect(got == nil)
-                } else {
-                    let flat = got.map { Array($0.joined()) }
-                    #expect(flat == Array(whole[skip..<min(total, skip + count)]))
-                    #expect(got?.allSatisfy { $0.count > 0 } == true)
+                var cursor = RequestCursor(segments)
+                guard skip <= total else {
+                    #expect(throws: FUSEWireError.self) { try cursor.skip(skip) }
+                    return
                 }
+                try? cursor.skip(skip)
+                if count > total - skip { #expect(throws: FUSEWireError.self) { try cursor.segments(count) } }
+                let got = try? cursor.segments(min(count, total - skip))
+                let flat = got.map { Array($0.joined()) }
+                #expect(flat == Array(whole[skip..<min(total, skip + count)]))
+                #expect(got?.allSatisfy { $0.count > 0 } == true)
             }
         }
     }

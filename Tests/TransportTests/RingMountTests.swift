@@ -286,26 +286,32 @@ final class Tally: Sendable {
         var reply = [UInt8](repeating: 0, count: 16 + 24)
         withUnsafeBytes(of: fuse_out_header(len: 40, error: 0, unique: 42)) { h in reply.withUnsafeMutableBytes { $0.copyMemory(from: h) } }
         reply[16] = 0xAB
-        e.store(reply: reply, unique: 42)
+        e.store(.message(reply), unique: 42)
         var (h, size) = stored(e)
         #expect(h.error == 0 && h.len == 40 && h.unique == 42 && size == 24)
         #expect(e.payload.load(as: UInt8.self) == 0xAB)
 
-        // A READ whose data the engine already put in the payload: header only, len counts it.
-        withUnsafeBytes(of: fuse_out_header(len: 16 + 4096, error: 0, unique: 42)) { e.store(reply: Array($0), unique: 42) }
+        // A reply the engine wrote into the entry's own memory: header room, then payload.
+        var writer = ReplyWriter(e.replyMemory)
+        try? writer.write(fuse_out_header(len: 16 + 4096, error: 0, unique: 42))
+        try? writer.write(zeros: 4096)
+        e.store(.inPlace(writer.written), unique: 42)
         (h, size) = stored(e)
-        #expect(h.error == 0 && size == 4096)
-
-        // Too big for the payload, or not a reply at all: EIO, nothing in the payload.
-        withUnsafeBytes(of: fuse_out_header(len: 16 + 9000, error: 0, unique: 42)) { e.store(reply: Array($0), unique: 42) }
+        #expect(h.error == 0 && size == 4096 && h.len == 16 + 4096)
+        e.store(.inPlace(16 + 9000), unique: 42)
         (h, size) = stored(e)
         #expect(h.error == -EIO && size == 0 && h.len == 16)
-        e.store(reply: [1, 2, 3], unique: 42)
+
+        // Too big for the payload, or not a reply at all: EIO, nothing in the payload.
+        withUnsafeBytes(of: fuse_out_header(len: 16 + 9000, error: 0, unique: 42)) { e.store(.message(Array($0)), unique: 42) }
+        (h, size) = stored(e)
+        #expect(h.error == -EIO && size == 0 && h.len == 16)
+        e.store(.message([1, 2, 3]), unique: 42)
         (h, size) = stored(e)
         #expect(h.error == -EIO && size == 0 && h.unique == 42)
 
         // An error reply carries no payload.
-        withUnsafeBytes(of: fuse_out_header(len: 16, error: -ENOENT, unique: 42)) { e.store(reply: Array($0), unique: 42) }
+        withUnsafeBytes(of: fuse_out_header(len: 16, error: -ENOENT, unique: 42)) { e.store(.message(Array($0)), unique: 42) }
         (h, size) = stored(e)
         #expect(h.error == -ENOENT && size == 0)
     }

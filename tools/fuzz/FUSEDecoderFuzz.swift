@@ -310,7 +310,7 @@ private func split(_ input: UnsafeRawBufferPointer) -> [UnsafeRawBufferPointer] 
 }
 
 /// A request as a guest's descriptor chain brings it: in pieces, with reply
-/// memory (FUSEServer.handle(segments:replyMemory:)). The header's padding
+/// memory (FUSEServer.handle over a RequestCursor and a ReplyWriter). The header's padding
 /// field, which the server ignores, says how: low byte, the first piece's
 /// length (0: none); bits 8-14, the later pieces' length in 16-byte units (0:
 /// the rest in one); bit 15, half the reply memory a READ needs. Reply memory
@@ -351,7 +351,9 @@ private func scattered(_ m: UnsafeRawBufferPointer, layout: UInt16, server: FUSE
         left -= n
     }
     session.replyMemory[h.unique] = capacity
-    server.handle(segments: pieces.map { UnsafeRawBufferPointer($0) }, replyMemory: memory, reply: sink)
+    var request = RequestCursor(pieces.map { UnsafeRawBufferPointer($0) })
+    var reply = ReplyWriter(memory)
+    if case .replied = server.handle(&request, &reply, later: sink) { sink(reply.bytes) }
     var sum: UInt8 = 0
     for p in memory { for byte in p { sum &+= byte }; p.deallocate() }
     for p in pieces { p.deallocate() }
