@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs pmfs on this host: the binaries, the systemd units, an example
-# configuration, the manual pages and the docs; --uninstall removes exactly
+# configuration, QEMU's vhost-user descriptor, the manual pages and the docs; --uninstall removes exactly
 # what an install put there (a list kept in $PREFIX/share/pmfs/installed-files).
 #
 # Usage: tools/install.sh [--prefix /usr/local] [--systemd-dir /etc/systemd/system]
@@ -44,7 +44,7 @@ if (( uninstall )); then
     while IFS= read -r f; do rm -f "$root$f"; done < "$manifest"
     rm -f "$manifest"
     # pmfs's own directories, if nothing else is in them now.
-    for d in "$prefix/share/doc/pmfs/design" "$prefix/share/doc/pmfs" "$prefix/share/pmfs" "$etc_dir"; do
+    for d in "$prefix/share/qemu/vhost-user" "$prefix/share/qemu" "$prefix/share/doc/pmfs/design" "$prefix/share/doc/pmfs" "$prefix/share/pmfs" "$etc_dir"; do
         rmdir "$root$d" 2>/dev/null || true
     done
     reload_systemd
@@ -76,6 +76,9 @@ for u in pmfsd@.service pmfsd@.socket; do
     put 0644 "$units/$u" "$systemd_dir/$u"
 done
 put 0644 tools/systemd/example.env "$etc_dir/example.env"
+# QEMU's vhost-user back-end descriptor (docs/interop/vhost-user.json), which libvirt reads.
+sed "s|@BINDIR@|$prefix/bin|g" tools/qemu/50-pmfs.json > "$units/50-pmfs.json"
+put 0644 "$units/50-pmfs.json" "$prefix/share/qemu/vhost-user/50-pmfs.json"
 if (( man )); then
     # The plugin runs each tool (--experimental-dump-help) from a build of its configuration.
     config=release

@@ -152,11 +152,15 @@ import VhostUserFrontEnd
         let after = files(under: root)
         for expected in ["usr/local/bin/pmfsd", "usr/local/bin/mkfs.pmfs", "usr/local/bin/fsck.pmfs", "usr/local/bin/pmfs-inspect",
                          "etc/systemd/system/pmfsd@.service", "etc/systemd/system/pmfsd@.socket", "etc/pmfs/example.env",
-                         "usr/local/share/doc/pmfs/README.md", "usr/local/share/pmfs/installed-files"] {
+                         "usr/local/share/doc/pmfs/README.md", "usr/local/share/pmfs/installed-files",
+                         "usr/local/share/qemu/vhost-user/50-pmfs.json"] {
             #expect(after.contains(expected), "\(expected) not installed")
         }
         let unit = try String(contentsOfFile: root + "/etc/systemd/system/pmfsd@.service", encoding: .utf8)
         #expect(unit.contains("ExecStart=/usr/local/bin/pmfsd ") && !unit.contains("@BINDIR@"))
+        // QEMU's descriptor names the installed binary, as an fs back end.
+        let descriptor = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/usr/local/share/qemu/vhost-user/50-pmfs.json"))) as? [String: Any]
+        #expect(descriptor?["type"] as? String == "fs" && descriptor?["binary"] as? String == "/usr/local/bin/pmfsd")
         #expect(try runInstall(["--uninstall"], destination: root) == 0)
         #expect(files(under: root) == ["usr/local/bin/other-tool"])
         #expect(try runInstall(["--uninstall"], destination: root) != 0)
