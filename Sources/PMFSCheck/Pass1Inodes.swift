@@ -26,13 +26,12 @@ extension CheckRun {
             }
             count = keep
         } else {
-            // A count past chunks that were never made (all missing to the end):
-            // lower the count rather than make thousands of empty chunks.
-            var n = 0
-            while n < count && validate(offsets[n], PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes) == nil { n += 1 }
-            let keep = max(n, 1)
-            if keep < count && (keep..<count).allSatisfy({ offsets[$0] == 0 }) {
-                found(.tableChunkCount, "inode table claims \(count) chunks; chunks \(keep) to \(count - 1) were never made") {
+            // A count past chunks that were never made (none usable to the end,
+            // whether zero or scribbled): lower the count rather than make
+            // thousands of empty chunks. The slots past it are cleared below.
+            let keep = usableChunkPrefix(offsets, count)
+            if keep < count {
+                found(.tableChunkCount, "inode table claims \(count) chunks; chunks \(keep) to \(count - 1) hold no usable chunk") {
                     try update(field(table, \.chunk_count)) { $0 = UInt64(keep) }
                 }
                 count = keep
@@ -82,6 +81,19 @@ extension CheckRun {
         }
         checkRoot()
         return true
+    }
+
+    /// One past the last slot below `count` holding an inode chunk that no
+    /// earlier slot names (at least 1: chunk 0 holds the root).
+    private func usableChunkPrefix(_ offsets: UnsafeMutablePointer<UInt64>, _ count: Int) -> Int {
+        var seen = Set<UInt64>()
+        var end = 1
+        for c in 0..<count {
+            let off = offsets[c]
+            guard validate(off, PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes) == nil, seen.insert(off).inserted else { continue }
+            end = c + 1
+        }
+        return end
     }
 
     /// A free slot: everything zero but the generation.

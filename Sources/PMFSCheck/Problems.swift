@@ -9,6 +9,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
     case superblockBitmap = "SB_BITMAP"
     case superblockDataBlocks = "SB_DATA_BLOCKS"
     case bitmapHeader = "BITMAP_HEADER"
+    case bitmapBlockCount = "BITMAP_BLOCK_COUNT"
     case superblockReserve = "SB_RESERVE"
     // Pass 1: the inode table and each inode's own objects.
     case tableChunkCount = "TABLE_CHUNK_COUNT"
@@ -78,6 +79,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
         case .superblockReserve: return "forget the bad pool reserve reference (the engine makes a new reserve at open)"
         case .superblockBitmap: return "point the superblock at the only space bitmap object in the pool"
         case .superblockDataBlocks: return "take the device size from the space bitmap"
+        case .bitmapBlockCount: return "take the device size from the superblock"
         case .bitmapHeader: return "rewrite the bitmap header from the superblock"
         case .tableChunkCount: return "count only the valid leading chunks"
         case .tableChunkBad: return "replace the chunk with an empty one (its inodes are lost)"
