@@ -14,6 +14,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
     // Pass 1: the inode table and each inode's own objects.
     case tableChunkCount = "TABLE_CHUNK_COUNT"
     case tableChunkBad = "TABLE_CHUNK_BAD"
+    case tableChunkFound = "TABLE_CHUNK_FOUND"
     case tableStaleChunk = "TABLE_STALE_CHUNK"
     case inodeZeroUsed = "INODE_ZERO_USED"
     case freeInodeDirty = "FREE_INODE_DIRTY"
@@ -83,6 +84,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
         case .bitmapHeader: return "rewrite the bitmap header from the superblock"
         case .tableChunkCount: return "count only the valid leading chunks"
         case .tableChunkBad: return "replace the chunk with an empty one (its inodes are lost)"
+        case .tableChunkFound: return "put the inode chunk nothing references back in the slot"
         case .tableStaleChunk: return "clear the reference"
         case .inodeZeroUsed: return "clear inode 0"
         case .freeInodeDirty: return "clear the free slot (keeping its generation)"
