@@ -116,8 +116,8 @@ extension CheckRun {
         return Int(scan.slotCount)
     }
 
-    /// Slot chunks: those below slot_count must be valid; a bad tail is cut off,
-    /// a bad chunk in the middle is replaced by an empty one.
+    /// Slot chunks: those below slot_count must be valid; bad chunks past the
+    /// last good one are cut off, a bad chunk before it is replaced by an empty one.
     private func checkSlotChunks(_ scan: inout DirectoryScan) {
         let ino = scan.ino
         for k in 0..<Self.dirChunks {
@@ -136,14 +136,14 @@ extension CheckRun {
         if scan.header.slot_count > Self.maxSlots {
             scan.pending.append(found(.directoryHeader, "directory \(ino): slot_count \(scan.header.slot_count) exceeds \(Self.maxSlots)"))
         }
-        if let firstBad = scan.badSlotChunks.first {
+        if !scan.badSlotChunks.isEmpty {
             scan.structural = true
-            let tailBad = (firstBad..<Self.dirChunks).allSatisfy { Self.chunkStart($0) >= scan.slotCount || scan.badSlotChunks.contains($0) }
-            if tailBad {
-                scan.slotCount = Self.chunkStart(firstBad)
-            } else {
-                scan.replaceChunks = scan.badSlotChunks
-            }
+            // No entry lies past the last usable chunk: the count is cut there, so
+            // the work (and the slot arrays) is bounded by the chunks that exist,
+            // not by slot_count. Bad chunks below it are replaced.
+            let lastGood = (0..<Self.dirChunks).last { Self.chunkStart($0) < scan.slotCount && scan.slotChunks[$0] != nil }
+            scan.slotCount = min(scan.slotCount, lastGood.map { Self.chunkStart($0 + 1) } ?? 0)
+            scan.replaceChunks = scan.badSlotChunks.filter { Self.chunkStart($0) < scan.slotCount }
         }
         if scan.slotCount != scan.header.slot_count { scan.structural = true }
     }
