@@ -101,9 +101,17 @@ extension CheckRun {
         let bc = bm.pointee.block_count, wc = bm.pointee.word_count
         let headerConsistent = fits(bc) && wc == (bc + 63) / 64
         let superblockBlocks = sb.pointee.data_blocks
+        var trustedBlocks = bc
         if headerConsistent && bc != superblockBlocks {
-            found(.superblockDataBlocks, "superblock says the data device has \(superblockBlocks) blocks, the space bitmap covers \(bc)") {
-                try update(field(sb, \.data_blocks)) { $0 = bc }
+            trustedBlocks = deviceBlocks(bitmap: bm, blockCount: bc, superblock: superblockBlocks, fits: fits)
+            if trustedBlocks == bc {
+                found(.superblockDataBlocks, "superblock says the data device has \(superblockBlocks) blocks, the space bitmap covers \(bc)") {
+                    try update(field(sb, \.data_blocks)) { $0 = bc }
+                }
+            } else {
+                found(.bitmapBlockCount, "space bitmap covers \(bc) blocks; the superblock says \(superblockBlocks), and the bitmap's bits past the end agree with the superblock") {
+                    try update(field(bm, \.block_count)) { $0 = superblockBlocks }
+                }
             }
         } else if !headerConsistent {
             guard fits(superblockBlocks) else {
@@ -120,7 +128,7 @@ extension CheckRun {
                 }
             }
         }
-        dataBlocks = headerConsistent ? bc : superblockBlocks
+        dataBlocks = headerConsistent ? trustedBlocks : superblockBlocks
         wordCount = Int((dataBlocks + 63) / 64)
         bitmapWords = (UnsafeMutableRawPointer(bm) + headerSize).assumingMemoryBound(to: UInt64.self)
         let rb = bm.pointee.reserved_blocks
@@ -132,6 +140,30 @@ extension CheckRun {
         }
         reservedBlocks = 1
         return true
+    }
+
+    /// The superblock and a self-consistent bitmap header disagree on the device
+    /// size: either may be the damaged one. The bits past the real end are set
+    /// (format sets them, nothing clears them), so a count whose tail bits are
+    /// not all set is wrong. If both counts pass, the larger one: no extent is
+    /// then cut off, and the data device's header decides at the next open.
+    private func deviceBlocks(bitmap bm: UnsafeMutablePointer<pmfs_space_bitmap>, blockCount bc: UInt64,
+                              superblock sbBlocks: UInt64, fits: (UInt64) -> Bool) -> UInt64 {
+        let wc = bm.pointee.word_count
+        guard fits(sbBlocks), (sbBlocks + 63) / 64 == wc else { return bc }
+        let words = (UnsafeMutableRawPointer(bm) + MemoryLayout<pmfs_space_bitmap>.size).assumingMemoryBound(to: UInt64.self)
+        // Both counts lie in the last word (same word count), so only it is read.
+        func tailSet(_ blocks: UInt64) -> Bool {
+            let bit = blocks % 64
+            guard bit != 0 else { return true }
+            let mask: UInt64 = ~((1 << bit) - 1)
+            return words[Int(wc) - 1] & mask == mask
+        }
+        switch (tailSet(bc), tailSet(sbBlocks)) {
+        case (true, false): return bc
+        case (false, true): return sbBlocks
+        default: return max(bc, sbBlocks)
+        }
     }
 
     /// Lists every allocated object by pmemobj iteration.

@@ -26,33 +26,47 @@ extension CheckRun {
             }
             count = keep
         } else {
-            // A count past chunks that were never made (all missing to the end):
-            // lower the count rather than make thousands of empty chunks.
-            var n = 0
-            while n < count && validate(offsets[n], PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes) == nil { n += 1 }
-            let keep = max(n, 1)
-            if keep < count && (keep..<count).allSatisfy({ offsets[$0] == 0 }) {
-                found(.tableChunkCount, "inode table claims \(count) chunks; chunks \(keep) to \(count - 1) were never made") {
+            // A count past chunks that were never made (none usable to the end,
+            // whether zero or scribbled): lower the count rather than make
+            // thousands of empty chunks. The slots past it are cleared below.
+            let keep = usableChunkPrefix(offsets, count)
+            if keep < count {
+                found(.tableChunkCount, "inode table claims \(count) chunks; chunks \(keep) to \(count - 1) hold no usable chunk") {
                     try update(field(table, \.chunk_count)) { $0 = UInt64(keep) }
                 }
                 count = keep
             }
         }
         chunks = Array(repeating: nil, count: count)
+        var bad: [(chunk: Int, why: ReferenceProblem)] = []
         for c in 0..<count {
-            let off = offsets[c]
-            if let why = claim(off, PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes, owner: 0) {
-                let first = UInt64(c) * UInt64(PMFS_INODES_PER_CHUNK)
-                found(.tableChunkBad, "inode chunk \(c) (inodes \(first)-\(first + UInt64(PMFS_INODES_PER_CHUNK) - 1)): \(why)") {
-                    try transaction { tx in
-                        let new = try tx.allocate(size: Self.chunkBytes, type: PMFS_T_INODE_CHUNK)
-                        try tx.snapshot(offsets + c)
-                        offsets[c] = new
-                        chunks[c] = try pool.pointer(new)
-                    }
-                }
+            if let why = claim(offsets[c], PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes, owner: 0) {
+                bad.append((c, why))
             } else {
-                chunks[c] = try? pool.pointer(off)
+                chunks[c] = try? pool.pointer(offsets[c])
+            }
+        }
+        var strays = strayInodeChunks()
+        for (c, why) in bad {
+            let first = UInt64(c) * UInt64(PMFS_INODES_PER_CHUNK)
+            let what = "inode chunk \(c) (inodes \(first)-\(first + UInt64(PMFS_INODES_PER_CHUNK) - 1)): \(why)"
+            if let stray = strayChunk(for: c, among: strays, badCount: bad.count) {
+                // The slot lost its pointer, not the chunk: put the chunk back.
+                strays.removeAll { $0 == stray }
+                _ = claim(stray, PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes, owner: 0)
+                chunks[c] = try? pool.pointer(stray)
+                found(.tableChunkFound, "\(what); object at \(stray) is an inode chunk nothing references") {
+                    try update(offsets + c) { $0 = stray }
+                }
+                continue
+            }
+            found(.tableChunkBad, what) {
+                try transaction { tx in
+                    let new = try tx.allocate(size: Self.chunkBytes, type: PMFS_T_INODE_CHUNK)
+                    try tx.snapshot(offsets + c)
+                    offsets[c] = new
+                    chunks[c] = try pool.pointer(new)
+                }
             }
         }
         for c in count..<maxChunks where offsets[c] != 0 {
@@ -82,6 +96,39 @@ extension CheckRun {
         }
         checkRoot()
         return true
+    }
+
+    /// Inode-chunk objects no table slot names (after the slots claimed theirs).
+    private func strayInodeChunks() -> [UInt64] {
+        objects.filter { $0.value.type == UInt64(PMFS_T_INODE_CHUNK.rawValue) && $0.value.size >= Self.chunkBytes && $0.value.owner == nil }
+            .keys.sorted()
+    }
+
+    /// The stray chunk that surely belongs in bad slot `c`: the only stray for
+    /// the only bad slot, or for chunk 0 the only stray whose inode 1 is a
+    /// directory that is its own parent (the root). Otherwise none.
+    private func strayChunk(for c: Int, among strays: [UInt64], badCount: Int) -> UInt64? {
+        if badCount == 1 && strays.count == 1 { return strays[0] }
+        guard c == 0 else { return nil }
+        let roots = strays.filter { off in
+            guard let base: UnsafeMutablePointer<pmfs_inode> = try? pool.pointer(off, count: Int(PMFS_INODES_PER_CHUNK)) else { return false }
+            let root = base[Int(PMFS_ROOT_INO)]
+            return FileType(mode: root.mode) == .directory && root.parent == PMFS_ROOT_INO
+        }
+        return roots.count == 1 ? roots[0] : nil
+    }
+
+    /// One past the last slot below `count` holding an inode chunk that no
+    /// earlier slot names (at least 1: chunk 0 holds the root).
+    private func usableChunkPrefix(_ offsets: UnsafeMutablePointer<UInt64>, _ count: Int) -> Int {
+        var seen = Set<UInt64>()
+        var end = 1
+        for c in 0..<count {
+            let off = offsets[c]
+            guard validate(off, PMFS_T_INODE_CHUNK, minSize: Self.chunkBytes) == nil, seen.insert(off).inserted else { continue }
+            end = c + 1
+        }
+        return end
     }
 
     /// A free slot: everything zero but the generation.

@@ -50,83 +50,39 @@ extension CheckRun {
         var typeWrong: Bool
     }
 
-    /// Checks one directory; returns the slots it scanned (for progress).
-    private func checkDirectory(_ ino: UInt64) -> Int {
-        let off = inodes[Int(ino)].directoryOffset
-        entryCounts[ino] = 0
-        guard off != 0, let d: UnsafeMutablePointer<pmfs_directory> = try? pool.pointer(off) else { return 0 }
-        let header = d.pointee
+    /// What the check of one directory has found so far, and what its repair
+    /// will write: the header values, the chunks to keep, cut or replace, the
+    /// entries kept and the slots dropped.
+    private struct DirectoryScan {
+        let ino: UInt64
+        let d: UnsafeMutablePointer<pmfs_directory>
+        let header: pmfs_directory
         var pending: [Int] = []
+        /// The hash chains and free list cannot be walked: rebuilt without a look.
         var structural = false
-
-        // Slot chunks: those below slot_count must be valid; a bad tail is cut off,
-        // a bad chunk in the middle is replaced by an empty one.
-        var slotCount = min(header.slot_count, Self.maxSlots)
-        var slotChunks = [UnsafeMutablePointer<pmfs_dirent>?](repeating: nil, count: Self.dirChunks)
+        var slotCount: UInt64
+        var slotChunks = [UnsafeMutablePointer<pmfs_dirent>?](repeating: nil, count: CheckRun.dirChunks)
         var badSlotChunks: [Int] = []
         var staleSlotChunks: [Int] = []
-        for k in 0..<Self.dirChunks {
-            let coff = element(d, \.slot_chunk_off, k, as: UInt64.self).pointee
-            if Self.chunkStart(k) < slotCount {
-                if let why = claim(coff, PMFS_T_DIRENT_CHUNK, minSize: geometricChunkSize(k) * 64, owner: ino) {
-                    badSlotChunks.append(k)
-                    pending.append(found(.directoryChunk, "directory \(ino): slot chunk \(k) \(why)"))
-                } else {
-                    slotChunks[k] = try? pool.pointer(coff)
-                }
-            } else if coff != 0 {
-                staleSlotChunks.append(k)
-            }
-        }
-        if header.slot_count > Self.maxSlots {
-            pending.append(found(.directoryHeader, "directory \(ino): slot_count \(header.slot_count) exceeds \(Self.maxSlots)"))
-        }
         var replaceChunks: [Int] = []
-        if let firstBad = badSlotChunks.first {
-            structural = true
-            let tailBad = (firstBad..<Self.dirChunks).allSatisfy { Self.chunkStart($0) >= slotCount || badSlotChunks.contains($0) }
-            if tailBad {
-                slotCount = Self.chunkStart(firstBad)
-            } else {
-                replaceChunks = badSlotChunks
-            }
-        }
-        if slotCount != header.slot_count { structural = true }
-
-        // Hashing state.
-        var level = header.level, split = header.split, bucketCount = header.bucket_count
-        let stateOK = level < PMFS_DIR_MAX_CHUNKS && split < (UInt64(PMFS_DIR_CHUNK0) << UInt64(level))
-            && bucketCount == (UInt64(PMFS_DIR_CHUNK0) << UInt64(level)) + split
-            // A split needs entry_count > 2 * bucket_count, and slot_count bounds entry_count.
-            && bucketCount <= max(UInt64(PMFS_DIR_CHUNK0), slotCount / 2 + 1)
-        if !stateOK {
-            pending.append(found(.directoryHeader, "directory \(ino): level \(level), split \(split), bucket_count \(bucketCount) disagree"))
-            level = 0; split = 0; bucketCount = UInt64(PMFS_DIR_CHUNK0)
-            structural = true
-        }
-
-        // Bucket chunks below bucket_count may be absent (no chain ever there).
-        var bucketChunks = [UnsafeMutablePointer<UInt64>?](repeating: nil, count: Self.dirChunks)
+        var level: UInt32
+        var split: UInt64
+        var bucketCount: UInt64
+        var bucketChunks = [UnsafeMutablePointer<UInt64>?](repeating: nil, count: CheckRun.dirChunks)
         var staleBucketChunks: [Int] = []
-        for k in 0..<Self.dirChunks {
-            let coff = element(d, \.bucket_chunk_off, k, as: UInt64.self).pointee
-            guard coff != 0 else { continue }
-            if Self.chunkStart(k) < bucketCount {
-                if let why = claim(coff, PMFS_T_BUCKET_CHUNK, minSize: geometricChunkSize(k) * 8, owner: ino) {
-                    pending.append(found(.directoryChunk, "directory \(ino): bucket chunk \(k) \(why)"))
-                    structural = true
-                } else {
-                    bucketChunks[k] = try? pool.pointer(coff)
-                }
-            } else {
-                staleBucketChunks.append(k)
-            }
-        }
-        for k in staleSlotChunks {
-            pending.append(found(.directoryStaleChunk, "directory \(ino): slot chunk \(k) at \(element(d, \.slot_chunk_off, k, as: UInt64.self).pointee) lies beyond slot_count \(slotCount)"))
-        }
-        for k in staleBucketChunks {
-            pending.append(found(.directoryStaleChunk, "directory \(ino): bucket chunk \(k) at \(element(d, \.bucket_chunk_off, k, as: UInt64.self).pointee) lies beyond bucket_count \(bucketCount)"))
+        var kept: [Entry] = []
+        var dropped: [UInt64] = []
+        var keptLive: [Bool] = []
+        var subdirs: UInt64 = 0
+
+        init(ino: UInt64, d: UnsafeMutablePointer<pmfs_directory>) {
+            self.ino = ino
+            self.d = d
+            header = d.pointee
+            slotCount = min(header.slot_count, CheckRun.maxSlots)
+            level = header.level
+            split = header.split
+            bucketCount = header.bucket_count
         }
 
         func slotPointer(_ s: UInt64) -> UnsafeMutablePointer<pmfs_dirent>? {
@@ -135,155 +91,294 @@ extension CheckRun {
             return slotChunks[k].map { $0 + o }
         }
 
-        // The slots.
-        var kept: [Entry] = []
-        var dropped: [UInt64] = []
-        var names = Set<[UInt8]>()
-        var keptLive = [Bool](repeating: false, count: Int(slotCount))
-        var subdirs: UInt64 = 0
-        for s in 0..<slotCount {
-            guard let e = slotPointer(s), e.pointee.ino != 0 else { continue }
-            let length = Int(e.pointee.name_length)
-            var name: [UInt8]?
-            var reason: String?
-            var nameOff: UInt64 = 0
-            if length == 0 {
-                reason = "empty name"
-            } else if length <= Int(PMFS_DIR_INLINE_NAME) {
-                name = Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(field(e, \.name)), count: length))
-            } else {
-                nameOff = e.pointee.name.name_off
-                if let why = validate(nameOff, PMFS_T_NAME, minSize: 8 + length) {
-                    reason = "long name \(why)"
-                } else if let blob: UnsafeMutablePointer<pmfs_blob> = try? pool.pointer(nameOff), blob.pointee.length == UInt64(length) {
-                    name = Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(blob) + 8, count: length))
+        func slotChunkOffset(_ k: Int) -> UnsafeMutablePointer<UInt64> { element(d, \.slot_chunk_off, k, as: UInt64.self) }
+        func bucketChunkOffset(_ k: Int) -> UnsafeMutablePointer<UInt64> { element(d, \.bucket_chunk_off, k, as: UInt64.self) }
+    }
+
+    /// Checks one directory; returns the slots it scanned (for progress).
+    private func checkDirectory(_ ino: UInt64) -> Int {
+        let off = inodes[Int(ino)].directoryOffset
+        entryCounts[ino] = 0
+        guard off != 0, let d: UnsafeMutablePointer<pmfs_directory> = try? pool.pointer(off) else { return 0 }
+        var scan = DirectoryScan(ino: ino, d: d)
+        checkSlotChunks(&scan)
+        checkHashingState(&scan)
+        checkBucketChunks(&scan)
+        checkSlots(&scan)
+        entryCounts[ino] = UInt64(scan.kept.count)
+        checkListsAndCounts(&scan)
+        guard !scan.pending.isEmpty else {
+            indexUsable.insert(ino)
+            return Int(scan.slotCount)
+        }
+        let repaired = fix(scan.pending) { try transaction { tx in try rewriteDirectory(&scan, tx) } }
+        if repaired { indexUsable.insert(ino) }
+        return Int(scan.slotCount)
+    }
+
+    /// Slot chunks: those below slot_count must be valid; bad chunks past the
+    /// last good one are cut off, a bad chunk before it is replaced by an empty one.
+    private func checkSlotChunks(_ scan: inout DirectoryScan) {
+        let ino = scan.ino
+        for k in 0..<Self.dirChunks {
+            let coff = scan.slotChunkOffset(k).pointee
+            if Self.chunkStart(k) < scan.slotCount {
+                if let why = claim(coff, PMFS_T_DIRENT_CHUNK, minSize: geometricChunkSize(k) * 64, owner: ino) {
+                    scan.badSlotChunks.append(k)
+                    scan.pending.append(found(.directoryChunk, "directory \(ino): slot chunk \(k) \(why)"))
                 } else {
-                    reason = "long name blob at \(nameOff) does not hold \(length) bytes"
+                    scan.slotChunks[k] = try? pool.pointer(coff)
                 }
+            } else if coff != 0 {
+                scan.staleSlotChunks.append(k)
             }
-            if let n = name, n.contains(0x2F) || n.contains(0) { reason = "name contains '/' or NUL"; name = nil }
-            if let n = name, n == [0x2E] || n == [0x2E, 0x2E] { reason = "an entry named '\(String(decoding: n, as: UTF8.self))'"; name = nil }
-            let shown = name.map { "'\(String(decoding: $0, as: UTF8.self))'" } ?? "in slot \(s)"
-            let target = e.pointee.ino
-            var drop: (ProblemCode, String)?
-            if let reason {
-                drop = (.entryBadName, "directory \(ino): slot \(s): \(reason)")
-            } else if !isLive(target) {
-                drop = (.entryFreeInode, "directory \(ino): entry \(shown) points at \(target < capacity ? "free inode" : "inode beyond the table:") \(target)")
-            } else if target == PMFS_ROOT_INO || target == ino {
-                drop = (.entryDirectoryLink, "directory \(ino): entry \(shown) links to \(target == ino ? "the directory itself" : "the root")")
-            } else if names.contains(name!) {
-                drop = (.entryDuplicate, "directory \(ino): second entry named \(shown) (slot \(s))")
-            } else if nameOff != 0, let why = claim(nameOff, PMFS_T_NAME, minSize: 8 + length, owner: ino) {
-                drop = (.entryBadName, "directory \(ino): entry \(shown): long name \(why)")
+        }
+        if scan.header.slot_count > Self.maxSlots {
+            scan.pending.append(found(.directoryHeader, "directory \(ino): slot_count \(scan.header.slot_count) exceeds \(Self.maxSlots)"))
+        }
+        if !scan.badSlotChunks.isEmpty {
+            scan.structural = true
+            // No entry lies past the last usable chunk: the count is cut there, so
+            // the work (and the slot arrays) is bounded by the chunks that exist,
+            // not by slot_count. Bad chunks below it are replaced.
+            let lastGood = (0..<Self.dirChunks).last { Self.chunkStart($0) < scan.slotCount && scan.slotChunks[$0] != nil }
+            scan.slotCount = min(scan.slotCount, lastGood.map { Self.chunkStart($0 + 1) } ?? 0)
+            scan.replaceChunks = scan.badSlotChunks.filter { Self.chunkStart($0) < scan.slotCount }
+        }
+        if scan.slotCount != scan.header.slot_count { scan.structural = true }
+    }
+
+    /// Linear hashing state: bucket_count = (16 << level) + split, and no more
+    /// buckets than the slots could ever have split to.
+    private func checkHashingState(_ scan: inout DirectoryScan) {
+        let level = scan.level, split = scan.split, bucketCount = scan.bucketCount
+        let stateOK = level < PMFS_DIR_MAX_CHUNKS && split < (UInt64(PMFS_DIR_CHUNK0) << UInt64(level))
+            && bucketCount == (UInt64(PMFS_DIR_CHUNK0) << UInt64(level)) + split
+            // A split needs entry_count > 2 * bucket_count, and slot_count bounds entry_count.
+            && bucketCount <= max(UInt64(PMFS_DIR_CHUNK0), scan.slotCount / 2 + 1)
+        guard !stateOK else { return }
+        scan.pending.append(found(.directoryHeader, "directory \(scan.ino): level \(level), split \(split), bucket_count \(bucketCount) disagree"))
+        scan.level = 0; scan.split = 0; scan.bucketCount = UInt64(PMFS_DIR_CHUNK0)
+        scan.structural = true
+    }
+
+    /// Bucket chunks below bucket_count may be absent (no chain ever there);
+    /// chunks past slot_count or bucket_count are stale.
+    private func checkBucketChunks(_ scan: inout DirectoryScan) {
+        let ino = scan.ino
+        for k in 0..<Self.dirChunks {
+            let coff = scan.bucketChunkOffset(k).pointee
+            guard coff != 0 else { continue }
+            if Self.chunkStart(k) < scan.bucketCount {
+                if let why = claim(coff, PMFS_T_BUCKET_CHUNK, minSize: geometricChunkSize(k) * 8, owner: ino) {
+                    scan.pending.append(found(.directoryChunk, "directory \(ino): bucket chunk \(k) \(why)"))
+                    scan.structural = true
+                } else {
+                    scan.bucketChunks[k] = try? pool.pointer(coff)
+                }
+            } else {
+                scan.staleBucketChunks.append(k)
             }
-            if let (code, message) = drop {
-                pending.append(found(code, message))
-                dropped.append(s)
+        }
+        for k in scan.staleSlotChunks {
+            scan.pending.append(found(.directoryStaleChunk, "directory \(ino): slot chunk \(k) at \(scan.slotChunkOffset(k).pointee) lies beyond slot_count \(scan.slotCount)"))
+        }
+        for k in scan.staleBucketChunks {
+            scan.pending.append(found(.directoryStaleChunk, "directory \(ino): bucket chunk \(k) at \(scan.bucketChunkOffset(k).pointee) lies beyond bucket_count \(scan.bucketCount)"))
+        }
+    }
+
+    /// The name a live slot holds (inline or in its long-name blob), or why it has none.
+    private func slotName(_ e: UnsafeMutablePointer<pmfs_dirent>) -> (name: [UInt8]?, reason: String?, nameOff: UInt64) {
+        let length = Int(e.pointee.name_length)
+        var name: [UInt8]?
+        var reason: String?
+        var nameOff: UInt64 = 0
+        if length == 0 {
+            reason = "empty name"
+        } else if length <= Int(PMFS_DIR_INLINE_NAME) {
+            name = Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(field(e, \.name)), count: length))
+        } else {
+            nameOff = e.pointee.name.name_off
+            if let why = validate(nameOff, PMFS_T_NAME, minSize: 8 + length) {
+                reason = "long name \(why)"
+            } else if let blob: UnsafeMutablePointer<pmfs_blob> = try? pool.pointer(nameOff), blob.pointee.length == UInt64(length) {
+                name = Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(blob) + 8, count: length))
+            } else {
+                reason = "long name blob at \(nameOff) does not hold \(length) bytes"
+            }
+        }
+        if let n = name, n.contains(0x2F) || n.contains(0) { reason = "name contains '/' or NUL"; name = nil }
+        if let n = name, n == [0x2E] || n == [0x2E, 0x2E] { reason = "an entry named '\(String(decoding: n, as: UTF8.self))'"; name = nil }
+        return (name, reason, nameOff)
+    }
+
+    /// Why the entry in slot `s` must go, if it must.
+    private func dropReason(_ scan: DirectoryScan, _ s: UInt64, _ e: UnsafeMutablePointer<pmfs_dirent>,
+                            _ read: (name: [UInt8]?, reason: String?, nameOff: UInt64), _ names: Set<[UInt8]>) -> (ProblemCode, String)? {
+        let ino = scan.ino
+        let shown = read.name.map { "'\(String(decoding: $0, as: UTF8.self))'" } ?? "in slot \(s)"
+        let target = e.pointee.ino
+        if let reason = read.reason {
+            return (.entryBadName, "directory \(ino): slot \(s): \(reason)")
+        } else if !isLive(target) {
+            return (.entryFreeInode, "directory \(ino): entry \(shown) points at \(target < capacity ? "free inode" : "inode beyond the table:") \(target)")
+        } else if target == PMFS_ROOT_INO || target == ino {
+            return (.entryDirectoryLink, "directory \(ino): entry \(shown) links to \(target == ino ? "the directory itself" : "the root")")
+        } else if names.contains(read.name!) {
+            return (.entryDuplicate, "directory \(ino): second entry named \(shown) (slot \(s))")
+        } else if read.nameOff != 0, let why = claim(read.nameOff, PMFS_T_NAME, minSize: 8 + Int(e.pointee.name_length), owner: ino) {
+            return (.entryBadName, "directory \(ino): entry \(shown): long name \(why)")
+        }
+        return nil
+    }
+
+    /// Every live slot below the (possibly cut) slot count: dropped, or kept
+    /// with its hash and type as they must be; the model learns its links.
+    private func checkSlots(_ scan: inout DirectoryScan) {
+        let ino = scan.ino
+        var names = Set<[UInt8]>()
+        scan.keptLive = [Bool](repeating: false, count: Int(scan.slotCount))
+        for s in 0..<scan.slotCount {
+            guard let e = scan.slotPointer(s), e.pointee.ino != 0 else { continue }
+            let read = slotName(e)
+            if let (code, message) = dropReason(scan, s, e, read, names) {
+                scan.pending.append(found(code, message))
+                scan.dropped.append(s)
                 continue
             }
-            let name1 = name!
-            names.insert(name1)
-            let hash = name1.withUnsafeBytes { nameHash($0, seed: seed) }
-            let targetType = inodes[Int(target)].type!
-            var entry = Entry(slot: s, target: target, name: name1, hash: hash, type: targetType.rawValue,
-                              hashWrong: e.pointee.hash != hash, typeWrong: e.pointee.type != targetType.rawValue)
-            if entry.hashWrong {
-                pending.append(found(.entryBadHash, "directory \(ino): entry \(shown) has hash 0x\(String(e.pointee.hash, radix: 16)), its name hashes to 0x\(String(hash, radix: 16))"))
-            }
-            if entry.typeWrong {
-                pending.append(found(.entryBadType, "directory \(ino): entry \(shown) has type \(e.pointee.type), \(describe(target)) is type \(targetType.rawValue)"))
-            }
-            entry.type = targetType.rawValue
-            kept.append(entry)
-            keptLive[Int(s)] = true
-            inodes[Int(target)].references += 1
-            if targetType == .directory {
-                subdirs += 1
-                childDirectories[ino, default: []].append(target)
-                parentEntries[target, default: []].append(EntryLocation(directory: ino, slot: s))
-                if ino == PMFS_ROOT_INO && name1 == Array("lost+found".utf8) { lostFound = target }
-            }
+            let name = read.name!
+            names.insert(name)
+            scan.kept.append(keptEntry(&scan, s, e, name))
         }
-        entryCounts[ino] = UInt64(kept.count)
+    }
 
-        // Chains and the free list, when the structure is sound enough to walk.
-        if !structural {
-            if let why = checkChains(d, bucketChunks, slotCount, level, split, bucketCount, slotPointer, kept) {
-                pending.append(found(.hashChain, "directory \(ino): \(why)"))
-            }
-            if let why = checkFreeList(d, slotCount, slotPointer) {
-                pending.append(found(.freeSlotList, "directory \(ino): \(why)"))
-            }
+    /// A slot that stays: problems with its hash or type noted, links recorded.
+    private func keptEntry(_ scan: inout DirectoryScan, _ s: UInt64, _ e: UnsafeMutablePointer<pmfs_dirent>, _ name: [UInt8]) -> Entry {
+        let ino = scan.ino, target = e.pointee.ino
+        let shown = "'\(String(decoding: name, as: UTF8.self))'"
+        let hash = name.withUnsafeBytes { nameHash($0, seed: seed) }
+        let targetType = inodes[Int(target)].type!
+        let entry = Entry(slot: s, target: target, name: name, hash: hash, type: targetType.rawValue,
+                          hashWrong: e.pointee.hash != hash, typeWrong: e.pointee.type != targetType.rawValue)
+        if entry.hashWrong {
+            scan.pending.append(found(.entryBadHash, "directory \(ino): entry \(shown) has hash 0x\(String(e.pointee.hash, radix: 16)), its name hashes to 0x\(String(hash, radix: 16))"))
         }
-        if header.entry_count != UInt64(kept.count) {
-            pending.append(found(.directoryEntryCount, "directory \(ino): entry_count is \(header.entry_count), \(kept.count) entries found"))
+        if entry.typeWrong {
+            scan.pending.append(found(.entryBadType, "directory \(ino): entry \(shown) has type \(e.pointee.type), \(describe(target)) is type \(targetType.rawValue)"))
         }
-        if header.subdir_count != subdirs {
-            pending.append(found(.directorySubdirCount, "directory \(ino): subdir_count is \(header.subdir_count), \(subdirs) subdirectories found"))
+        scan.keptLive[Int(s)] = true
+        inodes[Int(target)].references += 1
+        if targetType == .directory {
+            scan.subdirs += 1
+            childDirectories[ino, default: []].append(target)
+            parentEntries[target, default: []].append(EntryLocation(directory: ino, slot: s))
+            if ino == PMFS_ROOT_INO && name == Array("lost+found".utf8) { lostFound = target }
         }
+        return entry
+    }
 
-        guard !pending.isEmpty else {
-            indexUsable.insert(ino)
-            return Int(slotCount)
-        }
-        let repaired = fix(pending) {
-            try transaction { tx in
-                try tx.snapshot(d)
-                d.pointee.level = level
-                d.pointee.split = split
-                d.pointee.bucket_count = bucketCount
-                d.pointee.slot_count = slotCount
-                for k in staleSlotChunks { element(d, \.slot_chunk_off, k, as: UInt64.self).pointee = 0 }
-                for k in staleBucketChunks { element(d, \.bucket_chunk_off, k, as: UInt64.self).pointee = 0 }
-                for k in badSlotChunks where !replaceChunks.contains(k) { element(d, \.slot_chunk_off, k, as: UInt64.self).pointee = 0 }
-                for k in replaceChunks {
-                    let new = try tx.allocate(size: geometricChunkSize(k) * 64, type: PMFS_T_DIRENT_CHUNK)
-                    element(d, \.slot_chunk_off, k, as: UInt64.self).pointee = new
-                    slotChunks[k] = try pool.pointer(new)
-                }
-                // Snapshot the used part of every slot chunk once, then rewrite freely.
-                for k in 0..<Self.dirChunks where Self.chunkStart(k) < slotCount {
-                    guard let c = slotChunks[k] else { continue }
-                    let used = min(UInt64(geometricChunkSize(k)), slotCount - Self.chunkStart(k))
-                    try tx.snapshotRaw(UnsafeMutableRawPointer(c), Int(used) * 64)
-                }
-                // Every bucket chunk that bucket_count needs exists and starts empty.
-                for k in 0..<Self.dirChunks where Self.chunkStart(k) < bucketCount {
-                    let size = geometricChunkSize(k) * 8
-                    if let c = bucketChunks[k] {
-                        try tx.snapshotRaw(UnsafeMutableRawPointer(c), size)
-                        UnsafeMutableRawPointer(c).initializeMemory(as: UInt8.self, repeating: 0, count: size)
-                    } else {
-                        let new = try tx.allocate(size: size, type: PMFS_T_BUCKET_CHUNK)
-                        element(d, \.bucket_chunk_off, k, as: UInt64.self).pointee = new
-                        bucketChunks[k] = try pool.pointer(new)
-                    }
-                }
-                for s in dropped { slotPointer(s)?.pointee = pmfs_dirent() }
-                for e in kept.reversed() {
-                    guard let p = slotPointer(e.slot) else { continue }
-                    p.pointee.hash = e.hash
-                    p.pointee.type = e.type
-                    let b = Self.bucketIndex(e.hash, level: level, split: split)
-                    let (k, o) = geometricChunk(b)
-                    p.pointee.next = bucketChunks[k]![o]
-                    bucketChunks[k]![o] = e.slot + 1
-                }
-                var freeHead: UInt64 = 0
-                for s in stride(from: Int(slotCount) - 1, through: 0, by: -1) where !keptLive[s] {
-                    guard let p = slotPointer(UInt64(s)) else { continue }
-                    p.pointee = pmfs_dirent()
-                    p.pointee.next = freeHead
-                    freeHead = UInt64(s) + 1
-                }
-                d.pointee.free_slot = freeHead
-                d.pointee.entry_count = UInt64(kept.count)
-                d.pointee.subdir_count = subdirs
+    /// Chains and the free list, when the structure is sound enough to walk;
+    /// then the header's counts against the kept entries.
+    private func checkListsAndCounts(_ scan: inout DirectoryScan) {
+        let ino = scan.ino, header = scan.header
+        if !scan.structural {
+            let slotPointer = { [scan] (s: UInt64) in scan.slotPointer(s) }
+            if let why = checkChains(scan.d, scan.bucketChunks, scan.slotCount, scan.level, scan.split, scan.bucketCount, slotPointer, scan.kept) {
+                scan.pending.append(found(.hashChain, "directory \(ino): \(why)"))
+            }
+            if let why = checkFreeList(scan.d, scan.slotCount, slotPointer) {
+                scan.pending.append(found(.freeSlotList, "directory \(ino): \(why)"))
             }
         }
-        if repaired { indexUsable.insert(ino) }
-        return Int(slotCount)
+        if header.entry_count != UInt64(scan.kept.count) {
+            scan.pending.append(found(.directoryEntryCount, "directory \(ino): entry_count is \(header.entry_count), \(scan.kept.count) entries found"))
+        }
+        if header.subdir_count != scan.subdirs {
+            scan.pending.append(found(.directorySubdirCount, "directory \(ino): subdir_count is \(header.subdir_count), \(scan.subdirs) subdirectories found"))
+        }
+    }
+
+    // MARK: the repair: one rewrite of the directory in one transaction
+
+    private func rewriteDirectory(_ scan: inout DirectoryScan, _ tx: Transaction) throws {
+        try rewriteHeaderAndChunks(&scan, tx)
+        try snapshotUsedSlots(scan, tx)
+        try emptyBuckets(&scan, tx)
+        for s in scan.dropped { scan.slotPointer(s)?.pointee = pmfs_dirent() }
+        relinkChains(scan)
+        let freeHead = relinkFreeSlots(scan)
+        scan.d.pointee.free_slot = freeHead
+        scan.d.pointee.entry_count = UInt64(scan.kept.count)
+        scan.d.pointee.subdir_count = scan.subdirs
+    }
+
+    /// The hashing state and slot count; stale and bad chunks cut, middle ones replaced.
+    private func rewriteHeaderAndChunks(_ scan: inout DirectoryScan, _ tx: Transaction) throws {
+        let d = scan.d
+        try tx.snapshot(d)
+        d.pointee.level = scan.level
+        d.pointee.split = scan.split
+        d.pointee.bucket_count = scan.bucketCount
+        d.pointee.slot_count = scan.slotCount
+        for k in scan.staleSlotChunks { scan.slotChunkOffset(k).pointee = 0 }
+        for k in scan.staleBucketChunks { scan.bucketChunkOffset(k).pointee = 0 }
+        for k in scan.badSlotChunks where !scan.replaceChunks.contains(k) { scan.slotChunkOffset(k).pointee = 0 }
+        for k in scan.replaceChunks {
+            let new = try tx.allocate(size: geometricChunkSize(k) * 64, type: PMFS_T_DIRENT_CHUNK)
+            scan.slotChunkOffset(k).pointee = new
+            scan.slotChunks[k] = try pool.pointer(new)
+        }
+    }
+
+    /// Snapshots the used part of every slot chunk once, so the rest rewrites freely.
+    private func snapshotUsedSlots(_ scan: DirectoryScan, _ tx: Transaction) throws {
+        for k in 0..<Self.dirChunks where Self.chunkStart(k) < scan.slotCount {
+            guard let c = scan.slotChunks[k] else { continue }
+            let used = min(UInt64(geometricChunkSize(k)), scan.slotCount - Self.chunkStart(k))
+            try tx.snapshotRaw(UnsafeMutableRawPointer(c), Int(used) * 64)
+        }
+    }
+
+    /// Every bucket chunk that bucket_count needs exists and starts empty.
+    private func emptyBuckets(_ scan: inout DirectoryScan, _ tx: Transaction) throws {
+        for k in 0..<Self.dirChunks where Self.chunkStart(k) < scan.bucketCount {
+            let size = geometricChunkSize(k) * 8
+            if let c = scan.bucketChunks[k] {
+                try tx.snapshotRaw(UnsafeMutableRawPointer(c), size)
+                UnsafeMutableRawPointer(c).initializeMemory(as: UInt8.self, repeating: 0, count: size)
+            } else {
+                let new = try tx.allocate(size: size, type: PMFS_T_BUCKET_CHUNK)
+                scan.bucketChunkOffset(k).pointee = new
+                scan.bucketChunks[k] = try pool.pointer(new)
+            }
+        }
+    }
+
+    /// Each kept entry, with its hash and type set, pushed on its bucket's chain
+    /// (in reverse, so every chain runs in slot order).
+    private func relinkChains(_ scan: DirectoryScan) {
+        for e in scan.kept.reversed() {
+            guard let p = scan.slotPointer(e.slot) else { continue }
+            p.pointee.hash = e.hash
+            p.pointee.type = e.type
+            let b = Self.bucketIndex(e.hash, level: scan.level, split: scan.split)
+            let (k, o) = geometricChunk(b)
+            p.pointee.next = scan.bucketChunks[k]![o]
+            scan.bucketChunks[k]![o] = e.slot + 1
+        }
+    }
+
+    /// Every slot not kept, cleared and on the free list (lowest first); returns its head.
+    private func relinkFreeSlots(_ scan: DirectoryScan) -> UInt64 {
+        var freeHead: UInt64 = 0
+        for s in stride(from: Int(scan.slotCount) - 1, through: 0, by: -1) where !scan.keptLive[s] {
+            guard let p = scan.slotPointer(UInt64(s)) else { continue }
+            p.pointee = pmfs_dirent()
+            p.pointee.next = freeHead
+            freeHead = UInt64(s) + 1
+        }
+        return freeHead
     }
 
     /// Walks every chain: links in range, to live slots, each slot once, each on

@@ -3,7 +3,8 @@ import PMFSMetadata
 
 /// Pass 3a: the orphan list. From superblock.orphan_head, doubly linked through
 /// orphan_next/orphan_prev: every member live, flagged PMFS_INODE_ORPHAN, named
-/// by no directory entry (a directory also empty), reached once (no loops).
+/// by no directory entry (a directory also empty), reached once (no loops),
+/// never the root.
 /// Inodes flagged but not on the list, and stale links on inodes off it, are
 /// damage too. The fix rewrites the list from the inodes that qualify, in list
 /// order; pass 4 then sets their link counts to 0. Needs pass 2's entry counts.
@@ -36,7 +37,10 @@ extension CheckRun {
         var touched = Set(listed)
         for ino in listed {
             let info = inodes[Int(ino)]
-            if info.references > 0 {
+            if ino == PMFS_ROOT_INO {
+                // Never reclaimed, however empty (a recreated root is unnamed and empty).
+                pending.append(found(.orphanLinked, "the root directory is on the orphan list"))
+            } else if info.references > 0 {
                 pending.append(found(.orphanLinked, "\(describe(ino)) is on the orphan list but has \(info.references) directory entries"))
             } else if info.type == .directory && (entryCounts[ino] ?? 0) > 0 {
                 pending.append(found(.orphanLinked, "directory \(ino) is on the orphan list but holds \(entryCounts[ino]!) entries"))
@@ -52,7 +56,7 @@ extension CheckRun {
             guard let p = inode(ino) else { continue }
             if info.flags & PMFS_INODE_ORPHAN != 0 {
                 let empty = info.type != .directory || (entryCounts[ino] ?? 0) == 0
-                if info.references == 0 && p.pointee.nlink == 0 && empty {
+                if ino != PMFS_ROOT_INO && info.references == 0 && p.pointee.nlink == 0 && empty {
                     // An orphan whose list links were lost: put it back on the list.
                     pending.append(found(.orphanFlag, "\(describe(ino)) is flagged as an orphan but is not on the orphan list"))
                     orphans.append(ino)
