@@ -176,7 +176,7 @@ let package = Package(
         .testTarget(
             name: "PMFSCoreTests",
             // The crash tests run the writer, so it is built before them.
-            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PmfsCrashWriter"]
+            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
         ),
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(

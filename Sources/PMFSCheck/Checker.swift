@@ -106,6 +106,7 @@ extension CheckRun {
         }
         progress("Pass 1: Checking inodes, extent trees, symlinks and xattrs")
         guard pass1Inodes() else { return }
+        pass1cRefcounts()
         pass1bSharedBlocks()
         progress("Pass 2: Checking directory structure")
         pass2Directories()

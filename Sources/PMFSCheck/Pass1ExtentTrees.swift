@@ -94,7 +94,7 @@ extension CheckRun {
 
     /// Builds a tree holding `list` (sorted, disjoint) bottom-up in `tx`; nodes are
     /// filled to two thirds so the engine's later inserts rarely split at once.
-    func buildExtentTree(_ list: [Extent], _ tx: Transaction) throws -> UInt64 {
+    func buildExtentTree(_ list: [Extent], _ tx: Transaction, nodeType: pmfs_type_num = PMFS_T_EXTENT_NODE) throws -> UInt64 {
         guard !list.isEmpty else { return 0 }
         let perNode = 20
         func groups(_ n: Int) -> [Range<Int>] {
@@ -104,7 +104,7 @@ extension CheckRun {
         }
         var level: [(firstKey: UInt64, offset: UInt64)] = []
         for r in groups(list.count) {
-            let off = try tx.allocate(size: Self.nodeSize, type: PMFS_T_EXTENT_NODE)
+            let off = try tx.allocate(size: Self.nodeSize, type: nodeType)
             let n: UnsafeMutablePointer<pmfs_extent_node> = try pool.pointer(off)
             n.pointee.is_leaf = 1
             n.pointee.key_count = UInt32(r.count)
@@ -118,7 +118,7 @@ extension CheckRun {
         while level.count > 1 {
             var next: [(firstKey: UInt64, offset: UInt64)] = []
             for r in groups(level.count) {
-                let off = try tx.allocate(size: Self.nodeSize, type: PMFS_T_EXTENT_NODE)
+                let off = try tx.allocate(size: Self.nodeSize, type: nodeType)
                 let n: UnsafeMutablePointer<pmfs_extent_node> = try pool.pointer(off)
                 n.pointee.key_count = UInt32(r.count - 1)
                 for (j, i) in r.enumerated() {

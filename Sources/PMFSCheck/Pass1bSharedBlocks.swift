@@ -17,7 +17,8 @@ extension CheckRun {
         var reach: UInt64 = 0
         var reachOwner: UInt64 = 0
         var drops: [UInt64: Set<UInt64>] = [:]
-        for e in all {
+        // In a v2 pool blocks may be shared: pass 1c checks them against the refcount table.
+        for e in all where !sharingIsCounted {
             if e.device < reach {
                 let other = reachOwner == e.ino ? "another extent of the same file" : "inode \(reachOwner)"
                 let i = found(.blocksShared, "\(describe(e.ino)): device blocks \(e.device)-\(e.device + e.length - 1) (file block \(e.fileBlock)) also belong to \(other)")

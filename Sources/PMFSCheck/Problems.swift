@@ -36,6 +36,10 @@ public enum ProblemCode: String, CaseIterable, Sendable {
     case inodeBlocks = "INODE_BLOCKS"
     // Pass 1b: device blocks claimed by two extents.
     case blocksShared = "BLOCKS_SHARED"
+    // Pass 1c: the refcount table of shared blocks (format v2).
+    case refcountTable = "REFCOUNT_TABLE"
+    case refcountWrong = "REFCOUNT_WRONG"
+    case blocksSharedUnrecorded = "BLOCKS_SHARED_UNRECORDED"
     // Pass 2: directory indexes and entries.
     case directoryHeader = "DIR_HEADER"
     case directoryChunk = "DIR_CHUNK"
@@ -73,7 +77,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
     /// What `-y` does about it.
     public var fix: String {
         switch self {
-        case .superblockVersion: return "set the format version to 1"
+        case .superblockVersion: return "set the format version to the current one"
         case .superblockState: return "mark the pool clean"
         case .superblockGeometry: return "restore the fixed v1 geometry (4096-byte blocks, 4096 inodes per chunk)"
         case .superblockInodeTable: return "point the superblock at the only inode table object in the pool"
@@ -103,6 +107,7 @@ public enum ProblemCode: String, CaseIterable, Sendable {
         case .extentCount: return "set extent_count"
         case .inodeBlocks: return "set the block count"
         case .blocksShared: return "drop the later extent from this file (a hole)"
+        case .refcountTable, .refcountWrong, .blocksSharedUnrecorded: return "rebuild the refcount table from the extents"
         case .directoryHeader: return "reset the hashing state and rebuild the hash chains"
         case .directoryChunk: return "replace the chunk with an empty one and rebuild the hash chains"
         case .directoryStaleChunk: return "clear the reference"
@@ -143,6 +148,7 @@ func typeName(_ t: UInt64) -> String {
     case 9: return "symlink target"
     case 10: return "xattr blob"
     case 11: return "extent node"
+    case 13: return "refcount node"
     default: return "unknown type \(t)"
     }
 }

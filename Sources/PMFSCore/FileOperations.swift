@@ -136,7 +136,9 @@ extension FileSystem {
         } }
     }
 
-    /// Copies `length` bytes between files (or within one) through the cache.
+    /// Copies `length` bytes between files (or within one). Whole blocks are
+    /// shared (a clone, see `cloneRange`) when both offsets are block-aligned;
+    /// what is left is copied through the cache.
     public func copyFileRange(from source: UInt64, offset sourceOffset: UInt64, to target: UInt64, offset targetOffset: UInt64,
                               length: UInt64) throws -> UInt64 {
         if source == target {
@@ -144,6 +146,61 @@ extension FileSystem {
             let distance = sourceOffset > targetOffset ? sourceOffset - targetOffset : targetOffset - sourceOffset
             if length > 0 && distance < length { throw Errno.invalidArgument }
         }
+        var cloned: UInt64 = 0
+        // Ranges past the largest file are left to the byte copy, which answers as before (0 or EFBIG).
+        let inLimits = sourceOffset <= MetadataStore.maxFileSize && targetOffset <= MetadataStore.maxFileSize
+            && length <= MetadataStore.maxFileSize - max(sourceOffset, targetOffset)
+        if inLimits && sourceOffset % blockSize == 0 && targetOffset % blockSize == 0 {
+            cloned = try cloneRange(from: source, offset: sourceOffset, to: target, offset: targetOffset, length: length)
+        }
+        guard cloned < length else { return cloned }
+        return try cloned + copyBytes(from: source, offset: sourceOffset + cloned, to: target, offset: targetOffset + cloned, length: length - cloned)
+    }
+
+    /// Shares the blocks of [sourceOffset, +length) with the target (both offsets
+    /// block-aligned) and returns the bytes done: the whole blocks, and the
+    /// partial last block too when the range reaches the source's EOF and the
+    /// target range ends at or past the target's EOF (the block's bytes past
+    /// the source EOF are zeros and stay past the target's new EOF). The rest
+    /// is left to copy. Dirty data of both files is written back first; the
+    /// target's cached pages of the range are dropped.
+    func cloneRange(from source: UInt64, offset sourceOffset: UInt64, to target: UInt64, offset targetOffset: UInt64,
+                    length: UInt64) throws -> UInt64 {
+        try withFile(source) { s in try withFile(target) { t in
+            try withFileLocks(s, t) {
+                guard sourceOffset < s.size else { return 0 }
+                let available = min(length, s.size - sourceOffset)
+                var blocks = available / blockSize
+                var bytes = blocks * blockSize
+                if available % blockSize != 0 && sourceOffset + available == s.size && targetOffset + available >= t.size {
+                    blocks += 1
+                    bytes = available
+                }
+                guard blocks > 0 else { return 0 }
+                try writeBack(s, flushDevice: false)
+                if t !== s { try writeBack(t, flushDevice: false) }
+                let firstTarget = targetOffset / blockSize
+                dropPages(t, from: firstTarget, to: firstTarget + blocks)
+                let newSize = max(t.size, targetOffset + bytes)
+                try metadata.cloneBlocks(from: source, block: sourceOffset / blockSize, to: target, block: firstTarget,
+                                         count: blocks, targetSize: newSize)
+                t.size = newSize
+                t.persistedSize = newSize
+                return bytes
+            }
+        } }
+    }
+
+    /// Holds the data locks of two files (one if they are the same), in inode order.
+    private func withFileLocks<T>(_ a: FileData, _ b: FileData, _ body: () throws -> T) throws -> T {
+        if a === b { return try a.lock.withLock(body) }
+        let (first, second) = a.ino < b.ino ? (a, b) : (b, a)
+        return try first.lock.withLock { try second.lock.withLock(body) }
+    }
+
+    /// Copies bytes through the cache.
+    private func copyBytes(from source: UInt64, offset sourceOffset: UInt64, to target: UInt64, offset targetOffset: UInt64,
+                           length: UInt64) throws -> UInt64 {
         let chunk = 1 << 20
         var buffer = [UInt8](repeating: 0, count: chunk)
         var copied: UInt64 = 0

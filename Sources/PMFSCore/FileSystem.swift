@@ -422,8 +422,10 @@ public final class FileSystem: @unchecked Sendable {
                     let within = Int(position % blockSize)
                     let n = Int(min(blockSize - UInt64(within), end - position))
                     let fullBlock = within == 0 && n == Int(blockSize)
-                    // A write into a hole needs space promised before it is accepted.
-                    let needsReservation = seg.deviceBlock == nil && !f.reserved.contains(b) && !f.dirtyBlocks.contains(b)
+                    // A write into a hole or a shared block (copied on write) needs
+                    // space promised before it is accepted.
+                    let needsReservation = (seg.deviceBlock == nil || seg.shared) && !f.reserved.contains(b)
+                        && !(f.dirtyBlocks.contains(b) && !seg.shared)
                     if needsReservation {
                         do { try metadata.reserveBlocks(1) } catch {
                             if written > 0 { return try finishWrite(f, written: written, end: position, sync: sync, updateSize: updateSize) }
@@ -507,7 +509,7 @@ public final class FileSystem: @unchecked Sendable {
                 let runStart = dirty[i].block
                 for seg in try metadata.mapBlocks(f.ino, start: runStart, count: UInt64(j - i)) {
                     var deviceStarts: [(fileBlock: UInt64, device: UInt64, length: UInt64)] = []
-                    if let dev = seg.deviceBlock {
+                    if let dev = seg.deviceBlock, !seg.shared {
                         deviceStarts = [(seg.fileBlock, dev, seg.length)]
                         if seg.unwritten { writtenRanges.append((seg.fileBlock, seg.length)) }
                         for b in seg.fileBlock..<(seg.fileBlock + seg.length) where f.reserved.contains(b) { redundantReservations.append(b) }
@@ -518,7 +520,7 @@ public final class FileSystem: @unchecked Sendable {
                         claims += runs
                         var fb = seg.fileBlock
                         for r in runs {
-                            mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length))
+                            mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length, replacesShared: seg.shared))
                             deviceStarts.append((fb, r.start, r.length))
                             fb += r.length
                         }

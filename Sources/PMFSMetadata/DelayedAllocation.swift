@@ -15,8 +15,11 @@ public struct NewMapping: Hashable, Sendable {
     public var fileBlock: UInt64
     public var deviceBlock: UInt64
     public var length: UInt64
-    public init(fileBlock: UInt64, deviceBlock: UInt64, length: UInt64) {
-        self.fileBlock = fileBlock; self.deviceBlock = deviceBlock; self.length = length
+    /// The file blocks are mapped to shared blocks now: the new blocks replace
+    /// them (copy-on-write) and the old ones lose this file as an owner.
+    public var replacesShared: Bool
+    public init(fileBlock: UInt64, deviceBlock: UInt64, length: UInt64, replacesShared: Bool = false) {
+        self.fileBlock = fileBlock; self.deviceBlock = deviceBlock; self.length = length; self.replacesShared = replacesShared
     }
 }
 
@@ -71,6 +74,11 @@ extension MetadataStore {
             let p = try regularFile(ino)
             let tree = extentTree(p)
             try pool.transaction { tx in
+                // Copy-on-write: unmap (and drop this owner of) the shared blocks first;
+                // `blocks` loses them here and gains the new ones below.
+                for m in mappings where m.replacesShared {
+                    try punchBlocksLocked(ino, p, from: m.fileBlock, to: m.fileBlock + m.length, tx)
+                }
                 for m in mappings {
                     if try tree.overlapping(m.fileBlock, m.fileBlock + m.length).isEmpty == false {
                         throw PoolError.corrupt("write-back maps file blocks \(m.fileBlock)+\(m.length) of inode \(ino) twice")

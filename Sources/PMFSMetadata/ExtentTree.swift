@@ -17,10 +17,23 @@ import SystemPackage
 /// Damage is `PoolError.corrupt`: EIO for the request, fsck.pmfs mends it.
 struct ExtentTree {
     let pool: PersistentPool
-    /// The inode that owns the tree (its content_off is the root).
-    let inode: UnsafeMutablePointer<pmfs_inode>
+    /// Where the root node's offset is kept (a file's content_off).
+    let rootSlot: UnsafeMutablePointer<UInt64>
+    /// The record count kept beside the root (a file's extent_count).
+    let countSlot: UnsafeMutablePointer<UInt64>
     /// Device blocks an extent may map: past the header, inside the device.
     let dataArea: Range<UInt64>
+    /// The pmemobj type of the nodes, so fsck can tell file trees from the refcount tree.
+    let nodeType: pmfs_type_num
+
+    /// The extent map of file `inode`.
+    init(pool: PersistentPool, inode: UnsafeMutablePointer<pmfs_inode>, dataArea: Range<UInt64>) {
+        self.init(pool: pool, root: field(inode, \.content_off), count: field(inode, \.extent_count), dataArea: dataArea, nodeType: PMFS_T_EXTENT_NODE)
+    }
+
+    init(pool: PersistentPool, root: UnsafeMutablePointer<UInt64>, count: UnsafeMutablePointer<UInt64>, dataArea: Range<UInt64>, nodeType: pmfs_type_num) {
+        self.pool = pool; self.rootSlot = root; self.countSlot = count; self.dataArea = dataArea; self.nodeType = nodeType
+    }
 
     static let fanout = Int(PMFS_EXTENT_FANOUT)
     static let maxDepth = 64
@@ -89,7 +102,7 @@ struct ExtentTree {
 
     /// The extent with the greatest key <= `block`, if any.
     func floor(_ block: UInt64) throws -> Entry? {
-        var off = inode.pointee.content_off
+        var off = rootSlot.pointee
         guard off != 0 else { return nil }
         var best: Entry? = nil
         var depth = 0
@@ -128,7 +141,7 @@ struct ExtentTree {
     /// The extent with the least key >= `block`, if any.
     func ceiling(_ block: UInt64) throws -> Entry? {
         var budget = Self.searchBudget
-        return try ceilingFrom(inode.pointee.content_off, block, depth: 0, budget: &budget)
+        return try ceilingFrom(rootSlot.pointee, block, depth: 0, budget: &budget)
     }
 
     /// Tries the children right of the one holding `block` when it has nothing
@@ -172,7 +185,7 @@ struct ExtentTree {
 
     /// Visits every extent in order (used by fsck, stat and freeing).
     func forEach(_ body: (Entry) throws -> Void) throws {
-        try visit(inode.pointee.content_off, depth: 0, leaf: { n in
+        try visit(rootSlot.pointee, depth: 0, leaf: { n in
             for i in 0..<Int(n.pointee.key_count) { try body(entry(n, i)) }
         }, node: { _ in })
     }
@@ -204,26 +217,26 @@ struct ExtentTree {
     /// Inserts an extent whose key is not present.
     func insert(_ e: Entry, in tx: Transaction) throws {
         guard e.length > 0 && e.length <= UInt64(UInt32.max) else { throw PoolError.corrupt("extent of \(e.length) blocks") }
-        if inode.pointee.content_off == 0 {
-            let off = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: PMFS_T_EXTENT_NODE)
+        if rootSlot.pointee == 0 {
+            let off = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: nodeType)
             let n = try node(off)
             n.pointee.is_leaf = 1
-            try tx.snapshot(field(inode, \.content_off))
-            inode.pointee.content_off = off
+            try tx.snapshot(rootSlot)
+            rootSlot.pointee = off
         }
-        if let (sepKey, right) = try insert(e, into: inode.pointee.content_off, tx: tx, depth: 0) {
+        if let (sepKey, right) = try insert(e, into: rootSlot.pointee, tx: tx, depth: 0) {
             // The root split: grow the tree by one level.
-            let off = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: PMFS_T_EXTENT_NODE)
+            let off = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: nodeType)
             let root = try node(off)
             root.pointee.key_count = 1
             keyPtr(root, 0).pointee = sepKey
-            childPtr(root, 0).pointee = inode.pointee.content_off
+            childPtr(root, 0).pointee = rootSlot.pointee
             childPtr(root, 1).pointee = right
-            try tx.snapshot(field(inode, \.content_off))
-            inode.pointee.content_off = off
+            try tx.snapshot(rootSlot)
+            rootSlot.pointee = off
         }
-        try tx.snapshot(field(inode, \.extent_count))
-        inode.pointee.extent_count.incrementSaturating()
+        try tx.snapshot(countSlot)
+        countSlot.pointee.incrementSaturating()
     }
 
     /// Returns (separator key, new right sibling) when `off` split.
@@ -245,7 +258,7 @@ struct ExtentTree {
             n.pointee.key_count = UInt32(count + 1)
             if count + 1 < Self.fanout { return nil }
             // Split the full leaf in two halves.
-            let rightOff = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: PMFS_T_EXTENT_NODE)
+            let rightOff = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: nodeType)
             let r = try node(rightOff)
             r.pointee.is_leaf = 1
             let half = (count + 1) / 2
@@ -269,7 +282,7 @@ struct ExtentTree {
         // Split the inner node: the middle key moves up.
         let total = count + 1
         let mid = total / 2
-        let rightOff = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: PMFS_T_EXTENT_NODE)
+        let rightOff = try tx.allocate(size: MemoryLayout<pmfs_extent_node>.size, type: nodeType)
         let r = try node(rightOff)
         let upKey = key(n, mid)
         for i in (mid + 1)..<total { keyPtr(r, i - mid - 1).pointee = key(n, i) }
@@ -281,29 +294,29 @@ struct ExtentTree {
 
     /// Removes the extent keyed `block` (it must exist).
     func remove(_ block: UInt64, in tx: Transaction) throws {
-        let root = inode.pointee.content_off
+        let root = rootSlot.pointee
         guard root != 0 else { throw PoolError.corrupt("removing extent \(block) from an empty tree") }
         let emptied = try remove(block, from: root, tx: tx, depth: 0)
         if emptied {
             try tx.free(root)
-            try tx.snapshot(field(inode, \.content_off))
-            inode.pointee.content_off = 0
+            try tx.snapshot(rootSlot)
+            rootSlot.pointee = 0
         } else {
             // Collapse a root that is an inner node with a single child.
-            var r = try node(inode.pointee.content_off)
+            var r = try node(rootSlot.pointee)
             var levels = 0
             while r.pointee.is_leaf == 0 && r.pointee.key_count == 0 {
                 levels += 1
                 guard levels < Self.maxDepth else { throw PoolError.corrupt("extent tree root chain loops") }
                 let only = child(r, 0)
-                try tx.free(inode.pointee.content_off)
-                try tx.snapshot(field(inode, \.content_off))
-                inode.pointee.content_off = only
+                try tx.free(rootSlot.pointee)
+                try tx.snapshot(rootSlot)
+                rootSlot.pointee = only
                 r = try node(only)
             }
         }
-        try tx.snapshot(field(inode, \.extent_count))
-        inode.pointee.extent_count.decrementSaturating()
+        try tx.snapshot(countSlot)
+        countSlot.pointee.decrementSaturating()
     }
 
     /// Returns true when the node at `off` became empty (the caller frees it).
@@ -339,7 +352,7 @@ struct ExtentTree {
 
     /// Changes the value of an existing extent in place (same key).
     func update(_ e: Entry, in tx: Transaction) throws {
-        var off = inode.pointee.content_off
+        var off = rootSlot.pointee
         for _ in 0..<Self.maxDepth {
             guard off != 0 else { break }
             let n = try node(off)
@@ -358,11 +371,11 @@ struct ExtentTree {
     /// Frees every node (not the data blocks) in `tx`.
     func destroyNodes(in tx: Transaction) throws {
         var nodes: [UInt64] = []
-        try visit(inode.pointee.content_off, depth: 0, leaf: { _ in }, node: { nodes.append($0) })
+        try visit(rootSlot.pointee, depth: 0, leaf: { _ in }, node: { nodes.append($0) })
         for off in nodes { try tx.free(off) }
-        try tx.snapshot(field(inode, \.content_off))
-        inode.pointee.content_off = 0
-        try tx.snapshot(field(inode, \.extent_count))
-        inode.pointee.extent_count = 0
+        try tx.snapshot(rootSlot)
+        rootSlot.pointee = 0
+        try tx.snapshot(countSlot)
+        countSlot.pointee = 0
     }
 }

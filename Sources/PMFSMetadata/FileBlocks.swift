@@ -32,8 +32,32 @@ extension MetadataStore {
     public func mapBlocks(_ ino: UInt64, start: UInt64, count: UInt64) throws -> [ExtentSegment] {
         try locks.withShared(ino) {
             let p = try regularFile(ino)
-            return try segments(extentTree(p), start, start.addingClamped(count))
+            return try splitShared(segments(extentTree(p), start, start.addingClamped(count)))
         }
+    }
+
+    /// `segments` with each mapped run cut where its blocks' sharing changes.
+    func splitShared(_ segments: [ExtentSegment]) throws -> [ExtentSegment] {
+        if shared.isEmpty { return segments }
+        var result: [ExtentSegment] = []
+        for s in segments {
+            guard let device = s.deviceBlock else { result.append(s); continue }
+            for piece in try shared.pieces(device, s.length) {
+                var part = s
+                part.fileBlock = s.fileBlock + (piece.start - device)
+                part.deviceBlock = piece.start
+                part.length = piece.length
+                part.shared = piece.owners > 1
+                result.append(part)
+            }
+        }
+        return result
+    }
+
+    /// Drops one owner of device blocks [start, start+length) in `tx`, freeing
+    /// those whose last owner this was.
+    func dropOwner(_ start: UInt64, _ length: UInt64, _ tx: Transaction) throws {
+        for run in try shared.removeOwner(start, length, in: tx) { try space.free(run.start, run.length, in: tx) }
     }
 
     func segments(_ tree: ExtentTree, _ start: UInt64, _ end: UInt64) throws -> [ExtentSegment] {
@@ -160,7 +184,7 @@ extension MetadataStore {
             if hi < e.end {
                 try tree.insert(ExtentTree.Entry(fileBlock: hi, deviceBlock: e.deviceBlock + (hi - e.fileBlock), length: e.end - hi, flags: e.flags), in: tx)
             }
-            try space.free(e.deviceBlock + (lo - e.fileBlock), hi - lo, in: tx)
+            try dropOwner(e.deviceBlock + (lo - e.fileBlock), hi - lo, tx)
             freed += hi - lo
         }
         if freed > 0 {

@@ -36,6 +36,8 @@ public final class MetadataStore: @unchecked Sendable {
     let pool: PersistentPool
     let inodes: InodeTable
     let space: SpaceMap
+    /// Reference counts of shared data blocks (part of the space map, under its lock).
+    let shared: SharedBlocks
     let locks = InodeLockTable()
     /// Serializes renames between directories, so the check that a directory
     /// is not moved into its own subtree cannot race another such rename.
@@ -88,6 +90,7 @@ public final class MetadataStore: @unchecked Sendable {
         dataUUID = withUnsafeBytes(of: sb.pointee.data_uuid) { Array($0) }
         inodes = try InodeTable(pool: pool, tableOffset: sb.pointee.inode_table_off)
         space = try SpaceMap(pool: pool, bitmapOffset: sb.pointee.space_bitmap_off)
+        shared = SharedBlocks(pool: pool, superblock: sb, dataArea: space.reservedBlocks..<space.blockCount, lock: space.lock)
         guard space.blockCount == sb.pointee.data_blocks else {
             throw PoolError.corrupt("space bitmap covers \(space.blockCount) blocks, superblock says \(sb.pointee.data_blocks)")
         }
@@ -190,6 +193,12 @@ public final class MetadataStore: @unchecked Sendable {
             try tx.snapshot(sb)
             if recoveredFromUncleanShutdown { sb.pointee.unclean_count += 1 }
             sb.pointee.state = PMFS_STATE_IN_USE
+            // v1 -> v2: the refcount tree is absent (root 0 = nothing shared), so
+            // the upgrade is the version number; older pmfs then refuses the pool.
+            if sb.pointee.format_version < PMFS_FORMAT_VERSION_REFCOUNT {
+                logger.notice("upgrading pool \(pool.path) from format version \(sb.pointee.format_version) to \(PMFS_FORMAT_VERSION)")
+                sb.pointee.format_version = PMFS_FORMAT_VERSION
+            }
             sb.pointee.mount_count += 1
             sb.pointee.last_open = Timestamp.now().persistent
         }
@@ -345,7 +354,7 @@ public final class MetadataStore: @unchecked Sendable {
             let tree = extentTree(p)
             var extents: [ExtentTree.Entry] = []
             try tree.forEach { extents.append($0) }
-            for e in extents { try space.free(e.deviceBlock, e.length, in: tx) }
+            for e in extents { try dropOwner(e.deviceBlock, e.length, tx) }
             try tree.destroyNodes(in: tx)
         case .symbolicLink:
             try tx.free(p.pointee.content_off)

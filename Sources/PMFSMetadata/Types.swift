@@ -156,6 +156,9 @@ public struct ExtentSegment: Hashable, Sendable {
     public var deviceBlock: UInt64?
     /// Allocated by fallocate but never written: reads as zeros.
     public var unwritten: Bool
+    /// The device blocks have other owners (a clone): a write must not change
+    /// them in place but go to new blocks (copy-on-write).
+    public var shared: Bool = false
 }
 
 public struct FileSystemStatistics: Sendable {

@@ -23,7 +23,7 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible {
         case .unreachableInode: return "INODE_UNATTACHED"
         case .directoryCycle: return "DIR_LOOP"
         case .extentOutsideDevice: return "EXTENT_OUT_OF_RANGE"
-        case .sharedBlocks: return "BLOCKS_SHARED"
+        case .sharedBlocks: return "BLOCKS_SHARED_UNRECORDED"   // v2: recorded as shared by pass 1c
         case .bitmapUsedMarkedFree: return "BITMAP_USED_MARKED_FREE"
         case .bitmapFreeMarkedUsed: return "BITMAP_FREE_MARKED_USED"
         case .leakedObject: return "OBJECT_LEAKED"

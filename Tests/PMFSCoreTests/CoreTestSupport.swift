@@ -49,6 +49,9 @@ final class CoreFixture {
         try reopen()
     }
 
+    /// Opens again after the caller shut everything down and closed the pool.
+    func restartFromClosed() throws { try reopen() }
+
     private func reopen() throws {
         metadata = try MetadataStore.open(poolPath: poolPath, dataDevice: try DataDeviceHeader.read(from: dataPath))
         device = try DataDevice(path: dataPath, engine: engine)

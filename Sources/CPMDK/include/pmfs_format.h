@@ -1,5 +1,5 @@
 /*
- * pmfs on-media format, version 1.
+ * pmfs on-media format, version 2 (version 1 plus the shared-block refcount tree).
  *
  * Every persistent structure of the metadata pool, with fixed-width fields so
  * the layout does not depend on the compiler. design/format.md explains each
@@ -15,7 +15,9 @@
 
 #define PMFS_LAYOUT_NAME "pmfs"
 #define PMFS_MAGIC 0x3153464d50ULL          /* "PMFS1" */
-#define PMFS_FORMAT_VERSION 1u
+#define PMFS_FORMAT_VERSION 2u
+/* Version 2 added superblock.refcount_root/refcount_records; a v1 pool is upgraded at open. */
+#define PMFS_FORMAT_VERSION_REFCOUNT 2u
 /* Feature bits: an incompatible bit this code does not know refuses the pool;
  * a read-only-compatible bit it does not know allows a read-only open. */
 #define PMFS_INCOMPAT_KNOWN 0ull
@@ -40,6 +42,7 @@ enum pmfs_type_num {
     PMFS_T_XATTRS = 10,
     PMFS_T_EXTENT_NODE = 11,
     PMFS_T_RESERVE = 12,
+    PMFS_T_REFCOUNT_NODE = 13,
 };
 
 struct pmfs_timespec {
@@ -70,7 +73,13 @@ struct pmfs_superblock {
     struct pmfs_timespec created;
     struct pmfs_timespec last_open;
     uint64_t reserve_off;          /* pool space kept back for write-back (PMFS_T_RESERVE), 0 = none */
-    uint8_t reserved[248];
+    /* v2: shared data blocks. A B+-tree of pmfs_extent_node (PMFS_T_REFCOUNT_NODE)
+     * keyed by device block; a record { device_block = key, length, flags = count }
+     * says device blocks [key, key+length) have `count` (>= 2) owners. A used
+     * block with no record has one owner. 0 = no shared blocks. */
+    uint64_t refcount_root;
+    uint64_t refcount_records;     /* records in the refcount tree */
+    uint8_t reserved[232];
 };
 
 /* Inode numbers are table positions: ino = chunk * PMFS_INODES_PER_CHUNK + slot.
