@@ -336,7 +336,9 @@ struct TortureModel: Sendable {
         var out: [String: Observed] = [:]
         for e in list {
             let n = nodes[e.id]!
-            out[e.path] = Observed(type: n.type, permissions: n.permissions, uid: n.uid, size: n.size, target: n.target,
+            // A directory's size is its slot space, which the model does not follow.
+            out[e.path] = Observed(type: n.type, permissions: n.permissions, uid: n.uid,
+                                   size: n.type == .directory ? 0 : n.size, target: n.target,
                                    xattrs: n.xattrs, blocks: n.blocks.sorted(), atime: n.atime,
                                    mtime: n.type == .directory ? nil : n.mtime,
                                    identity: firstPath[e.id]!)

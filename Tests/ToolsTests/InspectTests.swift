@@ -72,7 +72,7 @@ final class PopulatedFileSystem {
         #expect(r.status == 0, "\(r.stderr)")
         // Compare with runs of spaces squeezed: the column widths are cosmetic.
         let lines = r.output.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
-        for expected in ["UUID: \(formatUUID(fs.uuid))", "label: inspect-me", "format version: 1", "state: clean",
+        for expected in ["UUID: \(formatUUID(fs.uuid))", "label: inspect-me", "format version: 2", "state: clean",
                          "block size: 4096", "data blocks: 2048", "mount count: 2", "orphan inodes: 0", "free blocks: 2043 of 2047"] {
             #expect(lines.contains { $0.hasPrefix(expected) }, "missing '\(expected)' in:\n\(r.output)")
         }
