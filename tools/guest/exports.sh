@@ -12,21 +12,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-say() { echo "guest/exports: $*" >&2; }
-die() {
-    say "FAILED: $*"
-    [[ -f ${work:-}/pmfsd.log ]] && { echo "----- pmfsd log (last 15 lines) -----" >&2; tail -n 15 "$work/pmfsd.log" >&2; }
-    exit 1
-}
-bin=${PMFS_BIN:-}
-if [[ -z $bin ]]; then
-    for b in "$root/.build/release" "$root/.build/debug"; do
-        [[ -x $b/pmfsd && -x $b/mkfs.pmfs && -x $b/fsck.pmfs ]] && { bin=$b; break; }
-    done
-fi
-for p in pmfsd mkfs.pmfs fsck.pmfs; do
-    [[ -n $bin && -x $bin/$p ]] || { say "no $p in ${bin:-.build}: swift build first"; exit 2; }
-done
+script_name=exports
+. "$here/host.sh"
+find_bins
 "$here/build.sh"
 export PMEM_IS_PMEM_FORCE=1
 work=$(mktemp -d /tmp/pmfs-exports.XXXXXX)

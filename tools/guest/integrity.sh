@@ -31,22 +31,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 queues=${PMFS_GUEST_QUEUES:-1}
-say() { echo "guest/integrity: $*" >&2; }
-die() {
-    say "FAILED: $*"
-    [[ -f ${work:-}/pmfsd.log ]] && { echo "----- pmfsd log (last 15 lines) -----" >&2; tail -n 15 "$work/pmfsd.log" >&2; }
-    exit 1
-}
-
-bin=${PMFS_BIN:-}
-if [[ -z $bin ]]; then
-    for b in "$root/.build/release" "$root/.build/debug"; do
-        [[ -x $b/pmfsd && -x $b/mkfs.pmfs && -x $b/fsck.pmfs ]] && { bin=$b; break; }
-    done
-fi
-for p in pmfsd mkfs.pmfs fsck.pmfs; do
-    [[ -n $bin && -x $bin/$p ]] || { say "no $p in ${bin:-.build}: swift build first"; exit 2; }
-done
+script_name=integrity
+. "$here/host.sh"
+find_bins
 command -v sqlite3 >/dev/null || { say "no sqlite3 on the host (tools/setup.sh installs it)"; exit 2; }
 [[ -e /dev/fuse && $(id -u) -eq 0 ]] || { say "needs root and /dev/fuse (pmfsd mounts on the host)"; exit 2; }
 
