@@ -4,6 +4,9 @@ import PMFSMetadata
 /// still owes the pool. `lock` serializes data operations on the file.
 final class FileData: @unchecked Sendable {
     let ino: UInt64
+    /// The inode's generation when this state was made: the number alone may
+    /// name a newer file once this one is freed.
+    let generation: UInt64
     let lock = ConditionLock()
 
     /// Operations using this state now (guarded by the file-system's files lock).
@@ -30,8 +33,9 @@ final class FileData: @unchecked Sendable {
     var lastReadEnd: UInt64 = UInt64.max
     var readAheadBlocks: UInt64 = 0
 
-    init(ino: UInt64, size: UInt64) {
+    init(ino: UInt64, generation: UInt64, size: UInt64) {
         self.ino = ino
+        self.generation = generation
         self.size = size
         self.persistedSize = size
     }

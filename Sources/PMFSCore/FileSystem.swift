@@ -42,6 +42,10 @@ public final class FileSystem: @unchecked Sendable {
     private var files: [UInt64: FileData] = [:]
     /// States of freed inodes whose pages are still to be dropped.
     private var deadFiles: [FileData] = []
+    /// Freed inodes counted by bucket of inode number (files lock), so a state
+    /// is never made from the attributes of a file freed meanwhile.
+    private static let releaseBuckets = 64
+    private var releases = [UInt64](repeating: 0, count: FileSystem.releaseBuckets)
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
 
@@ -94,23 +98,33 @@ public final class FileSystem: @unchecked Sendable {
     }
 
     private func acquireFile(_ ino: UInt64) throws -> FileData {
-        if let f = filesLock.withLock({ () -> FileData? in
-            let f = files[ino]
-            f?.users += 1
-            return f
-        }) { return f }
-        let attrs = try metadata.getattr(ino)
-        guard attrs.type == .regular else { throw attrs.type == .directory ? Errno.isDirectory : Errno.invalidArgument }
-        // A size past the largest a file can have is damage (fsck's to mend):
-        // refused here, every offset computed from the size below stays in range.
-        guard attrs.size <= MetadataStore.maxFileSize else { throw Errno.ioError }
-        return filesLock.withLock {
-            let f = files[ino] ?? FileData(ino: ino, size: attrs.size)
-            files[ino] = f
-            f.users += 1
-            return f
+        while true {
+            let (existing, releasesSeen) = filesLock.withLock { () -> (FileData?, UInt64) in
+                let f = files[ino]
+                f?.users += 1
+                return (f, releases[releaseBucket(ino)])
+            }
+            if let f = existing { return f }
+            let attrs = try metadata.getattr(ino)
+            guard attrs.type == .regular else { throw attrs.type == .directory ? Errno.isDirectory : Errno.invalidArgument }
+            // A size past the largest a file can have is damage (fsck's to mend):
+            // refused here, every offset computed from the size below stays in range.
+            guard attrs.size <= MetadataStore.maxFileSize else { throw Errno.ioError }
+            if let f = filesLock.withLock({ () -> FileData? in
+                if let f = files[ino] { f.users += 1; return f }
+                // An inode of this bucket was freed while the attributes were read:
+                // they may be of a file that is gone, so they are read again.
+                guard releases[releaseBucket(ino)] == releasesSeen else { return nil }
+                let f = FileData(ino: ino, generation: attrs.generation, size: attrs.size)
+                files[ino] = f
+                f.users += 1
+                return f
+            }) { return f }
         }
     }
+
+    @inline(__always)
+    private func releaseBucket(_ ino: UInt64) -> Int { Int(ino % UInt64(Self.releaseBuckets)) }
 
     /// The errno for a failed read of `ino`'s blocks. Pool damage (a bad extent
     /// map) and refused or failed device transfers are EIO, logged once here
@@ -147,26 +161,52 @@ public final class FileSystem: @unchecked Sendable {
     /// pages and returns the reservations later.
     func inodeReleased(_ ino: UInt64) {
         filesLock.withLock {
-            if let f = files.removeValue(forKey: ino) {
-                f.dead = true
-                deadFiles.append(f)
-            }
+            releases[releaseBucket(ino)] &+= 1
+            if let f = files.removeValue(forKey: ino) { markDeadLocked(f) }
         }
     }
 
-    /// Drops what dead files still hold in the cache.
-    private func reapDeadFiles() {
+    private func markDeadLocked(_ f: FileData) {
+        guard !f.dead else { return }
+        f.dead = true
+        deadFiles.append(f)
+    }
+
+    /// A state whose inode turned out to be gone (files lock taken here).
+    private func forgetDeadFile(_ f: FileData) {
+        filesLock.withLock {
+            if files[f.ino] === f { files[f.ino] = nil }
+            markDeadLocked(f)
+        }
+    }
+
+    /// Drops what dead files still hold in the cache and returns their space
+    /// reservations. With `waiting` false, a file whose lock is taken (another
+    /// thread holds it, maybe while waiting for ours) stays for the next reap.
+    private func reapDeadFiles(waiting: Bool = true) {
         let dead = filesLock.withLock { () -> [FileData] in
             let all = deadFiles
             deadFiles.removeAll()
             return all
         }
+        var busy: [FileData] = []
         for f in dead {
-            f.lock.withLock {
-                for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) }
-                metadata.unreserveBlocks(UInt64(f.reserved.count))
-                f.reserved.removeAll()
-            }
+            if waiting { f.lock.lock() } else if !f.lock.tryLock() { busy.append(f); continue }
+            for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) }
+            metadata.unreserveBlocks(UInt64(f.reserved.count))
+            f.reserved.removeAll()
+            f.lock.unlock()
+        }
+        if !busy.isEmpty { filesLock.withLock { deadFiles += busy } }
+    }
+
+    /// Reserves one block for a write into a hole. When space looks exhausted,
+    /// reservations of freed files not yet reaped are returned first: a loop of
+    /// write and unlink must not see ENOSPC while the space is only waiting.
+    private func reserveBlock() throws {
+        do { try metadata.reserveBlocks(1) } catch Errno.noSpace {
+            reapDeadFiles(waiting: false)
+            try metadata.reserveBlocks(1)
         }
     }
 
@@ -427,7 +467,7 @@ public final class FileSystem: @unchecked Sendable {
                     let needsReservation = (seg.deviceBlock == nil || seg.shared) && !f.reserved.contains(b)
                         && !(f.dirtyBlocks.contains(b) && !seg.shared)
                     if needsReservation {
-                        do { try metadata.reserveBlocks(1) } catch {
+                        do { try reserveBlock() } catch {
                             if written > 0 { return try finishWrite(f, written: written, end: position, sync: sync, updateSize: updateSize) }
                             throw error
                         }
@@ -487,13 +527,23 @@ public final class FileSystem: @unchecked Sendable {
     /// must learn (new extents, written unwritten ranges, size, mtime) in one
     /// transaction, after a device flush. File lock held.
     func writeBack(_ f: FileData, flushDevice: Bool) throws {
-        if f.dead { return }
-        let dirty = cache.pinDirty(f)
-        defer { for d in dirty { cache.unpin(d.frame) } }
-        if dirty.isEmpty && !f.needsCommit {
+        if filesLock.withLock({ f.dead }) { return }
+        if f.dirtyBlocks.isEmpty && !f.needsCommit {
             if flushDevice { try flushDeviceOrThrow() }
             return
         }
+        // The pin keeps the inode from being freed (its number reused) while its
+        // blocks are written and its extents committed; a background write-back
+        // can race the last unlink, whose freeing then waits for the unpin.
+        guard try metadata.pin(f.ino, generation: f.generation) else {
+            forgetDeadFile(f)
+            return
+        }
+        defer {
+            do { try metadata.unpin(f.ino) } catch { logger.error("write-back of inode \(f.ino): unpin: \(error)") }
+        }
+        let dirty = cache.pinDirty(f)
+        defer { for d in dirty { cache.unpin(d.frame) } }
         var requests: [BlockIORequest] = []
         var mappings: [NewMapping] = []
         var claims: [BlockRun] = []

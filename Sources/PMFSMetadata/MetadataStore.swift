@@ -240,6 +240,17 @@ public final class MetadataStore: @unchecked Sendable {
         }
     }
 
+    /// Pins `ino` only if it is still the inode of `generation`: false once it
+    /// was freed, or freed and its number given to a new file. Write-back holds
+    /// such a pin, so the inode cannot be freed under it.
+    public func pin(_ ino: UInt64, generation: UInt64) throws -> Bool {
+        try locks.withShared(ino) {
+            guard let p = try inodes.slot(ino), p.pointee.mode != 0, p.pointee.generation == generation else { return false }
+            pinLock.withLock { pins[ino, default: 0] += 1 }
+            return true
+        }
+    }
+
     /// Drops `count` references; an orphan whose last reference goes is reclaimed.
     public func unpin(_ ino: UInt64, count: Int = 1) throws {
         try locks.withExclusive(ino) {
