@@ -8,7 +8,7 @@ may report only what an unclean stop leaves, pmfsd starts again and every operat
 returned is checked (tools/crash/workload.py); so is the previous point's directory, unchanged since it was
 checked. Mixes: fsync (appends + fsync/fdatasync, 3 writer processes: group commit), metadata (namespace,
 setattr and xattr churn), data (overwrites, truncates, fallocate, punched holes, large sequential writes,
-O_DIRECT, fsync/fdatasync), mixed (all three at once); `all` takes them in turn.
+O_DIRECT, clones by copy_file_range, fsync/fdatasync), mixed (all three at once); `all` takes them in turn.
 
     python3 tools/crash/campaign.py --points 1000 --seed 1          # the manual campaign
     python3 tools/crash/campaign.py --points 12 --seed 7 --bin .build-x/debug

@@ -355,6 +355,18 @@ class Image:
             if o["off"] < end:
                 self.data[o["off"]:end] = bytes(end - o["off"])
 
+    def clone_from(self, src, o):
+        """copy_file_range of o["len"] bytes at o["soff"] of `src` to o["off"]: stops at the source's end."""
+        n = max(0, min(o["len"], src.size - o["soff"]))
+        if n == 0:
+            return
+        data = bytes(src.data[o["soff"]:o["soff"] + n]).ljust(n, b"\0")
+        end = o["off"] + n
+        if len(self.data) < end:
+            self.data.extend(bytes(end - len(self.data)))
+        self.data[o["off"]:end] = data
+        self.size = max(self.size, end)
+
     def blocks(self, size):
         """sha of each 4 KiB block of the first `size` bytes, zero-padded."""
         out = []
@@ -368,7 +380,8 @@ def next_data_op(sizes, rng):
     k = rng.randrange(len(sizes))
     size = sizes[k]
     off = lambda: rng.randrange(0, max(size, 1) + 65536)  # noqa: E731
-    choice = rng.choices(["pwrite", "seq", "truncate", "fallocate", "punch", "direct", "sync"], [30, 6, 8, 5, 6, 5, 25])[0]
+    choice = rng.choices(["pwrite", "seq", "truncate", "fallocate", "punch", "direct", "clone", "sync"],
+                         [30, 6, 8, 5, 6, 5, 10, 25])[0]
     if choice == "pwrite":
         return {"op": "pwrite", "f": k, "off": off(), "len": rng.choice([1, 100, 4096, 5000, 65536, 200000]), "seed": rng.getrandbits(32)}
     if choice == "seq":
@@ -382,6 +395,17 @@ def next_data_op(sizes, rng):
     if choice == "direct":
         return {"op": "direct", "f": k, "off": rng.randrange(0, size // BLOCK + 16) * BLOCK, "len": rng.choice([1, 4, 32]) * BLOCK,
                 "seed": rng.getrandbits(32)}
+    if choice == "clone":
+        # From the other file: mostly block-aligned (pmfs then shares the blocks, copy-on-write), sometimes
+        # up to the source's end (its partial last block is shared too), sometimes unaligned (a copy).
+        src = 1 - k
+        aligned = rng.random() < 0.8
+        soff = rng.randrange(0, max(sizes[src], 1) // BLOCK + 1) * BLOCK if aligned else rng.randrange(0, max(sizes[src], 1))
+        dst = rng.randrange(0, size // BLOCK + 16) * BLOCK if aligned else rng.randrange(0, size + 65536)
+        length = rng.choice([1, 16, 64, 256]) * BLOCK if aligned else rng.choice([100, 5000, 70000])
+        if aligned and rng.random() < 0.3:
+            length = max(sizes[src] - soff, BLOCK)
+        return {"op": "clone", "f": k, "src": src, "soff": soff, "off": dst, "len": length}
     return {"op": "sync", "f": k, "how": rng.choice(["fsync", "fdatasync"])}
 
 
@@ -416,6 +440,13 @@ def do_data_op(fds, paths, o):
             raise OSError(e, os.strerror(e))
     elif op == "sync":
         (os.fsync if o["how"] == "fsync" else os.fdatasync)(fd)
+    elif op == "clone":
+        done = 0
+        while done < o["len"]:
+            n = os.copy_file_range(fds[o["src"]], fd, o["len"] - done, o["soff"] + done, o["off"] + done)
+            if n == 0:
+                break           # the source's end
+            done += n
     return {}
 
 
@@ -438,12 +469,44 @@ def run_data(d, log, rng):
             sizes[o["f"]] = max(img_size, o["off"] + o["len"])
         elif o["op"] == "truncate":
             sizes[o["f"]] = o["size"]
+        elif o["op"] == "clone":
+            copied = max(0, min(o["len"], sizes[o["src"]] - o["soff"]))
+            if copied:
+                sizes[o["f"]] = max(img_size, o["off"] + copied)
 
 
 def check_data(d, log_path):
     """Each file's size must be one it had at or after its last acknowledged fsync, and each 4 KiB block one of
-    the images that block had since then (the design's rule for unsynced writes: old or new, never torn)."""
+    the images that block had since then (the design's rule for unsynced writes: old or new, never torn).
+    Both files are replayed together, in log order: a clone takes the other file's bytes of that moment."""
     ops, done, extra = read_log(log_path)
+    data_ops = [o for o in ops if "f" in o]
+    imgs = [Image(), Image()]
+    last_sync = {}
+    for n, o in enumerate(data_ops):
+        if o["op"] == "sync" and o["i"] in done:
+            last_sync[o["f"]] = n
+    states = [[(0, [], b"")], [(0, [], b"")]]    # per file: (size, block hashes, bytes) since its last sync
+    sizes = [{0}, {0}]
+    grow = [None, None]                         # a write in flight may be partly done: any size up to its end
+    for n, o in enumerate(data_ops):
+        k, acked = o["f"], o["i"] in done
+        if acked and extra[o["i"]].get("noop"):
+            continue
+        if n < last_sync.get(k, -1):            # only the states since the last acknowledged sync matter
+            apply_data_op(imgs, o)
+            continue
+        img = imgs[k]
+        if o["op"] == "sync":
+            if acked:
+                states[k], sizes[k] = [(img.size, img.blocks(img.size), bytes(img.data))], {img.size}
+            continue
+        before = img.size
+        apply_data_op(imgs, o)
+        states[k].append((img.size, img.blocks(img.size), bytes(img.data)))
+        sizes[k].add(img.size)
+        if not acked and o["op"] in ("pwrite", "direct", "clone"):
+            grow[k] = (before, img.size)
     for k in range(2):
         path = os.path.join(d, f"data{k}")
         created = any(o["op"] == "create" and o["p"] == f"data{k}" and o["i"] in done for o in ops)
@@ -451,51 +514,39 @@ def check_data(d, log_path):
             if created:
                 return f"{path} is missing"
             continue
-        img = Image()
-        states = [(0, [], b"")]             # (size, block hashes, bytes) since the last acknowledged sync
-        sizes = {0}
-        grow = None                         # a write in flight may be partly done: any size up to its end
-        mine = [o for o in ops if o.get("f") == k]
-        synced = [n for n, o in enumerate(mine) if o["op"] == "sync" and o["i"] in done]
-        last_sync = synced[-1] if synced else -1
-        for n, o in enumerate(mine):
-            acked = o["i"] in done
-            if n < last_sync:           # only the states since the last acknowledged sync matter
-                if acked and not extra[o["i"]].get("noop"):
-                    img.apply(o)
-                continue
-            if acked and extra[o["i"]].get("noop"):
-                continue
-            if o["op"] == "sync":
-                if acked:
-                    states, sizes = [(img.size, img.blocks(img.size), bytes(img.data))], {img.size}
-                continue
-            before = img.size
-            img.apply(o)
-            states.append((img.size, img.blocks(img.size), bytes(img.data)))
-            sizes.add(img.size)
-            if not acked and o["op"] in ("pwrite", "direct"):
-                grow = (before, img.size)
         with open(path, "rb") as f:
-            data = f.read()
-        if len(data) not in sizes and not (grow and grow[0] <= len(data) <= grow[1]):
-            return f"{path}: size {len(data)} is none it had since its last fsync ({sorted(sizes)})"
-        allowed = {}
-        for _, blocks, _ in states:
-            for b, h in enumerate(blocks):
-                allowed.setdefault(b, set()).add(h)
-        zero = sha(bytes(BLOCK))
-        for b in range(0, len(data), BLOCK):
-            chunk = data[b:b + BLOCK]
-            if len(chunk) < BLOCK:
-                # The block at the end: only the part below the size is seen (an in-place write of a block
-                # whose size change was not committed shows its new bytes up to the old size).
-                ok = any(bytes(image[b:b + len(chunk)]).ljust(len(chunk), b"\0") == chunk for _, _, image in states)
-            else:
-                h = sha(chunk)
-                ok = h in allowed.get(b // BLOCK, set()) or h == zero and grow
-            if not ok:
-                return f"{path}: block {b // BLOCK} (offset {b}) holds none of the images it had since its last fsync"
+            problem = image_problem(path, f.read(), states[k], sizes[k], grow[k])
+        if problem:
+            return problem
+    return None
+
+
+def apply_data_op(imgs, o):
+    if o["op"] == "clone":
+        imgs[o["f"]].clone_from(imgs[o["src"]], o)
+    else:
+        imgs[o["f"]].apply(o)
+
+
+def image_problem(path, data, states, sizes, grow):
+    if len(data) not in sizes and not (grow and grow[0] <= len(data) <= grow[1]):
+        return f"{path}: size {len(data)} is none it had since its last fsync ({sorted(sizes)})"
+    allowed = {}
+    for _, blocks, _ in states:
+        for b, h in enumerate(blocks):
+            allowed.setdefault(b, set()).add(h)
+    zero = sha(bytes(BLOCK))
+    for b in range(0, len(data), BLOCK):
+        chunk = data[b:b + BLOCK]
+        if len(chunk) < BLOCK:
+            # The block at the end: only the part below the size is seen (an in-place write of a block
+            # whose size change was not committed shows its new bytes up to the old size).
+            ok = any(bytes(image[b:b + len(chunk)]).ljust(len(chunk), b"\0") == chunk for _, _, image in states)
+        else:
+            h = sha(chunk)
+            ok = h in allowed.get(b // BLOCK, set()) or h == zero and grow
+        if not ok:
+            return f"{path}: block {b // BLOCK} (offset {b}) holds none of the images it had since its last fsync"
     return None
 
 
