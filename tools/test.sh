@@ -43,14 +43,16 @@ fi
 
 if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
     # The binaries just built, not an older release build. About 2 minutes under
-    # TCG: smoke and posix on one request queue, the integrity run on two, smoke
-    # on a 6.12 guest with two vCPUs and two queues.
+    # TCG: smoke and posix on one request queue, the integrity run on two, two
+    # exports, two crash points, smoke on a 6.12 guest with two vCPUs and two queues.
     export PMFS_BIN="$PWD/.build/debug"
     # Locks in pmfsd's shared table (a lone guest would keep them in its kernel).
     PMFS_GUEST_PMFSD_ARGS="--locks shared" PMFS_GUEST_BACKEND="$PWD/tools/guest/pmfsd.sh" tools/guest/check.sh smoke posix
     PMFS_GUEST_QUEUES=2 tools/guest/integrity.sh
     # Two VMs at once, each confined to its export (one read-only, one uid-mapped).
     tools/guest/exports.sh
+    # pmfsd killed with SIGKILL under a guest's fsyncs, twice: what the guest saw return stays.
+    tools/guest/crash.sh 2
     # Linux 6.12 (bookworm-backports) spreads requests over the queues by vCPU:
     # smoke on 2 vCPUs and 2 queues checks that both carry requests.
     PMFS_GUEST_KERNEL_SUITE=bookworm-backports tools/guest/build.sh

@@ -24,3 +24,17 @@ find_bins() {
         [[ -n $bin && -x $bin/$p ]] || { say "no $p in ${bin:-.build}: swift build first"; exit 2; }
     done
 }
+
+# wait_for WHAT SECONDS COMMAND...: polls COMMAND ten times a second; dies
+# naming WHAT if it has not succeeded within SECONDS.
+wait_for() {
+    local what=$1 limit=$2; shift 2
+    for _ in $(seq 1 $((limit * 10))); do "$@" && return 0; sleep 0.1; done
+    die "$what: not within ${limit} s"
+}
+
+# console_lines LOG: a guest console log's complete lines so far (a line still
+# being written when QEMU was killed does not count), without carriage returns.
+console_lines() {
+    if [[ -n $(tail -c 1 "$1") ]]; then head -n -1 "$1"; else cat "$1"; fi | tr -d '\r'
+}

@@ -121,10 +121,7 @@ guest() {
 
 # console NAME: the guest's complete console lines so far (a line still being
 # written when QEMU was killed does not count).
-console() {
-    local log=$work/$1.log
-    if [[ -n $(tail -c 1 "$log") ]]; then head -n -1 "$log"; else cat "$log"; fi | tr -d '\r'
-}
+console() { console_lines "$work/$1.log"; }
 # sums NAME: the "sha256  path" lines of the guest's SUM markers.
 sums() { console "$1" | sed -n 's/^PMFS-GUEST: SUM \([0-9a-f]\{64\}\) \(.*\)$/\1  \2/p'; }
 
@@ -167,11 +164,6 @@ host_try() {
 host_free() { [[ $(host_try "$@") == free ]]; }
 host_unlocked() { [[ $("$gt" getlk "$1" w 0 0) == unlocked ]]; }
 # wait_for WHAT SECONDS COMMAND...: poll until the command succeeds.
-wait_for() {
-    local what=$1 limit=$2; shift 2
-    for _ in $(seq 1 $((limit * 10))); do "$@" && return 0; sleep 0.1; done
-    die "$what: not within ${limit} s"
-}
 
 start=$(date +%s)
 say "work directory $work, $queues request queue(s), binaries in $bin"
