@@ -105,3 +105,71 @@ def test_cp_clones_and_ficlone_is_not_passed_through(fs):
     os.unlink(src)
     os.unlink(dst)
     os.unlink(fs.path("ficlone-dst"))
+
+
+def test_random_clones_writes_and_truncates_match_a_model(fs):
+    """fsx-style: three files, random writes, truncates, punches and copy_file_range (between files and
+    within one, aligned so blocks are shared, or not), each file compared with its model after every
+    operation; a fsck at the end of the module checks the shared-block counts."""
+    import ctypes
+    import random
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    rng = random.Random(5)
+    paths = [fs.path(f"model{k}") for k in range(3)]
+    fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for p in paths]
+    models = [bytearray() for _ in paths]
+    block, limit = 4096, 2 << 20
+    try:
+        for step in range(600 if not os.environ.get("PMFS_MOUNT_TEST_LONG") else 6000):
+            k = rng.randrange(3)
+            m = models[k]
+            op = rng.choices(["write", "clone", "truncate", "punch", "fsync"], [35, 35, 10, 10, 10])[0]
+            if op == "write":
+                off, data = rng.randrange(0, limit), rng.randbytes(rng.choice([1, 100, 4096, 9000, 70000]))
+                data = data[:max(0, limit - off)]
+                os.pwrite(fds[k], data, off)
+                if len(m) < off + len(data):
+                    m.extend(bytes(off + len(data) - len(m)))
+                m[off:off + len(data)] = data
+            elif op == "clone":
+                s = rng.randrange(3)
+                src = models[s]
+                aligned = rng.random() < 0.7
+                unit = block if aligned else 1
+                soff = rng.randrange(0, len(src) // unit + 2) * unit
+                doff = rng.randrange(0, limit // unit // 2) * unit
+                n = rng.choice([1, 3, 16, 100]) * block if aligned else rng.randrange(1, 100000)
+                if s == k and max(soff, doff) < min(soff, doff) + n:
+                    continue                            # overlapping ranges of one file: EINVAL by definition
+                n = min(n, limit - doff)
+                got = os.copy_file_range(fds[s], fds[k], n, soff, doff)
+                want = max(0, min(n, len(src) - soff))
+                # A short copy is allowed; what was copied must be the prefix.
+                assert 0 <= got <= want, (step, got, want)
+                chunk = bytes(src[soff:soff + got])
+                if got:
+                    if len(m) < doff + got:
+                        m.extend(bytes(doff + got - len(m)))
+                    m[doff:doff + got] = chunk
+            elif op == "truncate":
+                size = rng.randrange(0, limit)
+                os.ftruncate(fds[k], size)
+                del m[size:]
+                m.extend(bytes(size - len(m)))
+            elif op == "punch":
+                off, n = rng.randrange(0, max(len(m), 1)), rng.choice([4096, 10000, 300000])
+                assert libc.fallocate(fds[k], 0x03, off, n) == 0, os.strerror(ctypes.get_errno())
+                end = min(off + n, len(m))
+                if off < end:
+                    m[off:end] = bytes(end - off)
+            else:
+                os.fsync(fds[k])
+            got = os.pread(fds[k], limit + 1, 0)
+            assert os.fstat(fds[k]).st_size == len(m), (step, op)
+            if got != bytes(m):
+                first = next(i for i in range(min(len(got), len(m)) + 1) if i >= len(got) or i >= len(m) or got[i] != m[i])
+                pytest.fail(f"step {step} ({op} on model{k}): contents differ from offset {first}")
+    finally:
+        for fd in fds:
+            os.close(fd)
