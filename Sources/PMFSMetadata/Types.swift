@@ -182,6 +182,11 @@ extension FixedWidthInteger {
         let (sum, overflow) = addingReportingOverflow(n)
         return overflow ? .max : sum
     }
+    /// `self * n`, or `.max` past it.
+    package func multipliedClamped(_ n: Self) -> Self where Self: UnsignedInteger {
+        let (product, overflow) = multipliedReportingOverflow(by: n)
+        return overflow ? .max : product
+    }
     mutating func addSaturating(_ n: Self) where Self: UnsignedInteger {
         let (sum, overflow) = addingReportingOverflow(n)
         self = overflow ? .max : sum

@@ -124,7 +124,19 @@ struct Df: ParsableCommand {
             ]
             printTable(rows)
             print("block size \(s.blockSize) bytes: \(human(s.totalBlocks * UInt64(s.blockSize))) total, \(human(s.freeBlocks * UInt64(s.blockSize))) free; pool \(human(s.poolBytes))")
+            try printSharing(store, blockSize: UInt64(s.blockSize))
         }
+    }
+
+    /// Clones: blocks with more than one owner, and what sharing them saves.
+    func printSharing(_ store: MetadataStore, blockSize: UInt64) throws {
+        let records = try store.sharedBlockRecords()
+        let blocks = records.reduce(UInt64(0)) { $0.addingClamped($1.length) }
+        let references = records.reduce(UInt64(0)) { $0.addingClamped($1.length.multipliedClamped($1.owners)) }
+        guard blocks > 0 else { print("shared blocks: none"); return }
+        let saved = references > blocks ? references - blocks : 0     // a damaged count may say fewer
+        print("shared blocks: \(blocks) (\(human(blocks.multipliedClamped(blockSize)))) in \(records.count) run(s), \(references) references; "
+              + "clones save \(saved) blocks (\(human(saved.multipliedClamped(blockSize))))")
     }
 
     func percent(_ used: UInt64, _ total: UInt64) -> String {
@@ -204,11 +216,14 @@ struct Stat: ParsableCommand {
                 let segments = blocks == 0 ? [] : try store.mapBlocks(a.ino, start: 0, count: blocks)
                 let mapped = segments.filter { $0.deviceBlock != nil }
                 print("   Extents: \(mapped.count) mapped run(s) within the size")
+                let mappedBlocks = mapped.reduce(UInt64(0)) { $0.addingClamped($1.length) }
+                let sharedBlocks = mapped.filter { $0.shared }.reduce(UInt64(0)) { $0.addingClamped($1.length) }
+                print("    Shared: \(sharedBlocks) of \(mappedBlocks) mapped block(s) shared with clones (copied on write)")
                 // The map itself, shortened: enough to see where the data is.
                 for s in segments.prefix(16) {
                     let range = "file blocks \(s.fileBlock)..<\(s.fileBlock + s.length)"
                     if let d = s.deviceBlock {
-                        print("            \(range) -> device blocks \(d)..<\(d + s.length)\(s.unwritten ? " (unwritten)" : "")")
+                        print("            \(range) -> device blocks \(d)..<\(d + s.length)\(s.unwritten ? " (unwritten)" : "")\(s.shared ? " (shared)" : "")")
                     } else {
                         print("            \(range): hole")
                     }

@@ -102,6 +102,24 @@ final class PopulatedFileSystem {
         #expect(UInt64(inodes[0])! == UInt64(inodes[1])! + UInt64(inodes[2])!)
     }
 
+    @Test func dfAndStatShowBlocksSharedByClones() throws {
+        let fs = try PopulatedFileSystem()
+        #expect(try fs.inspect("df").output.contains("shared blocks: none"))
+        let header = try #require(try DataDeviceHeader.read(from: fs.data))
+        let store = try MetadataStore.open(poolPath: fs.pool, dataDevice: header)
+        let copy = try store.create(1, try FileName("copy"), NewInode(mode: UInt32(S_IFREG) | 0o644))
+        // file.txt's blocks 0-1 (written) and 2 (a hole) into the copy: two blocks get a second owner.
+        try store.cloneBlocks(from: fs.file.ino, block: 0, to: copy.ino, block: 0, count: 3, targetSize: 3 * 4096)
+        try store.close()
+        let df = try fs.inspect("df")
+        #expect(df.status == 0, "\(df.stderr)")
+        #expect(df.output.contains("shared blocks: 2 (8 KiB) in 1 run(s), 4 references; clones save 2 blocks (8 KiB)"), "\(df.output)")
+        let stat = try fs.inspect("stat", "/copy").output
+        #expect(stat.contains("Shared: 2 of 2 mapped block(s) shared with clones"), "\(stat)")
+        #expect(stat.contains("(shared)"))
+        #expect(try fs.inspect("stat", "/dir/file.txt").output.contains("Shared: 2 of 4 mapped block(s)"))
+    }
+
     @Test func lsListsSortedNamesLongFormatAndHiddenOnes() throws {
         let fs = try PopulatedFileSystem()
         #expect(try fs.inspect("ls", "/").output == "abs\ndir\nlink\n")
