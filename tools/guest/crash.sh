@@ -32,34 +32,9 @@ mnt=$work/mnt
 sock=$work/fs.sock
 mkdir -p "$mnt"
 pmfsd_pid=
-cleanup() {
-    local rc=$?
-    set +e
-    [[ -f $work/qemu.pid ]] && kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
-    [[ -n $pmfsd_pid ]] && kill -9 "$pmfsd_pid" 2>/dev/null
-    mountpoint -q "$mnt" && umount -l "$mnt"
-    rm -f "$pool"
-    if [[ ${PMFS_CRASH_KEEP:-0} == 1 ]]; then say "work directory kept: $work"; else rm -rf "$work"; fi
-    exit $rc
-}
-trap cleanup EXIT
+trap 'cleanup_host "${PMFS_CRASH_KEEP:-0}"' EXIT
 trap 'exit 130' INT TERM
 
-# start_pmfsd [ARGS...]: pmfsd on the host mount (and whatever ARGS add).
-start_pmfsd() {
-    echo "----- pmfsd $*" >> "$work/pmfsd.log"
-    "$bin/pmfsd" --pool "$pool" --data "$work/data" --mount "$mnt" --log-level notice "$@" >> "$work/pmfsd.log" 2>&1 < /dev/null &
-    pmfsd_pid=$!
-    wait_for "pmfsd's mount" 30 pmfsd_mounted
-}
-pmfsd_mounted() { kill -0 "$pmfsd_pid" 2>/dev/null || die "pmfsd exited while starting"; mountpoint -q "$mnt"; }
-stop_pmfsd() {
-    kill -TERM "$pmfsd_pid"
-    local rc=0
-    wait "$pmfsd_pid" || rc=$?
-    pmfsd_pid=
-    (( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
-}
 # reported POINT: how many calls the point's guest reported so far.
 reported() { console_lines "$work/p$1.log" | grep -c '^PMFS-GUEST: \(ACK\|SUM\|GONE\) ' || true; }
 

@@ -22,39 +22,9 @@ pool=/dev/shm/pmfs-exports-$$.pool
 mnt=$work/mnt
 mkdir -p "$mnt"
 pmfsd_pid=
-cleanup() {
-    local rc=$?
-    set +e
-    if [[ -n $pmfsd_pid ]]; then
-        kill -TERM "$pmfsd_pid" 2>/dev/null
-        for _ in $(seq 1 100); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pmfsd_pid" 2>/dev/null
-    fi
-    mountpoint -q "$mnt" && umount -l "$mnt"
-    rm -f "$pool"
-    rm -rf "$work"
-    exit $rc
-}
-trap cleanup EXIT
+trap 'cleanup_host 0' EXIT
 trap 'exit 130' INT TERM
 
-start_pmfsd() {
-    "$bin/pmfsd" --pool "$pool" --data "$work/data" --mount "$mnt" --log-level notice "$@" >> "$work/pmfsd.log" 2>&1 < /dev/null &
-    pmfsd_pid=$!
-    for _ in $(seq 1 300); do
-        mountpoint -q "$mnt" && return 0
-        kill -0 "$pmfsd_pid" 2>/dev/null || die "pmfsd exited while starting"
-        sleep 0.1
-    done
-    die "pmfsd did not mount $mnt within 30 s"
-}
-stop_pmfsd() {
-    kill -TERM "$pmfsd_pid"
-    local rc=0
-    wait "$pmfsd_pid" || rc=$?
-    pmfsd_pid=
-    (( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
-}
 tree_sum() { (cd "$1" && find . -path ./vm1/guest-wrote -prune -o -print0 | LC_ALL=C sort -z |
               xargs -0 stat -c '%n %s %u %a' ) | sha256sum | cut -d' ' -f1; }
 
@@ -72,7 +42,6 @@ stop_pmfsd
 
 start_pmfsd --socket "$work/vm1.sock,export=/vm1,uid-map=0:100000:65536" \
             --socket "$work/vm2.sock,export=/vm2,read-only"
-for _ in $(seq 1 50); do [[ -S $work/vm1.sock && -S $work/vm2.sock ]] && break; sleep 0.1; done
 "$here/run.sh" "$work/vm1.sock" pmfs export pmfs.owner=vm1 pmfs.mapped_uid=100000 > "$work/vm1.out" 2>&1 &
 g1=$!
 "$here/run.sh" "$work/vm2.sock" pmfs export pmfs.owner=vm2 pmfs.readonly=1 > "$work/vm2.out" 2>&1 &

@@ -38,3 +38,59 @@ wait_for() {
 console_lines() {
     if [[ -n $(tail -c 1 "$1") ]]; then head -n -1 "$1"; else cat "$1"; fi | tr -d '\r'
 }
+
+# The scripts' pmfsd: `pool`, `mnt` and `work` are set by the script; the data
+# file is $work/data and the log $work/pmfsd.log.
+
+# start_pmfsd [ARGS...]: pmfsd on the host mount plus ARGS; returns once the
+# mount is up and every `--socket PATH[,OPTIONS]` of ARGS listens.
+start_pmfsd() {
+    local a sockets=() next=
+    for a in "$@"; do
+        [[ $next == socket ]] && sockets+=("${a%%,*}")
+        next=; [[ $a == --socket ]] && next=socket
+    done
+    rm -f "${sockets[@]}"
+    echo "----- pmfsd $*" >> "$work/pmfsd.log"
+    "$bin/pmfsd" --pool "$pool" --data "$work/data" --mount "$mnt" --log-level notice "$@" >> "$work/pmfsd.log" 2>&1 < /dev/null &
+    pmfsd_pid=$!
+    pmfsd_serving() {
+        kill -0 "$pmfsd_pid" 2>/dev/null || die "pmfsd exited while starting"
+        mountpoint -q "$mnt" || return 1
+        local s
+        for s in "${sockets[@]}"; do [[ -S $s ]] || return 1; done
+    }
+    wait_for "pmfsd mounting $mnt${sockets:+ and listening on ${sockets[*]}}" 30 pmfsd_serving
+}
+
+# stop_pmfsd: SIGTERM; pmfsd must unmount, write back, exit 0 and say so.
+stop_pmfsd() {
+    kill -TERM "$pmfsd_pid"
+    for _ in $(seq 1 600); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pmfsd_pid" 2>/dev/null && die "pmfsd still running 60 s after SIGTERM"
+    local rc=0
+    wait "$pmfsd_pid" || rc=$?
+    pmfsd_pid=
+    (( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
+    tail -n 2 "$work/pmfsd.log" | grep -q 'stopped cleanly' || die "pmfsd did not report a clean stop"
+    ! mountpoint -q "$mnt" || die "$mnt still mounted after pmfsd exited"
+}
+
+# cleanup_host KEEP: the scripts' EXIT trap (call it first, so it sees the exit
+# status): kills a QEMU left running ($work/qemu.pid), stops pmfsd (SIGTERM,
+# SIGKILL after 10 s), detaches the mount, removes the pool and, unless KEEP is
+# 1, the work directory.
+cleanup_host() {
+    local rc=$? keep=${1:-0}
+    set +e
+    [[ -f $work/qemu.pid ]] && kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
+    if [[ -n ${pmfsd_pid:-} ]]; then
+        kill -TERM "$pmfsd_pid" 2>/dev/null
+        for _ in $(seq 1 50); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$pmfsd_pid" 2>/dev/null
+    fi
+    mountpoint -q "$mnt" && umount -l "$mnt"
+    rm -f "$pool"
+    if [[ $keep == 1 ]]; then say "work directory kept: $work"; else rm -rf "$work"; fi
+    exit $rc
+}

@@ -43,7 +43,6 @@ export PMEM_IS_PMEM_FORCE=1               # the pool lives on /dev/shm
 
 work=$(mktemp -d /tmp/pmfs-integrity.XXXXXX)
 pool=/dev/shm/pmfs-integrity-$$.pool
-data=$work/data
 mnt=$work/mnt
 sock=$work/fs.sock
 sock2=$work/fs2.sock            # a second VM's socket
@@ -53,52 +52,10 @@ manifest=$work/manifest         # "sha256  path" under files/, everything that m
 mkdir -p "$mnt"
 pmfsd_pid=
 
-cleanup() {
-    local rc=$?
-    set +e
-    [[ -f $work/qemu.pid ]] && kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
-    exec 7>&- 8>&-      # host lock holders, if any
-    if [[ -n $pmfsd_pid ]]; then
-        kill -TERM "$pmfsd_pid" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pmfsd_pid" 2>/dev/null
-    fi
-    mountpoint -q "$mnt" && umount -l "$mnt"
-    rm -f "$pool"
-    if [[ ${PMFS_INTEGRITY_KEEP:-0} == 1 ]]; then say "work directory kept: $work"; else rm -rf "$work"; fi
-    exit $rc
-}
+# The host's lock holders (fds 7 and 8) go first: pmfsd then stops without waiting for them.
+cleanup() { local rc=$?; exec 7>&- 8>&-; (exit $rc); cleanup_host "${PMFS_INTEGRITY_KEEP:-0}"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# start_pmfsd [socket]: serve on the host mount, and on the socket if asked.
-start_pmfsd() {
-    local args=(--pool "$pool" --data "$data" --mount "$mnt" --log-level notice)
-    if [[ ${1:-} == socket ]]; then args+=(--socket "$sock" --socket "$sock2" --queues "$queues"); fi
-    rm -f "$sock" "$sock2"
-    echo "----- pmfsd ${args[*]}" >> "$work/pmfsd.log"
-    "$bin/pmfsd" "${args[@]}" >> "$work/pmfsd.log" 2>&1 < /dev/null &
-    pmfsd_pid=$!
-    for _ in $(seq 1 300); do
-        if mountpoint -q "$mnt" && { [[ ${1:-} != socket ]] || [[ -S $sock && -S $sock2 ]]; }; then return 0; fi
-        kill -0 "$pmfsd_pid" 2>/dev/null || die "pmfsd exited while starting"
-        sleep 0.1
-    done
-    die "pmfsd did not mount $mnt${1:+ and listen on $sock} within 30 s"
-}
-
-# stop_pmfsd: SIGTERM; pmfsd must unmount, write back, exit 0 and say so.
-stop_pmfsd() {
-    kill -TERM "$pmfsd_pid"
-    for _ in $(seq 1 600); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pmfsd_pid" 2>/dev/null && die "pmfsd still running 60 s after SIGTERM"
-    local rc=0
-    wait "$pmfsd_pid" || rc=$?
-    pmfsd_pid=
-    (( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
-    tail -n 2 "$work/pmfsd.log" | grep -q 'stopped cleanly' || die "pmfsd did not report a clean stop"
-    ! mountpoint -q "$mnt" || die "$mnt still mounted after pmfsd exited"
-}
 
 fsck() {
     local out rc=0
@@ -167,8 +124,8 @@ host_unlocked() { [[ $("$gt" getlk "$1" w 0 0) == unlocked ]]; }
 
 start=$(date +%s)
 say "work directory $work, $queues request queue(s), binaries in $bin"
-"$bin/mkfs.pmfs" --pool "$pool" --data "$data" --data-size 2G -q
-start_pmfsd socket
+"$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 2G -q
+start_pmfsd --socket "$sock" --socket "$sock2" --queues "$queues"
 
 # A: write, then check through the host mount, across a clean restart; a
 # second VM works on the same file system meanwhile.
@@ -188,7 +145,7 @@ boots=           # the verify guests so far, as their transactions recorded them
 verify_host "after guest A"
 stop_pmfsd
 fsck
-start_pmfsd socket
+start_pmfsd --socket "$sock" --socket "$sock2" --queues "$queues"
 verify_host "after a restart"
 
 # B: a new guest checks it all against the host's manifest and sees the host's locks.
