@@ -29,16 +29,6 @@ func crashWriterBytes(seed: UInt64, length: Int) -> [UInt8] {
     }
 }
 
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 let log = open(logPath, O_WRONLY | O_APPEND | O_CREAT, 0o600)
 guard log >= 0 else { fail("cannot open log \(logPath)") }
@@ -63,7 +53,7 @@ do {
         inos.append(ino)
     }
     record("READY")
-    var rng = SplitMix(state: seed)
+    var rng = SplitMix64(seed: seed)
     var seq = 0
     while true {
         seq += 1

@@ -1,17 +1,9 @@
 import CPMDK
 import PMFSMetadata
 
-/// A small deterministic generator (SplitMix64): a seed replays exactly.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &* 0x2545_F491_4F6C_DD1D }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
+    /// The damage fuzzer's generator for `seed` (scrambled first, as its seeds always were).
+    init(damageSeed seed: UInt64) { self.init(seed: seed &* 0x2545_F491_4F6C_DD1D) }
     mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
     mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
 }
@@ -132,7 +124,7 @@ struct PoolDamager {
     /// A value for `f` of the structure at `base`: a boundary of its width, a
     /// huge or edge-of-pool offset, a pointer to the structure itself or to
     /// another object, a small number, or random bits.
-    mutating func value(for f: Field, base: UInt64, _ rng: inout SplitMix) -> UInt64 {
+    mutating func value(for f: Field, base: UInt64, _ rng: inout SplitMix64) -> UInt64 {
         let max: UInt64 = f.width == 8 ? .max : (1 << UInt64(f.width * 8)) - 1
         var choices: [UInt64] = [0, 1, max, max - 1, max / 2 + 1, max / 2, rng.next() % 64, rng.next() & max]
         if f.width == 8 {
@@ -154,7 +146,7 @@ struct PoolDamager {
     }
 
     /// One structure-aware change.
-    mutating func damageStructure(_ rng: inout SplitMix) throws {
+    mutating func damageStructure(_ rng: inout SplitMix64) throws {
         let sb = pool.rootOffset
         let sbp = pool.superblock.pointee
         var targets: [(String, [UInt64], [Field])] = [
@@ -171,7 +163,7 @@ struct PoolDamager {
     }
 
     /// One random word in a random pmfs object (aimed at the live part of large ones).
-    mutating func damageRandomWord(_ rng: inout SplitMix) throws {
+    mutating func damageRandomWord(_ rng: inout SplitMix64) throws {
         let o = rng.pick(objects)
         let span = Swift.max(1, Swift.min(o.size, o.type == UInt64(PMFS_T_INODE_CHUNK.rawValue) ? 64 * 256 : 2048) / 8)
         let at = o.offset + 8 * UInt64(rng.below(span))
@@ -181,7 +173,7 @@ struct PoolDamager {
 
     /// Damage for one seed: one to four changes, mostly structure-aware.
     mutating func damage(seed: UInt64) throws {
-        var rng = SplitMix(seed: seed)
+        var rng = SplitMix64(damageSeed: seed)
         for _ in 0..<(1 + rng.below(4)) {
             // A change that lands outside the pool (a header pointed away by an
             // earlier one) is skipped, not the end of the run.

@@ -130,18 +130,6 @@ func unhex(_ s: String) -> [UInt8]? {
     return out
 }
 
-/// SplitMix64: small, fast, and the same sequence everywhere for a seed.
-struct SeededGenerator: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// SystemPackage has a FileType too; this one is the engine's.
 typealias FileType = PMFSMetadata.FileType

@@ -29,7 +29,7 @@ struct OperationLog {
 struct TortureRunner {
     let store: MetadataStore
     var model: TortureModel
-    var rng: SeededGenerator
+    var rng: SplitMix64
     let maxEntries: Int
     let maxDepth = 4
     /// Pinned orphans and unnamed files by handle: the child's open files.
@@ -40,7 +40,7 @@ struct TortureRunner {
     init(store: MetadataStore, model: TortureModel, seed: UInt64, maxEntries: Int) {
         self.store = store
         self.model = model
-        self.rng = SeededGenerator(seed: seed)
+        self.rng = SplitMix64(seed: seed)
         self.maxEntries = maxEntries
     }
 

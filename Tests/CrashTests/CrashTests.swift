@@ -53,7 +53,7 @@ struct CrashHarness {
         self.name = name
         let base = getenv("PMFS_CRASH_SEED").flatMap { UInt64(String(cString: $0)) } ?? UInt64.random(in: 1...UInt64.max)
         baseSeed = base
-        var g = SeededGenerator(seed: base ^ (seedSalt &* 0x9E37_79B9_7F4A_7C15))
+        var g = SplitMix64(seed: base ^ (seedSalt &* 0x9E37_79B9_7F4A_7C15))
         _ = g.next()
         seedState = g.state
         self.maxEntries = maxEntries
@@ -74,7 +74,7 @@ struct CrashHarness {
                                              logger: quietLogger)
         try store.close()
         var model = try readModel(expectRecovered: nil)
-        var rng = SeededGenerator(seed: seedState)
+        var rng = SplitMix64(seed: seedState)
         var kills = 0, opsSeen = 0, beforeOpen = 0, inFlight = 0, cut = 0
         print("crash[\(name)]: base seed \(baseSeed) (PMFS_CRASH_SEED), \(iterations) kills")
 

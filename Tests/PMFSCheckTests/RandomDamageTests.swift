@@ -17,7 +17,7 @@ import Testing
 
     @Test(arguments: seeds)
     func survivesRandomDamage(_ seed: UInt64) throws {
-        var rng = SplitMix(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let f = try CheckFixture(name: "random\(seed)")
         var log: [String] = []
         try f.withRawPool { raw in
@@ -73,18 +73,6 @@ import Testing
 
 }
 
-/// A small deterministic generator (SplitMix64), so seeds replay exactly.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func typeName(_ t: UInt64) -> String {
     switch t {

@@ -49,7 +49,7 @@ import Testing
         let logPath = t.poolPath + ".log"
         defer { unlink(logPath) }
         var histories = [FileHistory](repeating: FileHistory(), count: 3)
-        var rng = SeededGenerator(seed: 42)
+        var rng = SplitMix64(seed: 42)
         var syncsSeen = 0
         for kill in 0..<Self.kills {
             unlink(logPath)

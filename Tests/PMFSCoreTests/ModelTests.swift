@@ -27,7 +27,7 @@ import Testing
         case .tiny: options.cacheBytes = 8 * 4096
         }
         let t = try CoreFixture(dataBlocks: 8192, options: options)
-        var rng = SeededGenerator(seed: seed &* 0x1000_0001 &+ UInt64(mode.rawValue.count))
+        var rng = SplitMix64(seed: seed &* 0x1000_0001 &+ UInt64(mode.rawValue.count))
         let inos = [try t.newFile("a"), try t.newFile("b")]
         var model: [UInt64: [UInt8]] = [inos[0]: [], inos[1]: []]
         let maxSize = 3 << 20
