@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ucontext.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -74,13 +75,21 @@ static int slot_holding(struct cvhost_guard_table *t, uintptr_t address) {
     return -1;
 }
 
-/* Not ours: what would have happened without us. A fault re-executes the
- * access on return, so the default action follows at once. */
+/* Not ours: what would have happened without us. The previous handler runs
+ * with the signal mask it asked for (Swift's crash reporter, for one, needs
+ * SIGBUS unblocked: it reads the crashed thread's memory carefully). With
+ * none, a fault re-executes the access on return and the default action
+ * follows at once. */
 static void pass_on(int sig, siginfo_t *info, void *context) {
-    if (previous_action.sa_flags & SA_SIGINFO) {
-        if (previous_action.sa_sigaction) { previous_action.sa_sigaction(sig, info, context); return; }
-    } else if (previous_action.sa_handler != SIG_DFL && previous_action.sa_handler != SIG_IGN) {
-        previous_action.sa_handler(sig);
+    void (*handler)(int) = previous_action.sa_handler;
+    int with_info = (previous_action.sa_flags & SA_SIGINFO) && previous_action.sa_sigaction;
+    if (with_info || (!(previous_action.sa_flags & SA_SIGINFO) && handler != SIG_DFL && handler != SIG_IGN)) {
+        sigset_t mask = ((ucontext_t *)context)->uc_sigmask, before;
+        for (int s = 1; s < NSIG; s++) if (sigismember(&previous_action.sa_mask, s) == 1) sigaddset(&mask, s);
+        if (previous_action.sa_flags & SA_NODEFER) sigdelset(&mask, sig); else sigaddset(&mask, sig);
+        pthread_sigmask(SIG_SETMASK, &mask, &before);
+        if (with_info) previous_action.sa_sigaction(sig, info, context); else handler(sig);
+        pthread_sigmask(SIG_SETMASK, &before, NULL);
         return;
     }
     struct sigaction fallback;
