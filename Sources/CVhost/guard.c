@@ -124,7 +124,8 @@ static void install(void) {
     action.sa_sigaction = on_sigbus;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&action.sa_mask);
-    if (sigaction(SIGBUS, &action, &previous_action) != 0) install_error = errno;
+    /* The previous handler is known before ours can run and need it. */
+    if (sigaction(SIGBUS, NULL, &previous_action) != 0 || sigaction(SIGBUS, &action, NULL) != 0) install_error = errno;
 }
 
 int cvhost_guard_register(void *start, size_t length, size_t granule) {
