@@ -152,3 +152,14 @@ int cvhost_set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);
     return flags < 0 ? -errno : (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? -errno : 0);
 }
+
+int cvhost_memfd_sealable(const char *name, uint64_t size, int seal_shrink) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) != 0 || (seal_shrink && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) != 0)) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}

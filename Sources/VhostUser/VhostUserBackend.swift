@@ -65,6 +65,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     private var ownsSocketPath = true
     private var connection: Int32 = -1
     private var stopping = false
+    /// Signalled by whichever thread finds that the front end's memory shrank
+    /// under its mapping; the control loop waits on it beside the socket.
+    private let memoryShrankFD = cvhost_eventfd()
 
     public init(socketPath: String, server: FUSEServer, requestQueues: Int = 1, logger: Logger = Logger(label: "pmfs.vhost")) throws {
         self.socketPath = socketPath
@@ -73,6 +76,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.logger = logger
         queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
         pthread_rwlock_init(memoryLock, nil)
+        guard memoryShrankFD >= 0 else { throw VhostError.socket("eventfd: \(String(cString: strerror(errno)))") }
         try listen()
     }
 
@@ -91,8 +95,11 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.logger = logger
         queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
         pthread_rwlock_init(memoryLock, nil)
+        guard memoryShrankFD >= 0 else { throw VhostError.socket("eventfd: \(String(cString: strerror(errno)))") }
         listenFD = fd
     }
+
+    deinit { close(memoryShrankFD) }
 
     /// Lets a group connect (QEMU often runs as another user): owner root,
     /// that group, mode 0660.
@@ -160,7 +167,11 @@ public final class VhostUserBackend: @unchecked Sendable {
         var header = [UInt8](repeating: 0, count: 12)
         var payload = [UInt8](repeating: 0, count: 4096)
         var fds = [Int32](repeating: -1, count: 8)
+        _ = cvhost_eventfd_drain(memoryShrankFD)   // left by the last front end's workers
         while true {
+            // Between messages: a worker may have found the memory shrunk.
+            let ready = cvhost_wait2(conn, memoryShrankFD, -1)
+            if ready < 0 || ready & 2 != 0 || memory.shrank { return closingForShrunkMemory() }
             var nfds: Int32 = 0
             let n = header.withUnsafeMutableBytes { h in fds.withUnsafeMutableBufferPointer { cvhost_recv_with_fds(conn, h.baseAddress, 12, $0.baseAddress, 8, &nfds) } }
             if n <= 0 { return }
@@ -185,6 +196,8 @@ public final class VhostUserBackend: @unchecked Sendable {
             }
             let body = Array(payload.prefix(size))
             let result = handleMessage(request, body, received)
+            // This thread reads the rings too (starting a worker).
+            if memory.shrank { return closingForShrunkMemory() }
             var reply: [UInt8]? = nil
             switch result {
             case .reply(let bytes): reply = bytes
@@ -207,6 +220,20 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     enum Outcome { case reply([UInt8]), ack(Bool), close }
+
+    /// A fatal front-end error: what it shared is gone, so is the connection
+    /// (the caller returns; the device is reset and the next front end served).
+    private func closingForShrunkMemory() {
+        guard memory.shrank else { return }   // the socket's own end or error
+        logger.error("front end on \(socketPath): guest memory shrank under its mapping; closing the connection")
+    }
+
+    /// Called by a thread that found the memory shrunk: that queue stops at
+    /// once and the control loop drops the connection.
+    private func memoryShrank(on q: Virtqueue) {
+        q.broken = true
+        _ = cvhost_eventfd_signal(memoryShrankFD)
+    }
 
     private func u64(_ v: UInt64) -> Outcome { .reply(withUnsafeBytes(of: v) { Array($0) }) }
 
@@ -384,12 +411,13 @@ public final class VhostUserBackend: @unchecked Sendable {
                 ($0.loadUnaligned(fromByteOffset: base, as: UInt64.self), $0.loadUnaligned(fromByteOffset: base + 8, as: UInt64.self),
                  $0.loadUnaligned(fromByteOffset: base + 16, as: UInt64.self), $0.loadUnaligned(fromByteOffset: base + 24, as: UInt64.self))
             }
-            guard let r = GuestMemory.map(fd: fds[i], guestPhysical: gpa, size: size, userAddress: user, mmapOffset: offset) else {
-                logger.error("cannot map guest memory region \(i) (\(size) bytes): \(String(cString: strerror(errno)))")
+            do {
+                regions.append(try GuestMemory.map(fd: fds[i], guestPhysical: gpa, size: size, userAddress: user, mmapOffset: offset))
+            } catch {
+                logger.error("cannot map guest memory region \(i) (\(size) bytes): \(error)")
                 GuestMemory(regions: regions).unmapAll()
                 return false
             }
-            regions.append(r)
         }
         let new = GuestMemory(regions: regions)
         pthread_rwlock_wrlock(memoryLock)
@@ -503,7 +531,9 @@ public final class VhostUserBackend: @unchecked Sendable {
                 }
                 let more = readLocked { () -> Bool in
                     q.setKicks(enabled: true)
-                    return q.hasMore && !q.broken
+                    let more = q.hasMore
+                    if q.memory.shrank { memoryShrank(on: q) }
+                    return more && !q.broken
                 }
                 if !more { break }
             }
@@ -523,12 +553,15 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Handles every chain the guest made available (memory lock held shared).
     private func processAvailable(_ q: Virtqueue) {
         var budget = Int(q.size)
-        while q.mayTakeAnother(&budget) {
+        // A relaxed load per chain (see GuestMemory.shrank); the pass stops at the first.
+        defer { if q.memory.shrank { memoryShrank(on: q) } }
+        while !q.memory.shrank, q.mayTakeAnother(&budget) {
             let chain: Virtqueue.Chain
             do {
                 guard let c = try q.pop() else { return }
                 chain = c
             } catch {
+                if q.memory.shrank { return }   // zero pages where the ring was: said once, by the control loop
                 logger.error("queue \(q.index): bad descriptor chain (\(error)); the queue is stopped until the device is reset")
                 q.broken = true
                 if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
@@ -547,6 +580,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                     // After a new memory table, find its buffers in the new mappings.
                     guard let current = epoch == memoryEpoch ? chain : rewalk(chain.head, on: q) else { return }
                     handle(current, on: q)
+                    if q.memory.shrank { memoryShrank(on: q) }
                 }
             } else {
                 handle(chain, on: q)
@@ -609,6 +643,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 buffers = current.writable
             }
             var out = ReplyWriter(buffers)
+            defer { if q.memory.shrank { memoryShrank(on: q) } }
             guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(head, length: 0) }
             q.push(head, length: out.written)
         }

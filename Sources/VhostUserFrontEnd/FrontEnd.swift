@@ -194,6 +194,23 @@ public final class VhostUserFrontEnd {
         }
     }
 
+    // MARK: hostile acts
+
+    /// Shrinks the memory file behind the guest's RAM to `bytes`, as a hostile
+    /// front end may after SET_MEM_TABLE. Guest memory past `bytes` is gone
+    /// from then on, here too (touching it would raise SIGBUS in this
+    /// process): only kick, wait for the hang-up, and go.
+    public func shrinkMemory(to bytes: Int) throws {
+        guard ftruncate(memoryFD, off_t(bytes)) == 0 else { throw Failure.system("ftruncate", errno) }
+    }
+
+    /// Whether the back end closes the connection within `timeoutMilliseconds`.
+    public func waitForHangUp(timeoutMilliseconds: Int32) -> Bool {
+        guard cvhost_wait2(socket, -1, timeoutMilliseconds) > 0 else { return false }
+        var byte: UInt8 = 0
+        return recv(socket, &byte, 1, Int32(MSG_DONTWAIT)) == 0
+    }
+
     // MARK: requests
 
     public func ring(_ queue: Int) -> SplitRing { rings[queue] }

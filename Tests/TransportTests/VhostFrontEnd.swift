@@ -157,7 +157,8 @@ func bytes(_ values: any FixedWidthInteger...) -> [UInt8] {
 
 /// Guest memory: a shared memory file (unlinked at once, as a memfd would be)
 /// mapped here as the guest's RAM from guest-physical 0; the front end's view
-/// of it is at `userAddress`.
+/// of it is at `userAddress`. Or a real memfd, as QEMU's memory-backend-memfd
+/// makes, sealed against shrinking or not.
 final class GuestRAM {
     let fd: Int32
     let size: Int
@@ -166,15 +167,23 @@ final class GuestRAM {
 
     init?(size: Int) {
         let path = "/dev/shm/pmfs-vhost-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return nil }
         unlink(path)
-        self.size = size
-        guard ftruncate(fd, off_t(size)) == 0, let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            close(fd)
-            return nil
-        }
-        base = p
+        guard ftruncate(fd, off_t(size)) == 0, let p = Self.mapShared(fd, size) else { close(fd); return nil }
+        (self.fd, self.size, base) = (fd, size, p)
+    }
+
+    init?(memfdSize size: Int, sealedAgainstShrinking: Bool) {
+        let fd = cvhost_memfd_sealable("pmfs-vhost-test", UInt64(size), sealedAgainstShrinking ? 1 : 0)
+        guard fd >= 0 else { return nil }
+        guard let p = Self.mapShared(fd, size) else { close(fd); return nil }
+        (self.fd, self.size, base) = (fd, size, p)
+    }
+
+    private static func mapShared(_ fd: Int32, _ size: Int) -> UnsafeMutableRawPointer? {
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
+        return p
     }
 
     deinit { munmap(base, size); close(fd) }

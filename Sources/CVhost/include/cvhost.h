@@ -49,4 +49,38 @@ int cvhost_is_eventfd(int fd);
 /* Sets O_NONBLOCK (shared with the front end's copy, which QEMU sets anyway). */
 int cvhost_set_nonblocking(int fd);
 
+/* Guest memory that shrinks under its mapping (guard.c). A region whose file
+ * may shrink is registered; a SIGBUS inside it gets a zero page mapped over
+ * the faulting page and marks the slot faulted, any other SIGBUS goes to the
+ * previous handler or the default action. Bounded: CVHOST_GUARD_SLOTS ranges. */
+#define CVHOST_GUARD_SLOTS 256
+struct cvhost_guard_slot {
+    uint32_t state;      /* free, being written, live */
+    uint32_t faulted;
+    uintptr_t start, end, granule;
+};
+struct cvhost_guard_table { struct cvhost_guard_slot slots[CVHOST_GUARD_SLOTS]; };
+/* The process table (installs the handler once): a slot index, or -ENOSPC
+ * when full, -EINVAL for a range not aligned to `granule`, -errno if the
+ * handler cannot be installed. */
+int cvhost_guard_register(void *start, size_t length, size_t granule);
+/* Before the range is unmapped. */
+void cvhost_guard_unregister(int slot);
+int cvhost_guard_faulted(int slot);
+/* How many faults the handler has absorbed in this process (only grows): a
+ * relaxed load, so the request path can look at it cheaply. */
+extern uint64_t cvhost_guard_faults;
+static inline uint64_t cvhost_guard_fault_count(void) { return __atomic_load_n(&cvhost_guard_faults, __ATOMIC_RELAXED); }
+/* The same registry on a table of one's own (tests of its limits). */
+int cvhost_guard_table_register(struct cvhost_guard_table *t, void *start, size_t length, size_t granule);
+void cvhost_guard_table_unregister(struct cvhost_guard_table *t, int slot);
+int cvhost_guard_table_faulted(const struct cvhost_guard_table *t, int slot);
+/* Whether fd is a memfd sealed against shrinking (F_SEAL_SHRINK). */
+int cvhost_cannot_shrink(int fd);
+/* The page size of fd's mappings: the huge page size on hugetlbfs. */
+size_t cvhost_mapping_granule(int fd);
+/* A memfd of `size` bytes that allows sealing, sealed against shrinking if
+ * `seal_shrink` (as QEMU's memory-backend-memfd does); -errno on failure. */
+int cvhost_memfd_sealable(const char *name, uint64_t size, int seal_shrink);
+
 #endif
