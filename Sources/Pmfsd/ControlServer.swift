@@ -74,7 +74,8 @@ final class ControlServer: @unchecked Sendable {
         }
         let bindErrno = errno
         umask(oldMask)
-        guard rc == 0, Glibc.listen(fd, 16) == 0 else {
+        // Non-blocking: the poll thread accepts until none is waiting, and never waits in accept.
+        guard rc == 0, Glibc.listen(fd, 64) == 0, fcntl(fd, F_SETFL, O_NONBLOCK) == 0 else {
             close(fd)
             throw ControlError("--control: cannot listen on \(path): \(String(cString: strerror(rc == 0 ? errno : bindErrno)))")
         }
@@ -104,7 +105,7 @@ final class ControlServer: @unchecked Sendable {
             // Connections first, by descriptor: indices shift as some close.
             let ready = polled.dropFirst(2).filter { $0.revents != 0 }.map(\.fd)
             for fd in ready { if let i = connections.firstIndex(where: { $0.fd == fd }) { receive(i) } }
-            if polled[0].revents & Int16(POLLIN) != 0 { accept() }
+            if polled[0].revents & Int16(POLLIN) != 0 { while accept() {} }
             closeIdle()
         }
         while !connections.isEmpty { disconnect(connections.count - 1) }
@@ -113,27 +114,29 @@ final class ControlServer: @unchecked Sendable {
         unlink(path)
     }
 
-    private func accept() {
+    /// Takes one waiting connection; false when none was waiting.
+    private func accept() -> Bool {
         let fd = cvhost_accept(listenFD)
-        guard fd >= 0 else { return }
-        guard let peer = PeerCredentials(socket: fd) else { close(fd); return }
+        guard fd >= 0 else { return false }
+        guard let peer = PeerCredentials(socket: fd) else { close(fd); return true }
         // Root only (or pmfsd's own user, when it is not root): a client can make pmfsd serve any of its tree.
         guard peer.uid == 0 || peer.uid == geteuid() else {
             logger.warning("control socket: refused uid \(peer.uid) (pid \(peer.pid))")
             reply(fd, .failure("permission denied: the control socket is for root"))
             close(fd)
-            return
+            return true
         }
         guard connections.count < Self.maxConnections else {
             logger.warning("control socket: \(Self.maxConnections) connections open; refused pid \(peer.pid)")
             reply(fd, .failure("too many control connections"))
             close(fd)
-            return
+            return true
         }
         // A client that does not read its responses must not stall this thread.
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         connections.append(Connection(fd: fd, peer: peer, lastRequest: cvhost_monotonic_ns()))
+        return true
     }
 
     private func receive(_ i: Int) {
