@@ -6,6 +6,7 @@ import CVhost
 import Glibc
 import Logging
 import PMFSControl
+import Synchronization
 
 /// What the control socket's requests do (ControlCommands).
 protocol ControlHandler: AnyObject {
@@ -40,7 +41,8 @@ final class ControlServer: @unchecked Sendable {
     private let handler: ControlHandler
     private let logger: Logger
     private var connections: [Connection] = []
-    private var thread: Thread?
+    /// The polling thread until stop() took it (stop may be called twice, from two threads).
+    private let thread = Mutex<Thread?>(nil)
 
     init(path: String, handler: ControlHandler, logger: Logger) throws {
         self.path = path
@@ -64,7 +66,12 @@ final class ControlServer: @unchecked Sendable {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             mkdir(String(path[..<slash]), 0o700)   // /run/pmfs: fails harmlessly when it exists
         }
-        unlink(path)
+        var existing = stat()
+        if lstat(path, &existing) == 0 {
+            // Only a socket is replaced: --control naming any other file is a mistake, not a file to delete.
+            guard existing.st_mode & S_IFMT == S_IFSOCK else { throw ControlError("--control \(path): exists and is not a socket") }
+            unlink(path)
+        }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ControlError("socket: \(String(cString: strerror(errno)))") }
         // Made 0600 from the start: no moment in which another user could connect.
@@ -84,15 +91,16 @@ final class ControlServer: @unchecked Sendable {
 
     func start() {
         let t = Thread { [self] in run() }
-        thread = t
+        thread.withLock { $0 = t }
         t.start()
     }
 
     /// Closes every connection (their listeners are released) and the socket.
+    /// Only the first call does anything: the thread closes the eventfd as it ends.
     func stop() {
+        guard let t = thread.withLock({ t in defer { t = nil }; return t }) else { return }
         _ = cvhost_eventfd_signal(wakeFD)
-        thread?.join()
-        thread = nil
+        t.join()
     }
 
     private func run() {

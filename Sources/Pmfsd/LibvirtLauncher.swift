@@ -47,14 +47,8 @@ struct LibvirtLauncher {
             request.notes.forEach { logger.info("\($0)") }
             if let threadPoolSize { logger.info("--thread-pool-size=\(threadPoolSize) ignored: the daemon's --workers applies") }
             guard let source = request.source else { throw ControlError("-o source=DIR is missing") }
-            let path = ControlProtocol.path(explicit: control)
-            let client: ControlClient
-            do { client = try ControlClient(path: path) } catch {
-                throw ControlError("\(error) (is the pmfsd serving the file system running with --control \(path)? PMFS_CONTROL names another socket)")
-            }
-            guard let info = try client.callOK(ControlRequest(command: "info")).info else { throw ControlError("the daemon sent no info") }
-            guard let mount = info.mount else { throw ControlError("the pmfsd at \(path) has no host mount, so no directory can name an export") }
-            let export = try Self.export(source: source, mount: mount)
+            let (client, info, export) = try Self.findDaemon(serving: source, control: control)
+            let path = client.path
             guard Self.isListeningSocket(fd) else { throw ControlError("--fd=\(fd) is not a listening socket") }
             var exportOptions = ["export=\(export)"]
             if let cache = request.cache { exportOptions.append("cache=\(cache)") }
@@ -76,6 +70,52 @@ struct LibvirtLauncher {
         } catch {
             return failure(error)
         }
+    }
+
+    /// The pmfsd whose host mount holds `source`: the one --control or
+    /// PMFS_CONTROL names, else any answering on a `*control.sock` in
+    /// /run/pmfs (libvirt gives a virtiofs binary no way to name one, and
+    /// each file system has its own daemon).
+    static func findDaemon(serving source: String, control: String?) throws -> (ControlClient, DaemonInfo, String) {
+        func ask(_ path: String) throws -> (ControlClient, DaemonInfo) {
+            let client = try ControlClient(path: path)
+            guard let info = try client.callOK(ControlRequest(command: "info")).info else { throw ControlError("the pmfsd at \(path) sent no info") }
+            return (client, info)
+        }
+        let named = control ?? getenv("PMFS_CONTROL").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        if let named {
+            let (client, info): (ControlClient, DaemonInfo)
+            do { (client, info) = try ask(named) } catch {
+                throw ControlError("\(error) (is the pmfsd serving the file system running with --control \(named)?)")
+            }
+            guard let mount = info.mount else { throw ControlError("the pmfsd at \(named) has no host mount, so no directory can name an export") }
+            return (client, info, try export(source: source, mount: mount))
+        }
+        var mounts: [String] = []
+        for path in controlSockets(in: runDirectory) {
+            guard let (client, info) = try? ask(path), let mount = info.mount else { continue }
+            mounts.append(mount)
+            if let e = try? export(source: source, mount: mount) { return (client, info, e) }
+        }
+        guard !mounts.isEmpty else {
+            throw ControlError("no pmfsd answers on a control socket in \(runDirectory) (start it with --control \(ControlProtocol.defaultPath), or set PMFS_CONTROL)")
+        }
+        guard realPath(source) != nil else { throw ControlError("source=\(source): \(String(cString: strerror(errno)))") }
+        throw ControlError("source=\(source) is not inside the pmfs mount of any running pmfsd (\(mounts.joined(separator: ", ")))")
+    }
+
+    static let runDirectory = "/run/pmfs"
+
+    /// The default socket first, then the others, by name.
+    static func controlSockets(in directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasSuffix("control.sock") { names.append(directory + "/" + name) }
+        }
+        return names.sorted { ($0 == ControlProtocol.defaultPath ? 0 : 1, $0) < ($1 == ControlProtocol.defaultPath ? 0 : 1, $1) }
     }
 
     /// libvirt passes exactly one `--fd=N`.

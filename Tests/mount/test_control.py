@@ -101,6 +101,8 @@ def launch(f, sock_path, source, *extra, control=None):
     fd = lsock.fileno()
     err_path = sock_path + ".stderr"
     env = dict(ENV, PMFS_CONTROL=control or f.control)
+    if control is False:   # as libvirt starts it: no hint, the launcher looks in /run/pmfs
+        del env["PMFS_CONTROL"]
     with open(err_path, "w") as err:
         proc = subprocess.Popen([binary("pmfsd"), f"--fd={fd}", "-o", f"source={source}", *extra],
                                 pass_fds=[fd], env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
@@ -316,3 +318,38 @@ def test_launcher_exits_nonzero_when_the_daemon_stops():
         other.assert_clean()
     finally:
         other.cleanup()
+
+
+def test_libvirt_launch_finds_its_daemon_in_run_pmfs():
+    """libvirt cannot tell the binary which daemon to ask: without --control or PMFS_CONTROL the launcher asks
+    every /run/pmfs/*control.sock and picks the daemon whose mount holds the source."""
+    require_fuse()
+    other = Pmfs(name="pmfs-control-run")
+    os.makedirs("/run/pmfs", mode=0o700, exist_ok=True)
+    other.control = f"/run/pmfs/test-{os.getpid()}.control.sock"
+    other.start_args = ["--control", other.control]
+    try:
+        other.start()
+        wait_for(lambda: os.path.exists(other.control), "the control socket", other)
+        os.mkdir(other.path("vmx"))
+        write_file(other.path("vmx", "f"), b"found\n")
+        sock_path = os.path.join(other.pool_dir, "vmx.sock")
+        proc, err_path = launch(other, sock_path, other.path("vmx"), control=False)
+        try:
+            wait_for(lambda: [l for l in listeners(other) if l["export"] == "/vmx"] or proc.poll() is not None, "listener for /vmx", other)
+            assert proc.poll() is None, open(err_path).read()
+            got = cat(sock_path, "f")
+            assert got.returncode == 0 and got.stdout == b"found\n", got.stderr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, open(err_path).read()
+        outside, err_path = launch(other, os.path.join(other.pool_dir, "o.sock"), other.pool_dir, control=False)
+        assert outside.wait(timeout=30) == 1
+        assert "is not inside the pmfs mount of any running pmfsd" in open(err_path).read()
+        other.stop()
+        other.assert_clean()
+        assert not os.path.exists(other.control), "pmfsd left its control socket behind"
+    finally:
+        other.cleanup()
+        if os.path.exists(other.control):
+            os.unlink(other.control)
