@@ -353,3 +353,22 @@ def test_libvirt_launch_finds_its_daemon_in_run_pmfs():
         other.cleanup()
         if os.path.exists(other.control):
             os.unlink(other.control)
+
+
+def test_control_connections_are_bounded(fs):
+    """256 connections at most (the next one is told so and closed), and a connection that holds no guest socket
+    and sends no request for 10 s is closed: silent clients cannot keep the slots."""
+    held = [connect(fs.control) for _ in range(256)]
+    extra = connect(fs.control)   # accepted after the 256 (the backlog is in order): one too many
+    reply = json.loads(read_line(extra))
+    assert not reply["ok"] and "too many control connections" in reply["error"]
+    assert closed_by_peer(extra)
+    extra.close()
+    start = time.monotonic()
+    for c in held:
+        c.settimeout(20)
+    assert all(closed_by_peer(c) for c in held)
+    assert 8 < time.monotonic() - start < 15
+    for c in held:
+        c.close()
+    assert ctl_json(fs, "info")["info"]["pool"] == fs.pool
