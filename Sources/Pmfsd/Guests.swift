@@ -35,12 +35,36 @@ final class GuestListener: @unchecked Sendable {
     let origin: String
     let cache: PMFSOperations.CachePolicy
     let locks: String
+    /// What `info` and `sessions` call it: the path, or the descriptor and the path it is bound to.
+    let name: String
 
-    init(id: Int, spec: GuestListenerSpec, export: Export, backend: VhostUserBackend, operations: PMFSOperations,
+    init(id: Int, listener: Listener, spec: GuestListenerSpec, export: Export, backend: VhostUserBackend, operations: PMFSOperations,
          origin: String, cache: PMFSOperations.CachePolicy, locks: String) {
         self.id = id; self.spec = spec; self.export = export; self.backend = backend; self.operations = operations
         self.origin = origin; self.cache = cache; self.locks = locks
+        if case .descriptor(let fd) = listener, let path = Self.boundPath(fd) {
+            name = "\(backend.socketPath) (\(path))"
+        } else {
+            name = backend.socketPath
+        }
         thread = Thread { backend.serve() }
+    }
+}
+
+extension GuestListener {
+    /// The path an inherited socket is bound to (libvirt's socket under /var/lib/libvirt/qemu), nil if none.
+    static func boundPath(_ fd: Int32) -> String? {
+        var address = sockaddr_un()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let rc = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        let header = MemoryLayout<sa_family_t>.size
+        guard rc == 0, address.sun_family == sa_family_t(AF_UNIX), Int(length) > header else { return nil }
+        let path = withUnsafeBytes(of: address.sun_path) { bytes in
+            String(decoding: bytes.prefix(min(Int(length) - header, bytes.count)).prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return path.isEmpty ? nil : path   // empty: unnamed or abstract
     }
 }
 
@@ -90,13 +114,13 @@ final class Guests: @unchecked Sendable {
         backend.onSessionEnd = { operations.endSession() }
         let guest = running.withLock { state in
             defer { state.next += 1 }
-            let g = GuestListener(id: state.next, spec: spec, export: export, backend: backend, operations: operations,
+            let g = GuestListener(id: state.next, listener: listener, spec: spec, export: export, backend: backend, operations: operations,
                                   origin: origin, cache: cache, locks: locks)
             state.table[g.id] = g
             return g
         }
         guest.thread.start()
-        logger.notice("vhost-user-fs socket \(backend.socketPath) (listener \(guest.id), tag \(settings.tag), \(settings.queues) request queue(s), cache=\(cache.rawValue), locks \(locks)\(settings.writeback ? ", writeback" : ""), \(Pmfsd.describe(export.policy)))")
+        logger.notice("vhost-user-fs socket \(guest.name) (listener \(guest.id), tag \(settings.tag), \(settings.queues) request queue(s), cache=\(cache.rawValue), locks \(locks)\(settings.writeback ? ", writeback" : ""), \(Pmfsd.describe(export.policy)))")
         return guest
     }
 
@@ -104,7 +128,7 @@ final class Guests: @unchecked Sendable {
     /// device) and lets go of its export directory once its thread is done.
     func stop(_ id: Int) {
         guard let guest = running.withLock({ $0.table.removeValue(forKey: id) }) else { return }
-        logger.notice("listener \(id) (\(guest.backend.socketPath)): no longer served")
+        logger.notice("listener \(id) (\(guest.name)): no longer served")
         guest.backend.stop()
         // Joined on a thread of its own: the control socket's thread must not wait for a session to end.
         reapers.add(1, ordering: .sequentiallyConsistent)
@@ -143,7 +167,7 @@ final class Guests: @unchecked Sendable {
 
     func listenerInfo() -> [ListenerInfo] {
         listeners.map { g in
-            ListenerInfo(id: g.id, socket: g.backend.socketPath, export: g.export.policy.path, readOnly: g.export.policy.readOnly,
+            ListenerInfo(id: g.id, socket: g.name, export: g.export.policy.path, readOnly: g.export.policy.readOnly,
                          cache: g.cache.rawValue, locks: g.locks, origin: g.origin)
         }
     }
@@ -151,7 +175,7 @@ final class Guests: @unchecked Sendable {
     func sessionInfo() -> [SessionInfo] {
         listeners.map { g in
             let s = g.operations.status
-            return SessionInfo(session: s.session, listener: g.id, socket: g.backend.socketPath, export: g.export.policy.path,
+            return SessionInfo(session: s.session, listener: g.id, socket: g.name, export: g.export.policy.path,
                                connected: s.since != nil, since: s.since, openHandles: s.openHandles, heldInodes: s.heldInodes)
         }
     }

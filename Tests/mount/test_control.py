@@ -242,6 +242,7 @@ def test_libvirt_launch_serves_the_socket_confined_to_its_directory(fs):
         assert proc.poll() is None, open(err_path).read()
         mine = [l for l in listeners(fs) if l["export"] == "/vm1"][0]
         assert mine["cache"] == "auto" and mine["locks"] == "shared" and mine["origin"] == f"control (pid {proc.pid})"
+        assert mine["socket"].endswith(f"({sock_path})"), mine   # the descriptor and the path libvirt bound it to
         log = open(err_path).read()
         assert "--thread-pool-size=4 ignored" in log and "sandbox=chroot ignored" in log
 
