@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "pmfsd", targets: ["Pmfsd"]),
+        .executable(name: "pmfsctl", targets: ["PmfsCtl"]),
         .executable(name: "mkfs.pmfs", targets: ["MkfsPmfs"]),
         .executable(name: "fsck.pmfs", targets: ["FsckPmfs"]),
         .executable(name: "pmfs-inspect", targets: ["PmfsInspect"]),
@@ -99,10 +100,17 @@ let package = Package(
             name: "PMFSCheck",
             dependencies: ["PMFSMetadata", "CPMDK"]
         ),
+        // pmfsd's control socket protocol (JSON lines) and its client.
+        .target(name: "PMFSControl", dependencies: ["CVhost"]),
+        // pmfsctl: what a running pmfsd serves, over its control socket.
+        .executableTarget(
+            name: "PmfsCtl",
+            dependencies: ["PMFSControl", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "Pmfsd",
             dependencies: [
-                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata",
+                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -181,7 +189,7 @@ let package = Package(
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(

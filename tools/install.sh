@@ -33,7 +33,7 @@ while (( $# )); do
 done
 root=${DESTDIR:-}
 manifest=$root$prefix/share/pmfs/installed-files
-tools=(pmfsd mkfs.pmfs fsck.pmfs pmfs-inspect)
+tools=(pmfsd pmfsctl mkfs.pmfs fsck.pmfs pmfs-inspect)
 
 reload_systemd() {
     [[ -z $root && -d /run/systemd/system ]] && systemctl daemon-reload || true

@@ -51,6 +51,8 @@ if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
     PMFS_GUEST_QUEUES=2 tools/guest/integrity.sh
     # Two VMs at once, each confined to its export (one read-only, one uid-mapped).
     tools/guest/exports.sh
+    # Two VMs started the libvirt way (pmfsd --fd=N -o source=...), handed to one pmfsd.
+    tools/guest/libvirt.sh
     # pmfsd killed with SIGKILL under a guest's fsyncs, twice: what the guest saw return stays.
     tools/guest/crash.sh 2
     # Linux 6.12 (bookworm-backports) spreads requests over the queues by vCPU:

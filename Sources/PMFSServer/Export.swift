@@ -143,7 +143,7 @@ public struct ExportPolicy: Sendable, Equatable {
             case "":
                 throw ExportError("empty option (two commas in a row, or a trailing comma)")
             default:
-                throw ExportError("unknown option '\(key)' (export=, read-only, uid-map=, gid-map=, devices=, setid=)")
+                throw ExportError("unknown option '\(key)' (export=, read-only, uid-map=, gid-map=, devices=, setid=, cache=, locks=)")
             }
         }
         do {
@@ -178,12 +178,34 @@ public struct GuestListenerSpec: Sendable, Equatable {
     /// Whether devices= and setid= were given (else `settleSharing` decides).
     public var namesDevices = false
     public var namesSetID = false
+    /// What this listener's guests may cache (`cache=none|auto|always`; nil: the daemon's --cache).
+    public var cache: PMFSOperations.CachePolicy?
+    /// Where this listener's guests' locks live (`locks=shared|local`; nil: the daemon's --locks).
+    public var locks: String?
 
     public static func parse(_ text: String) throws(ExportError) -> GuestListenerSpec {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
         guard let first = parts.first, !first.isEmpty else { throw ExportError("'\(text)': the socket path or fd comes first") }
-        let options = Array(parts.dropFirst())
+        // cache= and locks= are how the session is served, not what it sees: not part of the policy.
+        var options: [Substring] = []
+        var cache: PMFSOperations.CachePolicy?, locks: String?
+        for option in parts.dropFirst() {
+            if option.hasPrefix("cache=") {
+                guard cache == nil else { throw ExportError("option 'cache' given twice") }
+                guard let c = PMFSOperations.CachePolicy(rawValue: String(option.dropFirst(6))) else { throw ExportError("cache= must be none, auto or always") }
+                cache = c
+            } else if option.hasPrefix("locks=") {
+                guard locks == nil else { throw ExportError("option 'locks' given twice") }
+                let l = String(option.dropFirst(6))
+                guard l == "shared" || l == "local" else { throw ExportError("locks= must be shared or local") }
+                locks = l
+            } else {
+                options.append(option)
+            }
+        }
         var spec = GuestListenerSpec(target: String(first), policy: try ExportPolicy.parse(options: options))
+        spec.cache = cache
+        spec.locks = locks
         spec.namesDevices = options.contains { $0.hasPrefix("devices=") }
         spec.namesSetID = options.contains { $0.hasPrefix("setid=") }
         return spec

@@ -72,6 +72,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     private let lookups = Mutex<[UInt64: UInt64]>([:])
     /// This session's identity in the lock table shared by all sessions.
     let session: UInt64
+    /// When the peer's FUSE INIT came (wall clock), nil before it and after the session ended.
+    private let initializedAt = Mutex<Double?>(nil)
 
     let group: SessionGroup
     /// What this session sees (nodeid 1 is the export's directory) and may do (Export.swift).
@@ -127,6 +129,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             do { try metadata.unpin(ino, count: Int(clamping: count)) } catch { logger.debug("unpin \(ino): \(error)") }
         }
         handles.withLock { $0.table.removeAll() }
+        initializedAt.withLock { $0 = nil }
         locks.releaseSession(session)
     }
 
@@ -252,8 +255,14 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     // MARK: session
 
+    /// What `pmfsctl sessions` shows of this session (read from another thread).
+    public var status: (session: UInt64, since: Double?, openHandles: Int, heldInodes: Int) {
+        (session, initializedAt.withLock { $0 }, handles.withLock { $0.table.count }, lookups.withLock { $0.count })
+    }
+
     public func initialize(capabilities: UInt64) -> UInt64 {
         writebackCache.store(capabilities & UInt64(FUSE_WRITEBACK_CACHE) != 0, ordering: .relaxed)
+        initializedAt.withLock { $0 = wallClockSeconds() }
         return capabilities
     }
 
@@ -751,4 +760,11 @@ enum ModeBits {
     static let setUID: UInt32 = 0o4000
     static let setGID: UInt32 = 0o2000
     static let groupExecute: UInt32 = 0o0010
+}
+
+/// Seconds since 1970 (CLOCK_REALTIME).
+func wallClockSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_REALTIME, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }

@@ -22,6 +22,10 @@ struct PmfsVhostBench: ParsableCommand {
     @Option(help: "Name prefix for the files it makes (in the root of the export).") var prefix = "vbench"
     @Option(help: "Workloads, comma-separated (getattr, lookup, create, unlink, write-fsync, fsync-1, fsync-N).")
     var workloads = "getattr,lookup,create,unlink,write-fsync,fsync-1,fsync-N"
+    @Option(help: ArgumentHelp("Instead of benchmarking: look up this path from the export's root (names separated by /, '..' allowed), print the file's first 60 KiB and exit (2 with the errno on stderr if a request fails).", valueName: "path"))
+    var cat: String?
+    @Option(help: "With --cat: keep the session and the file open this many seconds before exiting.")
+    var hold: Double = 0
 
     func run() throws {
         var options = VhostUserFrontEnd.Options()
@@ -30,11 +34,29 @@ struct PmfsVhostBench: ParsableCommand {
         let frontEnd = try VhostUserFrontEnd(socketPath: socket, options: options)
         let client = FUSEClient(frontEnd)
         _ = try client.initialize()
+        if let cat { return try Self.cat(cat, client, hold: hold) }
         let bench = Workloads(client: client, iterations: iterations, warmup: warmup, writers: writers, prefix: prefix)
         print("workload\tp50_us\tp99_us\tops_per_s")
         for name in workloads.split(separator: ",").map(String.init) {
             let result = try bench.run(name)
             print("\(name)\t\(format(result.p50))\t\(format(result.p99))\t\(format(result.opsPerSecond))")
+        }
+    }
+
+    /// One file through the front end, as a guest's `cat` would: LOOKUP per name, OPEN, READ.
+    static func cat(_ path: String, _ client: FUSEClient, hold: Double) throws {
+        do {
+            var node: UInt64 = 1
+            for name in path.split(separator: "/") { node = try client.lookup(parent: node, String(name)).nodeid }
+            let handle = try client.open(node, flags: UInt32(O_RDONLY))
+            let bytes = try client.read(node, handle: handle, offset: 0, size: 60 << 10)   // reply and header fit a 64 KiB slot
+            bytes.withUnsafeBytes { _ = write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+            if hold > 0 { usleep(UInt32(min(hold, 3600) * 1_000_000)) }
+            try client.release(node, handle: handle)
+        } catch let f as FUSEClient.Failure {
+            var text = "\(path): \(f)\n"
+            text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            throw ExitCode(2)
         }
     }
 

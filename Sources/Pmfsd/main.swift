@@ -6,6 +6,7 @@ import FUSEDevice
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSControl
 import PMFSCore
 import PMFSData
 import PMFSMetadata
@@ -74,12 +75,30 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    @Option(help: ArgumentHelp("Listen for pmfsctl and libvirt's launches here (a Unix socket, mode 0600, root only); off unless given. \(ControlProtocol.defaultPath) is where pmfsctl and the launcher look first.", valueName: "path"))
+    var control: String?
+
+    // libvirt starts a virtiofs binary as `BINARY --fd=N -o source=DIR,... [--thread-pool-size=N] [-d]`:
+    // without --pool, pmfsd is then a launcher asking the running pmfsd to serve that socket.
+    @Option(name: .customShort("o"), help: ArgumentHelp("libvirt's virtiofs options (source=DIR, cache=, xattr, flock, posix_lock, sandbox=...): with --fd and without --pool, hand the socket to the running pmfsd (see README, \"with libvirt\").", valueName: "option,..."))
+    var libvirtOptions: [String] = []
+
+    @Option(help: ArgumentHelp("libvirt's virtiofsd thread count: accepted and ignored (--workers sets the daemon's).", visibility: .hidden))
+    var threadPoolSize: Int?
+
+    @Flag(name: .customShort("d"), help: "Debug log level (libvirt's virtiofsd -d).")
+    var debug = false
+
     func run() throws {
         if printCapabilities {
             print("{\n  \"type\": \"fs\"\n}")
             return
         }
+        if pool == nil && !libvirtOptions.isEmpty {
+            throw LibvirtLauncher(fds: fd, options: libvirtOptions, threadPoolSize: threadPoolSize, debug: debug, control: control).run()
+        }
         guard let pool, let data else { throw ValidationError("--pool and --data are required") }
+        guard libvirtOptions.isEmpty else { throw ValidationError("-o is libvirt's launch (with --fd and without --pool)") }
         // SIGTERM/SIGINT are taken by one thread with sigwait: blocked here, before
         // any thread exists, so every thread inherits the mask and none dies of them.
         var stopSignals = sigset_t()
@@ -87,7 +106,7 @@ struct Pmfsd: ParsableCommand {
         sigaddset(&stopSignals, SIGTERM)
         sigaddset(&stopSignals, SIGINT)
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let level = debug ? .debug : Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
@@ -107,7 +126,7 @@ struct Pmfsd: ParsableCommand {
         guard mount != nil || !socket.isEmpty || !guestFDs.isEmpty else {
             throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both")
         }
-        let guestListeners: [(Listener, ExportPolicy)]
+        let guestListeners: [(Listener, GuestListenerSpec)]
         do { guestListeners = try Self.listeners(sockets: socket, fds: guestFDs) } catch { throw failure(error) }
         let socketPaths = guestListeners.compactMap { if case .path(let p) = $0.0 { p } else { nil } }
         guard Set(socketPaths).count == socketPaths.count else { throw ValidationError("--socket: each path once") }
@@ -125,7 +144,7 @@ struct Pmfsd: ParsableCommand {
         guard ["auto", "shared", "local"].contains(locks) else { throw ValidationError("--locks must be auto, shared or local") }
         // A lone guest's kernel sees every lock there is: keeping them there is
         // the same semantics without a round trip per lock.
-        let guestLocks = locks != "auto" ? locks : (mount == nil && guestListeners.count == 1 ? "local" : "shared")
+        let guestLocks = locks != "auto" ? locks : (mount == nil && guestListeners.count == 1 && control == nil ? "local" : "shared")
         guard let transport = FUSETransportChoice(rawValue: fuseTransport) else {
             throw ValidationError("--fuse-transport must be auto, uring or device")
         }
@@ -140,7 +159,7 @@ struct Pmfsd: ParsableCommand {
             }
             // Every export directory must exist before anything is served.
             let exports: [Export]
-            do { exports = try guestListeners.map { try Export.open($0.1, in: metadata) } } catch {
+            do { exports = try guestListeners.map { try Export.open($0.1.policy, in: metadata) } } catch {
                 try? metadata.close()
                 throw failure(error)
             }
@@ -172,30 +191,25 @@ struct Pmfsd: ParsableCommand {
                 logger.notice("host mount on \(m.mountPoint): \(how)")
             }
             // One back end per socket: each VM is a FUSE session of its own.
-            var guests: [VhostUserBackend] = []
-            var guestThreads: [Thread] = []
-            for ((listener, _), export) in zip(guestListeners, exports) {
-                let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions, export: export)
-                operations.setCachePolicy(cachePolicy)
-                var offered = FUSEServer.defaultCapabilities | (writeback ? FUSEServer.writebackCache : 0)
-                if guestLocks == "local" { offered &= ~FUSEServer.remoteLocks }
-                let server = FUSEServer(operations: operations, offered: offered)
-                let backend: VhostUserBackend
-                switch listener {
-                case .path(let path):
-                    backend = try VhostUserBackend(socketPath: path, server: server, requestQueues: queues)
-                    if let socketGID { try backend.allowGroup(socketGID) }
-                case .descriptor(let n):
-                    backend = try VhostUserBackend(listeningSocket: n, server: server, requestQueues: queues)
-                }
-                backend.pollMicroseconds = pollMicroseconds
-                backend.requestThreads = workers
-                // A guest that reboots or a QEMU that goes away ends its FUSE session.
-                backend.onSessionEnd = { operations.endSession() }
-                guests.append(backend)
-                guestThreads.append(Thread { backend.serve() })
-                logger.notice("vhost-user-fs socket \(backend.socketPath) (tag \(tag), \(queues) request queue(s), cache=\(cache), locks \(guestLocks)\(writeback ? ", writeback" : ""), \(Self.describe(export.policy)))")
+            let settings = GuestSettings(tag: tag, queues: queues, cache: cachePolicy, locks: guestLocks, writeback: writeback,
+                                         pollMicroseconds: pollMicroseconds, workers: workers, socketGID: socketGID)
+            let guests = Guests(metadata: metadata, fs: fs, sessions: sessions, settings: settings, logger: logger)
+            for ((listener, spec), export) in zip(guestListeners, exports) {
+                try guests.start(listener, spec: spec, export: export, origin: "command line")
             }
+            let controlServer: ControlServer?
+            do {
+                controlServer = try control.map { path in
+                    let commands = ControlCommands(guests: guests, pool: pool, data: data, mount: host?.mountPoint, hostOperations: hostOperations)
+                    return try ControlServer(path: path, handler: commands, logger: logger)
+                }
+            } catch {
+                host?.unmount()
+                guests.stopAll()
+                throw failure(error)
+            }
+            controlServer?.start()
+            if let controlServer { logger.notice("control socket \(controlServer.path)") }
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
 
             // SIGTERM / SIGINT: unmount and stop listening; then shut down cleanly.
@@ -207,11 +221,11 @@ struct Pmfsd: ParsableCommand {
                 logger.notice("signal \(which): stopping")
                 notifier?.stopping()
                 host?.unmount()
-                guests.forEach { $0.stop() }
+                controlServer?.stop()
+                guests.stopAll()
                 done.signal()
             }
             signalThread.start()
-            guestThreads.forEach { $0.start() }
             // The mount exists and every guest socket listens: clients may come.
             notifier?.ready(status: "serving \(pool)")
             // Alive means the engine answers: a deadlock on its lock stops the pings.
@@ -219,11 +233,12 @@ struct Pmfsd: ParsableCommand {
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
                 logger.notice("host mount: \(host.counters.viaRing) request(s) over io_uring, \(host.counters.viaDevice) over /dev/fuse; \(host.counters.offloaded) ring request(s) ran on pool threads")
-                guests.forEach { $0.stop() }
+                controlServer?.stop()
+                guests.stopAll()
             } else {
                 done.wait()
             }
-            guestThreads.forEach { $0.join() }
+            guests.joinAll()
             hostOperations?.stopListening()
             do {
                 try fs.shutdown()
@@ -253,7 +268,7 @@ struct Pmfsd: ParsableCommand {
 extension Pmfsd {
     /// The guest sockets and descriptors with their export policies, from
     /// `PATH[,option...]` and `N[,option...]`.
-    static func listeners(sockets: [String], fds: [String]) throws -> [(Listener, ExportPolicy)] {
+    static func listeners(sockets: [String], fds: [String]) throws -> [(Listener, GuestListenerSpec)] {
         var listeners: [Listener] = []
         var specs: [GuestListenerSpec] = []
         for text in sockets {
@@ -272,7 +287,7 @@ extension Pmfsd {
             } catch { throw ExportError("--fd \(text): \(error)") }
         }
         GuestListenerSpec.settleSharing(&specs)
-        return Array(zip(listeners, specs.map(\.policy)))
+        return Array(zip(listeners, specs))
     }
 
     /// One line for the log: what the guest sees and may do.

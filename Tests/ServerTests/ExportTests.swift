@@ -391,6 +391,14 @@ func names(_ ops: PMFSOperations, _ dir: UInt64) throws -> [String: UInt64] {
         #expect(whole.allSatisfy { !$0.policy.devices && !$0.policy.setID })
     }
 
+    @Test func cacheAndLocksAreTheListenersNotThePolicys() throws {
+        let spec = try GuestListenerSpec.parse("7,export=/vm1,cache=none,read-only,locks=local")
+        #expect(spec.cache == PMFSOperations.CachePolicy.none && spec.locks == "local")
+        #expect(spec.policy.path == "/vm1" && spec.policy.readOnly)
+        let plain = try GuestListenerSpec.parse("7,export=/vm1")
+        #expect(plain.cache == nil && plain.locks == nil)
+    }
+
     @Test(arguments: [
         ("/s,bogus", "unknown option 'bogus'"),
         ("/s,export=relative", "absolute path"),
@@ -409,6 +417,9 @@ func names(_ ops: PMFSOperations, _ dir: UInt64) throws -> [String: UInt64] {
         ("/s,,read-only", "empty option"),
         ("/s,", "empty option"),
         (",export=/a", "comes first"),
+        ("/s,cache=sometimes", "none, auto or always"),
+        ("/s,cache=none,cache=auto", "given twice"),
+        ("/s,locks=mine", "shared or local"),
     ])
     func badOptionsSayWhatIsWrong(text: String, message: String) {
         #expect {

@@ -150,7 +150,7 @@ import VhostUserFrontEnd
         FileManager.default.createFile(atPath: root + "/usr/local/bin/other-tool", contents: Data("x".utf8))
         #expect(try runInstall(["--from", ExportEndToEndTests.products, "--no-man"], destination: root) == 0)
         let after = files(under: root)
-        for expected in ["usr/local/bin/pmfsd", "usr/local/bin/mkfs.pmfs", "usr/local/bin/fsck.pmfs", "usr/local/bin/pmfs-inspect",
+        for expected in ["usr/local/bin/pmfsd", "usr/local/bin/pmfsctl", "usr/local/bin/mkfs.pmfs", "usr/local/bin/fsck.pmfs", "usr/local/bin/pmfs-inspect",
                          "etc/systemd/system/pmfsd@.service", "etc/systemd/system/pmfsd@.socket", "etc/pmfs/example.env",
                          "usr/local/share/doc/pmfs/README.md", "usr/local/share/pmfs/installed-files",
                          "usr/local/share/qemu/vhost-user/50-pmfs.json"] {

@@ -1,0 +1,104 @@
+// The control protocol between pmfsd and its clients (pmfsctl, pmfsd's
+// libvirt launcher): one JSON object per line, a request and then its
+// response, over a root-only Unix socket. serve-fd carries a listening
+// socket as SCM_RIGHTS on the request's bytes.
+import FoundationEssentials
+import Glibc
+
+public enum ControlProtocol {
+    /// Where pmfsctl and the launcher look when neither --control nor
+    /// PMFS_CONTROL names a socket (pmfsd listens only where --control says).
+    public static let defaultPath = "/run/pmfs/control.sock"
+    /// A request line may not be longer (the daemon answers an error and disconnects).
+    public static let maxRequestBytes = 4096
+    public static let version = "0.1.0"
+
+    /// --control, else $PMFS_CONTROL, else the default.
+    public static func path(explicit: String?) -> String {
+        if let explicit { return explicit }
+        if let env = getenv("PMFS_CONTROL").map({ String(cString: $0) }), !env.isEmpty { return env }
+        return defaultPath
+    }
+
+    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // Encoding these plain structs cannot fail; an empty object if it ever did.
+        var bytes = (try? encoder.encode(value)).map { Array($0) } ?? Array("{}".utf8)
+        bytes.append(UInt8(ascii: "\n"))
+        return bytes
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from line: [UInt8]) throws -> T {
+        try JSONDecoder().decode(type, from: Data(line))
+    }
+}
+
+public struct ControlRequest: Codable, Sendable {
+    /// info, sessions or serve-fd.
+    public var command: String
+    /// serve-fd: the export options, as after `--fd N,` (export=/DIR,read-only,cache=...).
+    public var options: String?
+    public init(command: String, options: String? = nil) { self.command = command; self.options = options }
+}
+
+public struct ControlResponse: Codable, Sendable {
+    public var ok: Bool
+    public var error: String?
+    public var info: DaemonInfo?
+    public var sessions: [SessionInfo]?
+    /// serve-fd: the listener the socket became.
+    public var listener: Int?
+    public init(ok: Bool, error: String? = nil, info: DaemonInfo? = nil, sessions: [SessionInfo]? = nil, listener: Int? = nil) {
+        self.ok = ok; self.error = error; self.info = info; self.sessions = sessions; self.listener = listener
+    }
+    public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
+}
+
+public struct DaemonInfo: Codable, Sendable {
+    public var version: String
+    public var pid: Int32
+    public var pool: String
+    public var data: String
+    /// The host mount point, nil when pmfsd serves guests only.
+    public var mount: String?
+    public var exports: [ListenerInfo]
+    public init(version: String, pid: Int32, pool: String, data: String, mount: String?, exports: [ListenerInfo]) {
+        self.version = version; self.pid = pid; self.pool = pool; self.data = data; self.mount = mount; self.exports = exports
+    }
+}
+
+/// A guest socket pmfsd listens on and what its guests see.
+public struct ListenerInfo: Codable, Sendable {
+    public var id: Int
+    public var socket: String
+    public var export: String
+    public var readOnly: Bool
+    public var cache: String
+    public var locks: String
+    /// "command line", or "control (pid N)" for a socket given with serve-fd.
+    public var origin: String
+    public init(id: Int, socket: String, export: String, readOnly: Bool, cache: String, locks: String, origin: String) {
+        self.id = id; self.socket = socket; self.export = export; self.readOnly = readOnly
+        self.cache = cache; self.locks = locks; self.origin = origin
+    }
+}
+
+/// A FUSE session: the host mount (listener nil) or a guest listener's.
+public struct SessionInfo: Codable, Sendable {
+    public var session: UInt64
+    public var listener: Int?
+    public var socket: String
+    public var export: String
+    /// Whether the peer has sent FUSE INIT and not gone away since.
+    public var connected: Bool
+    /// When that INIT came (seconds since 1970), nil when not connected.
+    public var since: Double?
+    public var openHandles: Int
+    /// Inodes the peer's kernel holds references to (its lookup counts).
+    public var heldInodes: Int
+    public init(session: UInt64, listener: Int?, socket: String, export: String, connected: Bool, since: Double?, openHandles: Int, heldInodes: Int) {
+        self.session = session; self.listener = listener; self.socket = socket; self.export = export
+        self.connected = connected; self.since = since; self.openHandles = openHandles; self.heldInodes = heldInodes
+    }
+}

@@ -1,0 +1,84 @@
+// pmfsctl: asks a running pmfsd (its --control socket) what it serves.
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+import PMFSControl
+
+struct ControlOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("pmfsd's control socket (else $PMFS_CONTROL, else \(ControlProtocol.defaultPath)).", valueName: "path"))
+    var control: String?
+
+    @Flag(help: "Print the daemon's JSON response instead of a table.")
+    var json = false
+
+    func ask(_ command: String) throws -> ControlResponse {
+        do {
+            return try ControlClient(path: ControlProtocol.path(explicit: control)).callOK(ControlRequest(command: command))
+        } catch {
+            var text = "pmfsctl: \(error)\n"
+            text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            throw ExitCode.failure
+        }
+    }
+}
+
+@main
+struct PmfsCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmfsctl",
+        abstract: "Show what a running pmfsd serves (over its --control socket; root only).",
+        subcommands: [Info.self, Sessions.self])
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The pool, the host mount and every guest socket with its export.")
+    @OptionGroup var options: ControlOptions
+
+    func run() throws {
+        let response = try options.ask("info")
+        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        guard let info = response.info else { return }
+        print("pmfsd \(info.version), pid \(info.pid)")
+        print("pool   \(info.pool)")
+        print("data   \(info.data)")
+        print("mount  \(info.mount ?? "(none)")")
+        print("")
+        print(table(["LISTENER", "SOCKET", "EXPORT", "ACCESS", "CACHE", "LOCKS", "FROM"], info.exports.map {
+            [String($0.id), $0.socket, $0.export, $0.readOnly ? "ro" : "rw", $0.cache, $0.locks, $0.origin]
+        }))
+    }
+}
+
+struct Sessions: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Each FUSE session (the host mount and every guest socket): connected since, open handles, inodes held.")
+    @OptionGroup var options: ControlOptions
+
+    func run() throws {
+        let response = try options.ask("sessions")
+        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        print(table(["SESSION", "LISTENER", "SOCKET", "EXPORT", "CONNECTED", "HANDLES", "INODES"], (response.sessions ?? []).map {
+            [String($0.session), $0.listener.map(String.init) ?? "-", $0.socket, $0.export,
+             $0.since.map(timestamp) ?? "no", String($0.openHandles), String($0.heldInodes)]
+        }))
+    }
+}
+
+/// Columns padded to their widest cell.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { c in all.map { $0[c].count }.max() ?? 0 }
+    return all.map { row in
+        row.enumerated().map { c, cell in c == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[c] - cell.count) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+/// "since 2026-12-03 06:10:00 UTC".
+func timestamp(_ seconds: Double) -> String {
+    var t = time_t(seconds)
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    var buffer = [CChar](repeating: 0, count: 32)
+    let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S UTC", &parts)
+    return "since " + String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

@@ -1,0 +1,83 @@
+// What the control socket's commands do: info, sessions, serve-fd.
+import Glibc
+import PMFSControl
+import PMFSServer
+import Synchronization
+
+final class ControlCommands: ControlHandler, @unchecked Sendable {
+    let guests: Guests
+    let pool: String
+    let data: String
+    let mount: String?
+    let hostOperations: PMFSOperations?
+
+    init(guests: Guests, pool: String, data: String, mount: String?, hostOperations: PMFSOperations?) {
+        self.guests = guests; self.pool = pool; self.data = data; self.mount = mount; self.hostOperations = hostOperations
+    }
+
+    func handle(_ request: ControlRequest, fd: Int32?, peer: PeerCredentials) -> (response: ControlResponse, held: Int?) {
+        if request.command != "serve-fd", let fd { close(fd) }
+        switch request.command {
+        case "info":
+            return (ControlResponse(ok: true, info: info()), nil)
+        case "sessions":
+            return (ControlResponse(ok: true, sessions: sessions()), nil)
+        case "serve-fd":
+            do {
+                let id = try serve(fd, options: request.options ?? "", peer: peer)
+                return (ControlResponse(ok: true, listener: id), id)
+            } catch {
+                return (.failure("serve-fd: \(error)"), nil)
+            }
+        default:
+            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd)"), nil)
+        }
+    }
+
+    func release(_ listener: Int) { guests.stop(listener) }
+
+    private func info() -> DaemonInfo {
+        DaemonInfo(version: ControlProtocol.version, pid: getpid(), pool: pool, data: data, mount: mount, exports: guests.listenerInfo())
+    }
+
+    private func sessions() -> [SessionInfo] {
+        var all: [SessionInfo] = []
+        if let hostOperations, let mount {
+            let s = hostOperations.status
+            all.append(SessionInfo(session: s.session, listener: nil, socket: "host mount \(mount)", export: "/",
+                                   connected: s.since != nil, since: s.since, openHandles: s.openHandles, heldInodes: s.heldInodes))
+        }
+        return all + guests.sessionInfo()
+    }
+
+    /// Serves guests on a listening socket the client passed, as `--fd N,options` would.
+    private func serve(_ fd: Int32?, options: String, peer: PeerCredentials) throws -> Int {
+        guard let fd else { throw ControlError("pass a listening socket with the request (SCM_RIGHTS)") }
+        var started = false
+        defer { if !started { close(fd) } }
+        guard Self.isListeningStream(fd) else { throw ControlError("the descriptor passed is not a listening stream socket") }
+        var spec = try GuestListenerSpec.parse(options.isEmpty ? "\(fd)" : "\(fd),\(options)")
+        // Devices and set-id bits as for the command line's listeners, judged
+        // against those serving now (a running listener keeps what it was given).
+        var specs = guests.runningSpecs + [spec]
+        GuestListenerSpec.settleSharing(&specs)
+        spec = specs[specs.count - 1]
+        let export = try Export.open(spec.policy, in: guests.metadata)
+        do {
+            let guest = try guests.start(.descriptor(fd), spec: spec, export: export, origin: "control (pid \(peer.pid))")
+            started = true
+            return guest.id
+        } catch {
+            if export.confined { try? guests.metadata.unpin(export.root, count: 1) }
+            throw error
+        }
+    }
+
+    static func isListeningStream(_ fd: Int32) -> Bool {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) == 0, value == Int32(SOCK_STREAM.rawValue) else { return false }
+        length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0 && value == 1
+    }
+}

@@ -1,0 +1,375 @@
+"""pmfsd's control socket (pmfsctl, serve-fd) and pmfsd started the way libvirt starts a virtiofs binary.
+
+The launcher tests do what libvirt does (src/qemu/qemu_virtiofs.c): make a listening Unix socket, start
+`pmfsd --fd=N -o source=DIR,...` with that descriptor inherited, close its own copy, and SIGTERM the process
+when the VM stops. A vhost-user front end (pmfs-bench-vhost --cat: memfd memory, split rings, FUSE
+LOOKUP/OPEN/READ) plays QEMU and the guest on the socket.
+"""
+import array
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import ENV, Pmfs, binary, require_fuse, write_file
+
+
+@pytest.fixture(scope="module")
+def fs():
+    """A served file system with a control socket (pmfsd's --control is opt-in)."""
+    require_fuse()
+    f = Pmfs(name="pmfs-control")
+    f.control = os.path.join(f.pool_dir, "control.sock")
+    f.start_args = ["--control", f.control]
+    try:
+        f.start()
+        wait_for(lambda: os.path.exists(f.control), "the control socket", f)
+        yield f
+        os.chdir("/")
+        f.stop()
+        f.assert_clean()
+    finally:
+        f.cleanup()
+
+
+def wait_for(condition, what, f, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s; pmfsd stderr:\n{f.stderr()[-3000:]}"
+        time.sleep(0.05)
+
+
+def pmfsctl(f, *args):
+    return subprocess.run([binary("pmfsctl"), *args, "--control", f.control], capture_output=True, text=True, timeout=30)
+
+
+def ctl_json(f, command):
+    run = pmfsctl(f, command, "--json")
+    assert run.returncode == 0, run.stderr
+    reply = json.loads(run.stdout)
+    assert reply["ok"], reply
+    return reply
+
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)   # blocking: waits while the backlog is full
+    s.settimeout(10)
+    return s
+
+
+def read_line(s):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def closed_by_peer(s):
+    """True when the other end closed (recv returns EOF, or a reset)."""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def listening_socket(path):
+    if os.path.exists(path):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(1)
+    return s
+
+
+def listeners(f):
+    return ctl_json(f, "info")["info"]["exports"]
+
+
+def launch(f, sock_path, source, *extra, control=None):
+    """Starts the launcher as libvirt would; returns (process, stderr path). Our copy of the socket is closed."""
+    lsock = listening_socket(sock_path)
+    fd = lsock.fileno()
+    err_path = sock_path + ".stderr"
+    env = dict(ENV, PMFS_CONTROL=control or f.control)
+    if control is False:   # as libvirt starts it: no hint, the launcher looks in /run/pmfs
+        del env["PMFS_CONTROL"]
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([binary("pmfsd"), f"--fd={fd}", "-o", f"source={source}", *extra],
+                                pass_fds=[fd], env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    lsock.close()
+    return proc, err_path
+
+
+def cat(sock_path, path, hold=None):
+    args = [binary("pmfs-bench-vhost"), "--socket", sock_path, "--cat", path]
+    if hold:
+        args += ["--hold", str(hold)]
+    return subprocess.run(args, capture_output=True, timeout=60)
+
+
+def test_pmfsctl_info_and_sessions(fs):
+    assert stat.S_IMODE(os.stat(fs.control).st_mode) == 0o600
+    info = ctl_json(fs, "info")["info"]
+    assert info["pool"] == fs.pool and info["data"] == fs.data
+    assert os.path.realpath(info["mount"]) == fs.mnt
+    assert info["pid"] == fs.proc.pid
+    table = pmfsctl(fs, "info")
+    assert table.returncode == 0 and fs.pool in table.stdout and "LISTENER" in table.stdout
+    sessions = ctl_json(fs, "sessions")["sessions"]
+    host = [s for s in sessions if s.get("listener") is None]
+    assert len(host) == 1 and host[0]["connected"] and host[0]["export"] == "/"
+    os.mkdir(fs.path("held"))
+    fd = os.open(fs.path("held"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        held = [s for s in ctl_json(fs, "sessions")["sessions"] if s.get("listener") is None][0]
+        assert held["openHandles"] >= 1 and held["heldInodes"] >= 1   # the directory (the root is never looked up)
+    finally:
+        os.close(fd)
+    table = pmfsctl(fs, "sessions")
+    assert table.returncode == 0 and "host mount" in table.stdout and "since" in table.stdout
+
+
+def test_control_refuses_garbage_and_oversize_and_keeps_serving(fs):
+    s = connect(fs.control)
+    s.sendall(b"this is not json\n")
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "not a control request" in reply["error"]
+    assert closed_by_peer(s)
+    s.close()
+
+    s = connect(fs.control)
+    s.sendall(b"{" + b"x" * 5000)   # no newline: longer than a request may be
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "longer than 4096" in reply["error"]
+    assert closed_by_peer(s)
+    s.close()
+
+    # A well-formed request for an unknown command is answered; the connection stays usable.
+    s = connect(fs.control)
+    s.sendall(b'{"command":"reformat"}\n')
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "unknown command" in reply["error"]
+    s.sendall(b'{"command":"info"}\n')
+    assert json.loads(read_line(s))["info"]["pool"] == fs.pool
+    s.close()
+
+    # Many silent clients at once do not stop others from being answered.
+    silent = [connect(fs.control) for _ in range(20)]
+    try:
+        assert ctl_json(fs, "info")["info"]["pool"] == fs.pool
+    finally:
+        for c in silent:
+            c.close()
+
+
+def test_control_socket_answers_root_only(fs):
+    """The socket is 0600; with the mode opened up, the peer credentials check still refuses others."""
+    os.chmod(fs.control, 0o666)
+    os.chmod(fs.pool_dir, 0o711)
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                c = connect(fs.control)
+                # Refused at once, before any request (sending one could meet a closed socket).
+                os.write(w, read_line(c) or b"EOF")
+            except BaseException as e:
+                os.write(w, repr(e).encode())
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        out = os.read(r, 65536)
+        os.close(r)
+    finally:
+        os.chmod(fs.control, 0o600)
+        os.chmod(fs.pool_dir, 0o700)
+    reply = json.loads(out)
+    assert not reply["ok"] and "permission denied" in reply["error"]
+    assert "pool" not in out.decode()
+
+
+def test_serve_fd_needs_a_listening_socket_and_good_options(fs):
+    os.mkdir(fs.path("sfd"))
+    s = connect(fs.control)
+    r, w = os.pipe()
+    socket.send_fds(s, [b'{"command":"serve-fd","options":"export=/sfd"}\n'], [r])
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "not a listening stream socket" in reply["error"]
+    os.close(r), os.close(w)
+    lsock = listening_socket(os.path.join(fs.pool_dir, "sfd.sock"))
+    socket.send_fds(s, [b'{"command":"serve-fd","options":"export=/no-such-dir"}\n'], [lsock.fileno()])
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "no such directory" in reply["error"]
+    socket.send_fds(s, [b'{"command":"serve-fd","options":"export=/sfd,bogus"}\n'], [lsock.fileno()])
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "unknown option 'bogus'" in reply["error"]
+    s.sendall(b'{"command":"serve-fd","options":"export=/sfd"}\n')
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "SCM_RIGHTS" in reply["error"]
+    # A good one is served until this connection closes.
+    socket.send_fds(s, [b'{"command":"serve-fd","options":"export=/sfd,read-only,cache=none"}\n'], [lsock.fileno()])
+    reply = json.loads(read_line(s))
+    assert reply["ok"], reply
+    mine = [l for l in listeners(fs) if l["id"] == reply["listener"]]
+    assert mine and mine[0]["export"] == "/sfd" and mine[0]["readOnly"] and mine[0]["cache"] == "none"
+    s.close()
+    wait_for(lambda: not [l for l in listeners(fs) if l["id"] == reply["listener"]], "listener gone after its connection closed", fs)
+    lsock.close()
+
+
+def test_libvirt_launch_serves_the_socket_confined_to_its_directory(fs):
+    os.mkdir(fs.path("vm1"))
+    write_file(fs.path("vm1", "hello"), b"hello from the host\n")
+    write_file(fs.path("secret"), b"outside vm1\n")
+    sock_path = os.path.join(fs.pool_dir, "vm1.sock")
+    proc, err_path = launch(fs, sock_path, fs.path("vm1") + "/", "-o", "cache=auto,xattr,posix_lock,flock",
+                            "--thread-pool-size=4", "-o", "sandbox=chroot")
+    try:
+        wait_for(lambda: [l for l in listeners(fs) if l["export"] == "/vm1"] or proc.poll() is not None, "listener for /vm1", fs)
+        assert proc.poll() is None, open(err_path).read()
+        mine = [l for l in listeners(fs) if l["export"] == "/vm1"][0]
+        assert mine["cache"] == "auto" and mine["locks"] == "shared" and mine["origin"] == f"control (pid {proc.pid})"
+        assert mine["socket"].endswith(f"({sock_path})"), mine   # the descriptor and the path libvirt bound it to
+        log = open(err_path).read()
+        assert "--thread-pool-size=4 ignored" in log and "sandbox=chroot ignored" in log
+
+        got = cat(sock_path, "hello")
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == b"hello from the host\n"
+        # The guest's root is vm1: ".." of it is itself, and the host's root is out of reach.
+        for path in ("secret", "../secret", "../../secret", "../vm1/hello/../../secret"):
+            out = cat(sock_path, path)
+            assert out.returncode == 2 and b"No such file" in out.stderr, (path, out)
+
+        # While a guest holds a file open, sessions shows it connected with the handle.
+        holder = subprocess.Popen([binary("pmfs-bench-vhost"), "--socket", sock_path, "--cat", "hello", "--hold", "30"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def session():
+                return [s for s in ctl_json(fs, "sessions")["sessions"] if s.get("listener") == mine["id"]]
+            wait_for(lambda: session() and session()[0]["openHandles"] == 1, "a connected session with one open handle", fs)
+            assert session()[0]["connected"] and session()[0]["since"] > time.time() - 120
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 0, open(err_path).read()
+    # The daemon stopped listening: the socket refuses connections, and info no longer lists it.
+    wait_for(lambda: not [l for l in listeners(fs) if l["export"] == "/vm1"], "listener removed", fs)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with pytest.raises(ConnectionRefusedError):
+        c.connect(sock_path)
+    c.close()
+    # The file system and the host mount go on.
+    assert open(fs.path("vm1", "hello"), "rb").read() == b"hello from the host\n"
+
+
+def test_libvirt_launch_refuses_a_source_outside_the_mount(fs):
+    sock_path = os.path.join(fs.pool_dir, "out.sock")
+    proc, err_path = launch(fs, sock_path, "/tmp", "-o", "cache=auto")
+    assert proc.wait(timeout=30) == 1
+    err = open(err_path).read().strip().splitlines()
+    assert err[-1].startswith("pmfsd: source=/tmp is not inside the pmfs mount"), err
+    assert not [l for l in listeners(fs) if l["origin"] == f"control (pid {proc.pid})"]
+
+
+def test_libvirt_launch_without_a_daemon_fails(fs):
+    sock_path = os.path.join(fs.pool_dir, "nodaemon.sock")
+    proc, err_path = launch(fs, sock_path, fs.mnt, control=os.path.join(fs.pool_dir, "nobody.sock"))
+    assert proc.wait(timeout=30) == 1
+    assert "cannot connect to the pmfsd control socket" in open(err_path).read()
+
+
+def test_print_capabilities_still_works():
+    run = subprocess.run([binary("pmfsd"), "--print-capabilities"], capture_output=True, text=True, env=ENV, timeout=30)
+    assert run.returncode == 0 and json.loads(run.stdout) == {"type": "fs"}
+
+
+def test_launcher_exits_nonzero_when_the_daemon_stops():
+    require_fuse()
+    other = Pmfs(name="pmfs-control-stop")
+    other.control = os.path.join(other.pool_dir, "control.sock")
+    other.start_args = ["--control", other.control]
+    try:
+        other.start()
+        wait_for(lambda: os.path.exists(other.control), "the control socket", other)
+        proc, err_path = launch(other, os.path.join(other.pool_dir, "vm.sock"), other.mnt)
+        wait_for(lambda: listeners(other) or proc.poll() is not None, "a listener", other)
+        assert proc.poll() is None, open(err_path).read()
+        assert listeners(other)[0]["export"] == "/"
+        write_file(other.path("x"), b"x")   # host traffic, which the stop's transport check looks for
+        other.stop()
+        assert proc.wait(timeout=30) == 1
+        assert "closed the connection" in open(err_path).read()
+        other.assert_clean()
+    finally:
+        other.cleanup()
+
+
+def test_libvirt_launch_finds_its_daemon_in_run_pmfs():
+    """libvirt cannot tell the binary which daemon to ask: without --control or PMFS_CONTROL the launcher asks
+    every /run/pmfs/*control.sock and picks the daemon whose mount holds the source."""
+    require_fuse()
+    other = Pmfs(name="pmfs-control-run")
+    os.makedirs("/run/pmfs", mode=0o700, exist_ok=True)
+    other.control = f"/run/pmfs/test-{os.getpid()}.control.sock"
+    other.start_args = ["--control", other.control]
+    try:
+        other.start()
+        wait_for(lambda: os.path.exists(other.control), "the control socket", other)
+        os.mkdir(other.path("vmx"))
+        write_file(other.path("vmx", "f"), b"found\n")
+        sock_path = os.path.join(other.pool_dir, "vmx.sock")
+        proc, err_path = launch(other, sock_path, other.path("vmx"), control=False)
+        try:
+            wait_for(lambda: [l for l in listeners(other) if l["export"] == "/vmx"] or proc.poll() is not None, "listener for /vmx", other)
+            assert proc.poll() is None, open(err_path).read()
+            got = cat(sock_path, "f")
+            assert got.returncode == 0 and got.stdout == b"found\n", got.stderr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, open(err_path).read()
+        outside, err_path = launch(other, os.path.join(other.pool_dir, "o.sock"), other.pool_dir, control=False)
+        assert outside.wait(timeout=30) == 1
+        assert "is not inside the pmfs mount of any running pmfsd" in open(err_path).read()
+        other.stop()
+        other.assert_clean()
+        assert not os.path.exists(other.control), "pmfsd left its control socket behind"
+    finally:
+        other.cleanup()
+        if os.path.exists(other.control):
+            os.unlink(other.control)
+
+
+def test_control_connections_are_bounded(fs):
+    """256 connections at most (the next one is told so and closed), and a connection that holds no guest socket
+    and sends no request for 10 s is closed: silent clients cannot keep the slots."""
+    held = [connect(fs.control) for _ in range(256)]
+    extra = connect(fs.control)   # accepted after the 256 (the backlog is in order): one too many
+    reply = json.loads(read_line(extra))
+    assert not reply["ok"] and "too many control connections" in reply["error"]
+    assert closed_by_peer(extra)
+    extra.close()
+    start = time.monotonic()
+    for c in held:
+        c.settimeout(20)
+    assert all(closed_by_peer(c) for c in held)
+    assert 8 < time.monotonic() - start < 15
+    for c in held:
+        c.close()
+    assert ctl_json(fs, "info")["info"]["pool"] == fs.pool

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Two VMs started the way libvirt starts a virtiofs binary, served by one pmfsd:
+# the daemon serves the file system with a host mount and a control socket;
+# for each VM a listening socket is made and `pmfsd --fd=N -o source=MOUNT/vmN,...`
+# is started with it (src/qemu/qemu_virtiofs.c's command line), which hands the
+# socket to the daemon. Each guest runs the "export" workload: it sees only its
+# own directory. Then the launchers get SIGTERM (libvirt stopping the VMs): the
+# sockets refuse connections and the daemon lists no guest socket; the host sees
+# what the guests wrote, and fsck.pmfs -n -f finds the pool clean.
+# Usage: tools/guest/libvirt.sh        Env: PMFS_BIN (as integrity.sh), run.sh's
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+script_name=libvirt
+. "$here/host.sh"
+find_bins
+[[ -x $bin/pmfsctl ]] || { say "no pmfsctl in $bin: swift build first"; exit 2; }
+"$here/build.sh"
+export PMEM_IS_PMEM_FORCE=1
+work=$(mktemp -d /tmp/pmfs-libvirt.XXXXXX)
+pool=/dev/shm/pmfs-libvirt-$$.pool
+mnt=$work/mnt
+control=$work/control.sock
+mkdir -p "$mnt"
+pmfsd_pid=
+launchers=()
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${launchers[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    if [[ -n $pmfsd_pid ]]; then
+        kill -TERM "$pmfsd_pid" 2>/dev/null
+        for _ in $(seq 1 100); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$pmfsd_pid" 2>/dev/null
+    fi
+    mountpoint -q "$mnt" && umount -l "$mnt"
+    rm -f "$pool"
+    rm -rf "$work"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# What libvirt does: a listening socket, the binary started with it as --fd=N,
+# and no copy of it kept (python execs the launcher, so the launcher's pid is $!).
+launch_py='
+import os, socket, sys
+path, binary, source, log = sys.argv[1:5]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path); s.listen(1)
+fd = s.detach(); os.set_inheritable(fd, True)
+out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.dup2(out, 1); os.dup2(out, 2)
+os.execv(binary, [binary, f"--fd={fd}", "-o", f"source={source},cache=auto,xattr,posix_lock,flock", "--thread-pool-size=16"])
+'
+listed() { "$bin/pmfsctl" info --json --control "$control" | grep -q "\"export\":\"$1\""; }
+unlisted() { ! listed "$1"; }
+refuses() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$1" 2>/dev/null && return 1 || return 0; }
+
+"$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 256M -q
+"$bin/pmfsd" --pool "$pool" --data "$work/data" --mount "$mnt" --control "$control" --log-level notice >> "$work/pmfsd.log" 2>&1 < /dev/null &
+pmfsd_pid=$!
+wait_for "pmfsd mounting $mnt" 30 mountpoint -q "$mnt"
+wait_for "the control socket" 10 test -S "$control"
+for vm in vm1 vm2; do
+    mkdir "$mnt/$vm"
+    echo "$vm" > "$mnt/$vm/owner"
+    printf 'export %s\n' "$vm" > "$mnt/$vm/data"
+done
+echo "not for guests" > "$mnt/host-only"
+
+for vm in vm1 vm2; do
+    PMFS_CONTROL=$control python3 -c "$launch_py" "$work/$vm.sock" "$bin/pmfsd" "$mnt/$vm" "$work/$vm.launcher.log" &
+    launchers+=($!)
+done
+for vm in vm1 vm2; do wait_for "the daemon serving /$vm" 20 listed "/$vm"; done
+"$bin/pmfsctl" info --control "$control" >&2
+"$here/run.sh" "$work/vm1.sock" pmfs export pmfs.owner=vm1 > "$work/vm1.out" 2>&1 &
+g1=$!
+"$here/run.sh" "$work/vm2.sock" pmfs export pmfs.owner=vm2 > "$work/vm2.out" 2>&1 &
+g2=$!
+ok=1
+wait "$g1" || { cat "$work/vm1.out" >&2; ok=0; }
+wait "$g2" || { cat "$work/vm2.out" >&2; ok=0; }
+(( ok )) || die "a guest failed"
+grep -h '^guest/run: .*: ok' "$work/vm1.out" "$work/vm2.out" >&2
+
+# libvirt stops the VMs: SIGTERM to each launcher, which exits 0.
+for p in "${launchers[@]}"; do
+    kill -TERM "$p"
+    rc=0; wait "$p" || rc=$?
+    (( rc == 0 )) || { cat "$work"/*.launcher.log >&2; die "a launcher exited with $rc after SIGTERM"; }
+done
+launchers=()
+for vm in vm1 vm2; do
+    wait_for "/$vm no longer served" 10 unlisted "/$vm"
+    refuses "$work/$vm.sock" || die "$vm's socket still accepts connections after its launcher stopped"
+done
+for vm in vm1 vm2; do
+    [[ $(cat "$mnt/$vm/guest-wrote") == "written by $vm" ]] || die "$vm's file on the host: $(cat "$mnt/$vm/guest-wrote" 2>&1)"
+done
+[[ $(cat "$mnt/host-only") == "not for guests" ]] || die "host-only changed"
+kill -TERM "$pmfsd_pid"
+rc=0; wait "$pmfsd_pid" || rc=$?
+pmfsd_pid=
+(( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
+out=$("$bin/fsck.pmfs" -n -f "$pool" 2>&1) || die "fsck.pmfs -n -f: $out"
+say "ok: two VMs started the libvirt way, each confined to its directory of one pmfsd's file system; fsck: $out"
