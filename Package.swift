@@ -239,6 +239,7 @@ let package = Package(
             dependencies: [
                 "FUSEProtocol", "CFUSE", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSMetrics",
                 .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             path: "Benchmarks/RequestPathBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

@@ -39,7 +39,8 @@ def parse(text):
 def served():
     require_fuse()
     fs = Pmfs(name="pmfs-metrics")
-    fs.start_args = ["--metrics", "127.0.0.1:0"]
+    fs.sock = os.path.join(fs.pool_dir, "vm.sock")
+    fs.start_args = ["--metrics", "127.0.0.1:0", "--socket", fs.sock]
     try:
         fs.start()
         deadline = time.monotonic() + 10
@@ -104,7 +105,7 @@ def test_counters_move_by_what_the_mount_did(served):
     assert delta("pmfs_device_flushes_total") >= 1
     # Histogram buckets are cumulative and end at the count.
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in after.items()
-                     if k[0] == "pmfs_fuse_request_duration_seconds_bucket" and ("class", "fsync") in k[1])
+                     if k[0] == "pmfs_fuse_request_duration_seconds_bucket" and {("class", "fsync"), ("session", "host")} <= k[1])
     assert buckets[-1][0] == float("inf")
     assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
     assert buckets[-1][1] == value(after, "pmfs_fuse_request_duration_seconds_count", session="host", **{"class": "fsync"})
@@ -132,6 +133,40 @@ def test_gauges_are_sane_and_follow_the_file_system(served):
     while value(scrape(served), "pmfs_open_handles", session="host") != handles_before:
         assert time.monotonic() < deadline, "the handle was not released"
         time.sleep(0.05)
+
+
+def test_a_guest_session_is_counted_under_its_socket(served):
+    """pmfs-bench-vhost plays QEMU and a guest on the socket: its requests count under the socket's
+    session label, not the host's; the connection shows while it lasts and ends with it."""
+    before = scrape(served)
+    assert value(before, "pmfs_vhost_connected", session=served.sock) == 0
+    n = 300
+    bench = subprocess.Popen([binary("pmfs-bench-vhost"), "--socket", served.sock, "--iterations", str(n), "--warmup", "0",
+                              "--workloads", "getattr,write-fsync"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen_connected = False
+    while bench.poll() is None:
+        s = scrape(served)
+        seen_connected |= value(s, "pmfs_vhost_connected", session=served.sock) == 1 and \
+            value(s, "pmfs_vhost_queues_running", session=served.sock) >= 1
+        time.sleep(0.01)
+    out, err = bench.communicate()
+    assert bench.returncode == 0, err
+    deadline = time.monotonic() + 10
+    while value(after := scrape(served), "pmfs_vhost_connected", session=served.sock) != 0:
+        assert time.monotonic() < deadline, "the front end's disconnection did not show"
+        time.sleep(0.05)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert seen_connected, "no scrape saw the front end connected with a running queue"
+    assert delta("pmfs_fuse_requests_total", session=served.sock, opcode="getattr") >= n
+    assert delta("pmfs_fuse_requests_total", session=served.sock, opcode="fsync") >= n
+    assert delta("pmfs_fuse_written_bytes_total", session=served.sock) >= n
+    assert delta("pmfs_fuse_request_duration_seconds_count", session=served.sock, **{"class": "fsync"}) >= n
+    assert delta("pmfs_fuse_requests_total", session="host", opcode="fsync") == 0
+    assert delta("pmfs_fsyncs_total") >= n
+    assert value(after, "pmfs_vhost_queues_running", session=served.sock) == 0
 
 
 def test_other_paths_and_methods_are_refused(served):
