@@ -39,23 +39,28 @@ public final class MetricsRegistry: MetricsFactory, Sendable {
         out.append(contentsOf: "# TYPE \(name) \(type)\n".utf8)
     }
 
+    /// The whole name as the metric name (the layers name metrics in full, units included).
+    private static func descriptor(_ name: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: PMFSMetricHelp.text[name] ?? "")
+    }
+
     // MARK: MetricsFactory
 
     public func makeCounter(label: String, dimensions: [(String, String)]) -> CounterHandler {
-        registry.makeCounter(name: label, labels: dimensions, help: PMFSMetricHelp.text[label] ?? "")
+        registry.makeCounter(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> FloatingPointCounterHandler {
-        registry.makeCounter(name: label, labels: dimensions, help: PMFSMetricHelp.text[label] ?? "")
+        registry.makeCounter(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> RecorderHandler {
         // Gauges only: pmfs records distributions with timers.
-        registry.makeGauge(name: label, labels: dimensions, help: PMFSMetricHelp.text[label] ?? "")
+        registry.makeGauge(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeMeter(label: String, dimensions: [(String, String)]) -> MeterHandler {
-        registry.makeGauge(name: label, labels: dimensions, help: PMFSMetricHelp.text[label] ?? "")
+        registry.makeGauge(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeTimer(label: String, dimensions: [(String, String)]) -> TimerHandler {
