@@ -8,12 +8,14 @@ import Synchronization
 /// `Limits.connections` connections at once (more are closed on accept), at
 /// most `Limits.requestBytes` read from one connection, one request per
 /// connection (answered with `Connection: close`), and a connection idle for
-/// `Limits.idleSeconds` is closed.
+/// `Limits.idleSeconds`, or open for `Limits.lifetimeSeconds`, is closed (a
+/// client trickling bytes cannot keep a place for long).
 public final class MetricsEndpoint: Sendable {
     public struct Limits: Sendable {
         public var connections = 16
         public var requestBytes = 8192
         public var idleSeconds: Int64 = 10
+        public var lifetimeSeconds: Int64 = 30
         public init() {}
     }
 
@@ -32,6 +34,7 @@ public final class MetricsEndpoint: Sendable {
             .childChannelInitializer { channel in
                 guard gate.enter() else { return channel.eventLoop.makeFailedFuture(MetricsEndpointError.tooManyConnections) }
                 channel.closeFuture.whenComplete { _ in gate.leave() }
+                channel.eventLoop.scheduleTask(in: .seconds(limits.lifetimeSeconds)) { channel.close(promise: nil) }
                 return channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
                     try pipeline.addHandler(RequestSizeLimit(bytes: limits.requestBytes))

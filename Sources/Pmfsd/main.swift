@@ -143,8 +143,10 @@ struct Pmfsd: ParsableCommand {
         let factory: MetricsFactory = registry ?? NOOPMetricsHandler.instance
         var endpoint: MetricsEndpoint? = nil
         if let metricsAddress, let registry {
-            do { endpoint = try MetricsEndpoint(at: metricsAddress) { registry.render() } } catch { throw failure(error) }
-            logger.notice("metrics on http://\(endpoint!.address)/metrics")
+            let listening: MetricsEndpoint
+            do { listening = try MetricsEndpoint(at: metricsAddress) { registry.render() } } catch { throw failure(error) }
+            logger.notice("metrics on http://\(listening.address)/metrics")
+            endpoint = listening
         }
         defer { endpoint?.stop() }
         do {
@@ -200,9 +202,10 @@ struct Pmfsd: ParsableCommand {
                 operations.setCachePolicy(cachePolicy)
                 var offered = FUSEServer.defaultCapabilities | (writeback ? FUSEServer.writebackCache : 0)
                 if guestLocks == "local" { offered &= ~FUSEServer.remoteLocks }
-                // The session label: the socket path, or the descriptor (as the back end names it).
+                // The session label: the socket path, or the descriptor (as the back end
+                // names it). A bare name gets "./" so no path can pass for "host" or a descriptor.
                 let session = switch listener {
-                case .path(let path): path
+                case .path(let path): path.contains("/") ? path : "./" + path
                 case .descriptor(let n): "descriptor \(n)"
                 }
                 let sessionMetrics = registry.map { FUSERequestMetrics(session: session, factory: $0) }

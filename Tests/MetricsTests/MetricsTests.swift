@@ -210,4 +210,23 @@ func exchange(_ port: Int, _ request: [UInt8]) -> String {
         usleep(200_000)
         #expect(exchange(port, Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8)).hasPrefix("HTTP/1.1 200 OK"))
     }
+
+    @Test func closesAConnectionThatOutstaysItsLifetime() throws {
+        var limits = MetricsEndpoint.Limits()
+        limits.lifetimeSeconds = 1
+        let endpoint = try MetricsEndpoint(at: try MetricsAddress.parse("127.0.0.1:0"), limits: limits) { Array("x\n".utf8) }
+        defer { endpoint.stop() }
+        // A request that never ends, trickled well inside the idle timeout: cut off after about a second.
+        let started = monotonicSeconds()
+        let got = exchange(endpoint.address.port, Array("GET /metrics HTTP/1.1\r\nX: a".utf8))
+        let took = monotonicSeconds() - started
+        #expect(got == "")
+        #expect(took >= 0.9 && took < 4.5, "closed after \(took) s")
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }
