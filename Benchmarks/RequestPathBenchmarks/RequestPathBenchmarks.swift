@@ -72,9 +72,13 @@ final class Served: @unchecked Sendable {
         fsync()
     }
 
+    /// Ends the session and removes the pool and data file (each benchmark
+    /// runs in a process of its own; a later one opens afresh).
     func close() {
+        guard server != nil else { return }
         try? fs.shutdown()
         try? metadata.close()
+        server = nil
         unlink(directory + "/pool"); unlink(directory + "/data"); rmdir(directory)
     }
 
@@ -154,6 +158,8 @@ let benchmarks: @Sendable () -> Void = {
                 body(i)
             } setup: {
                 if served.server == nil { try served.open() }
+            } teardown: {
+                served.close()
             }
         }
         bench("GETATTR") { _ in served.getattr() }
