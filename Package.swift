@@ -23,6 +23,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         // C shims over libpmemobj and the on-media structures (fixed layout).
@@ -41,6 +44,7 @@ let package = Package(
             dependencies: [
                 "CURing",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // The file-system core: file data (cache, write-back, fsync) over the
@@ -51,12 +55,25 @@ let package = Package(
                 "PMFSMetadata", "PMFSData",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // The FUSE kernel ABI (linux/fuse.h) and mount constants.
         .target(name: "CFUSE"),
         // The transport-independent FUSE engine: decode, dispatch, encode.
-        .target(name: "FUSEProtocol", dependencies: ["CFUSE"]),
+        .target(name: "FUSEProtocol", dependencies: ["CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]),
+        // pmfsd's metrics: the swift-metrics backend (swift-prometheus plus a
+        // lock-free latency histogram) and the HTTP endpoint (swift-nio).
+        .target(
+            name: "PMFSMetrics",
+            dependencies: [
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // pmfs behind the FUSE engine: FUSE operations over the metadata engine and the core.
         .target(
             name: "PMFSServer",
@@ -110,8 +127,9 @@ let package = Package(
         .executableTarget(
             name: "Pmfsd",
             dependencies: [
-                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl",
+                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -200,6 +218,11 @@ let package = Package(
             name: "PMFSMetadataTests",
             dependencies: ["PMFSMetadata", "PMFSCheck", "CPMDK"]
         ),
+        // The metrics backend, names and --metrics parsing; the endpoint over real sockets.
+        .testTarget(
+            name: "MetricsTests",
+            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]
+        ),
         .testTarget(
             name: "PMFSCheckTests",
             dependencies: ["PMFSCheck", "PMFSMetadata", "CPMDK"]
@@ -222,8 +245,9 @@ let package = Package(
         .executableTarget(
             name: "RequestPathBenchmarks",
             dependencies: [
-                "FUSEProtocol", "CFUSE", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata",
+                "FUSEProtocol", "CFUSE", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSMetrics",
                 .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             path: "Benchmarks/RequestPathBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

@@ -1,10 +1,12 @@
 import Benchmark
 import CFUSE
+import CoreMetrics
 import FUSEProtocol
 import Glibc
 import PMFSCore
 import PMFSData
 import PMFSMetadata
+import PMFSMetrics
 import PMFSServer
 
 // The request path without a transport: FUSE requests handed to
@@ -14,11 +16,15 @@ import PMFSServer
 // writable buffers), in front of the real PMFSOperations over a pool on
 // /dev/shm (PMEM_IS_PMEM_FORCE=1: emulated PM) and a data file on /dev/shm.
 // The figure that matters here is heap allocations per request (malloc
-// counters), beside the time. tools/bench/request-path.sh runs it.
+// counters), beside the time. Each request also runs with pmfsd's metrics on
+// (the swift-prometheus registry as pmfsd sets it up): its cost, in time and
+// allocations, is the difference. tools/bench/request-path.sh runs it.
 
 /// One file system and one session, ready for requests on a file `f`.
 final class Served: @unchecked Sendable {
-    let directory = "/dev/shm/pmfs-reqbench-\(getpid())"
+    let directory: String
+    /// The metrics backend, when metrics are on.
+    let registry: MetricsRegistry?
     var metadata: MetadataStore!
     var fs: FileSystem!
     var server: FUSEServer!
@@ -33,6 +39,11 @@ final class Served: @unchecked Sendable {
         return n
     }()
 
+    init(metrics: Bool) {
+        registry = metrics ? MetricsRegistry() : nil
+        directory = "/dev/shm/pmfs-reqbench-\(getpid())\(metrics ? "-metrics" : "")"
+    }
+
     func open() throws {
         mkdir(directory, 0o755)
         let pool = directory + "/pool", file = directory + "/data"
@@ -43,8 +54,11 @@ final class Served: @unchecked Sendable {
         unlink(pool)
         metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: blocks))
         try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: file)
-        fs = try FileSystem(metadata: metadata, device: try DataDevice(path: file), options: FileSystem.Options())
-        server = FUSEServer(operations: PMFSOperations(metadata: metadata, fs: fs))
+        let factory: MetricsFactory = registry ?? NOOPMetricsHandler.instance
+        fs = try FileSystem(metadata: metadata, device: try DataDevice(path: file, metrics: factory), options: FileSystem.Options(),
+                            metrics: factory)
+        server = FUSEServer(operations: PMFSOperations(metadata: metadata, fs: fs),
+                            metrics: registry.map { FUSERequestMetrics(session: "bench", factory: $0) })
         var i = fuse_init_in()
         i.major = 7; i.minor = 38; i.flags = 0xFFFF_FFFF; i.flags2 = 0xFFFF_FFFF
         _ = request(FUSE_INIT, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) })
@@ -58,9 +72,13 @@ final class Served: @unchecked Sendable {
         fsync()
     }
 
+    /// Ends the session and removes the pool and data file (each benchmark
+    /// runs in a process of its own; a later one opens afresh).
     func close() {
+        guard server != nil else { return }
         try? fs.shutdown()
         try? metadata.close()
+        server = nil
         unlink(directory + "/pool"); unlink(directory + "/data"); rmdir(directory)
     }
 
@@ -131,22 +149,26 @@ let benchmarks: @Sendable () -> Void = {
         maxDuration: .seconds(2),
         maxIterations: 20_000,
         skip: getenv("PMEM_IS_PMEM_FORCE").map { String(cString: $0) } != "1")
-    let served = Served()
-    func bench(_ name: String, _ body: @escaping (Int) -> Void) {
-        var i = 0
-        Benchmark(name, configuration: configuration) { _ in
-            i &+= 1
-            body(i)
-        } setup: {
-            if served.server == nil { try served.open() }
+    for served in [Served(metrics: false), Served(metrics: true)] {
+        let suffix = served.registry == nil ? "" : " (metrics on)"
+        func bench(_ name: String, _ body: @escaping (Int) -> Void) {
+            var i = 0
+            Benchmark(name + suffix, configuration: configuration) { _ in
+                i &+= 1
+                body(i)
+            } setup: {
+                if served.server == nil { try served.open() }
+            } teardown: {
+                served.close()
+            }
         }
-    }
-    bench("GETATTR") { _ in served.getattr() }
-    bench("LOOKUP + FORGET") { _ in served.lookup() }
-    bench("READ 4 KiB (cached)") { i in served.read(offset: UInt64(i & 15) * 4096) }
-    bench("WRITE 4 KiB") { i in served.write(offset: UInt64(i & 15) * 4096) }
-    bench("WRITE 4 KiB + FSYNC") { i in
-        served.write(offset: UInt64(i & 15) * 4096)
-        served.fsync()
+        bench("GETATTR") { _ in served.getattr() }
+        bench("LOOKUP + FORGET") { _ in served.lookup() }
+        bench("READ 4 KiB (cached)") { i in served.read(offset: UInt64(i & 15) * 4096) }
+        bench("WRITE 4 KiB") { i in served.write(offset: UInt64(i & 15) * 4096) }
+        bench("WRITE 4 KiB + FSYNC") { i in
+            served.write(offset: UInt64(i & 15) * 4096)
+            served.fsync()
+        }
     }
 }

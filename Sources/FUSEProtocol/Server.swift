@@ -12,6 +12,8 @@ public final class FUSEServer: @unchecked Sendable {
     public let offered: UInt64
     public let maxWrite: UInt32
     public let maxPages: UInt16
+    /// Counts and times requests when metrics are on (nil: no clock is read).
+    public let metrics: FUSERequestMetrics?
     private let negotiatedState = Mutex<(initialized: Bool, flags: UInt64, minor: UInt32)>((false, 0, 0))
     private let withheld = Atomic<UInt64>(0)
 
@@ -28,8 +30,10 @@ public final class FUSEServer: @unchecked Sendable {
     /// written data, size and mtime itself (right for a peer that is the only writer).
     public static let writebackCache = UInt64(FUSE_WRITEBACK_CACHE)
 
-    public init(operations: FUSEOperations, offered: UInt64 = FUSEServer.defaultCapabilities, maxWrite: UInt32 = 1 << 20) {
+    public init(operations: FUSEOperations, offered: UInt64 = FUSEServer.defaultCapabilities, maxWrite: UInt32 = 1 << 20,
+                metrics: FUSERequestMetrics? = nil) {
         self.operations = operations
+        self.metrics = metrics
         self.offered = offered
         self.maxWrite = maxWrite
         self.maxPages = UInt16(maxWrite / 4096)
@@ -81,6 +85,16 @@ public final class FUSEServer: @unchecked Sendable {
     public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
                        later: @escaping FUSEReplySink) -> FUSEOutcome {
         guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
+        // Every transport comes through here: the one place requests are counted and timed.
+        guard let metrics else { return serve(header, &request, &reply, later: later) }
+        let start = monotonicNanoseconds()
+        let outcome = serve(header, &request, &reply, later: later)
+        metrics.finished(header.opcode, nanoseconds: monotonicNanoseconds() &- start)
+        return outcome
+    }
+
+    private func serve(_ header: fuse_in_header, _ request: inout RequestCursor, _ reply: inout ReplyWriter,
+                       later: @escaping FUSEReplySink) -> FUSEOutcome {
         let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
                             pid: header.pid, opcode: header.opcode)
         guard Int(header.len) == request.total else { return fail(r, EINVAL, &reply) }
@@ -115,6 +129,7 @@ public final class FUSEServer: @unchecked Sendable {
 
     /// An error reply, in place of anything half written.
     private func fail(_ r: FUSERequest, _ errno: Int32, _ out: inout ReplyWriter) -> FUSEOutcome {
+        metrics?.failed(r.opcode)
         out.reset()
         let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -errno, unique: r.unique)
         guard (try? out.write(header)) != nil else { return .noReply }   // no room even for that
@@ -304,9 +319,10 @@ public final class FUSEServer: @unchecked Sendable {
     private func read(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
         let rd = try a.read(fuse_read_in.self)
         return try answer(r, &o) { out in
-            _ = try out.fill(upTo: Int(min(rd.size, maxWrite))) { pieces in
+            let n = try out.fill(upTo: Int(min(rd.size, maxWrite))) { pieces in
                 try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: pieces)
             }
+            metrics?.readBytes.increment(by: n)
         }
     }
 
@@ -321,6 +337,7 @@ public final class FUSEServer: @unchecked Sendable {
             let data = try a.segments(Int(w.size))
             n = try operations.write(r, nodeid: r.nodeid, handle: w.fh, offset: w.offset, segments: data, flags: w.write_flags)
         }
+        metrics?.writtenBytes.increment(by: n)
         return try answer(r, &o, with: fuse_write_out(size: UInt32(n), padding: 0))
     }
 
@@ -412,8 +429,9 @@ public final class FUSEServer: @unchecked Sendable {
         let l = try a.read(fuse_lk_in.self)
         let decision = LockDecision()
         operations.setlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
-                         flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [unique = r.unique] error in
+                         flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [unique = r.unique, opcode = r.opcode, metrics] error in
             guard decision.settle(error) else { return }
+            if error != 0 { metrics?.failed(opcode) }
             var header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: unique)
             later(withUnsafeBytes(of: &header) { Array($0) })
         }

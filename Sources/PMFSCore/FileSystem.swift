@@ -1,3 +1,4 @@
+import CoreMetrics
 import Dispatch
 import Glibc
 import Logging
@@ -48,9 +49,11 @@ public final class FileSystem: @unchecked Sendable {
     private var releases = [UInt64](repeating: 0, count: FileSystem.releaseBuckets)
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
+    private let fsyncs: CoreMetrics.Counter
 
     public init(metadata: MetadataStore, device: DataDevice, options: Options = Options(),
-                logger: Logger = Logger(label: "pmfs.core")) throws {
+                logger: Logger = Logger(label: "pmfs.core"), metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
+        fsyncs = CoreMetrics.Counter(label: "pmfs_fsyncs_total", factory: metrics)
         self.metadata = metadata
         self.device = device
         self.options = options
@@ -658,6 +661,7 @@ public final class FileSystem: @unchecked Sendable {
     /// device flush, one transaction. Namespace changes are durable already, so
     /// fsync of a directory has nothing to do.
     public func fsync(_ ino: UInt64, dataOnly: Bool = false) throws {
+        fsyncs.increment()
         guard let f = filesLock.withLock({ files[ino] }) else {
             // Nothing cached: everything of this file is already on the device and in the pool.
             _ = try metadata.getattr(ino)
@@ -672,6 +676,10 @@ public final class FileSystem: @unchecked Sendable {
             try writeBack(f, flushDevice: true)
         }
     }
+
+    /// The write-back cache's frames: all of them, those holding a block, and
+    /// the dirty ones (for the metrics, read when scraped).
+    public var cacheUsage: (frames: Int, used: Int, dirty: Int) { cache.usage }
 
     /// Writes back every file (syncfs, shutdown).
     public func syncAll() throws {

@@ -42,6 +42,10 @@ final class PageCache: @unchecked Sendable {
         arena.pointer + Int(frame) * Self.pageSize
     }
 
+    var usage: (frames: Int, used: Int, dirty: Int) {
+        lock.withLock { (frameCount, frameCount - freeFrames.count, dirtyCount) }
+    }
+
     var dirtyRatio: Double { lock.withLock { Double(dirtyCount) / Double(frameCount) } }
 
     // MARK: LRU (cache lock held)

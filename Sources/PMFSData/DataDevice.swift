@@ -1,3 +1,4 @@
+import CoreMetrics
 import CURing
 import Dispatch
 import Glibc
@@ -14,8 +15,11 @@ public final class DataDevice: @unchecked Sendable {
     public let engine: BlockIOEngine
     /// Concurrent fsyncs share device flushes through this.
     public let groupFlush = GroupFlush()
+    private let counters: DeviceCounters
 
-    public init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data")) throws {
+    public init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data"),
+                metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
+        counters = DeviceCounters(metrics)
         self.path = path
         var fd = Glibc.open(path, O_RDWR | O_CLOEXEC | curing_O_DIRECT)
         var direct = true
@@ -78,11 +82,15 @@ extension DataDevice {
     public func perform(_ requests: [BlockIORequest]) throws {
         try checkRange(requests)
         try engine.perform(requests)
+        counters.count(requests)
     }
 
     /// Makes every completed write durable, sharing the flush with concurrent callers.
     public func flushShared() throws {
-        try groupFlush.flush { try engine.flush() }
+        try groupFlush.flush {
+            try engine.flush()
+            counters.flushes.increment()
+        }
     }
 
     /// The writes, then a (shared) flush: fsync's path.
@@ -159,4 +167,33 @@ public final class ThreadPoolEngine: BlockIOEngine, @unchecked Sendable {
     }
 
     public func close() {}
+}
+
+/// The device's I/O as metrics: requests and bytes by op, and flushes.
+struct DeviceCounters: Sendable {
+    let reads, writes, readBytes, writtenBytes, flushes: CoreMetrics.Counter
+
+    init(_ factory: MetricsFactory) {
+        func counter(_ name: String, _ op: String) -> CoreMetrics.Counter {
+            CoreMetrics.Counter(label: name, dimensions: [("op", op)], factory: factory)
+        }
+        reads = counter("pmfs_device_requests_total", "read")
+        writes = counter("pmfs_device_requests_total", "write")
+        readBytes = counter("pmfs_device_bytes_total", "read")
+        writtenBytes = counter("pmfs_device_bytes_total", "write")
+        flushes = CoreMetrics.Counter(label: "pmfs_device_flushes_total", factory: factory)
+    }
+
+    /// A batch that completed.
+    func count(_ requests: [BlockIORequest]) {
+        var n = (reads: 0, writes: 0, readBytes: 0, writtenBytes: 0)
+        for r in requests {
+            switch r.kind {
+            case .read: n.reads += 1; n.readBytes += r.length
+            case .write: n.writes += 1; n.writtenBytes += r.length
+            }
+        }
+        if n.reads > 0 { reads.increment(by: n.reads); readBytes.increment(by: n.readBytes) }
+        if n.writes > 0 { writes.increment(by: n.writes); writtenBytes.increment(by: n.writtenBytes) }
+    }
 }

@@ -210,6 +210,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         }
     }
 
+    /// Handles this session has open now (for the metrics).
+    public var openHandleCount: Int { handles.withLock { $0.table.count } }
+
     func handle(_ id: UInt64) -> Handle? { handles.withLock { $0.table[id] } }
 
     /// The inode a node ID names. It must be one this session's kernel holds

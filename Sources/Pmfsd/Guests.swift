@@ -7,6 +7,7 @@ import Logging
 import PMFSControl
 import PMFSCore
 import PMFSMetadata
+import PMFSMetrics
 import PMFSServer
 import Synchronization
 import VhostUser
@@ -73,6 +74,8 @@ final class Guests: @unchecked Sendable {
     let fs: FileSystem
     let sessions: SessionGroup
     let settings: GuestSettings
+    /// The metrics registry, with --metrics.
+    let metrics: MetricsRegistry?
     let logger: Logger
     private let running = Mutex<(next: Int, table: [Int: GuestListener])>((1, [:]))
     /// Listeners stopAll stopped, for joinAll.
@@ -82,7 +85,9 @@ final class Guests: @unchecked Sendable {
     /// The most listeners at once (each has threads, queues, a session): serve-fd refuses beyond.
     static let maxListeners = 256
 
-    init(metadata: MetadataStore, fs: FileSystem, sessions: SessionGroup, settings: GuestSettings, logger: Logger) {
+    init(metadata: MetadataStore, fs: FileSystem, sessions: SessionGroup, settings: GuestSettings, metrics: MetricsRegistry?,
+         logger: Logger) {
+        self.metrics = metrics
         self.metadata = metadata; self.fs = fs; self.sessions = sessions; self.settings = settings; self.logger = logger
     }
 
@@ -99,7 +104,9 @@ final class Guests: @unchecked Sendable {
         operations.setCachePolicy(cache)
         var offered = FUSEServer.defaultCapabilities | (settings.writeback ? FUSEServer.writebackCache : 0)
         if locks == "local" { offered &= ~FUSEServer.remoteLocks }
-        let server = FUSEServer(operations: operations, offered: offered)
+        let session = Self.sessionLabel(listener)
+        let server = FUSEServer(operations: operations, offered: offered,
+                                metrics: metrics.map { FUSERequestMetrics(session: session, factory: $0) })
         let backend: VhostUserBackend
         switch listener {
         case .path(let path):
@@ -112,6 +119,10 @@ final class Guests: @unchecked Sendable {
         backend.requestThreads = settings.workers
         // A guest that reboots or a QEMU that goes away ends its FUSE session.
         backend.onSessionEnd = { operations.endSession() }
+        if let metrics {
+            Pmfsd.collectSessionGauges(session: session, operations, into: metrics)
+            Pmfsd.collectVhostGauges(session: session, backend, into: metrics)
+        }
         let guest = running.withLock { state in
             defer { state.next += 1 }
             let g = GuestListener(id: state.next, listener: listener, spec: spec, export: export, backend: backend, operations: operations,
@@ -122,6 +133,15 @@ final class Guests: @unchecked Sendable {
         guest.thread.start()
         logger.notice("vhost-user-fs socket \(guest.name) (listener \(guest.id), tag \(settings.tag), \(settings.queues) request queue(s), cache=\(cache.rawValue), locks \(locks)\(settings.writeback ? ", writeback" : ""), \(Pmfsd.describe(export.policy)))")
         return guest
+    }
+
+    /// The metrics' session label: the socket path, or the descriptor (as the back
+    /// end names it). A bare name gets "./", so no path can pass for "host" or a descriptor.
+    static func sessionLabel(_ listener: Listener) -> String {
+        switch listener {
+        case .path(let path): path.contains("/") ? path : "./" + path
+        case .descriptor(let n): "descriptor \(n)"
+        }
     }
 
     /// Stops listening on one socket (its guest, if connected, loses the

@@ -1,6 +1,7 @@
 // pmfsd: serves a pmfs file system to VM guests (vhost-user-fs socket) and on
 // the host (/dev/fuse mount), both at once if asked: one live file system.
 import ArgumentParser
+import CoreMetrics
 import Dispatch
 import FUSEDevice
 import FUSEProtocol
@@ -10,6 +11,7 @@ import PMFSControl
 import PMFSCore
 import PMFSData
 import PMFSMetadata
+import PMFSMetrics
 import PMFSServer
 import VhostUser
 
@@ -89,6 +91,9 @@ struct Pmfsd: ParsableCommand {
     @Flag(name: .customShort("d"), help: "Debug log level (libvirt's virtiofsd -d).")
     var debug = false
 
+    @Option(help: ArgumentHelp("Serve Prometheus metrics on GET /metrics at this numeric address and port, like 127.0.0.1:9464 or [::1]:9464 (port 0: any free port, logged). Off by default.", valueName: "address:port"))
+    var metrics: String?
+
     func run() throws {
         if printCapabilities {
             print("{\n  \"type\": \"fs\"\n}")
@@ -149,6 +154,20 @@ struct Pmfsd: ParsableCommand {
             throw ValidationError("--fuse-transport must be auto, uring or device")
         }
         guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
+        // The endpoint listens before the pool is opened: an address in use
+        // fails the start at once, with nothing to undo.
+        let metricsAddress: MetricsAddress?
+        do { metricsAddress = try metrics.map { try MetricsAddress.parse($0) } } catch { throw failure(error) }
+        let registry = metricsAddress.map { _ in MetricsRegistry() }
+        let factory: MetricsFactory = registry ?? NOOPMetricsHandler.instance
+        var endpoint: MetricsEndpoint? = nil
+        if let metricsAddress, let registry {
+            let listening: MetricsEndpoint
+            do { listening = try MetricsEndpoint(at: metricsAddress) { registry.render() } } catch { throw failure(error) }
+            logger.notice("metrics on http://\(listening.address)/metrics")
+            endpoint = listening
+        }
+        defer { endpoint?.stop() }
         do {
             guard let header = try DataDeviceHeader.read(from: data) else {
                 throw PoolError.dataDevice(path: data, reason: "no pmfs header (not made by mkfs.pmfs)")
@@ -163,11 +182,12 @@ struct Pmfsd: ParsableCommand {
                 try? metadata.close()
                 throw failure(error)
             }
-            let device = try DataDevice(path: data, engine: engine)
+            let device = try DataDevice(path: data, engine: engine, metrics: factory)
             var options = FileSystem.Options()
             options.cacheBytes = cacheBytes
             options.writeBack = !writeThrough
-            let fs = try FileSystem(metadata: metadata, device: device, options: options)
+            let fs = try FileSystem(metadata: metadata, device: device, options: options, metrics: factory)
+            if let registry { Self.collectFileSystemGauges(fs, into: registry) }
             let sessions = SessionGroup()
             var host: FUSEMount? = nil
             var hostOperations: PMFSOperations? = nil
@@ -176,7 +196,10 @@ struct Pmfsd: ParsableCommand {
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
                 if transport != .device { allowRingTransport(logger: logger) }
                 let offered = FUSEServer.defaultCapabilities | (transport == .device ? 0 : FUSEServer.overIOURing)
-                let m = try FUSEMount(mountPoint: mount, server: FUSEServer(operations: operations, offered: offered), fsName: "pmfs")
+                let sessionMetrics = registry.map { FUSERequestMetrics(session: "host", factory: $0) }
+                if let registry { Self.collectSessionGauges(session: "host", operations, into: registry) }
+                let server = FUSEServer(operations: operations, offered: offered, metrics: sessionMetrics)
+                let m = try FUSEMount(mountPoint: mount, server: server, fsName: "pmfs")
                 let how: String
                 do {
                     how = try m.negotiate(transport, blockingThreads: workers)
@@ -193,7 +216,7 @@ struct Pmfsd: ParsableCommand {
             // One back end per socket: each VM is a FUSE session of its own.
             let settings = GuestSettings(tag: tag, queues: queues, cache: cachePolicy, locks: guestLocks, writeback: writeback,
                                          pollMicroseconds: pollMicroseconds, workers: workers, socketGID: socketGID)
-            let guests = Guests(metadata: metadata, fs: fs, sessions: sessions, settings: settings, logger: logger)
+            let guests = Guests(metadata: metadata, fs: fs, sessions: sessions, settings: settings, metrics: registry, logger: logger)
             for ((listener, spec), export) in zip(guestListeners, exports) {
                 try guests.start(listener, spec: spec, export: export, origin: "command line")
             }
@@ -261,6 +284,37 @@ struct Pmfsd: ParsableCommand {
             throw failure(e)
         } catch let e as DataDeviceError {
             throw failure(e)
+        }
+    }
+}
+
+/// Gauges read when the metrics are scraped, never on the request path.
+extension Pmfsd {
+    static func collectFileSystemGauges(_ fs: FileSystem, into registry: MetricsRegistry) {
+        func gauge(_ name: String) -> Gauge { Gauge(label: name, factory: registry) }
+        let frames = gauge("pmfs_cache_frames"), used = gauge("pmfs_cache_frames_used"), dirty = gauge("pmfs_cache_frames_dirty")
+        let inodes = gauge("pmfs_inodes"), freeInodes = gauge("pmfs_inodes_free")
+        let blocks = gauge("pmfs_data_blocks"), freeBlocks = gauge("pmfs_data_blocks_free"), blockSize = gauge("pmfs_data_block_size_bytes")
+        registry.onScrape(key: "file system") {
+            let cache = fs.cacheUsage
+            frames.record(cache.frames); used.record(cache.used); dirty.record(cache.dirty)
+            let s = fs.metadata.statistics()
+            inodes.record(s.totalInodes); freeInodes.record(s.freeInodes)
+            blocks.record(s.totalBlocks); freeBlocks.record(s.freeBlocks); blockSize.record(s.blockSize)
+        }
+    }
+
+    static func collectSessionGauges(session: String, _ operations: PMFSOperations, into registry: MetricsRegistry) {
+        let handles = Gauge(label: "pmfs_open_handles", dimensions: [("session", session)], factory: registry)
+        registry.onScrape(key: "session \(session)") { handles.record(operations.openHandleCount) }
+    }
+
+    static func collectVhostGauges(session: String, _ backend: VhostUserBackend, into registry: MetricsRegistry) {
+        let connected = Gauge(label: "pmfs_vhost_connected", dimensions: [("session", session)], factory: registry)
+        let queues = Gauge(label: "pmfs_vhost_queues_running", dimensions: [("session", session)], factory: registry)
+        registry.onScrape(key: "vhost \(session)") {
+            connected.record(backend.isConnected ? 1 : 0)
+            queues.record(backend.runningQueues)
         }
     }
 }

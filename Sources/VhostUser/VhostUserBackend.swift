@@ -2,6 +2,7 @@ import CVhost
 import FUSEProtocol
 import Glibc
 import Logging
+import Synchronization
 
 /// The vhost-user-fs backend: QEMU's vhost-user-fs-pci device connects to our
 /// Unix socket, shares the guest's memory and the virtqueues, and the guest's
@@ -54,7 +55,15 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// mappings: host pointers taken before are stale from then on.
     var memoryEpoch: UInt64 = 0
     var queues: [Virtqueue]
-    var workers: [Int: (thread: pthread_t, stop: Int32)] = [:]
+    var workers: [Int: (thread: pthread_t, stop: Int32)] = [:] {
+        didSet { runningQueueCount.store(workers.count, ordering: .relaxed) }
+    }
+    private let runningQueueCount = Atomic<Int>(0)
+    private let connectedNow = Atomic<Bool>(false)
+    /// Whether a front end is connected now (read by the metrics, from another thread).
+    public var isConnected: Bool { connectedNow.load(ordering: .relaxed) }
+    /// Queues with a running worker now.
+    public var runningQueues: Int { runningQueueCount.load(ordering: .relaxed) }
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
     /// A worker may take it shared twice (a request the full pool hands back
     /// runs on the worker): glibc's default rwlock prefers readers, so that
@@ -144,7 +153,9 @@ public final class VhostUserBackend: @unchecked Sendable {
             }
             logger.notice("front end connected on \(socketPath)")
             connection = conn
+            connectedNow.store(true, ordering: .relaxed)
             handleConnection(conn)
+            connectedNow.store(false, ordering: .relaxed)
             connection = -1
             close(conn)
             resetDevice()

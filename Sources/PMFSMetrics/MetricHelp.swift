@@ -1,0 +1,35 @@
+/// Every metric pmfsd exports, with its help text: the registry writes these
+/// as `# HELP` lines, and the tests check the names against Prometheus'
+/// conventions (a `pmfs_` prefix, units in the name, `_total` on counters).
+public enum PMFSMetricHelp {
+    public static let counters: [String: String] = [
+        "pmfs_fuse_requests_total": "FUSE requests taken, by session and opcode.",
+        "pmfs_fuse_request_errors_total": "FUSE requests answered with an error, by session and opcode.",
+        "pmfs_fuse_read_bytes_total": "Bytes returned by FUSE READ, by session.",
+        "pmfs_fuse_written_bytes_total": "Bytes accepted by FUSE WRITE, by session.",
+        "pmfs_fsyncs_total": "File fsyncs (and fdatasyncs) carried out by the file-system core, all sessions.",
+        "pmfs_device_requests_total": "Reads and writes submitted to the data device, by op.",
+        "pmfs_device_bytes_total": "Bytes read from and written to the data device, by op.",
+        "pmfs_device_flushes_total": "Flushes of the data device (shared by concurrent fsyncs).",
+    ]
+
+    public static let gauges: [String: String] = [
+        "pmfs_cache_frames": "Frames (4 KiB) in the write-back cache.",
+        "pmfs_cache_frames_used": "Write-back cache frames holding a block.",
+        "pmfs_cache_frames_dirty": "Write-back cache frames not yet written back.",
+        "pmfs_inodes": "Inodes the pool can hold.",
+        "pmfs_inodes_free": "Inodes free in the pool.",
+        "pmfs_data_blocks": "Blocks of the data device for file data.",
+        "pmfs_data_blocks_free": "Blocks of the data device free.",
+        "pmfs_data_block_size_bytes": "Size of one data block.",
+        "pmfs_vhost_connected": "1 while a vhost-user front end (QEMU) is connected to the session's socket.",
+        "pmfs_vhost_queues_running": "Request and hiprio queues with a running worker, by session.",
+        "pmfs_open_handles": "Open file and directory handles, by session.",
+    ]
+
+    public static let histograms: [String: String] = [
+        "pmfs_fuse_request_duration_seconds": "Time to handle a FUSE request in pmfsd, by session and class (read, write, fsync, metadata).",
+    ]
+
+    public static let text: [String: String] = counters.merging(gauges) { a, _ in a }.merging(histograms) { a, _ in a }
+}
