@@ -24,20 +24,8 @@ control=$work/control.sock
 mkdir -p "$mnt"
 pmfsd_pid=
 launchers=()
-cleanup() {
-    local rc=$?
-    set +e
-    for p in "${launchers[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    if [[ -n $pmfsd_pid ]]; then
-        kill -TERM "$pmfsd_pid" 2>/dev/null
-        for _ in $(seq 1 100); do kill -0 "$pmfsd_pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pmfsd_pid" 2>/dev/null
-    fi
-    mountpoint -q "$mnt" && umount -l "$mnt"
-    rm -f "$pool"
-    rm -rf "$work"
-    exit $rc
-}
+# The launchers go first (libvirt stopping the VMs), then what cleanup_host does.
+cleanup() { local rc=$? p; for p in "${launchers[@]}"; do kill -TERM "$p" 2>/dev/null; done; (exit $rc); cleanup_host 0; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -58,9 +46,7 @@ unlisted() { ! listed "$1"; }
 refuses() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$1" 2>/dev/null && return 1 || return 0; }
 
 "$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 256M -q
-"$bin/pmfsd" --pool "$pool" --data "$work/data" --mount "$mnt" --control "$control" --log-level notice >> "$work/pmfsd.log" 2>&1 < /dev/null &
-pmfsd_pid=$!
-wait_for "pmfsd mounting $mnt" 30 mountpoint -q "$mnt"
+start_pmfsd --control "$control"
 wait_for "the control socket" 10 test -S "$control"
 for vm in vm1 vm2; do
     mkdir "$mnt/$vm"
@@ -100,9 +86,6 @@ for vm in vm1 vm2; do
     [[ $(cat "$mnt/$vm/guest-wrote") == "written by $vm" ]] || die "$vm's file on the host: $(cat "$mnt/$vm/guest-wrote" 2>&1)"
 done
 [[ $(cat "$mnt/host-only") == "not for guests" ]] || die "host-only changed"
-kill -TERM "$pmfsd_pid"
-rc=0; wait "$pmfsd_pid" || rc=$?
-pmfsd_pid=
-(( rc == 0 )) || die "pmfsd exited with status $rc after SIGTERM"
+stop_pmfsd
 out=$("$bin/fsck.pmfs" -n -f "$pool" 2>&1) || die "fsck.pmfs -n -f: $out"
 say "ok: two VMs started the libvirt way, each confined to its directory of one pmfsd's file system; fsck: $out"
