@@ -1,5 +1,6 @@
 import CVhost
 import Glibc
+import PMFSMetadata
 import Testing
 @testable import FUSEProtocol
 @testable import VhostUser
@@ -137,13 +138,29 @@ import Testing
         cvhost_guard_unregister(slot)
         let victim = try #require(GuestRAM(memfdSize: 4096, sealedAgainstShrinking: false))
         let (fd, address) = (victim.fd, victim.base)
-        let child = fork()
+        // The fork copies every descriptor of this process, where other suites
+        // open and reopen pools meanwhile: a copied pool descriptor would keep its
+        // flock. Pools open under the spawn lock, so it is held until the child has
+        // closed all it copied but stderr, the memfd and the pipe that says so.
+        var done: [Int32] = [-1, -1]
+        try #require(pipe(&done) == 0)
+        let child = PoolDescriptors.withSpawnLock { () -> pid_t in
+            let child = fork()
+            guard child == 0 else {
+                close(done[1])
+                var byte: UInt8 = 0
+                _ = read(done[0], &byte, 1)     // the child's "closed", or EOF if it died first
+                close(done[0])
+                return child
+            }
+            for other in Int32(3)..<4096 where other != fd && other != done[1] { _ = close(other) }
+            var byte: UInt8 = 1
+            _ = write(done[1], &byte, 1)
+            _ = close(done[1])
+            return 0
+        }
         try #require(child >= 0)
         if child == 0 {
-            // The fork copied every descriptor of this test process, where other
-            // suites run at the same time: a pool's flock held by a copy would make
-            // their reopen fail. Only stderr and the memfd are kept.
-            for other in Int32(3)..<4096 where other != fd { _ = close(other) }
             let note: StaticString = "ShrunkMemoryTests: the child's crash report below is expected\n"
             _ = write(2, note.utf8Start, note.utf8CodeUnitCount)
             var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
