@@ -216,12 +216,18 @@ def require_fuse():
         pytest.skip("the mount tests need root (pmfsd mounts with mount(2))")
 
 
-def serve(name, **kw):
-    """A context: a fresh file system, served; stopped and checked clean at the end."""
+def serve(name, configure=None, ready=None, **kw):
+    """A context: a fresh file system, served; stopped and checked clean at the end. `configure(fs)`
+    runs before pmfsd starts (extra arguments naming the fs's own paths), `ready(fs)` once it has
+    started (waiting for what those arguments make)."""
     require_fuse()
     fs = Pmfs(name=name, **kw)
     try:
+        if configure:
+            configure(fs)
         fs.start()
+        if ready:
+            ready(fs)
         yield fs
         os.chdir("/")
         fs.stop()

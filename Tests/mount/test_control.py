@@ -17,25 +17,22 @@ import time
 
 import pytest
 
-from conftest import ENV, Pmfs, binary, require_fuse, write_file
+from conftest import ENV, Pmfs, binary, require_fuse, serve, write_file
 
 
 @pytest.fixture(scope="module")
 def fs():
     """A served file system with a control socket (pmfsd's --control is opt-in)."""
-    require_fuse()
-    f = Pmfs(name="pmfs-control")
+    yield from serve("pmfs-control", with_control, control_ready)
+
+
+def with_control(f):
     f.control = os.path.join(f.pool_dir, "control.sock")
     f.start_args = ["--control", f.control]
-    try:
-        f.start()
-        wait_for(lambda: os.path.exists(f.control), "the control socket", f)
-        yield f
-        os.chdir("/")
-        f.stop()
-        f.assert_clean()
-    finally:
-        f.cleanup()
+
+
+def control_ready(f):
+    wait_for(lambda: os.path.exists(f.control), "the control socket", f)
 
 
 def wait_for(condition, what, f, timeout=15):
@@ -303,11 +300,10 @@ def test_print_capabilities_still_works():
 def test_launcher_exits_nonzero_when_the_daemon_stops():
     require_fuse()
     other = Pmfs(name="pmfs-control-stop")
-    other.control = os.path.join(other.pool_dir, "control.sock")
-    other.start_args = ["--control", other.control]
+    with_control(other)
     try:
         other.start()
-        wait_for(lambda: os.path.exists(other.control), "the control socket", other)
+        control_ready(other)
         proc, err_path = launch(other, os.path.join(other.pool_dir, "vm.sock"), other.mnt)
         wait_for(lambda: listeners(other) or proc.poll() is not None, "a listener", other)
         assert proc.poll() is None, open(err_path).read()
@@ -331,7 +327,7 @@ def test_libvirt_launch_finds_its_daemon_in_run_pmfs():
     other.start_args = ["--control", other.control]
     try:
         other.start()
-        wait_for(lambda: os.path.exists(other.control), "the control socket", other)
+        control_ready(other)
         os.mkdir(other.path("vmx"))
         write_file(other.path("vmx", "f"), b"found\n")
         sock_path = os.path.join(other.pool_dir, "vmx.sock")

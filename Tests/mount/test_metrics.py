@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ENV, Pmfs, binary, mount_entry, require_fuse
+from conftest import ENV, Pmfs, binary, mount_entry, require_fuse, serve
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
@@ -37,23 +37,18 @@ def parse(text):
 
 @pytest.fixture(scope="module")
 def served():
-    require_fuse()
-    fs = Pmfs(name="pmfs-metrics")
-    fs.sock = os.path.join(fs.pool_dir, "vm.sock")
-    fs.start_args = ["--metrics", "127.0.0.1:0", "--socket", fs.sock]
-    try:
-        fs.start()
+    def configure(fs):
+        fs.sock = os.path.join(fs.pool_dir, "vm.sock")
+        fs.start_args = ["--metrics", "127.0.0.1:0", "--socket", fs.sock]
+
+    def ready(fs):
         deadline = time.monotonic() + 10
         while not (m := re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", fs.this_start_log())):
             assert time.monotonic() < deadline, f"pmfsd did not log its metrics address:\n{fs.stderr()}"
             time.sleep(0.02)
         fs.url = m.group(1)
-        yield fs
-        os.chdir("/")
-        fs.stop()
-        fs.assert_clean()
-    finally:
-        fs.cleanup()
+
+    yield from serve("pmfs-metrics", configure, ready)
 
 
 def scrape(fs):
