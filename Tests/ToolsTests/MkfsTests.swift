@@ -46,7 +46,7 @@ import PMFSMetadata
             p.arguments = ["-v", data]
             let out = Pipe()
             p.standardOutput = out
-            try p.run()
+            try PoolDescriptors.withSpawnLock { try p.run() }
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             p.waitUntilExit()
             #expect(p.terminationStatus == 0, "filefrag: \(text)")

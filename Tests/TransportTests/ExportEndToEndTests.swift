@@ -1,6 +1,7 @@
 import CFUSE
 import Foundation
 import Glibc
+import PMFSMetadata
 import Testing
 import VhostUserFrontEnd
 
@@ -29,7 +30,8 @@ import VhostUserFrontEnd
             process.standardInput = FileHandle.nullDevice
             process.standardOutput = FileHandle.nullDevice
             process.standardError = try FileHandle(forWritingTo: log)
-            try process.run()
+            // Not while another test thread is opening a pool (see PoolDescriptors).
+            try PoolDescriptors.withSpawnLock { try process.run() }
         }
         /// SIGTERM and the exit status; the daemon's log.
         func stop() -> (status: Int32, log: String) {
@@ -46,7 +48,7 @@ import VhostUserFrontEnd
         mkfs.executableURL = URL(fileURLWithPath: products + "/mkfs.pmfs")
         mkfs.arguments = ["--pool", pool, "--data", data, "--data-size", "64M", "--quiet"]
         mkfs.environment = ["PMEM_IS_PMEM_FORCE": "1"]
-        try mkfs.run()
+        try PoolDescriptors.withSpawnLock { try mkfs.run() }
         mkfs.waitUntilExit()
         try #require(mkfs.terminationStatus == 0)
         return ["--pool", pool, "--data", data, "--io-engine", "threads"]

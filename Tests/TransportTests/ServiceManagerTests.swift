@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PMFSMetadata
 import Testing
 import VhostUserFrontEnd
 
@@ -61,7 +62,8 @@ import VhostUserFrontEnd
         var cEnv = env.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
         var pid: pid_t = 0
-        try #require(posix_spawn(&pid, "/bin/sh", &actions, nil, &cArgs, &cEnv) == 0)
+        // Not while another test thread is opening a pool (see PoolDescriptors).
+        try #require(PoolDescriptors.withSpawnLock { posix_spawn(&pid, "/bin/sh", &actions, nil, &cArgs, &cEnv) } == 0)
         return pid
     }
 
@@ -115,7 +117,7 @@ import VhostUserFrontEnd
         let errors = Pipe()
         verify.standardError = errors
         verify.standardOutput = errors
-        try verify.run()
+        try PoolDescriptors.withSpawnLock { try verify.run() }
         let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         verify.waitUntilExit()
         // Lines about the host's own units (not ours) are not our concern.
@@ -129,7 +131,7 @@ import VhostUserFrontEnd
         p.arguments = [Self.root + "/tools/install.sh"] + arguments
         p.environment = ["DESTDIR": destination, "PATH": "/usr/bin:/bin"]
         p.standardOutput = FileHandle.nullDevice
-        try p.run()
+        try PoolDescriptors.withSpawnLock { try p.run() }
         p.waitUntilExit()
         return p.terminationStatus
     }

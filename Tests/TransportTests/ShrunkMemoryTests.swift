@@ -138,42 +138,29 @@ import Testing
         cvhost_guard_unregister(slot)
         let victim = try #require(GuestRAM(memfdSize: 4096, sealedAgainstShrinking: false))
         let (fd, address) = (victim.fd, victim.base)
-        // The fork copies every descriptor of this process, where other suites
-        // open and reopen pools meanwhile: a copied pool descriptor would keep its
-        // flock. Pools open under the spawn lock, so it is held until the child has
-        // closed all it copied but stderr, the memfd and the pipe that says so.
-        var done: [Int32] = [-1, -1]
-        try #require(pipe(&done) == 0)
-        let child = PoolDescriptors.withSpawnLock { () -> pid_t in
+        // The fork copies this process's descriptors and mappings, pools' among
+        // them, while other suites open and reopen pools: a copied pool mapping
+        // holds the pool's flock until the child exits. Pools open under the spawn
+        // lock, so it is held for the child's whole (short) life.
+        let status = PoolDescriptors.withSpawnLock { () -> Int32 in
             let child = fork()
-            guard child == 0 else {
-                close(done[1])
-                var byte: UInt8 = 0
-                _ = read(done[0], &byte, 1)     // the child's "closed", or EOF if it died first
-                close(done[0])
-                return child
+            if child == 0 {
+                let note: StaticString = "ShrunkMemoryTests: the child's crash report below is expected\n"
+                _ = write(2, note.utf8Start, note.utf8CodeUnitCount)
+                var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+                _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore)
+                _ = ftruncate(fd, 0)
+                address.storeBytes(of: 1, as: UInt8.self)
+                _exit(0)
             }
-            for other in Int32(3)..<4096 where other != fd && other != done[1] { _ = close(other) }
-            var byte: UInt8 = 1
-            _ = write(done[1], &byte, 1)
-            _ = close(done[1])
-            return 0
-        }
-        try #require(child >= 0)
-        if child == 0 {
-            let note: StaticString = "ShrunkMemoryTests: the child's crash report below is expected\n"
-            _ = write(2, note.utf8Start, note.utf8CodeUnitCount)
-            var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
-            _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore)
-            _ = ftruncate(fd, 0)
-            address.storeBytes(of: 1, as: UInt8.self)
-            _exit(0)
-        }
-        var status: Int32 = 0
-        var waited = 0
-        while waitpid(child, &status, WNOHANG) == 0 {
-            if waited == 30_000 { kill(child, SIGKILL) }   // a hang fails the test, it does not hold up the run
-            usleep(1000); waited += 1
+            guard child > 0 else { return -1 }
+            var status: Int32 = 0
+            var waited = 0
+            while waitpid(child, &status, WNOHANG) == 0 {
+                if waited == 30_000 { kill(child, SIGKILL) }   // a hang fails the test, it does not hold up the run
+                usleep(1000); waited += 1
+            }
+            return status
         }
         #expect(status & 0x7f == SIGBUS, "child status \(status)")   // WTERMSIG
     }
