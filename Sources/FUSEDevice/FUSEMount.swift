@@ -43,6 +43,11 @@ public final class FUSEMount: @unchecked Sendable {
     let fd: Int32
     let logger: Logger
     private let stopped = Atomic<Bool>(false)
+    /// Workers read /dev/fuse one at a time, and serve a lock-dropping request
+    /// (see `dropsLocks`) before the next read: the kernel queues requests in
+    /// the order their causes happened, and this keeps that order where a
+    /// later request depends on an earlier one no one waited for.
+    private let reading = Mutex<Void>(())
     /// Requests per transport (io_uring or /dev/fuse).
     public let counters = FUSETransportCounters()
     var queues: [FUSERingQueue] = []
@@ -148,27 +153,53 @@ public final class FUSEMount: @unchecked Sendable {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
         defer { buffer.deallocate() }
         // One reply buffer per worker, reused: replies need no allocation.
-        let replies = ReplyWriter(owning: server.maxReplySize)
-        defer { replies.release() }
-        var reply = replies
-        let fd = self.fd
+        var reply = ReplyWriter(owning: server.maxReplySize)
+        defer { reply.release() }
         while !stopped.load(ordering: .relaxed) {
-            let n = read(fd, buffer, size)
-            if n < 0 {
-                switch errno {
+            let next: ReadOutcome = reading.withLock { _ in
+                let n = read(fd, buffer, size)
+                guard n >= 0 else { return .failed(errno) }
+                // Served before the next read: see `reading`.
+                if Self.dropsLocks(UnsafeRawBufferPointer(start: buffer, count: n)) {
+                    serve(UnsafeRawBufferPointer(start: buffer, count: n), &reply)
+                    return .served
+                }
+                return .read(n)
+            }
+            switch next {
+            case .read(let n): serve(UnsafeRawBufferPointer(start: buffer, count: n), &reply)
+            case .served: continue
+            case .failed(let e):
+                switch e {
                 case EINTR, EAGAIN, ENOENT: continue   // ENOENT: the request was interrupted before we read it
                 case ENODEV: stopped.store(true, ordering: .relaxed); return   // unmounted
                 default:
-                    logger.error("reading /dev/fuse: \(String(cString: strerror(errno)))")
+                    logger.error("reading /dev/fuse: \(String(cString: strerror(e)))")
                     stopped.store(true, ordering: .relaxed)
                     return
                 }
             }
-            counters.deviceRequests.add(1, ordering: .relaxed)
-            var request = RequestCursor(UnsafeRawBufferPointer(start: buffer, count: n))
-            let outcome = server.handle(&request, &reply) { late in late.withUnsafeBytes { Self.send(fd, $0) } }
-            if case .replied(let length) = outcome { reply.withWritten(length) { Self.send(fd, $0) } }
         }
+    }
+
+    private enum ReadOutcome { case read(Int), served, failed(Int32) }
+
+    private func serve(_ bytes: UnsafeRawBufferPointer, _ reply: inout ReplyWriter) {
+        counters.deviceRequests.add(1, ordering: .relaxed)
+        let fd = self.fd
+        var request = RequestCursor(bytes)
+        let outcome = server.handle(&request, &reply) { late in late.withUnsafeBytes { Self.send(fd, $0) } }
+        if case .replied(let length) = outcome { reply.withWritten(length) { Self.send(fd, $0) } }
+    }
+
+    /// Whether a request gives up locks without the caller waiting for it:
+    /// the kernel sends RELEASE (which drops the open file's flock and OFD
+    /// locks) in the background after close(2) has returned, so a lock asked
+    /// for next may be read by another worker before the RELEASE is served.
+    static func dropsLocks(_ request: UnsafeRawBufferPointer) -> Bool {
+        guard request.count >= MemoryLayout<fuse_in_header>.size else { return false }
+        let opcode = request.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.offset(of: \.opcode)!, as: UInt32.self)
+        return opcode == FUSE_RELEASE.rawValue
     }
 
     /// Writes one reply to /dev/fuse.

@@ -506,3 +506,21 @@ def test_flock_wait_interrupted_by_signal(d):
     finally:
         os.close(fd)
         assert child.join() == 0
+
+
+def test_flock_free_as_soon_as_close_returns(d):
+    # The kernel sends RELEASE after close(2) has returned; a lock asked for
+    # next must still find the flock gone (over /dev/fuse, another worker may
+    # read the second request first). Many rounds, as the window is small.
+    p = os.path.join(d, "f")
+    write_file(p, b"x")
+    other = os.open(p, os.O_RDONLY)
+    try:
+        for _ in range(300):
+            fd = os.open(p, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(fd)
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(other)
