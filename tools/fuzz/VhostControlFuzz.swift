@@ -97,7 +97,12 @@ final class Daemon: @unchecked Sendable {
         backend.onSessionEnd = { operations.endSession() }
         let b = backend
         Thread { b.serve() }.start()
-        atexit { if let d = daemon { unlink(d.poolPath); unlink(d.dataPath); unlink(d.socketPath) } }
+        atexit {
+            if let d = daemon { unlink(d.poolPath); unlink(d.dataPath); unlink(d.socketPath) }
+            // Shows the shrink command reached the SIGBUS guard.
+            let line = "fuzz-vhost: guest memory faults caught by the guard: \(cvhost_guard_fault_count())\n"
+            _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+        }
     }
 
     /// A well-behaved front end gets a working device: the daemon survived
@@ -134,6 +139,9 @@ nonisolated(unsafe) var guest: GuestMemory?
 final class GuestMemory {
     let fd: Int32
     let base: UnsafeMutableRawPointer
+    /// How much of the memfd is there: a shrink command cuts it under the
+    /// back end's mapping, and this side then touches only what is left.
+    private(set) var length = memoryBytes
     init() {
         fd = cvhost_memfd("pmfs-fuzz-guest", UInt64(memoryBytes))
         guard fd >= 0, let p = mmap(nil, memoryBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
@@ -142,15 +150,26 @@ final class GuestMemory {
         base = p
     }
     var userAddress: UInt64 { UInt64(UInt(bitPattern: base)) }
+    func shrink(to bytes: Int) {
+        guard bytes < length, ftruncate(fd, off_t(bytes)) == 0 else { return }
+        length = bytes
+    }
+    /// Whole again (the lost pages come back as zeros) for the next input.
+    func restore() {
+        guard length < memoryBytes else { return }
+        guard ftruncate(fd, off_t(memoryBytes)) == 0 else { fail("cannot restore the guest memory's size") }
+        length = memoryBytes
+    }
     func descriptors(_ q: Int) -> Int { q * ringStride }
     func available(_ q: Int) -> Int { q * ringStride + 4096 }
     func used(_ q: Int) -> Int { q * ringStride + 8192 }
     func request(_ q: Int) -> Int { (64 << 10) + q * 8192 }
     func store<T>(_ value: T, at offset: Int) {
-        guard offset >= 0, offset + MemoryLayout<T>.size <= memoryBytes else { return }
+        guard holds(offset, MemoryLayout<T>.size) else { return }
         (base + offset).storeBytes(of: value, as: T.self)
     }
-    func load<T>(_ offset: Int, as: T.Type) -> T { base.loadUnaligned(fromByteOffset: offset, as: T.self) }
+    func loadU16(_ offset: Int) -> UInt16 { holds(offset, 2) ? base.loadUnaligned(fromByteOffset: offset, as: UInt16.self) : 0 }
+    func holds(_ offset: Int, _ count: Int) -> Bool { offset >= 0 && offset + count <= length }
 }
 
 /// The input, read field by field; past its end every field is 0.
@@ -175,7 +194,7 @@ struct InputReader {
 }
 
 enum Command: UInt8, CaseIterable {
-    case bringUp, memoryTable, ringSize, ringAddresses, ringBase, ringDescriptor, enable, lifecycle, raw, post, poke, pause
+    case bringUp, memoryTable, ringSize, ringAddresses, ringBase, ringDescriptor, enable, lifecycle, raw, post, poke, pause, shrink
 }
 
 /// Descriptors the harness can attach to a message.
@@ -197,6 +216,7 @@ final class HostileFrontEnd {
     init(socketPath: String, memory: GuestMemory) throws {
         socket = try VhostUserFrontEnd.connect(socketPath, timeout: 5)
         self.memory = memory
+        memory.restore()
         memset(memory.base, 0, memoryBytes)
     }
 
@@ -302,6 +322,11 @@ final class HostileFrontEnd {
                 for (i, b) in input.bytes(Int(input.u8() % 64)).enumerated() { memory.store(b, at: offset + i) }
             case .pause:
                 usleep(UInt32(input.u8() % 4) * 200)
+            case .shrink:
+                // Cut the memory under the back end's mapping (as a front end
+                // may ftruncate its memfd): it must drop only this connection.
+                memory.shrink(to: Int(input.pick([0, 4096, 16 << 10, 64 << 10, 128 << 10]) % UInt64(memoryBytes)))
+                for kick in kicks.values { _ = cvhost_eventfd_signal(kick) }
             }
         }
     }
@@ -437,10 +462,12 @@ final class HostileFrontEnd {
         descriptor(second, address: UInt64(request + 4096), length: bend & 16 != 0 ? input.u32() : 4096,
                    flags: bend & 32 != 0 ? input.u16() : 2, next: 0)
         let available = memory.available(q)
-        let index: UInt16 = memory.load(available + 2, as: UInt16.self)
+        let index = memory.loadU16(available + 2)
         memory.store(UInt16(head), at: available + 4 + Int(index % harnessQueueSize) * 2)
-        cvhost_store_release_u16((memory.base + available + 2).assumingMemoryBound(to: UInt16.self),
-                                 bend & 64 != 0 ? input.u16() : index &+ 1)
+        let newIndex = bend & 64 != 0 ? input.u16() : index &+ 1
+        if memory.holds(available + 2, 2) {
+            cvhost_store_release_u16((memory.base + available + 2).assumingMemoryBound(to: UInt16.self), newIndex)
+        }
         if let kick = kicks[q] { _ = cvhost_eventfd_signal(kick) }
     }
 }
@@ -501,6 +528,7 @@ enum Seeds {
             [c(.bringUp), 0, c(.ringDescriptor), 0, 1, 0, 2, c(.post), 1, 0, 0, 0, 0],
             [c(.bringUp), 0, c(.lifecycle), 0, c(.post), 1, 0, 0, 0, 0, c(.enable), 1, 0],
             [c(.raw), 5, 0, 8, 1, 0, 0, 0, 0, 0, 0, 0, 7, 3, 1],
+            [c(.bringUp), 0, c(.post), 1, 0, 0, 0, 0, c(.shrink), 1, c(.post), 0, 3, 0, 0, 0],
         ]
         for (i, seed) in seeds.enumerated() {
             guard let f = fopen("\(dir)/seed-\(i)", "w") else { continue }

@@ -86,11 +86,15 @@ EOF
 for t in "${targets[@]}"; do
     mapfile -t plan < <(link_plan ${modules[$t]})
     (( ${#plan[@]} )) || { echo "fuzz: no link plan for $t" >&2; exit 1; }
+    # A failed compile must not leave the last good binary to be run.
+    rm -f "$out/fuzz-$t"
+    status=0
     swiftc -sanitize=fuzzer,address -parse-as-library -swift-version 6 -g -O \
         -module-cache-path "$(readlink -f "$scratch/$config")/ModuleCache" \
         "tools/fuzz/${source[$t]}" "${plan[@]}" -lpmemobj -lpmem -luring \
-        -o "$out/fuzz-$t" 2>&1 | grep -v "Cannot export local symbol" || true
-    [[ ${PIPESTATUS[0]} -eq 0 && -x $out/fuzz-$t ]] || { echo "fuzz: linking fuzz-$t failed" >&2; exit 1; }
+        -o "$out/fuzz-$t" >"$out/compile-$t.log" 2>&1 || status=$?
+    grep -v "Cannot export local symbol" "$out/compile-$t.log" >&2 || true
+    [[ $status -eq 0 && -x $out/fuzz-$t ]] || { echo "fuzz: compiling fuzz-$t failed (log: $out/compile-$t.log)" >&2; exit 1; }
 done
 echo "fuzz: built ${targets[*]} in $((SECONDS - start)) s ($out)"
 [[ ${PMFS_FUZZ_BUILD_ONLY:-0} == 1 ]] && exit 0
