@@ -163,3 +163,10 @@ int cvhost_memfd_sealable(const char *name, uint64_t size, int seal_shrink) {
     }
     return fd;
 }
+
+int cvhost_memfd_huge(const char *name, uint64_t size) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_HUGETLB);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) != 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}

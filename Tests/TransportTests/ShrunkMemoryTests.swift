@@ -74,6 +74,37 @@ import Testing
         #expect(other.stop())
     }
 
+    /// Guest RAM on huge pages (QEMU's hugetlbfs or hugetlb memfd backends):
+    /// the guard's zero page must cover a whole 2 MiB page.
+    @Test(.enabled(if: HugePages.adjustable)) func hugePageMemoryShrunkUnderItsMappingDropsOnlyThatFrontEnd() throws {
+        let reserved = try #require(HugePages(reserving: 2))
+        defer { reserved.release() }
+        let hostile = try RunningBackend()
+        let other = try RunningBackend()
+        do {
+            let frontEnd = try #require(VhostFrontEnd.connect(to: hostile.path))
+            let ram = try #require(GuestRAM(hugePages: 2))
+            try #require(frontEnd.negotiate())
+            try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(ram.size), 0)]))
+            #expect(hostile.backend.memory.regions.allSatisfy { $0.guardSlot >= 0 })
+            // The ring in the second huge page; hugetlbfs cuts whole pages only.
+            let ring = SplitRing(in: ram, at: UInt64(HugePages.size) + Self.ringSpacing)
+            try #require(frontEnd.start(ring, queue: 1))
+            #expect(ring.request(GuestRequests.initialize()) == 0)
+            ring.place(GuestRequests.getattrRoot())
+            let faultsBefore = cvhost_guard_fault_count()
+            #expect(ftruncate(ram.fd, off_t(HugePages.size)) == 0)
+            var one: UInt64 = 1
+            #expect(write(ring.kick, &one, 8) == 8)
+            #expect(closedByPeer(frontEnd.socket))
+            #expect(cvhost_guard_fault_count() > faultsBefore)
+        }
+        try expectServesANewFrontEnd(other)
+        try expectServesANewFrontEnd(hostile)
+        #expect(hostile.stop())
+        #expect(other.stop())
+    }
+
     @Test func aMemfdSealedAgainstShrinkingIsNotGuarded() throws {
         let running = try RunningBackend()
         let frontEnd = try #require(VhostFrontEnd.connect(to: running.path))

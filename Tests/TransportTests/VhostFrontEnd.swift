@@ -181,6 +181,15 @@ final class GuestRAM {
         (self.fd, self.size, base) = (fd, size, p)
     }
 
+    /// `hugePages` pages of 2 MiB from the huge page pool (see `HugePages`).
+    init?(hugePages: Int) {
+        let size = hugePages * HugePages.size
+        let fd = cvhost_memfd_huge("pmfs-vhost-test-huge", UInt64(size))
+        guard fd >= 0 else { return nil }
+        guard let p = Self.mapShared(fd, size) else { close(fd); return nil }
+        (self.fd, self.size, base) = (fd, size, p)
+    }
+
     private static func mapShared(_ fd: Int32, _ size: Int) -> UnsafeMutableRawPointer? {
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
         return p
@@ -309,5 +318,45 @@ enum GuestRequests {
 
     static func getattrRoot(unique: UInt64 = 2) -> [UInt8] {
         message(opcode: FUSE_GETATTR.rawValue, unique: unique, body: [UInt8](repeating: 0, count: 16))
+    }
+}
+
+/// Huge pages set aside for a test (root: /proc/sys/vm/nr_hugepages), given back after.
+struct HugePages {
+    static let size = 2 << 20
+    static let control = "/proc/sys/vm/nr_hugepages"
+    static var adjustable: Bool { access(control, W_OK) == 0 }
+    let before: Int
+
+    /// Raises the pool by `count` free pages, or nil if the kernel cannot.
+    init?(reserving count: Int) {
+        guard let now = Self.read(Self.control) else { return nil }
+        before = now
+        guard Self.write(now + count), let free = Self.freePages(), free >= count else { Self.write(now); return nil }
+    }
+
+    func release() { Self.write(before) }
+
+    private static func read(_ path: String) -> Int? {
+        lines(path).first.flatMap { Int(String($0.filter(\.isNumber))) }
+    }
+
+    private static func lines(_ path: String) -> [String] {
+        guard let f = fopen(path, "r") else { return [] }
+        defer { fclose(f) }
+        var out: [String] = []
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, Int32(line.count), f) != nil { out.append(String(cString: line)) }
+        return out
+    }
+
+    @discardableResult private static func write(_ pages: Int) -> Bool {
+        guard let f = fopen(control, "w") else { return false }
+        let ok = fputs("\(pages)\n", f) >= 0
+        return fclose(f) == 0 && ok
+    }
+
+    private static func freePages() -> Int? {
+        lines("/proc/meminfo").first { $0.hasPrefix("HugePages_Free:") }.flatMap { Int(String($0.dropFirst(15).filter(\.isNumber))) }
     }
 }

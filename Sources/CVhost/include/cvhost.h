@@ -83,4 +83,8 @@ size_t cvhost_mapping_granule(int fd);
  * `seal_shrink` (as QEMU's memory-backend-memfd does); -errno on failure. */
 int cvhost_memfd_sealable(const char *name, uint64_t size, int seal_shrink);
 
+/* A memfd of `size` bytes on huge pages (MFD_HUGETLB, as QEMU's
+ * memory-backend-memfd hugetlb=on makes); -errno on failure. */
+int cvhost_memfd_huge(const char *name, uint64_t size);
+
 #endif
