@@ -147,11 +147,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // The pool-damage fuzzer (runs fsck.pmfs and itself as children).
+        // Linux headers Glibc's module lacks (xattr calls, SEEK_DATA/SEEK_HOLE).
+        .target(name: "CLinux"),
+        // The pool-damage fuzzer (runs fsck.pmfs, pmfsd and itself as children).
         .executableTarget(
             name: "PmfsDamageFuzz",
             dependencies: [
-                "PMFSMetadata", "PMFSCore", "PMFSData", "CPMDK",
+                "PMFSMetadata", "PMFSCore", "PMFSData", "CPMDK", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

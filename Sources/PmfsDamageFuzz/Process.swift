@@ -15,6 +15,12 @@ enum ChildEnd: Equatable, CustomStringConvertible {
 /// Runs `path` with `arguments`, stdout and stderr to `output` (or /dev/null),
 /// killing it (SIGKILL) after `timeout` seconds.
 func spawn(_ path: String, _ arguments: [String], timeout: Double, output: String = "/dev/null") -> ChildEnd {
+    guard let pid = start(path, arguments, output: output) else { return .exited(127) }
+    return wait(pid, timeout: timeout, killing: true)
+}
+
+/// Starts `path` with `arguments` in the background; nil if it could not be run.
+func start(_ path: String, _ arguments: [String], output: String = "/dev/null") -> pid_t? {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -23,16 +29,22 @@ func spawn(_ path: String, _ arguments: [String], timeout: Double, output: Strin
     let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
     defer { for a in argv { free(a) } }
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
-    guard rc == 0 else { return .exited(127) }
+    return posix_spawn(&pid, path, &actions, nil, argv, environ) == 0 ? pid : nil
+}
+
+/// How `pid` ended within `timeout` seconds; `.timedOut` if it had not (and
+/// then it was killed with SIGKILL and reaped when `killing`).
+func wait(_ pid: pid_t, timeout: Double, killing: Bool) -> ChildEnd {
     let deadline = now() + timeout
     var status: Int32 = 0
     while true {
         let r = waitpid(pid, &status, WNOHANG)
         if r == pid { break }
         if now() > deadline {
-            kill(pid, SIGKILL)
-            _ = waitpid(pid, &status, 0)
+            if killing {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+            }
             return .timedOut
         }
         usleep(2000)

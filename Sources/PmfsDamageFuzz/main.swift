@@ -14,7 +14,7 @@ struct DamageFuzz: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfs-damage-fuzz",
         abstract: "Damage real pmfs pools and check that the engine fails requests, never the process, and fsck.pmfs repairs.",
-        subcommands: [Run.self, Walk.self], defaultSubcommand: Run.self)
+        subcommands: [Run.self, Walk.self, WalkMount.self], defaultSubcommand: Run.self)
 }
 
 struct Run: ParsableCommand {
@@ -26,6 +26,10 @@ struct Run: ParsableCommand {
     @Option(help: "Seconds a walk may take before it counts as a hang.") var timeout: Double = 30
     @Option(help: "Where pools are made (a tmpfs: PMEM_IS_PMEM_FORCE=1 is set).") var directory: String = "/dev/shm"
     @Flag(help: "Print every seed's damage and outcome.") var verbose = false
+    @Option(help: "Walk through the engine in a child (engine), or have pmfsd serve the pool on a host mount and walk that (mount).")
+    var through: WalkPath = .engine
+
+    enum WalkPath: String, ExpressibleByArgument { case engine, mount }
 
     func run() throws {
         setenv("PMEM_IS_PMEM_FORCE", "1", 1)
@@ -35,6 +39,10 @@ struct Run: ParsableCommand {
         defer { removeTree(work) }
         let fsck = siblingExecutable("fsck.pmfs")
         guard access(fsck, X_OK) == 0 else { throw FuzzError("\(fsck) not built (swift build builds it)") }
+        if through == .mount {
+            guard access(siblingExecutable("pmfsd"), X_OK) == 0 else { throw FuzzError("pmfsd not built beside this tool") }
+            guard mkdir("\(work)/mnt", 0o755) == 0 else { throw FuzzError("cannot create \(work)/mnt") }
+        }
         let fixture = try Fixture.make(directory: work)
         let start = now()
         var failures: [String] = []
@@ -84,15 +92,16 @@ struct Run: ParsableCommand {
         }
         // 1. The damaged pool: served and walked in a child.
         unlink(report)
-        let walk = spawn(selfExecutable(), ["walk", "--pool", pool, "--data", data, "--report", report, "--tag", "damaged"], timeout: timeout)
+        let walk = self.walk(pool, data, work, report, tag: "damaged")
         result.detail = "walk: \(readText(report))"
         switch walk {
-        case .exited(0): result.outcome = "walked clean"
-        case .exited(2): result.outcome = "walked with errors"
-        case .exited(3): result.outcome = "open refused"
-        case .exited(let c): result.failure = keep("walk exited \(c)"); return result
-        case .signalled(let s): result.failure = keep("walk killed by signal \(s) (a trap)"); return result
-        case .timedOut: result.failure = keep("walk hung (no answer in \(timeout) s)"); return result
+        case .walked(.exited(0)): result.outcome = "walked clean"
+        case .walked(.exited(2)): result.outcome = "walked with errors"
+        case .walked(.exited(3)): result.outcome = "open refused"
+        case .walked(.exited(let c)): result.failure = keep("walk exited \(c)"); return result
+        case .walked(.signalled(let s)): result.failure = keep("walk killed by signal \(s) (a trap)"); return result
+        case .walked(.timedOut): result.failure = keep("walk hung (no answer in \(timeout) s)"); return result
+        case .daemon(let why): result.failure = keep(why); return result
         }
         guard try readHeaderBlock(data) == header else { result.failure = keep("the data device header was overwritten"); return result }
         // A write past the device's end would have grown the data file.
@@ -104,7 +113,7 @@ struct Run: ParsableCommand {
         case .exited(8):
             // A superblock the checker refuses (version, features): nothing pmfs could serve either.
             result.outcome += ", fsck refused"
-            guard walk == .exited(3) else { result.failure = keep("fsck.pmfs -y could not check a pool the engine opened: \(readText("\(work)/fsck-y.txt").suffix(300))"); return result }
+            guard walk == .walked(.exited(3)) else { result.failure = keep("fsck.pmfs -y could not check a pool the engine opened: \(readText("\(work)/fsck-y.txt").suffix(300))"); return result }
             return result
         default: result.failure = keep("fsck.pmfs -y: \(repair): \(readText("\(work)/fsck-y.txt").suffix(500))"); return result
         }
@@ -115,10 +124,23 @@ struct Run: ParsableCommand {
         }
         // 3. The repaired pool serves without damage.
         unlink(report)
-        let again = spawn(selfExecutable(), ["walk", "--pool", pool, "--data", data, "--report", report, "--tag", "repaired"], timeout: timeout)
-        guard again == .exited(0) else { result.failure = keep("walk after repair: \(again): \(readText(report))"); return result }
+        let again = self.walk(pool, data, work, report, tag: "repaired")
+        guard again == .walked(.exited(0)) else { result.failure = keep("walk after repair: \(again): \(readText(report))"); return result }
         result.outcome += ", repaired"
         return result
+    }
+}
+
+struct WalkMount: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "walk-mount", abstract: "Child: walk a mounted tree with system calls (exit 0 clean, 2 errors).")
+    @Option var root: String
+    @Option var report: String
+    @Option var tag: String = "x"
+
+    func run() throws {
+        let summary = MountWalker.run(root: root, tag: tag)
+        writeText(report, summary)
+        throw ExitCode(summary.contains("errors: none") ? 0 : 2)
     }
 }
 

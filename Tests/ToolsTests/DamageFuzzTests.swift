@@ -14,4 +14,15 @@ import Testing
         #expect(r.status == 0, "\(r.output)\n\(r.stderr)")
         print(r.output.split(separator: "\n").last ?? "")
     }
+
+    /// The same through pmfsd's whole request path: pmfsd serves each damaged
+    /// pool on a host mount, a client walks it with system calls, and pmfsd
+    /// must outlive it and stop cleanly. About 1.3 s a seed.
+    /// PMFS_DAMAGE_FUZZ_MOUNT_SEEDS=N for more.
+    @Test func damagedPoolsServedByPmfsdNeverCrashIt() throws {
+        let seeds = getenv("PMFS_DAMAGE_FUZZ_MOUNT_SEEDS").flatMap { Int(String(cString: $0)) } ?? 16
+        let r = try Tool.run("pmfs-damage-fuzz", ["--through", "mount", "--first-seed", "5000", "--iterations", "\(seeds)"])
+        #expect(r.status == 0, "\(r.output)\n\(r.stderr)")
+        print(r.output.split(separator: "\n").last ?? "")
+    }
 }
