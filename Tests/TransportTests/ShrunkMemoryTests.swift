@@ -46,32 +46,8 @@ import Testing
     }
 
     @Test(arguments: Shrink.allCases) func memoryShrunkUnderItsMappingDropsOnlyThatFrontEnd(_ shrink: Shrink) throws {
-        let hostile = try RunningBackend()
-        let other = try RunningBackend()
-        let frontEnd = try #require(VhostFrontEnd.connect(to: hostile.path))
         let ram = try #require(GuestRAM(memfdSize: Self.ramSize, sealedAgainstShrinking: false))
-        try #require(frontEnd.negotiate())
-        try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(Self.ramSize), 0)]))
-        #expect(hostile.backend.memory.regions.allSatisfy { $0.guardSlot >= 0 })   // an unsealed memfd can shrink
-        let ring = SplitRing(in: ram, at: 2 * Self.ringSpacing)
-        try #require(frontEnd.start(ring, queue: 1))
-        #expect(ring.request(GuestRequests.initialize()) == 0)
-        // The next request is written while the memory is whole; from the
-        // shrink on, this side touches only what is left of it (the ring, if any).
-        ring.place(GuestRequests.getattrRoot())
-        let faultsBefore = cvhost_guard_fault_count()
-        #expect(ftruncate(ram.fd, shrink.newSize) == 0)
-        if shrink == .belowTheRequest { ring.offer(0) }
-        var one: UInt64 = 1
-        #expect(write(ring.kick, &one, 8) == 8)
-
-        #expect(closedByPeer(frontEnd.socket))
-        #expect(cvhost_guard_fault_count() > faultsBefore)
-        // Still here: another backend and this one's next front end are served.
-        try expectServesANewFrontEnd(other)
-        try expectServesANewFrontEnd(hostile)
-        #expect(hostile.stop())
-        #expect(other.stop())
+        try expectShrinkDropsOnlyThatFrontEnd(ram, ringAt: 2 * Self.ringSpacing, to: shrink.newSize, offerAfter: shrink == .belowTheRequest)
     }
 
     /// Guest RAM on huge pages (QEMU's hugetlbfs or hugetlb memfd backends):
@@ -79,26 +55,37 @@ import Testing
     @Test(.enabled(if: HugePages.adjustable)) func hugePageMemoryShrunkUnderItsMappingDropsOnlyThatFrontEnd() throws {
         let reserved = try #require(HugePages(reserving: 2))
         defer { reserved.release() }
+        let ram = try #require(GuestRAM(hugePages: 2))
+        // The ring in the second huge page; hugetlbfs cuts whole pages only.
+        try expectShrinkDropsOnlyThatFrontEnd(ram, ringAt: UInt64(HugePages.size) + Self.ringSpacing, to: off_t(HugePages.size))
+    }
+
+    /// A front end brings up a ring at `ringAt` in `ram`, cuts the memory to
+    /// `newSize` with a request waiting and kicks: the backend must drop it
+    /// (the guard caught the fault) and go on serving new front ends, as must
+    /// another backend in the process.
+    func expectShrinkDropsOnlyThatFrontEnd(_ ram: GuestRAM, ringAt: UInt64, to newSize: off_t, offerAfter: Bool = false) throws {
         let hostile = try RunningBackend()
         let other = try RunningBackend()
-        do {
-            let frontEnd = try #require(VhostFrontEnd.connect(to: hostile.path))
-            let ram = try #require(GuestRAM(hugePages: 2))
-            try #require(frontEnd.negotiate())
-            try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(ram.size), 0)]))
-            #expect(hostile.backend.memory.regions.allSatisfy { $0.guardSlot >= 0 })
-            // The ring in the second huge page; hugetlbfs cuts whole pages only.
-            let ring = SplitRing(in: ram, at: UInt64(HugePages.size) + Self.ringSpacing)
-            try #require(frontEnd.start(ring, queue: 1))
-            #expect(ring.request(GuestRequests.initialize()) == 0)
-            ring.place(GuestRequests.getattrRoot())
-            let faultsBefore = cvhost_guard_fault_count()
-            #expect(ftruncate(ram.fd, off_t(HugePages.size)) == 0)
-            var one: UInt64 = 1
-            #expect(write(ring.kick, &one, 8) == 8)
-            #expect(closedByPeer(frontEnd.socket))
-            #expect(cvhost_guard_fault_count() > faultsBefore)
-        }
+        let frontEnd = try #require(VhostFrontEnd.connect(to: hostile.path))
+        try #require(frontEnd.negotiate())
+        try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(ram.size), 0)]))
+        #expect(hostile.backend.memory.regions.allSatisfy { $0.guardSlot >= 0 })   // an unsealed memfd can shrink
+        let ring = SplitRing(in: ram, at: ringAt)
+        try #require(frontEnd.start(ring, queue: 1))
+        #expect(ring.request(GuestRequests.initialize()) == 0)
+        // The next request is written while the memory is whole; from the
+        // shrink on, this side touches only what is left of it (the ring, if any).
+        ring.place(GuestRequests.getattrRoot())
+        let faultsBefore = cvhost_guard_fault_count()
+        #expect(ftruncate(ram.fd, newSize) == 0)
+        if offerAfter { ring.offer(0) }
+        var one: UInt64 = 1
+        #expect(write(ring.kick, &one, 8) == 8)
+
+        #expect(closedByPeer(frontEnd.socket))
+        #expect(cvhost_guard_fault_count() > faultsBefore)
+        // Still here: another backend and this one's next front end are served.
         try expectServesANewFrontEnd(other)
         try expectServesANewFrontEnd(hostile)
         #expect(hostile.stop())

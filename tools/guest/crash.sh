@@ -22,16 +22,9 @@ find_bins
 points=${1:-2}
 [[ $points =~ ^[1-9][0-9]*$ ]] || { say "POINTS must be a positive number"; exit 2; }
 [[ -e /dev/fuse && $(id -u) -eq 0 ]] || { say "needs root and /dev/fuse (pmfsd mounts on the host)"; exit 2; }
-"$here/build.sh"
-export PMEM_IS_PMEM_FORCE=1
+prepare_host
 RANDOM=${PMFS_CRASH_SEED:-$$}
-
-work=$(mktemp -d /tmp/pmfs-crash.XXXXXX)
-pool=/dev/shm/pmfs-crash-$$.pool
-mnt=$work/mnt
 sock=$work/fs.sock
-mkdir -p "$mnt"
-pmfsd_pid=
 trap 'cleanup_host "${PMFS_CRASH_KEEP:-0}"' EXIT
 trap 'exit 130' INT TERM
 

@@ -15,13 +15,7 @@ root=$(cd "$here/../.." && pwd)
 script_name=exports
 . "$here/host.sh"
 find_bins
-"$here/build.sh"
-export PMEM_IS_PMEM_FORCE=1
-work=$(mktemp -d /tmp/pmfs-exports.XXXXXX)
-pool=/dev/shm/pmfs-exports-$$.pool
-mnt=$work/mnt
-mkdir -p "$mnt"
-pmfsd_pid=
+prepare_host
 trap 'cleanup_host 0' EXIT
 trap 'exit 130' INT TERM
 

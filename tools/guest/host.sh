@@ -1,5 +1,6 @@
 # Host-side helpers for the scripts that run pmfsd and guests together
-# (integrity.sh, exports.sh). Source after setting `root` and `script_name`.
+# (integrity.sh, exports.sh, libvirt.sh, crash.sh). Source after setting
+# `here`, `root` and `script_name`.
 
 say() { echo "guest/$script_name: $*" >&2; }
 
@@ -23,6 +24,20 @@ find_bins() {
     for p in pmfsd mkfs.pmfs fsck.pmfs; do
         [[ -n $bin && -x $bin/$p ]] || { say "no $p in ${bin:-.build}: swift build first"; exit 2; }
     done
+}
+
+# prepare_host: builds the guest image and kernel (build.sh), and sets what
+# every host-side run uses: `work` (a new directory under /tmp), `pool` (on
+# /dev/shm, so PMEM_IS_PMEM_FORCE=1 is exported), `mnt` (the host mount point,
+# made) and an empty `pmfsd_pid`.
+prepare_host() {
+    "$here/build.sh"
+    export PMEM_IS_PMEM_FORCE=1
+    work=$(mktemp -d "/tmp/pmfs-$script_name.XXXXXX")
+    pool=/dev/shm/pmfs-$script_name-$$.pool
+    mnt=$work/mnt
+    mkdir -p "$mnt"
+    pmfsd_pid=
 }
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND ten times a second; dies

@@ -37,20 +37,13 @@ find_bins
 command -v sqlite3 >/dev/null || { say "no sqlite3 on the host (tools/setup.sh installs it)"; exit 2; }
 [[ -e /dev/fuse && $(id -u) -eq 0 ]] || { say "needs root and /dev/fuse (pmfsd mounts on the host)"; exit 2; }
 
-"$here/build.sh"
+prepare_host
 gt=${PMFS_GUEST_DIR:-$root/.guest}/gt     # static, runs on the host too
-export PMEM_IS_PMEM_FORCE=1               # the pool lives on /dev/shm
-
-work=$(mktemp -d /tmp/pmfs-integrity.XXXXXX)
-pool=/dev/shm/pmfs-integrity-$$.pool
-mnt=$work/mnt
 sock=$work/fs.sock
 sock2=$work/fs2.sock            # a second VM's socket
 dir=integrity                   # the workloads' pmfs.dir
 files=$mnt/$dir/files
 manifest=$work/manifest         # "sha256  path" under files/, everything that must be there
-mkdir -p "$mnt"
-pmfsd_pid=
 
 # The host's lock holders (fds 7 and 8) go first: pmfsd then stops without waiting for them.
 cleanup() { local rc=$?; exec 7>&- 8>&-; (exit $rc); cleanup_host "${PMFS_INTEGRITY_KEEP:-0}"; }

@@ -15,14 +15,8 @@ script_name=libvirt
 . "$here/host.sh"
 find_bins
 [[ -x $bin/pmfsctl ]] || { say "no pmfsctl in $bin: swift build first"; exit 2; }
-"$here/build.sh"
-export PMEM_IS_PMEM_FORCE=1
-work=$(mktemp -d /tmp/pmfs-libvirt.XXXXXX)
-pool=/dev/shm/pmfs-libvirt-$$.pool
-mnt=$work/mnt
+prepare_host
 control=$work/control.sock
-mkdir -p "$mnt"
-pmfsd_pid=
 launchers=()
 # The launchers go first (libvirt stopping the VMs), then what cleanup_host does.
 cleanup() { local rc=$? p; for p in "${launchers[@]}"; do kill -TERM "$p" 2>/dev/null; done; (exit $rc); cleanup_host 0; }
