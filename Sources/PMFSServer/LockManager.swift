@@ -1,3 +1,4 @@
+import Dispatch
 import FUSEProtocol
 import Glibc
 import Synchronization
@@ -7,7 +8,16 @@ import Synchronization
 /// parked with their reply and woken when a lock goes away, or ended with EINTR
 /// by an INTERRUPT. Locks are advisory and live in DRAM: a restart drops them,
 /// as a reboot drops a local file system's.
+///
+/// A non-blocking flock that finds the file locked waits `releaseGrace` for
+/// the lock to go before it answers EAGAIN: the kernel sends the RELEASE that
+/// drops a closed file's flock in the background after close(2) returned,
+/// and over several queues (FUSE over io_uring's per-CPU queues, a guest's
+/// request queues) a flock asked for next may be served first.
 final class LockManager: Sendable {
+    /// Long enough for another queue's thread to be scheduled on a loaded host.
+    static let releaseGrace: DispatchTimeInterval = .milliseconds(30)
+
     struct Held: Equatable {
         var owner: UInt64
         var session: UInt64
@@ -26,6 +36,8 @@ final class LockManager: Sendable {
         var ino: UInt64
         var wanted: Held
         var reply: @Sendable (Int32) -> Void
+        /// A non-blocking flock waiting out `releaseGrace`: EAGAIN when it ends.
+        var trial = false
     }
 
     private struct State {
@@ -96,6 +108,7 @@ final class LockManager: Sendable {
     /// unlock inside a range splits it: one more), or its wait past its waiters.
     func set(ino: UInt64, unique: UInt64, _ wanted: Held, wait: Bool, limits: Limits, reply: @escaping @Sendable (Int32) -> Void) {
         var granted: [Waiter] = []
+        var trial = false
         let answer: Int32? = state.withLock { s in
             let saved = (list: s.locks[ino], records: s.records[wanted.session] ?? 0)
             if Self.apply(&s, ino: ino, wanted) {
@@ -108,13 +121,32 @@ final class LockManager: Sendable {
                 granted = Self.wake(&s, ino: ino)
                 return 0
             }
-            if !wait { return EAGAIN }
-            guard s.waiters.lazy.filter({ $0.wanted.session == wanted.session }).count < limits.waiters else { return ENOLCK }
-            s.waiters.append(Waiter(unique: unique, ino: ino, wanted: wanted, reply: reply))
+            let room = s.waiters.lazy.filter({ $0.wanted.session == wanted.session }).count < limits.waiters
+            if !wait {
+                guard wanted.flock, room else { return EAGAIN }
+                trial = true
+            } else if !room {
+                return ENOLCK
+            }
+            s.waiters.append(Waiter(unique: unique, ino: ino, wanted: wanted, reply: reply, trial: trial))
             return nil
         }
         if let answer { reply(answer) }
         for w in granted { w.reply(0) }
+        if trial && answer == nil {
+            DispatchQueue.global().asyncAfter(deadline: .now() + Self.releaseGrace) { [self] in
+                endTrial(unique: unique, session: wanted.session)
+            }
+        }
+    }
+
+    /// A trial's grace is over: EAGAIN, unless a release granted it meanwhile.
+    private func endTrial(unique: UInt64, session: UInt64) {
+        let ended: Waiter? = state.withLock { s in
+            guard let i = s.waiters.firstIndex(where: { $0.trial && $0.unique == unique && $0.wanted.session == session }) else { return nil }
+            return s.waiters.remove(at: i)
+        }
+        ended?.reply(EAGAIN)
     }
 
     /// Grants every waiter (on `ino`, or on any inode) that can now have its
