@@ -35,22 +35,41 @@ extension Run {
         case nil:
             break
         }
-        let walk = spawn(selfExecutable(), ["walk-mount", "--root", mountPoint, "--report", report, "--tag", tag], timeout: timeout)
-        if case .some(let end) = ended(daemon) {
-            detach(mountPoint)
-            return .daemon("pmfsd died during the walk (\(end)): \(readText(log).suffix(300))")
+        var st = stat()
+        let connection = stat(mountPoint, &st) == 0 ? Self.minor(st.st_dev) : nil
+        guard let walker = start(selfExecutable(), ["walk-mount", "--root", mountPoint, "--report", report, "--tag", tag]) else {
+            return .daemon("the walker could not be started")
         }
+        let walk = wait(walker, timeout: timeout, killing: false)
         if walk == .timedOut {
+            // A process waiting on a request pmfsd has taken cannot be killed
+            // until the connection is aborted.
+            if let connection { Self.abortConnection(connection) }
+            kill(walker, SIGKILL)
             kill(daemon, SIGKILL)
+            _ = wait(walker, timeout: timeout, killing: true)
             _ = wait(daemon, timeout: timeout, killing: true)
             detach(mountPoint)
             return .daemon("pmfsd did not answer the walk within \(timeout) s")
+        }
+        if case .some(let end) = ended(daemon) {
+            detach(mountPoint)
+            return .daemon("pmfsd died during the walk (\(end)): \(readText(log).suffix(300))")
         }
         kill(daemon, SIGTERM)
         let stop = wait(daemon, timeout: timeout, killing: true)
         detach(mountPoint)
         guard stop == .exited(0) else { return .daemon("pmfsd did not stop cleanly after the walk (\(stop)): \(readText(log).suffix(300))") }
         return .walked(walk)
+    }
+
+    static func minor(_ device: dev_t) -> UInt64 { UInt64(device & 0xff) | UInt64((device >> 12) & 0xffff_ff00) }
+
+    /// Ends every request of a FUSE connection (fusectl, mounted if it is not).
+    static func abortConnection(_ minor: UInt64) {
+        let connections = "/sys/fs/fuse/connections"
+        if access("\(connections)/\(minor)", F_OK) != 0 { mount("fusectl", connections, "fusectl", 0, nil) }
+        writeText("\(connections)/\(minor)/abort", "1")
     }
 
     /// nil once `mountPoint` is mounted, or how pmfsd ended before that.
