@@ -171,6 +171,9 @@ public protocol FUSEOperations: AnyObject, Sendable {
     func flush(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, lockOwner: UInt64) throws
     func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws
     func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws
+    /// FSYNCs that arrived together (a `FUSEFsyncGroup`), made durable
+    /// together: 0 or an errno per member, in order. The default runs them one by one.
+    func fsync(group: [FUSEFsync]) -> [Int32]
     func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult
     /// Entries from `offset` on; the engine stops packing when the reply is full
     /// (the kernel asks again from the last offset it saw).

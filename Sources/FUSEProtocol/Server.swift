@@ -75,26 +75,37 @@ public final class FUSEServer: @unchecked Sendable {
         }
     }
 
+    /// Whether a request is an FSYNC of a file, which a transport collects in
+    /// a `FUSEFsyncGroup` rather than hands to another thread.
+    public static func joinsFsyncGroup(_ start: UnsafeRawBufferPointer) -> Bool {
+        guard start.count >= MemoryLayout<fuse_in_header>.size else { return false }
+        let opcode = start.loadUnaligned(fromByteOffset: MemoryLayout<fuse_in_header>.offset(of: \.opcode)!, as: UInt32.self)
+        return opcode == FUSE_FSYNC.rawValue
+    }
+
     /// Handles one request: reads it through `request`, writes the reply
     /// through `reply`, and says what became of it. The transports only move
     /// bytes: they wrap their buffers (a /dev/fuse buffer, an io_uring entry,
     /// a guest's descriptor chain) and send `.replied(n)`'s first n bytes. A
     /// WRITE's data is used where it lies and a READ's put straight into the
     /// reply memory. `later` gets a `.deferred` request's reply (a SETLKW that
-    /// waits) as a whole message, possibly from another thread.
+    /// waits) as a whole message, possibly from another thread. With a
+    /// `group`, an FSYNC joins it (`.deferred`) and is answered by `commit`.
     public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
-                       later: @escaping FUSEReplySink) -> FUSEOutcome {
+                       later: @escaping FUSEReplySink, group: FUSEFsyncGroup? = nil) -> FUSEOutcome {
         guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
         // Every transport comes through here: the one place requests are counted and timed.
-        guard let metrics else { return serve(header, &request, &reply, later: later) }
+        guard let metrics else { return serve(header, &request, &reply, later: later, group: group) }
         let start = monotonicNanoseconds()
-        let outcome = serve(header, &request, &reply, later: later)
-        metrics.finished(header.opcode, nanoseconds: monotonicNanoseconds() &- start)
+        let joined = group?.count ?? 0
+        let outcome = serve(header, &request, &reply, later: later, group: group)
+        // A grouped FSYNC is timed until its reply, by commit.
+        if (group?.count ?? 0) == joined { metrics.finished(header.opcode, nanoseconds: monotonicNanoseconds() &- start) }
         return outcome
     }
 
     private func serve(_ header: fuse_in_header, _ request: inout RequestCursor, _ reply: inout ReplyWriter,
-                       later: @escaping FUSEReplySink) -> FUSEOutcome {
+                       later: @escaping FUSEReplySink, group: FUSEFsyncGroup?) -> FUSEOutcome {
         let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
                             pid: header.pid, opcode: header.opcode)
         guard Int(header.len) == request.total else { return fail(r, EINVAL, &reply) }
@@ -103,7 +114,7 @@ public final class FUSEServer: @unchecked Sendable {
         guard ext <= request.remaining, var args = try? request.prefix(request.remaining - ext) else { return fail(r, EINVAL, &reply) }
         if header.opcode != FUSE_INIT.rawValue && !initialized { return fail(r, EIO, &reply) }
         do {
-            return try dispatch(r, &args, &reply, later: later)
+            return try dispatch(r, &args, &reply, later: later, group: group)
         } catch let e as FUSEError {
             return fail(r, e.errno, &reply)
         } catch is FUSEWireError {
@@ -192,7 +203,7 @@ public final class FUSEServer: @unchecked Sendable {
     /// One small method per opcode; each reads all of its arguments before it
     /// writes its reply (over io_uring both share the payload buffer).
     private func dispatch(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter,
-                          later: @escaping FUSEReplySink) throws -> FUSEOutcome {
+                          later: @escaping FUSEReplySink, group: FUSEFsyncGroup?) throws -> FUSEOutcome {
         switch fuse_opcode(rawValue: r.opcode) {
         case FUSE_INIT: return try initialize(r, &a, &o)
         case FUSE_DESTROY: operations.destroy(); return try answer(r, &o)
@@ -219,7 +230,9 @@ public final class FUSEServer: @unchecked Sendable {
         case FUSE_WRITE: return try write(r, &a, &o)
         case FUSE_FLUSH: return try flush(r, &a, &o)
         case FUSE_RELEASE: return try release(r, &a, &o)
-        case FUSE_FSYNC: return try fsync(r, &a, &o, directory: false)
+        case FUSE_FSYNC:
+            if let group { return try join(group, r, &a, later: later) }
+            return try fsync(r, &a, &o, directory: false)
         case FUSE_OPENDIR: return try opened(r, &o, try operations.opendir(r, nodeid: r.nodeid, flags: try a.read(fuse_open_in.self).flags))
         case FUSE_READDIR: return try readdir(r, try a.read(), &o, plus: false)
         case FUSE_READDIRPLUS: return try readdir(r, try a.read(), &o, plus: true)
@@ -362,6 +375,15 @@ public final class FUSEServer: @unchecked Sendable {
             try operations.fsync(r, nodeid: r.nodeid, handle: f.fh, dataOnly: dataOnly)
         }
         return try answer(r, &o)
+    }
+
+    /// An FSYNC put in its transport's group, answered when the group commits.
+    private func join(_ group: FUSEFsyncGroup, _ r: FUSERequest, _ a: inout RequestCursor,
+                      later: @escaping FUSEReplySink) throws -> FUSEOutcome {
+        let f = try a.read(fuse_fsync_in.self)
+        let member = FUSEFsync(request: r, nodeid: r.nodeid, handle: f.fh, dataOnly: f.fsync_flags & UInt32(FUSE_FSYNC_FDATASYNC) != 0)
+        group.add(member, reply: later, start: metrics == nil ? 0 : monotonicNanoseconds())
+        return .deferred
     }
 
     private func statfs(_ r: FUSERequest, _ o: inout ReplyWriter) throws -> FUSEOutcome {

@@ -530,94 +530,144 @@ public final class FileSystem: @unchecked Sendable {
     /// must learn (new extents, written unwritten ranges, size, mtime) in one
     /// transaction, after a device flush. File lock held.
     func writeBack(_ f: FileData, flushDevice: Bool) throws {
-        if filesLock.withLock({ f.dead }) { return }
-        if f.dirtyBlocks.isEmpty && !f.needsCommit {
+        guard let w = try beginWriteBack(f) else {
             if flushDevice { try flushDeviceOrThrow() }
             return
         }
-        // The pin keeps the inode from being freed (its number reused) while its
-        // blocks are written and its extents committed; a background write-back
-        // can race the last unlink, whose freeing then waits for the unpin.
-        guard try metadata.pin(f.ino, generation: f.generation) else {
-            forgetDeadFile(f)
-            return
+        defer { endWriteBack(w) }
+        do {
+            // New blocks must be on stable storage before the pool points at them.
+            if w.commit || flushDevice {
+                try device.writeDurably(w.requests)
+            } else {
+                try device.perform(w.requests)
+            }
+            try commitWriteBack(w)
+        } catch {
+            throw failWriteBack(w, error)
         }
-        defer {
-            do { try metadata.unpin(f.ino) } catch { logger.error("write-back of inode \(f.ino): unpin: \(error)") }
-        }
-        let dirty = cache.pinDirty(f)
-        defer { for d in dirty { cache.unpin(d.frame) } }
+    }
+
+    /// A write-back between its phases: the dirty pages pinned, the blocks
+    /// claimed, the transfers built, what the pool must learn.
+    final class PendingWriteBack {
+        let file: FileData
+        var dirty: [(block: UInt64, frame: Int32)] = []
         var requests: [BlockIORequest] = []
         var mappings: [NewMapping] = []
         var claims: [BlockRun] = []
         var writtenRanges: [(start: UInt64, count: UInt64)] = []
         var redundantReservations: [UInt64] = []
         var consumedReservations: [UInt64] = []
+        /// Whether a transaction must follow the writes (then a flush comes first).
+        var commit: Bool { !mappings.isEmpty || !writtenRanges.isEmpty || file.needsCommit }
+        init(_ file: FileData) { self.file = file }
+    }
+
+    /// First phase (file lock held): pins the inode and the dirty pages,
+    /// claims blocks for holes and builds the device writes. Nil when there is
+    /// nothing to write or commit (or the file is gone). Every pending
+    /// write-back ends with `endWriteBack`, after `commitWriteBack` or
+    /// `failWriteBack`.
+    func beginWriteBack(_ f: FileData) throws -> PendingWriteBack? {
+        if filesLock.withLock({ f.dead }) { return nil }
+        if f.dirtyBlocks.isEmpty && !f.needsCommit { return nil }
+        // The pin keeps the inode from being freed (its number reused) while its
+        // blocks are written and its extents committed; a background write-back
+        // can race the last unlink, whose freeing then waits for the unpin.
+        guard try metadata.pin(f.ino, generation: f.generation) else {
+            forgetDeadFile(f)
+            return nil
+        }
+        let w = PendingWriteBack(f)
+        w.dirty = cache.pinDirty(f)
         do {
-            var i = 0
-            while i < dirty.count {
-                // A run of consecutive dirty blocks.
-                var j = i + 1
-                while j < dirty.count && dirty[j].block == dirty[j - 1].block + 1 { j += 1 }
-                let runStart = dirty[i].block
-                for seg in try metadata.mapBlocks(f.ino, start: runStart, count: UInt64(j - i)) {
-                    var deviceStarts: [(fileBlock: UInt64, device: UInt64, length: UInt64)] = []
-                    if let dev = seg.deviceBlock, !seg.shared {
-                        deviceStarts = [(seg.fileBlock, dev, seg.length)]
-                        if seg.unwritten { writtenRanges.append((seg.fileBlock, seg.length)) }
-                        for b in seg.fileBlock..<(seg.fileBlock + seg.length) where f.reserved.contains(b) { redundantReservations.append(b) }
-                    } else {
-                        let held = (seg.fileBlock..<(seg.fileBlock + seg.length)).filter { f.reserved.contains($0) }
-                        let runs = try metadata.claimBlocks(f.ino, fileBlock: seg.fileBlock, count: seg.length, fromReservation: UInt64(held.count))
-                        consumedReservations += held
-                        claims += runs
-                        var fb = seg.fileBlock
-                        for r in runs {
-                            mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length, replacesShared: seg.shared))
-                            deviceStarts.append((fb, r.start, r.length))
-                            fb += r.length
-                        }
-                    }
-                    for piece in deviceStarts {
-                        // One vectored write per device-contiguous piece (at most 1 MiB).
-                        var b = piece.fileBlock
-                        while b < piece.fileBlock + piece.length {
-                            let count = min(256, piece.fileBlock + piece.length - b)
-                            let iov = (0..<count).map { k -> iovec in
-                                let fr = dirty[i + Int(b + k - runStart)].frame
-                                return iovec(iov_base: cache.memory(fr), iov_len: Int(blockSize))
-                            }
-                            requests.append(BlockIORequest(kind: .write, segments: iov, offset: (piece.device + (b - piece.fileBlock)) * blockSize))
-                            b += count
-                        }
+            try planWrites(w)
+        } catch {
+            let error = failWriteBack(w, error)
+            endWriteBack(w)
+            throw error
+        }
+        return w
+    }
+
+    /// Maps the dirty runs to device blocks (claiming new ones) and makes one
+    /// vectored write per device-contiguous piece (at most 1 MiB).
+    private func planWrites(_ w: PendingWriteBack) throws {
+        let f = w.file, dirty = w.dirty
+        var i = 0
+        while i < dirty.count {
+            // A run of consecutive dirty blocks.
+            var j = i + 1
+            while j < dirty.count && dirty[j].block == dirty[j - 1].block + 1 { j += 1 }
+            let runStart = dirty[i].block
+            for seg in try metadata.mapBlocks(f.ino, start: runStart, count: UInt64(j - i)) {
+                var deviceStarts: [(fileBlock: UInt64, device: UInt64, length: UInt64)] = []
+                if let dev = seg.deviceBlock, !seg.shared {
+                    deviceStarts = [(seg.fileBlock, dev, seg.length)]
+                    if seg.unwritten { w.writtenRanges.append((seg.fileBlock, seg.length)) }
+                    for b in seg.fileBlock..<(seg.fileBlock + seg.length) where f.reserved.contains(b) { w.redundantReservations.append(b) }
+                } else {
+                    let held = (seg.fileBlock..<(seg.fileBlock + seg.length)).filter { f.reserved.contains($0) }
+                    let runs = try metadata.claimBlocks(f.ino, fileBlock: seg.fileBlock, count: seg.length, fromReservation: UInt64(held.count))
+                    w.consumedReservations += held
+                    w.claims += runs
+                    var fb = seg.fileBlock
+                    for r in runs {
+                        w.mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length, replacesShared: seg.shared))
+                        deviceStarts.append((fb, r.start, r.length))
+                        fb += r.length
                     }
                 }
-                i = j
+                for piece in deviceStarts {
+                    var b = piece.fileBlock
+                    while b < piece.fileBlock + piece.length {
+                        let count = min(256, piece.fileBlock + piece.length - b)
+                        let iov = (0..<count).map { k -> iovec in
+                            let fr = dirty[i + Int(b + k - runStart)].frame
+                            return iovec(iov_base: cache.memory(fr), iov_len: Int(blockSize))
+                        }
+                        w.requests.append(BlockIORequest(kind: .write, segments: iov, offset: (piece.device + (b - piece.fileBlock)) * blockSize))
+                        b += count
+                    }
+                }
             }
-            let commit = !mappings.isEmpty || !writtenRanges.isEmpty || f.needsCommit
-            // New blocks must be on stable storage before the pool points at them.
-            if commit || flushDevice {
-                try device.writeDurably(requests)
-            } else {
-                try device.perform(requests)
-            }
-            if commit {
-                try metadata.commitWrites(f.ino, mappings: mappings, written: writtenRanges, size: f.size, mtime: f.pendingMtime)
-                f.persistedSize = f.size
-                f.pendingMtime = nil
-            }
-        } catch {
-            metadata.releaseClaimedBlocks(claims)
-            // The reservations taken by the claims go back so the pages can be retried.
-            if !consumedReservations.isEmpty { try? metadata.reserveBlocks(UInt64(consumedReservations.count)) }
-            logger.error("write-back of inode \(f.ino) failed: \(error)")
-            throw (error as? Errno) ?? Errno.ioError
+            i = j
         }
-        for b in consumedReservations { f.reserved.remove(b) }
-        for b in redundantReservations { f.reserved.remove(b) }
-        metadata.unreserveBlocks(UInt64(redundantReservations.count))
-        for d in dirty { cache.markClean(d.frame) }
+    }
+
+    /// Last phase, once the writes are on the device (and flushed if new
+    /// blocks or a size are committed): the transaction, then the pages are clean.
+    func commitWriteBack(_ w: PendingWriteBack) throws {
+        let f = w.file
+        if w.commit {
+            try metadata.commitWrites(f.ino, mappings: w.mappings, written: w.writtenRanges, size: f.size, mtime: f.pendingMtime)
+            f.persistedSize = f.size
+            f.pendingMtime = nil
+        }
+        for b in w.consumedReservations { f.reserved.remove(b) }
+        for b in w.redundantReservations { f.reserved.remove(b) }
+        metadata.unreserveBlocks(UInt64(w.redundantReservations.count))
+        for d in w.dirty { cache.markClean(d.frame) }
         f.dirtySince = 0
+    }
+
+    /// Undoes the claims of a write-back that failed (the pages stay dirty, to
+    /// be retried) and says what to throw.
+    func failWriteBack(_ w: PendingWriteBack, _ error: Error) -> Error {
+        metadata.releaseClaimedBlocks(w.claims)
+        // The reservations taken by the claims go back so the pages can be retried.
+        if !w.consumedReservations.isEmpty { try? metadata.reserveBlocks(UInt64(w.consumedReservations.count)) }
+        w.claims = []
+        w.consumedReservations = []
+        logger.error("write-back of inode \(w.file.ino) failed: \(error)")
+        return (error as? Errno) ?? Errno.ioError
+    }
+
+    /// Unpins the pages and the inode.
+    func endWriteBack(_ w: PendingWriteBack) {
+        for d in w.dirty { cache.unpin(d.frame) }
+        do { try metadata.unpin(w.file.ino) } catch { logger.error("write-back of inode \(w.file.ino): unpin: \(error)") }
     }
 
     private func flushDeviceOrThrow() throws {
@@ -662,6 +712,10 @@ public final class FileSystem: @unchecked Sendable {
     /// fsync of a directory has nothing to do.
     public func fsync(_ ino: UInt64, dataOnly: Bool = false) throws {
         fsyncs.increment()
+        try fsyncAlone(ino, dataOnly: dataOnly)
+    }
+
+    private func fsyncAlone(_ ino: UInt64, dataOnly: Bool) throws {
         guard let f = filesLock.withLock({ files[ino] }) else {
             // Nothing cached: everything of this file is already on the device and in the pool.
             _ = try metadata.getattr(ino)
@@ -675,6 +729,73 @@ public final class FileSystem: @unchecked Sendable {
             }
             try writeBack(f, flushDevice: true)
         }
+    }
+
+    /// Several fsyncs that arrived together (one pass over a queue), made
+    /// durable together: each file's writes, then **one** device flush for all
+    /// of them, then each file's transaction, so N fsyncs cost one flush and
+    /// no thread hand-over. `results[i]` is nil when item i is durable, else
+    /// its error. Only the first file's lock is waited for (no lock is held
+    /// then); the others are tried, and a file another thread holds is synced
+    /// alone afterwards, so this never waits for a lock while holding one.
+    public func fsync(group items: [(ino: UInt64, dataOnly: Bool)]) -> [Error?] {
+        fsyncs.increment(by: items.count)
+        var results = [Error?](repeating: nil, count: items.count)
+        // One entry per file, in inode order; a full fsync wins over fdatasync.
+        var wanted: [UInt64: (dataOnly: Bool, items: [Int])] = [:]
+        for (i, item) in items.enumerated() {
+            let old = wanted[item.ino]
+            wanted[item.ino] = ((old?.dataOnly ?? true) && item.dataOnly, (old?.items ?? []) + [i])
+        }
+        let sorted = wanted.keys.sorted()
+        var locked: [FileData] = []
+        var alone: [UInt64] = []
+        let states = filesLock.withLock { sorted.map { files[$0] } }
+        for (ino, state) in zip(sorted, states) {
+            guard let f = state else { alone.append(ino); continue }   // nothing cached: a getattr says if it exists
+            if locked.isEmpty { f.lock.lock() } else if !f.lock.tryLock() { alone.append(ino); continue }
+            locked.append(f)
+        }
+        func fail(_ ino: UInt64, _ error: Error) { for i in wanted[ino]!.items { results[i] = error } }
+        // Writes, file by file.
+        var pending: [PendingWriteBack] = []
+        var flushing: [UInt64] = []
+        for f in locked {
+            // fdatasync may skip a commit that only changes mtime.
+            if wanted[f.ino]!.dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize { flushing.append(f.ino); continue }
+            do {
+                guard let w = try beginWriteBack(f) else { flushing.append(f.ino); continue }
+                do {
+                    try device.perform(w.requests)
+                    pending.append(w)
+                    flushing.append(f.ino)
+                } catch {
+                    fail(f.ino, failWriteBack(w, error))
+                    endWriteBack(w)
+                }
+            } catch {
+                fail(f.ino, error)
+            }
+        }
+        // One flush for every file whose writes completed, then the transactions.
+        var flushError: Error?
+        if !flushing.isEmpty {
+            do { try flushDeviceOrThrow() } catch { flushError = error; for ino in flushing { fail(ino, error) } }
+        }
+        for w in pending {
+            do {
+                if let flushError { throw flushError }
+                try commitWriteBack(w)
+            } catch {
+                fail(w.file.ino, failWriteBack(w, error))
+            }
+            endWriteBack(w)
+        }
+        for f in locked { f.lock.unlock() }
+        for ino in alone {
+            do { try fsyncAlone(ino, dataOnly: wanted[ino]!.dataOnly) } catch { fail(ino, error) }
+        }
+        return results
     }
 
     /// The write-back cache's frames: all of them, those holding a block, and

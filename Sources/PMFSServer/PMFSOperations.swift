@@ -570,6 +570,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         try run { try fs.fsync(export.inode(nodeid), dataOnly: dataOnly) }
     }
 
+    /// FSYNCs that arrived together: one device flush for all (FileSystem.fsync(group:)).
+    public func fsync(group: [FUSEFsync]) -> [Int32] {
+        let results = fs.fsync(group: group.map { (export.inode($0.nodeid), $0.dataOnly) })
+        return results.map { error in
+            guard let error else { return 0 }
+            do { return try run { throw error } } catch let e as FUSEError { return e.errno } catch { return EIO }
+        }
+    }
+
     // MARK: directories
 
     public func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult {

@@ -562,10 +562,14 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     /// Handles every chain the guest made available (memory lock held shared).
+    /// FSYNCs of the pass are collected and made durable together at its end
+    /// (one device flush for all of them).
     private func processAvailable(_ q: Virtqueue) {
         var budget = Int(q.size)
         // A relaxed load per chain (see GuestMemory.shrank); the pass stops at the first.
         defer { if q.memory.shrank { memoryShrank(on: q) } }
+        let group = q.fsyncGroup
+        defer { commit(group, on: q) }
         while !q.memory.shrank, q.mayTakeAnother(&budget) {
             let chain: Virtqueue.Chain
             do {
@@ -580,8 +584,10 @@ public final class VhostUserBackend: @unchecked Sendable {
             }
             // Run to completion here unless another request is already waiting
             // behind one that may block: a hand-over costs two wake-ups, more
-            // than a whole fsync on RAM media.
-            if let pool, Self.mayBlock(chain), q.hasMore {
+            // than a whole fsync on RAM media. FSYNCs wait for the pass's end.
+            if Self.joinsFsyncGroup(chain) {
+                handle(chain, on: q, group: group)
+            } else if let pool, Self.mayBlock(chain), q.hasMore {
                 let generation = q.generation, epoch = memoryEpoch
                 pool.submit { [self] in
                     pthread_rwlock_rdlock(memoryLock)
@@ -610,6 +616,21 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
     }
 
+    /// Commits a pass's FSYNCs: here when nothing waits on the ring, else
+    /// on the pool as one task, so requests that came meanwhile are not held
+    /// up by the device flush.
+    private func commit(_ group: FUSEFsyncGroup, on q: Virtqueue) {
+        guard !group.isEmpty else { return }
+        guard let pool, q.hasMore else { return server.commit(group) }
+        let handed = FUSEFsyncGroup()
+        handed.take(from: group)
+        pool.submit { [server] in server.commit(handed) }
+    }
+
+    static func joinsFsyncGroup(_ chain: Virtqueue.Chain) -> Bool {
+        chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.joinsFsyncGroup($0) }
+    }
+
     /// Whether a chain's request may block (FUSEServer decides from its first bytes).
     static func mayBlock(_ chain: Virtqueue.Chain) -> Bool {
         chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.mayBlock($0) }
@@ -619,12 +640,12 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// the request, the writable ones receive the reply. A WRITE's data is
     /// taken from the guest's buffers and a READ's put into them, with no copy
     /// through ours.
-    private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue) {
+    private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue, group: FUSEFsyncGroup? = nil) {
         let generation = q.generation
         let head = chain.head
         var request = RequestCursor(chain.readable)
         var reply = ReplyWriter(chain.writable)
-        let outcome = server.handle(&request, &reply, later: deferredReply(chain, on: q, generation: generation))
+        let outcome = server.handle(&request, &reply, later: deferredReply(chain, on: q, generation: generation), group: group)
         switch outcome {
         case .replied(let length):
             guard q.generation == generation else { return }

@@ -1,4 +1,5 @@
 import CVhost
+import FUSEProtocol
 import Glibc
 
 /// A split virtqueue shared with the guest. The descriptor walker checks every
@@ -24,6 +25,8 @@ final class Virtqueue: @unchecked Sendable {
     var eventIndex = false
     /// Bumped on reset, so late (deferred) replies to an old ring are dropped.
     var generation: UInt64 = 0
+    /// The FSYNCs of the worker's current pass (its thread only).
+    let fsyncGroup = FUSEFsyncGroup()
 
     var descriptors: UnsafeMutableRawPointer?
     var available: UnsafeMutableRawPointer?

@@ -1,0 +1,64 @@
+import Glibc
+import PMFSData
+import Synchronization
+import Testing
+@testable import PMFSCore
+@testable import PMFSMetadata
+
+/// fsync(group:): the fsyncs a queue worker collects in one pass are durable
+/// together, with one device flush, and each gets its own result.
+@Suite struct GroupFsyncTests {
+    @Test func aGroupIsDurableWithOneFlush() throws {
+        let t = try CoreFixture()
+        let files = try (0..<4).map { try t.newFile("g\($0)") }
+        for (i, ino) in files.enumerated() {
+            _ = try t.write(ino, 4096 * UInt64(i), [UInt8](repeating: UInt8(0x10 + i), count: 5000))
+        }
+        let missing: UInt64 = 9_999
+        let before = t.device.groupFlush.flushes
+        // A file twice (fsync and fdatasync), one with nothing cached, one that does not exist.
+        let clean = try t.newFile("clean")
+        let results = t.fs.fsync(group: [(files[0], false), (files[1], true), (files[2], false), (files[0], true),
+                                         (files[3], true), (clean, false), (missing, false)])
+        #expect(t.device.groupFlush.flushes == before + 1)
+        #expect(results.prefix(6).allSatisfy { $0 == nil })
+        #expect(results[6] != nil)
+        try t.crashAndReopen()
+        for (i, ino) in files.enumerated() {
+            #expect(try t.read(ino, 4096 * UInt64(i), 5000) == [UInt8](repeating: UInt8(0x10 + i), count: 5000))
+            #expect(try t.metadata.getattr(ino).size == 4096 * UInt64(i) + 5000)
+        }
+    }
+
+    @Test func aFileAnotherThreadHoldsIsSyncedAloneAfterwards() throws {
+        let t = try CoreFixture()
+        let a = try t.newFile("a"), b = try t.newFile("b")
+        _ = try t.write(a, 0, [UInt8](repeating: 0xA1, count: 4096))
+        _ = try t.write(b, 0, [UInt8](repeating: 0xB2, count: 4096))
+        // b's lock is held by another thread for a while: the group must not wait
+        // for it while holding a's, and must still make b durable.
+        let f = try t.fs.withFile(max(a, b)) { $0 }
+        final class Box: @unchecked Sendable {
+            let f: FileData
+            let locked = Atomic<Bool>(false)
+            init(_ f: FileData) { self.f = f }
+        }
+        let box = Box(f)
+        var thread = pthread_t()
+        #expect(pthread_create(&thread, nil, { arg in
+            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            box.f.lock.lock()
+            box.locked.store(true, ordering: .sequentiallyConsistent)
+            usleep(50_000)
+            box.f.lock.unlock()
+            return nil
+        }, Unmanaged.passRetained(box).toOpaque()) == 0)
+        while !box.locked.load(ordering: .sequentiallyConsistent) { usleep(100) }
+        let results = t.fs.fsync(group: [(a, false), (b, false)])
+        pthread_join(thread, nil)
+        #expect(results.allSatisfy { $0 == nil })
+        try t.crashAndReopen()
+        #expect(try t.read(a, 0, 4096) == [UInt8](repeating: 0xA1, count: 4096))
+        #expect(try t.read(b, 0, 4096) == [UInt8](repeating: 0xB2, count: 4096))
+    }
+}
