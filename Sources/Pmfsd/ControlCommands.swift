@@ -31,7 +31,7 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             }
         case "snapshot":
             do {
-                let made = try SnapshotCommand(fs: guests.fs, mount: mount).run(request)
+                let made = try SnapshotCommand(fs: guests.fs, sessions: guests.sessions, mount: mount).run(request)
                 return (ControlResponse(ok: true, snapshot: made), nil)
             } catch {
                 return (.failure("\(error)"), nil)

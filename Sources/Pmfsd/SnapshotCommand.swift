@@ -4,9 +4,12 @@ import Glibc
 import PMFSControl
 import PMFSCore
 import PMFSMetadata
+import PMFSServer
 
 struct SnapshotCommand {
     let fs: FileSystem
+    /// Told of the new entry, so the host mount's kernel drops a cached "no such name".
+    let sessions: SessionGroup
     /// pmfsd's host mount, under which absolute paths are accepted.
     let mount: String?
 
@@ -26,6 +29,7 @@ struct SnapshotCommand {
         } catch {
             throw ControlError("snapshot \(source) \(target): \(error)")
         }
+        sessions.announce([.entry(parent: parent, name: name.bytes), .attributes(parent)])
         return SnapshotInfo(root: made.root, inodes: made.inodes, directories: made.directories, files: made.regularFiles,
                             sharedBlocks: made.sharedBlocks, readOnly: readOnly, milliseconds: (monotonicSeconds() - started) * 1000)
     }
