@@ -149,12 +149,12 @@ extension CheckRun {
             return
         }
         var info = InodeInfo(type: type, nlink: p.pointee.nlink, flags: p.pointee.flags)
-        let unknownFlags = p.pointee.flags & ~PMFS_INODE_ORPHAN
+        let unknownFlags = p.pointee.flags & ~PMFS_INODE_FLAGS_KNOWN
         if unknownFlags != 0 {
             found(.inodeFlags, "inode \(ino) has unknown flags 0x\(String(unknownFlags, radix: 16))") {
-                try update(field(p, \.flags)) { $0 &= PMFS_INODE_ORPHAN }
+                try update(field(p, \.flags)) { $0 &= PMFS_INODE_FLAGS_KNOWN }
             }
-            info.flags &= PMFS_INODE_ORPHAN
+            info.flags &= PMFS_INODE_FLAGS_KNOWN
         }
 
         switch type {

@@ -35,11 +35,37 @@ public enum ControlProtocol {
 }
 
 public struct ControlRequest: Codable, Sendable {
-    /// info, sessions or serve-fd.
+    /// info, sessions, serve-fd or snapshot.
     public var command: String
     /// serve-fd: the export options, as after `--fd N,` (export=/DIR,read-only,cache=...).
     public var options: String?
-    public init(command: String, options: String? = nil) { self.command = command; self.options = options }
+    /// snapshot: the tree to copy and the new directory, each relative to the
+    /// file system's root or absolute under pmfsd's host mount.
+    public var source: String?
+    public var target: String?
+    /// snapshot: every inode of the copy refuses changes (EROFS).
+    public var readOnly: Bool?
+    public init(command: String, options: String? = nil, source: String? = nil, target: String? = nil, readOnly: Bool? = nil) {
+        self.command = command; self.options = options; self.source = source; self.target = target; self.readOnly = readOnly
+    }
+}
+
+/// What a snapshot made.
+public struct SnapshotInfo: Codable, Sendable {
+    /// The copy's root directory (inode number).
+    public var root: UInt64
+    public var inodes: Int
+    public var directories: Int
+    public var files: Int
+    /// Data blocks the copy shares with its source.
+    public var sharedBlocks: UInt64
+    public var readOnly: Bool
+    /// How long the writer gate was closed (write-back and copy).
+    public var milliseconds: Double
+    public init(root: UInt64, inodes: Int, directories: Int, files: Int, sharedBlocks: UInt64, readOnly: Bool, milliseconds: Double) {
+        self.root = root; self.inodes = inodes; self.directories = directories; self.files = files
+        self.sharedBlocks = sharedBlocks; self.readOnly = readOnly; self.milliseconds = milliseconds
+    }
 }
 
 public struct ControlResponse: Codable, Sendable {
@@ -49,8 +75,10 @@ public struct ControlResponse: Codable, Sendable {
     public var sessions: [SessionInfo]?
     /// serve-fd: the listener the socket became.
     public var listener: Int?
-    public init(ok: Bool, error: String? = nil, info: DaemonInfo? = nil, sessions: [SessionInfo]? = nil, listener: Int? = nil) {
-        self.ok = ok; self.error = error; self.info = info; self.sessions = sessions; self.listener = listener
+    public var snapshot: SnapshotInfo?
+    public init(ok: Bool, error: String? = nil, info: DaemonInfo? = nil, sessions: [SessionInfo]? = nil, listener: Int? = nil,
+                snapshot: SnapshotInfo? = nil) {
+        self.ok = ok; self.error = error; self.info = info; self.sessions = sessions; self.listener = listener; self.snapshot = snapshot
     }
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
 }

@@ -34,6 +34,8 @@ public final class FileSystem: @unchecked Sendable {
     public enum SyncMode: Sendable { case none, data, all }
 
     public let metadata: MetadataStore
+    /// Every change from a FUSE session passes it; a snapshot closes it.
+    public let writers = WriterGate()
     public let device: DataDevice
     let cache: PageCache
     let options: Options
@@ -143,6 +145,9 @@ public final class FileSystem: @unchecked Sendable {
 
     /// For tests: the state of a file, if any.
     func fileData(_ ino: UInt64) throws -> FileData { try withFile(ino) { $0 } }
+
+    /// The cached state of `ino`, if it has one (nothing made).
+    func cachedFile(_ ino: UInt64) -> FileData? { filesLock.withLock { files[ino] } }
 
     /// Forgets states of idle files that have nothing cached and nothing owed.
     private func pruneIdleFiles() {

@@ -79,10 +79,38 @@ final class InodeTable: @unchecked Sendable {
     /// needed. The slot is written by the caller; the number returns to the free
     /// list if the transaction aborts.
     func allocate(in tx: Transaction) throws -> UInt64 {
-        if let ino = popFree(tx) { return ino }
-        tx.hold(.inodeAllocation, growthLock)
-        // Another transaction may have grown the table while we waited.
-        if let ino = popFree(tx) { return ino }
+        try allocate(count: 1, in: tx)[0]
+    }
+
+    /// Takes `count` free numbers in `tx` (a snapshot's inodes). A chunk the
+    /// table grows by serves the rest of the request at once: its numbers
+    /// reach the free list only when `tx` commits, so taking one number per
+    /// new chunk would grow the table by a chunk per inode.
+    func allocate(count: Int, in tx: Transaction) throws -> [UInt64] {
+        var numbers: [UInt64] = []
+        numbers.reserveCapacity(count)
+        while numbers.count < count {
+            if let ino = popFree(tx) { numbers.append(ino); continue }
+            tx.hold(.inodeAllocation, growthLock)
+            // Another transaction may have grown the table while we waited.
+            if let ino = popFree(tx) { numbers.append(ino); continue }
+            let fresh = try growChunk(tx)
+            let taken = fresh.prefix(count - numbers.count)
+            numbers.append(contentsOf: taken)
+            let rest = fresh.dropFirst(taken.count)
+            let used = UInt64(taken.count)
+            tx.onCommit { [self] in
+                freeListLock.withLock {
+                    freeNumbers.append(contentsOf: rest.reversed())
+                    live += used
+                }
+            }
+        }
+        return numbers
+    }
+
+    /// Adds a chunk to the table in `tx` and returns its inode numbers.
+    private func growChunk(_ tx: Transaction) throws -> Range<UInt64> {
         let chunk = table.pointee.chunk_count
         guard chunk < UInt64(PMFS_MAX_INODE_CHUNKS) else { throw Errno.noSpace }
         let off = try tx.allocate(size: MemoryLayout<pmfs_inode>.stride * Int(Self.perChunk), type: PMFS_T_INODE_CHUNK)
@@ -92,14 +120,7 @@ final class InodeTable: @unchecked Sendable {
         try tx.snapshot(field(table, \.chunk_count))
         table.pointee.chunk_count = chunk + 1
         let first = chunk == 0 ? 1 : chunk * Self.perChunk
-        let rest = (first + 1)..<((chunk + 1) * Self.perChunk)
-        tx.onCommit { [self] in
-            freeListLock.withLock {
-                freeNumbers.append(contentsOf: rest.reversed())
-                live += 1
-            }
-        }
-        return first
+        return first..<((chunk + 1) * Self.perChunk)
     }
 
     private func popFree(_ tx: Transaction) -> UInt64? {

@@ -96,6 +96,14 @@ final class InodeLockTable: @unchecked Sendable {
         try withStripes(inos, exclusive: false, body)
     }
 
+    /// Locks every stripe exclusively, in ascending order (a snapshot: no
+    /// inode changes or is read meanwhile).
+    func withAllExclusive<T>(_ body: () throws -> T) rethrows -> T {
+        for s in stripes { s.lockExclusive() }
+        defer { for s in stripes.reversed() { s.unlock() } }
+        return try body()
+    }
+
     private func withStripes<T>(_ inos: [UInt64], exclusive: Bool, _ body: () throws -> T) rethrows -> T {
         var indices = inos.map(stripeIndex)
         indices.sort()

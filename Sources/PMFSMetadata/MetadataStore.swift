@@ -300,7 +300,7 @@ public final class MetadataStore: @unchecked Sendable {
         return InodeAttributes(ino: ino, generation: i.generation, mode: i.mode, nlink: nlink, uid: i.uid, gid: i.gid,
                                size: size, blocks: blocks, rdev: i.rdev, atime: Timestamp(i.atime),
                                mtime: Timestamp(i.mtime), ctime: Timestamp(i.ctime), btime: Timestamp(i.btime),
-                               flags: i.attr_flags)
+                               flags: i.attr_flags, readOnly: i.flags & PMFS_INODE_READONLY != 0)
     }
 
     /// A directory's size as ext4 users expect it: the bytes its entry slots

@@ -92,6 +92,8 @@ public struct InodeAttributes: Hashable, Sendable {
     public var ctime: Timestamp
     public var btime: Timestamp
     public var flags: UInt32
+    /// Part of a read-only snapshot: the file system refuses every change (EROFS).
+    public var readOnly: Bool = false
 
     public var type: FileType { FileType(mode: mode) }
     public var permissions: UInt32 { mode & 0o7777 }

@@ -135,10 +135,11 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     // MARK: helpers
 
-    /// Runs an operation, turning engine errors into errno replies.
+    /// Runs an operation, turning engine errors into errno replies. One that
+    /// `changes` the file system passes the writer gate (a snapshot closes it).
     @inline(__always)
-    func run<T>(_ body: () throws -> T) throws -> T {
-        do { return try body() } catch let e as Errno {
+    func run<T>(changes: Bool = false, _ body: () throws -> T) throws -> T {
+        do { return try changes ? fs.writers.pass(body) : body() } catch let e as Errno {
             throw FUSEError(e.rawValue)
         } catch let e as FUSEError {
             throw e
@@ -149,6 +150,14 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             logger.error("\(error)")
             throw FUSEError(EIO)
         }
+    }
+
+    /// EROFS on a read-only export, or when any of `inodes` is part of a
+    /// read-only snapshot. Writes need a handle opened for writing, which
+    /// OPEN refuses on such an inode, so WRITE itself is not checked.
+    func requireWritable(_ inodes: UInt64?...) throws {
+        try export.requireWritable()
+        for case let ino? in inodes where try metadata.getattr(ino).readOnly { throw FUSEError(EROFS) }
     }
 
     func fileName(_ bytes: [UInt8]) throws -> FileName {
@@ -305,9 +314,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func setattr(_ r: FUSERequest, nodeid: UInt64, _ c: FUSESetattr) throws -> (FUSEAttributes, Double) {
-        try run {
+        try run(changes: true) {
             let nodeid = try reference(nodeid)
-            try export.requireWritable()
+            try requireWritable(nodeid)
             try Self.requireValidNanoseconds(c)
             let current = try metadata.getattr(nodeid)
             var changes = AttributeChanges()
@@ -361,9 +370,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func symlink(_ r: FUSERequest, parent: UInt64, name: [UInt8], target: [UInt8]) throws -> FUSEEntry {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
+            try requireWritable(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.symlink | 0o777)
             let e = try entry(try metadata.symlink(parent, try fileName(name), target: target, uid: o.uid, gid: o.gid, pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -372,9 +381,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func mknod(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt32, umask: UInt32) throws -> FUSEEntry {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
+            try requireWritable(parent)
             try export.requireNodeAllowed(mode: mode)
             let o = try owner(r, parent: parent, mode: mode)
             let e = try entry(try metadata.create(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid, rdev: UInt64(rdev)), pin: true))
@@ -384,9 +393,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func mkdir(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, umask: UInt32) throws -> FUSEEntry {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
+            try requireWritable(parent)
             let o = try owner(r, parent: parent, mode: ModeBits.directory | (mode & 0o7777))
             let e = try entry(try metadata.mkdir(parent, try fileName(name), NewInode(mode: o.mode, uid: o.uid, gid: o.gid), pin: true))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
@@ -395,31 +404,32 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func unlink(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
             let victim = inodeNamed(parent, name)
+            try requireWritable(parent, victim)
             try metadata.unlink(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)] + (victim.map { [.attributes($0)] } ?? []))
         }
     }
 
     public func rmdir(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
+            try requireWritable(parent, inodeNamed(parent, name))
             try metadata.rmdir(parent, try fileName(name))
             changed([.entry(parent: parent, name: name), .attributes(parent)])
         }
     }
 
     public func rename(_ r: FUSERequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32) throws {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent), newParent = try reference(newParent)
             try export.requireWritable()
             try requireInsideExport(parent, newParent)
             guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
             let moved = inodeNamed(parent, name), replaced = inodeNamed(newParent, newName)
+            try requireWritable(parent, newParent, moved, replaced)
             try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
             changed([.entry(parent: parent, name: name), .entry(parent: newParent, name: newName), .attributes(parent), .attributes(newParent)]
                     + [moved, replaced].compactMap { $0.map { CacheInvalidation.attributes($0) } })
@@ -427,9 +437,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func link(_ r: FUSERequest, nodeid: UInt64, newParent: UInt64, newName: [UInt8]) throws -> FUSEEntry {
-        try run {
+        try run(changes: true) {
             let nodeid = try reference(nodeid), newParent = try reference(newParent)
-            try export.requireWritable()
+            try requireWritable(nodeid, newParent)
             try requireInsideExport(newParent)
             let e = try entry(try metadata.link(nodeid, newParent: newParent, newName: try fileName(newName), pin: true))
             changed([.entry(parent: newParent, name: newName), .attributes(newParent), .attributes(nodeid)])
@@ -440,30 +450,34 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: files
 
     public func open(_ r: FUSERequest, nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
-        try run {
-            let nodeid = try reference(nodeid)
-            let f = Int32(bitPattern: flags)
-            if f & O_ACCMODE != O_RDONLY || f & O_TRUNC != 0 { try export.requireWritable() }
-            try requireHandleSlot()
-            let a = try metadata.getattr(nodeid)
-            switch a.type {
-            case .directory: throw FUSEError(EISDIR)
-            case .regular: break
-            default: throw FUSEError(EINVAL)   // the kernel opens device nodes and fifos itself
-            }
-            if f & O_TRUNC != 0 && f & O_ACCMODE != O_RDONLY {
-                if killSuidGid { try killPrivileges(nodeid) }
-                _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
-                changed([.contents(nodeid)])
-            }
-            return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)), flags: openFlags)
+        try run(changes: Int32(bitPattern: flags) & O_TRUNC != 0) {
+            try openNode(try reference(nodeid), flags: flags, killSuidGid: killSuidGid)
         }
     }
 
+    /// OPEN past the node ID check (and the writer gate when it truncates).
+    func openNode(_ nodeid: UInt64, flags: UInt32, killSuidGid: Bool) throws -> FUSEOpenResult {
+        let f = Int32(bitPattern: flags)
+        if f & O_ACCMODE != O_RDONLY || f & O_TRUNC != 0 { try requireWritable(nodeid) }
+        try requireHandleSlot()
+        let a = try metadata.getattr(nodeid)
+        switch a.type {
+        case .directory: throw FUSEError(EISDIR)
+        case .regular: break
+        default: throw FUSEError(EINVAL)   // the kernel opens device nodes and fifos itself
+        }
+        if f & O_TRUNC != 0 && f & O_ACCMODE != O_RDONLY {
+            if killSuidGid { try killPrivileges(nodeid) }
+            _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
+            changed([.contents(nodeid)])
+        }
+        return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)), flags: openFlags)
+    }
+
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
+            try requireWritable(parent)
             try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a: InodeAttributes
@@ -497,7 +511,8 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             var want: UInt32 = accessMode == O_RDONLY ? 4 : (accessMode == O_WRONLY ? 2 : 6)
             if f & O_TRUNC != 0 { want |= 2 }
             try access(r, nodeid: a.ino, mask: want)
-            let opened = try open(r, nodeid: a.ino, flags: flags, killSuidGid: r.uid != 0)
+            // Inside CREATE's pass of the writer gate already.
+            let opened = try openNode(a.ino, flags: flags, killSuidGid: r.uid != 0)
             return (try countedEntry(a), opened)
         } catch {
             forget(nodeid: a.ino, count: 1)
@@ -506,9 +521,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func tmpfile(_ r: FUSERequest, parent: UInt64, mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
-        try run {
+        try run(changes: true) {
             let parent = try reference(parent)
-            try export.requireWritable()
+            try requireWritable(parent)
             try requireHandleSlot()
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
@@ -542,7 +557,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
-        try run {
+        try run(changes: true) {
             let nodeid = export.inode(nodeid)
             try export.requireWritable()
             let openFlags = Int32(bitPattern: try openFile(handle, on: nodeid, for: .write).flags)
@@ -635,9 +650,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: xattrs
 
     public func setxattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8], value: UnsafeRawBufferPointer, flags: UInt32) throws {
-        try run {
+        try run(changes: true) {
             let nodeid = try reference(nodeid)
-            try export.requireWritable()
+            try requireWritable(nodeid)
             try export.requireXattrAllowed(name)
             let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
             try metadata.setxattr(nodeid, name, Array(value), mode: mode)
@@ -660,9 +675,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func removexattr(_ r: FUSERequest, nodeid: UInt64, name: [UInt8]) throws {
-        try run {
+        try run(changes: true) {
             let nodeid = try reference(nodeid)
-            try export.requireWritable()
+            try requireWritable(nodeid)
             try metadata.removexattr(nodeid, name)
             changed([.attributes(nodeid)])
         }
@@ -676,7 +691,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let a = try metadata.getattr(nodeid)
             let want = mask & 7
             if want == 0 { return }
-            if want & 2 != 0 { try export.requireWritable() }
+            if want & 2 != 0 { try requireWritable(nodeid) }
             // The guest's root is root in its export; owners compare in host ids.
             if r.uid == 0 {
                 if want & 1 != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
@@ -723,7 +738,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: data
 
     public func fallocate(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws {
-        try run {
+        try run(changes: true) {
             let nodeid = export.inode(nodeid)
             try export.requireWritable()
             _ = try openFile(handle, on: nodeid, for: .write)
@@ -745,7 +760,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func copyFileRange(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64,
                               toOffset: UInt64, length: UInt64, flags: UInt64) throws -> UInt64 {
-        try run {
+        try run(changes: true) {
             guard flags == 0 else { throw FUSEError(EINVAL) }
             let nodeid = export.inode(nodeid), toNode = export.inode(toNode)
             try export.requireWritable()

@@ -11,6 +11,10 @@ public final class SessionGroup: Sendable {
     private let nextSession = Mutex<UInt64>(1)
     public init() {}
     func newSession() -> UInt64 { nextSession.withLock { v in defer { v += 1 }; return v } }
+
+    /// A change made by none of the sessions (the control socket's snapshot):
+    /// every listening kernel hears of it. Session numbers start at 1.
+    public func announce(_ items: [CacheInvalidation]) { coherence.changed(by: 0, items) }
 }
 
 /// Something a kernel may have cached and must drop after another session's change.

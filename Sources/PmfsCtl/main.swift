@@ -12,8 +12,12 @@ struct ControlOptions: ParsableArguments {
     var json = false
 
     func ask(_ command: String) throws -> ControlResponse {
+        try ask(ControlRequest(command: command))
+    }
+
+    func ask(_ request: ControlRequest) throws -> ControlResponse {
         do {
-            return try ControlClient(path: ControlProtocol.path(explicit: control)).callOK(ControlRequest(command: command))
+            return try ControlClient(path: ControlProtocol.path(explicit: control)).callOK(request)
         } catch {
             var text = "pmfsctl: \(error)\n"
             text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
@@ -26,8 +30,8 @@ struct ControlOptions: ParsableArguments {
 struct PmfsCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfsctl",
-        abstract: "Show what a running pmfsd serves (over its --control socket; root only).",
-        subcommands: [Info.self, Sessions.self])
+        abstract: "Show what a running pmfsd serves, and snapshot trees (over its --control socket; root only).",
+        subcommands: [Info.self, Sessions.self, Snapshot.self])
 }
 
 struct Info: ParsableCommand {
@@ -60,6 +64,29 @@ struct Sessions: ParsableCommand {
             [String($0.session), $0.listener.map(String.init) ?? "-", $0.socket, $0.export,
              $0.since.map(timestamp) ?? "no", String($0.openHandles), String($0.heldInodes)]
         }))
+    }
+}
+
+struct Snapshot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make DST a copy of the directory tree SRC whose files share their blocks with SRC's (copy-on-write).",
+        discussion: """
+            SRC and DST are paths inside the served file system: relative to its root (base/vm1), or absolute \
+            under pmfsd's host mount (/mnt/pmfs/base/vm1). DST must not exist; its parent must. The copy is one \
+            point of SRC: writes in flight finish first, later ones wait until it is made. With --read-only \
+            every change to the copy fails with EROFS.
+            """)
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The tree to copy.") var source: String
+    @Argument(help: "The new directory.") var target: String
+    @Flag(help: "Make a read-only snapshot instead of a writable clone.") var readOnly = false
+
+    func run() throws {
+        let response = try options.ask(ControlRequest(command: "snapshot", source: source, target: target, readOnly: readOnly))
+        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        guard let s = response.snapshot else { return }
+        print("\(target): \(s.readOnly ? "read-only snapshot" : "clone") of \(source), \(s.inodes) inodes (\(s.directories) directories, "
+              + "\(s.files) files), \(s.sharedBlocks) blocks shared, writers held \((s.milliseconds * 10).rounded() / 10) ms")
     }
 }
 

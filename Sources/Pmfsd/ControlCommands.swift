@@ -1,4 +1,4 @@
-// What the control socket's commands do: info, sessions, serve-fd.
+// What the control socket's commands do: info, sessions, serve-fd, snapshot.
 import Glibc
 import PMFSControl
 import PMFSServer
@@ -29,8 +29,15 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             } catch {
                 return (.failure("serve-fd: \(error)"), nil)
             }
+        case "snapshot":
+            do {
+                let made = try SnapshotCommand(fs: guests.fs, sessions: guests.sessions, mount: mount).run(request)
+                return (ControlResponse(ok: true, snapshot: made), nil)
+            } catch {
+                return (.failure("\(error)"), nil)
+            }
         default:
-            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd)"), nil)
+            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot)"), nil)
         }
     }
 

@@ -138,4 +138,63 @@ import VhostUserFrontEnd
         #expect(secondRun.log.contains("export /vms/vm1, read-only"), "\(secondRun.log)")
         #expect(secondRun.log.contains("export /vms/vm1, uid map 0:100000:65536, gid map 0:200000:65536"), "\(secondRun.log)")
     }
+
+    /// A clone made with pmfsctl snapshot is a directory like any other: served
+    /// as a guest's export, its writes land in the clone; the base is unchanged.
+    @Test func aCloneServedAsAnExportTakesWritesTheBaseDoesNotSee() throws {
+        let dir = "/dev/shm/pmfs-clone-export-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let common = try Self.makeFileSystem(in: dir)
+        let mountPoint = dir + "/mnt", control = dir + "/control.sock"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let image = (0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+
+        // The base image through the host mount, then its clone.
+        let first = try Daemon(common + ["--mount", mountPoint, "--control", control], log: URL(fileURLWithPath: dir + "/first.log"))
+        try Self.waitFor(control)
+        try FileManager.default.createDirectory(atPath: mountPoint + "/base/etc", withIntermediateDirectories: true)
+        try Data(image).write(to: URL(fileURLWithPath: mountPoint + "/base/disk"))
+        try Data("base\n".utf8).write(to: URL(fileURLWithPath: mountPoint + "/base/etc/hostname"))
+        let ctl = Process()
+        ctl.executableURL = URL(fileURLWithPath: Self.products + "/pmfsctl")
+        ctl.arguments = ["snapshot", "base", "vm1", "--control", control]
+        try PoolDescriptors.withSpawnLock { try ctl.run() }
+        ctl.waitUntilExit()
+        try #require(ctl.terminationStatus == 0)
+        let firstRun = first.stop()
+        try #require(firstRun.status == 0, "\(firstRun.log)")
+
+        // The clone as a guest's export (export=/vm1), the base on the host mount.
+        let second = try Daemon(common + ["--mount", mountPoint, "--socket", dir + "/vm1.sock,export=/vm1"],
+                                log: URL(fileURLWithPath: dir + "/second.log"))
+        do {
+            let (frontEnd, client) = try connect(dir + "/vm1.sock")
+            let disk = try client.lookup(parent: 1, "disk").nodeid
+            let handle = try client.open(disk, flags: UInt32(O_RDWR))
+            #expect(try client.read(disk, handle: handle, offset: 4096, size: 4096) == Array(image[4096..<8192]))
+            #expect(try client.write(disk, handle: handle, offset: 4096 + 100, Array(repeating: 0xEE, count: 5000)) == 5000)
+            try client.fsync(disk, handle: handle)
+            try client.release(disk, handle: handle)
+            let etc = try client.lookup(parent: 1, "etc").nodeid
+            let name = try client.create(parent: etc, "hostname.new")
+            _ = try client.write(name.entry.nodeid, handle: name.handle, offset: 0, Array("vm1\n".utf8))
+            try client.release(name.entry.nodeid, handle: name.handle)
+            withExtendedLifetime(frontEnd) {}
+        }
+        try Self.waitFor(mountPoint + "/base")   // the host mount is up
+        var changed = image
+        changed.replaceSubrange((4196)..<(4196 + 5000), with: Array(repeating: 0xEE, count: 5000))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: mountPoint + "/vm1/disk")) == Data(changed))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: mountPoint + "/base/disk")) == Data(image))
+        #expect(FileManager.default.fileExists(atPath: mountPoint + "/vm1/etc/hostname.new"))
+        #expect(!FileManager.default.fileExists(atPath: mountPoint + "/base/etc/hostname.new"))
+        let secondRun = second.stop()
+        #expect(secondRun.status == 0, "\(secondRun.log)")
+    }
+
+    static func waitFor(_ path: String) throws {
+        for _ in 0..<300 where !FileManager.default.fileExists(atPath: path) { usleep(20_000) }
+        try #require(FileManager.default.fileExists(atPath: path), "no \(path)")
+    }
 }

@@ -21,7 +21,10 @@
 /* Feature bits: an incompatible bit this code does not know refuses the pool;
  * a read-only-compatible bit it does not know allows a read-only open. */
 #define PMFS_INCOMPAT_KNOWN 0ull
-#define PMFS_ROCOMPAT_KNOWN 0ull
+/* Some inodes carry PMFS_INODE_READONLY (read-only snapshots): a writer that
+ * does not know the flag would let them be changed. */
+#define PMFS_ROCOMPAT_READONLY_INODES 0x1ull
+#define PMFS_ROCOMPAT_KNOWN PMFS_ROCOMPAT_READONLY_INODES
 
 #define PMFS_STATE_CLEAN 1u
 #define PMFS_STATE_IN_USE 2u
@@ -94,6 +97,8 @@ struct pmfs_inode_table {
 
 /* Inode flags (pmfs_inode.flags). */
 #define PMFS_INODE_ORPHAN 0x1u   /* on the orphan list (nlink == 0, still referenced) */
+#define PMFS_INODE_READONLY 0x2u /* part of a read-only snapshot: no change through the file system (EROFS) */
+#define PMFS_INODE_FLAGS_KNOWN (PMFS_INODE_ORPHAN | PMFS_INODE_READONLY)
 
 /* One inode, 256 bytes. mode == 0 marks a free slot; generation survives
  * freeing and is bumped on reuse so (ino, generation) names one file forever. */

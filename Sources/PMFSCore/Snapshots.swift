@@ -1,0 +1,21 @@
+import PMFSMetadata
+import SystemPackage
+
+extension FileSystem {
+    /// Makes `name` in `parent` a snapshot of the tree at `source`: the writer
+    /// gate is closed (changes in flight finish, new ones wait), the cached
+    /// dirty data of the tree's files is written back, so the copy holds every
+    /// write acknowledged before, and the metadata engine copies the tree in
+    /// one transaction (`MetadataStore.snapshot`). The source's cached pages
+    /// stay valid: its blocks are now shared, and a later write to one is
+    /// copied on write as after a clone.
+    public func snapshot(_ source: UInt64, into parent: UInt64, name: FileName, readOnly: Bool) throws -> SnapshotSummary {
+        try writers.closed {
+            for ino in try metadata.regularFiles(inTree: source) {
+                guard let f = cachedFile(ino) else { continue }
+                try f.lock.withLock { try writeBack(f, flushDevice: false) }
+            }
+            return try metadata.snapshot(source, into: parent, name: name, readOnly: readOnly)
+        }
+    }
+}
