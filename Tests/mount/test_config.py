@@ -146,6 +146,30 @@ def test_sighup_stops_a_removed_socket_while_another_guest_keeps_its_session(fs)
     assert got.returncode == 0 and got.stdout == b"still served\n", got.stderr
 
 
+def test_sighup_ends_a_removed_sockets_session_cleanly(fs):
+    """A guest connected on a socket the file drops loses its device; its session is ended as pmfsd ends any: the file
+    it held open after the host unlinked it (an orphan only that session kept) is freed at once."""
+    write_file(fs.path("doomed"), b"x" * 65536)
+    write_config(fs, guest("a", sock(fs, "a")) + guest("b", sock(fs, "b")))
+    reload(fs, "applied")
+    holder = subprocess.Popen([binary("pmfs-bench-vhost"), "--socket", sock(fs, "b"), "--cat", "doomed", "--hold", "60"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        b_id = by_socket(fs)[sock(fs, "b")]["id"]
+        wait_for(lambda: [s for s in ctl_json(fs, "sessions")["sessions"] if s.get("listener") == b_id and s["openHandles"] == 1],
+                 "the guest on b connected with the file open", fs)
+        os.unlink(fs.path("doomed"))
+        held = os.statvfs(fs.mnt).f_ffree
+        write_config(fs, guest("a", sock(fs, "a")))
+        reload(fs, "applied")
+        assert refuses(sock(fs, "b"))
+        assert not [s for s in ctl_json(fs, "sessions")["sessions"] if s.get("listener") == b_id]
+        wait_for(lambda: os.statvfs(fs.mnt).f_ffree == held + 1, "the orphan freed when b's session ended", fs)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_sighup_serves_a_changed_socket_anew(fs):
     write_config(fs, guest("a", sock(fs, "a")))
     reload(fs, "applied")
