@@ -9,7 +9,7 @@ import PMFSData
 import PMFSMetadata
 import PMFSServer
 
-struct DaemonSettings: Equatable {
+struct DaemonSettings {
     // Fixed while pmfsd runs: a reload that changes them is told to restart.
     var pool: String
     var data: String
@@ -39,12 +39,6 @@ struct DaemonSettings: Equatable {
         [("pool", pool), ("data", data), ("mount", mount ?? "(none)"), ("fuse-transport", fuseTransport.rawValue),
          ("cache-size", "\(cacheBytes)"), ("io-engine", ioEngine.rawValue), ("write-through", "\(writeThrough)"),
          ("workers", "\(workers)"), ("metrics", metrics ?? "(off)"), ("control", control ?? "(off)")]
-    }
-
-    static func == (a: DaemonSettings, b: DaemonSettings) -> Bool {
-        a.fixed.map(\.value) == b.fixed.map(\.value) && a.logLevel == b.logLevel && a.tag == b.tag && a.queues == b.queues
-            && a.cache == b.cache && a.locks == b.locks && a.writeback == b.writeback && a.pollMicroseconds == b.pollMicroseconds
-            && a.socketGroup == b.socketGroup && a.guests == b.guests
     }
 }
 
