@@ -26,6 +26,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        // pmfsd --config: the file's values (YAML trait) and, through Yams, each key's line.
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: ["YAML"]),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C shims over libpmemobj and the on-media structures (fixed layout).
@@ -131,6 +134,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .executableTarget(
@@ -224,6 +229,11 @@ let package = Package(
         .testTarget(
             name: "MetricsTests",
             dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]
+        ),
+        // pmfsd's configuration file: parsing, validation, what a reload changes.
+        .testTarget(
+            name: "ConfigTests",
+            dependencies: ["Pmfsd", "PMFSServer"]
         ),
         .testTarget(
             name: "PMFSCheckTests",

@@ -75,6 +75,7 @@ for u in pmfsd@.service pmfsd@.socket; do
     sed "s|@BINDIR@|$prefix/bin|g; s|@DOCDIR@|$docdir|g" "tools/systemd/$u" > "$units/$u"
     put 0644 "$units/$u" "$systemd_dir/$u"
 done
+put 0644 tools/systemd/example.yaml "$etc_dir/example.yaml"
 put 0644 tools/systemd/example.env "$etc_dir/example.env"
 # QEMU's vhost-user back-end descriptor (docs/interop/vhost-user.json), which libvirt reads.
 sed "s|@BINDIR@|$prefix/bin|g" tools/qemu/50-pmfs.json > "$units/50-pmfs.json"
@@ -93,4 +94,4 @@ mkdir -p "$(dirname "$manifest")"
 printf '%s\n' "${installed[@]}" > "$manifest"
 reload_systemd
 echo "install.sh: installed ${#installed[@]} files under $prefix, $systemd_dir and $etc_dir (list: $manifest)"
-echo "install.sh: next: a pool (mkfs.pmfs), /etc/pmfs/NAME.env (from example.env), systemctl enable --now pmfsd@NAME.socket pmfsd@NAME.service"
+echo "install.sh: next: a pool (mkfs.pmfs), /etc/pmfs/NAME.yaml (from example.yaml), systemctl enable --now pmfsd@NAME.socket pmfsd@NAME.service"

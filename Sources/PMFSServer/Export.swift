@@ -186,10 +186,16 @@ public struct GuestListenerSpec: Sendable, Equatable {
     public static func parse(_ text: String) throws(ExportError) -> GuestListenerSpec {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
         guard let first = parts.first, !first.isEmpty else { throw ExportError("'\(text)': the socket path or fd comes first") }
+        return try parse(target: String(first), options: Array(parts.dropFirst()))
+    }
+
+    /// The listener `target` (a socket path or fd number) with options in the
+    /// `--socket` syntax, one per element (a configuration file's keys become these).
+    public static func parse(target: String, options given: [Substring]) throws(ExportError) -> GuestListenerSpec {
         // cache= and locks= are how the session is served, not what it sees: not part of the policy.
         var options: [Substring] = []
         var cache: PMFSOperations.CachePolicy?, locks: String?
-        for option in parts.dropFirst() {
+        for option in given {
             if option.hasPrefix("cache=") {
                 guard cache == nil else { throw ExportError("option 'cache' given twice") }
                 guard let c = PMFSOperations.CachePolicy(rawValue: String(option.dropFirst(6))) else { throw ExportError("cache= must be none, auto or always") }
@@ -203,7 +209,7 @@ public struct GuestListenerSpec: Sendable, Equatable {
                 options.append(option)
             }
         }
-        var spec = GuestListenerSpec(target: String(first), policy: try ExportPolicy.parse(options: options))
+        var spec = GuestListenerSpec(target: target, policy: try ExportPolicy.parse(options: options))
         spec.cache = cache
         spec.locks = locks
         spec.namesDevices = options.contains { $0.hasPrefix("devices=") }

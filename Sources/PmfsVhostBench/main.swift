@@ -26,6 +26,8 @@ struct PmfsVhostBench: ParsableCommand {
     var cat: String?
     @Option(help: "With --cat: keep the session and the file open this many seconds before exiting.")
     var hold: Double = 0
+    @Option(help: ArgumentHelp("With --cat and --hold: once this host path exists (looked for while holding), read the file again through the same session and print it again.", valueName: "host-path"))
+    var readAgainWhen: String?
 
     func run() throws {
         var options = VhostUserFrontEnd.Options()
@@ -34,7 +36,7 @@ struct PmfsVhostBench: ParsableCommand {
         let frontEnd = try VhostUserFrontEnd(socketPath: socket, options: options)
         let client = FUSEClient(frontEnd)
         _ = try client.initialize()
-        if let cat { return try Self.cat(cat, client, hold: hold) }
+        if let cat { return try Self.cat(cat, client, hold: hold, readAgainWhen: readAgainWhen) }
         let bench = Workloads(client: client, iterations: iterations, warmup: warmup, writers: writers, prefix: prefix)
         print("workload\tp50_us\tp99_us\tops_per_s")
         for name in workloads.split(separator: ",").map(String.init) {
@@ -44,14 +46,22 @@ struct PmfsVhostBench: ParsableCommand {
     }
 
     /// One file through the front end, as a guest's `cat` would: LOOKUP per name, OPEN, READ.
-    static func cat(_ path: String, _ client: FUSEClient, hold: Double) throws {
+    static func cat(_ path: String, _ client: FUSEClient, hold: Double, readAgainWhen: String? = nil) throws {
         do {
             var node: UInt64 = 1
             for name in path.split(separator: "/") { node = try client.lookup(parent: node, String(name)).nodeid }
             let handle = try client.open(node, flags: UInt32(O_RDONLY))
             let bytes = try client.read(node, handle: handle, offset: 0, size: 60 << 10)   // reply and header fit a 64 KiB slot
             bytes.withUnsafeBytes { _ = write(STDOUT_FILENO, $0.baseAddress, $0.count) }
-            if hold > 0 { usleep(UInt32(min(hold, 3600) * 1_000_000)) }
+            if let signal = readAgainWhen {
+                // A test's cue (a reload done): the same session must still answer.
+                var waited = 0.0
+                while access(signal, F_OK) != 0 && waited < hold { usleep(20_000); waited += 0.02 }
+                let again = try client.read(node, handle: handle, offset: 0, size: 60 << 10)
+                again.withUnsafeBytes { _ = write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+            } else if hold > 0 {
+                usleep(UInt32(min(hold, 3600) * 1_000_000))
+            }
             try client.release(node, handle: handle)
         } catch let f as FUSEClient.Failure {
             var text = "\(path): \(f)\n"

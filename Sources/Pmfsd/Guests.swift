@@ -13,7 +13,7 @@ import Synchronization
 import VhostUser
 
 /// How every guest is served unless its listener's options say otherwise.
-struct GuestSettings {
+struct GuestSettings: Equatable {
     var tag: String
     var queues: Int
     var cache: PMFSOperations.CachePolicy
@@ -36,13 +36,20 @@ final class GuestListener: @unchecked Sendable {
     let origin: String
     let cache: PMFSOperations.CachePolicy
     let locks: String
+    /// Where it listens and the settings it was started with: a reload compares them with the file's.
+    let target: ListenerTarget
+    let settings: GuestSettings
     /// What `info` and `sessions` call it: the path, or the descriptor and the path it is bound to.
     let name: String
 
     init(id: Int, listener: Listener, spec: GuestListenerSpec, export: Export, backend: VhostUserBackend, operations: PMFSOperations,
-         origin: String, cache: PMFSOperations.CachePolicy, locks: String) {
+         origin: String, cache: PMFSOperations.CachePolicy, locks: String, settings: GuestSettings) {
         self.id = id; self.spec = spec; self.export = export; self.backend = backend; self.operations = operations
-        self.origin = origin; self.cache = cache; self.locks = locks
+        self.origin = origin; self.cache = cache; self.locks = locks; self.settings = settings
+        switch listener {
+        case .path(let p): target = .path(p)
+        case .descriptor(let n): target = .descriptor(n)
+        }
         if case .descriptor(let fd) = listener, let path = Self.boundPath(fd) {
             name = "\(backend.socketPath) (\(path))"
         } else {
@@ -73,7 +80,12 @@ final class Guests: @unchecked Sendable {
     let metadata: MetadataStore
     let fs: FileSystem
     let sessions: SessionGroup
-    let settings: GuestSettings
+    private let defaultSettings: Mutex<GuestSettings>
+    /// How a socket given over the control socket is served (a reload may change it).
+    var settings: GuestSettings {
+        get { defaultSettings.withLock { $0 } }
+        set { defaultSettings.withLock { $0 = newValue } }
+    }
     /// The metrics registry, with --metrics.
     let metrics: MetricsRegistry?
     let logger: Logger
@@ -88,13 +100,15 @@ final class Guests: @unchecked Sendable {
     init(metadata: MetadataStore, fs: FileSystem, sessions: SessionGroup, settings: GuestSettings, metrics: MetricsRegistry?,
          logger: Logger) {
         self.metrics = metrics
-        self.metadata = metadata; self.fs = fs; self.sessions = sessions; self.settings = settings; self.logger = logger
+        self.metadata = metadata; self.fs = fs; self.sessions = sessions; self.logger = logger
+        defaultSettings = Mutex(settings)
     }
 
     /// Starts serving guests on `listener` with the export `export` (already
     /// opened, so its directory is pinned); returns the listener's id.
     @discardableResult
-    func start(_ listener: Listener, spec: GuestListenerSpec, export: Export, origin: String) throws -> GuestListener {
+    func start(_ listener: Listener, spec: GuestListenerSpec, export: Export, origin: String, settings given: GuestSettings? = nil) throws -> GuestListener {
+        let settings = given ?? self.settings
         guard running.withLock({ $0.table.count }) < Self.maxListeners else {
             throw ExportError("pmfsd serves \(Self.maxListeners) guest sockets already")
         }
@@ -126,7 +140,7 @@ final class Guests: @unchecked Sendable {
         let guest = running.withLock { state in
             defer { state.next += 1 }
             let g = GuestListener(id: state.next, listener: listener, spec: spec, export: export, backend: backend, operations: operations,
-                                  origin: origin, cache: cache, locks: locks)
+                                  origin: origin, cache: cache, locks: locks, settings: settings)
             state.table[g.id] = g
             return g
         }

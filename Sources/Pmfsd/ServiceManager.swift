@@ -52,6 +52,14 @@ final class ServiceNotifier: @unchecked Sendable {
     func ready(status: String) { send("READY=1\nSTATUS=\(status)") }
     func stopping() { send("STOPPING=1\nSTATUS=stopping") }
 
+    /// A reload begins (READY=1 again when it is done); systemd wants the
+    /// monotonic clock with it (sd_notify(3), RELOADING=1).
+    func reloading() {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        send("RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=\(Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000)")
+    }
+
     /// Pings the watchdog from a thread of its own while `alive()` holds.
     func startWatchdog(alive: @escaping @Sendable () -> Bool) {
         guard let interval = watchdogInterval else { return }

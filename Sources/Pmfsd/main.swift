@@ -20,6 +20,9 @@ struct Pmfsd: ParsableCommand {
         commandName: "pmfsd",
         abstract: "Serve a pmfs file system (metadata pool + data device) to guests and on the host.")
 
+    @Option(help: ArgumentHelp("Read the settings from this YAML file (keys: the long option names; guests: a section per socket; see README, \"The configuration file\"); options given here override it. SIGHUP reads it again.", valueName: "file"))
+    var config: String?
+
     @Option(help: "The metadata pool (made by mkfs.pmfs).")
     var pool: String?
 
@@ -30,7 +33,7 @@ struct Pmfsd: ParsableCommand {
     var mount: String?
 
     @Option(help: "How the host mount takes requests: auto (FUSE over io_uring when the kernel offers it, else /dev/fuse), uring (io_uring or fail) or device (/dev/fuse read/write only). auto and uring turn the fuse module's enable_uring parameter on when run as root.")
-    var fuseTransport: String = "auto"
+    var fuseTransport: String?
 
     @Option(help: ArgumentHelp("Listen here for QEMU's vhost-user-fs-pci device (a Unix socket path); repeat it to share the file system with several VMs at once. Export options may follow, comma-separated: export=DIR (the guest's root, a directory in the file system), read-only, uid-map=GUEST:HOST:COUNT, gid-map=GUEST:HOST:COUNT (repeatable), devices=allow|deny, setid=allow|strip.", valueName: "path[,option...]"))
     var socket: [String] = []
@@ -44,38 +47,38 @@ struct Pmfsd: ParsableCommand {
     @Flag(help: "Print the vhost-user back-end capabilities as JSON (for libvirt) and exit.")
     var printCapabilities = false
 
-    @Option(help: "The tag guests mount (set on QEMU's device; logged here for reference).")
-    var tag: String = "pmfs"
+    @Option(help: "The tag guests mount (set on QEMU's device; logged here for reference; default pmfs).")
+    var tag: String?
 
-    @Option(help: "Request queues offered to guests (the device's num-request-queues).")
-    var queues: Int = 1
+    @Option(help: "Request queues offered to guests (the device's num-request-queues; default 1).")
+    var queues: Int?
 
-    @Option(help: "What guests may cache: none, auto (names and attributes for 1 s) or always (only writer).")
-    var cache: String = "auto"
+    @Option(help: "What guests may cache: none, auto (default: names and attributes for 1 s) or always (only writer).")
+    var cache: String?
 
     @Option(help: "Guests' POSIX and flock locks: shared (pmfsd's lock table, seen by the host mount and every guest), local (each guest's kernel keeps its own, as virtiofsd does by default: no round trip per lock, but nobody else sees them) or auto (local when one guest socket is the only client, else shared).")
-    var locks: String = "auto"
+    var locks: String?
 
-    @Flag(help: "Let guests cache writes in their page cache (FUSE writeback cache, as virtiofsd's -o writeback): faster small writes; the guest's kernel then keeps size and mtime, so use it with a guest that is the only writer.")
-    var writeback = false
+    @Flag(inversion: .prefixedNo, help: "Let guests cache writes in their page cache (FUSE writeback cache, as virtiofsd's -o writeback): faster small writes; the guest's kernel then keeps size and mtime, so use it with a guest that is the only writer.")
+    var writeback: Bool?
 
-    @Option(help: "Guest request workers poll their queue this many microseconds before sleeping (0: event driven only).")
-    var pollMicroseconds: Int = 0
+    @Option(help: "Guest request workers poll their queue this many microseconds before sleeping (default 0: event driven only).")
+    var pollMicroseconds: Int?
 
-    @Option(help: "Write-back cache size, with K/M/G suffix.")
-    var cacheSize: String = "256M"
+    @Option(help: "Write-back cache size, with K/M/G suffix (default 256M).")
+    var cacheSize: String?
 
-    @Option(help: "I/O engine: auto, io_uring or threads.")
-    var ioEngine: String = "auto"
+    @Option(help: "I/O engine: auto (default), io_uring or threads.")
+    var ioEngine: String?
 
-    @Option(help: "Worker threads: readers of /dev/fuse, and per guest the threads for requests that may block.")
-    var workers: Int = 4
+    @Option(help: "Worker threads: readers of /dev/fuse, and per guest the threads for requests that may block (default 4).")
+    var workers: Int?
 
-    @Flag(help: "Write-through: no write-back caching of file data (for comparison).")
-    var writeThrough = false
+    @Flag(inversion: .prefixedNo, help: "Write-through: no write-back caching of file data (for comparison).")
+    var writeThrough: Bool?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info (default), notice, warning, error.")
+    var logLevel: String?
 
     @Option(help: ArgumentHelp("Listen for pmfsctl and libvirt's launches here (a Unix socket, mode 0600, root only); off unless given. \(ControlProtocol.defaultPath) is where pmfsctl and the launcher look first.", valueName: "path"))
     var control: String?
@@ -99,65 +102,37 @@ struct Pmfsd: ParsableCommand {
             print("{\n  \"type\": \"fs\"\n}")
             return
         }
-        if pool == nil && !libvirtOptions.isEmpty {
+        if pool == nil && config == nil && !libvirtOptions.isEmpty {
             throw LibvirtLauncher(fds: fd, options: libvirtOptions, threadPoolSize: threadPoolSize, debug: debug, control: control).run()
         }
-        guard let pool, let data else { throw ValidationError("--pool and --data are required") }
         guard libvirtOptions.isEmpty else { throw ValidationError("-o is libvirt's launch (with --fd and without --pool)") }
-        // SIGTERM/SIGINT are taken by one thread with sigwait: blocked here, before
-        // any thread exists, so every thread inherits the mask and none dies of them.
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        sigaddset(&stopSignals, SIGTERM)
-        sigaddset(&stopSignals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
-        let level = debug ? .debug : Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        // SIGTERM/SIGINT (stop) and SIGHUP (reload) are taken by one thread with
+        // sigwait: blocked here, before any thread exists, so every thread
+        // inherits the mask and none dies of them.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, s) }
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        let file: ConfigFile?
+        do { file = try config.map { try ConfigFile.load(path: $0) } } catch { throw failure(error) }
+        // Sockets systemd listens on for us; an fd the flags or the file name gets their options.
+        let activated = SocketActivation.descriptors()
+        let settings: DaemonSettings
+        do { settings = try DaemonSettings.make(self, file: file, activated: activated) } catch let e as ValidationError { throw e } catch { throw failure(error) }
+        let levels = LogLevelSwitch(settings.logLevel)
+        LoggingSystem.bootstrap { SwitchedLogHandler(label: $0, levels: levels) }
         let logger = Logger(label: "pmfsd")
-        guard let engine = IOEngineChoice(rawValue: ioEngine) else {
-            throw ValidationError("--io-engine must be auto, io_uring or threads")
+        if let file { logger.notice("configuration \(file.path): \(file.values.count) setting(s), \(file.guests.count) guest(s)") }
+        guard settings.mount != nil || !settings.guests.isEmpty else {
+            throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both (or mount: and guests: in --config)")
         }
-        guard let size = ByteSize.parse(cacheSize), size >= 64 << 10, size <= 1 << 46 else {
-            throw ValidationError("--cache-size: a size of at least 64K, like 256M")
-        }
-        let cacheBytes = Int(size)
-        // Sockets systemd listens on for us; an --fd naming one sets its options.
-        let named = Set(fd.compactMap { Int32($0.prefix { $0 != "," }) })
-        let guestFDs = fd + SocketActivation.descriptors().filter { !named.contains($0) }.map { String($0) }
-        guard mount != nil || !socket.isEmpty || !guestFDs.isEmpty else {
-            throw ValidationError("nothing to serve: give --mount DIR, --socket PATH (or --fd N), or both")
-        }
-        let guestListeners: [(Listener, GuestListenerSpec)]
-        do { guestListeners = try Self.listeners(sockets: socket, fds: guestFDs) } catch { throw failure(error) }
-        let socketPaths = guestListeners.compactMap { if case .path(let p) = $0.0 { p } else { nil } }
-        guard Set(socketPaths).count == socketPaths.count else { throw ValidationError("--socket: each path once") }
-        var socketGID: gid_t? = nil
-        if let socketGroup {
-            guard !socket.isEmpty else { throw ValidationError("--socket-group needs --socket") }
-            if let g = getgrnam(socketGroup) { socketGID = g.pointee.gr_gid } else if let n = gid_t(socketGroup) { socketGID = n } else {
-                throw ValidationError("--socket-group: no group \(socketGroup)")
-            }
-        }
-        guard (1...64).contains(queues) else { throw ValidationError("--queues must be 1...64") }
-        guard let cachePolicy = PMFSOperations.CachePolicy(rawValue: cache) else {
-            throw ValidationError("--cache must be none, auto or always")
-        }
-        guard ["auto", "shared", "local"].contains(locks) else { throw ValidationError("--locks must be auto, shared or local") }
-        // A lone guest's kernel sees every lock there is: keeping them there is
-        // the same semantics without a round trip per lock.
-        let guestLocks = locks != "auto" ? locks : (mount == nil && guestListeners.count == 1 && control == nil ? "local" : "shared")
-        guard let transport = FUSETransportChoice(rawValue: fuseTransport) else {
-            throw ValidationError("--fuse-transport must be auto, uring or device")
-        }
-        guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-microseconds must be 0...1000000") }
+        let planned: [PlannedGuest]
+        do { planned = try settings.plan(others: [], reloadable: config != nil) } catch { throw failure(error) }
+        let pool = settings.pool, data = settings.data, mount = settings.mount, workers = settings.workers
         // The endpoint listens before the pool is opened: an address in use
         // fails the start at once, with nothing to undo.
         let metricsAddress: MetricsAddress?
-        do { metricsAddress = try metrics.map { try MetricsAddress.parse($0) } } catch { throw failure(error) }
+        do { metricsAddress = try settings.metrics.map { try MetricsAddress.parse($0) } } catch { throw failure(error) }
         let registry = metricsAddress.map { _ in MetricsRegistry() }
         let factory: MetricsFactory = registry ?? NOOPMetricsHandler.instance
         var endpoint: MetricsEndpoint? = nil
@@ -177,15 +152,19 @@ struct Pmfsd: ParsableCommand {
                 logger.notice("recovered after an unclean stop: \(metadata.reclaimedOrphans) orphan(s) reclaimed")
             }
             // Every export directory must exist before anything is served.
-            let exports: [Export]
-            do { exports = try guestListeners.map { try Export.open($0.1.policy, in: metadata) } } catch {
+            var exports: [Export] = []
+            do {
+                for p in planned {
+                    do { exports.append(try Export.open(p.spec.policy, in: metadata)) } catch { throw p.guest.failure("\(error)", file: config) }
+                }
+            } catch {
                 try? metadata.close()
                 throw failure(error)
             }
-            let device = try DataDevice(path: data, engine: engine, metrics: factory)
+            let device = try DataDevice(path: data, engine: settings.ioEngine, metrics: factory)
             var options = FileSystem.Options()
-            options.cacheBytes = cacheBytes
-            options.writeBack = !writeThrough
+            options.cacheBytes = settings.cacheBytes
+            options.writeBack = !settings.writeThrough
             let fs = try FileSystem(metadata: metadata, device: device, options: options, metrics: factory)
             if let registry { Self.collectFileSystemGauges(fs, into: registry) }
             let sessions = SessionGroup()
@@ -194,6 +173,7 @@ struct Pmfsd: ParsableCommand {
             if let mount {
                 DeadMount.detach(at: mount, logger: logger)
                 let operations = PMFSOperations(metadata: metadata, fs: fs, group: sessions)
+                let transport = settings.fuseTransport
                 if transport != .device { allowRingTransport(logger: logger) }
                 let offered = FUSEServer.defaultCapabilities | (transport == .device ? 0 : FUSEServer.overIOURing)
                 let sessionMetrics = registry.map { FUSERequestMetrics(session: "host", factory: $0) }
@@ -214,15 +194,17 @@ struct Pmfsd: ParsableCommand {
                 logger.notice("host mount on \(m.mountPoint): \(how)")
             }
             // One back end per socket: each VM is a FUSE session of its own.
-            let settings = GuestSettings(tag: tag, queues: queues, cache: cachePolicy, locks: guestLocks, writeback: writeback,
-                                         pollMicroseconds: pollMicroseconds, workers: workers, socketGID: socketGID)
-            let guests = Guests(metadata: metadata, fs: fs, sessions: sessions, settings: settings, metrics: registry, logger: logger)
-            for ((listener, spec), export) in zip(guestListeners, exports) {
-                try guests.start(listener, spec: spec, export: export, origin: "command line")
+            let guestDefaults = try settings.guestSettings(listeners: planned.count, reloadable: config != nil)
+            let guests = Guests(metadata: metadata, fs: fs, sessions: sessions, settings: guestDefaults, metrics: registry, logger: logger)
+            for (p, export) in zip(planned, exports) {
+                try guests.start(p.guest.listener.listener, spec: p.spec, export: export, origin: p.origin, settings: p.settings)
+            }
+            let reloader = config.map {
+                ConfigReloader(path: $0, flags: self, activated: activated, running: settings, guests: guests, levels: levels, logger: logger)
             }
             let controlServer: ControlServer?
             do {
-                controlServer = try control.map { path in
+                controlServer = try settings.control.map { path in
                     let commands = ControlCommands(guests: guests, pool: pool, data: data, mount: host?.mountPoint, hostOperations: hostOperations)
                     return try ControlServer(path: path, handler: commands, logger: logger)
                 }
@@ -233,14 +215,23 @@ struct Pmfsd: ParsableCommand {
             }
             controlServer?.start()
             if let controlServer { logger.notice("control socket \(controlServer.path)") }
-            logger.notice("serving \(pool) (engine \(device.engine.name), cache \(cacheBytes >> 20) MiB)")
+            logger.notice("serving \(pool) (engine \(device.engine.name), cache \(settings.cacheBytes >> 20) MiB)")
 
-            // SIGTERM / SIGINT: unmount and stop listening; then shut down cleanly.
+            // SIGHUP: read the configuration again. SIGTERM / SIGINT: unmount
+            // and stop listening; then shut down cleanly.
             let done = DispatchSemaphore(value: 0)
             let notifier = ServiceNotifier()
             let signalThread = Thread {
                 var which: Int32 = 0
-                sigwait(&stopSignals, &which)
+                while sigwait(&signals, &which) == 0 && which == SIGHUP {
+                    guard let reloader else {
+                        logger.notice("SIGHUP: no --config file to read again")
+                        continue
+                    }
+                    notifier?.reloading()
+                    reloader.reload()
+                    notifier?.ready(status: "serving \(pool)")
+                }
                 logger.notice("signal \(which): stopping")
                 notifier?.stopping()
                 host?.unmount()
@@ -322,7 +313,7 @@ extension Pmfsd {
 extension Pmfsd {
     /// The guest sockets and descriptors with their export policies, from
     /// `PATH[,option...]` and `N[,option...]`.
-    static func listeners(sockets: [String], fds: [String]) throws -> [(Listener, GuestListenerSpec)] {
+    static func listeners(sockets: [String], fds: [String], settle: Bool = true) throws -> [(Listener, GuestListenerSpec)] {
         var listeners: [Listener] = []
         var specs: [GuestListenerSpec] = []
         for text in sockets {
@@ -340,7 +331,7 @@ extension Pmfsd {
                 specs.append(spec)
             } catch { throw ExportError("--fd \(text): \(error)") }
         }
-        GuestListenerSpec.settleSharing(&specs)
+        if settle { GuestListenerSpec.settleSharing(&specs) }
         return Array(zip(listeners, specs))
     }
 

@@ -95,6 +95,46 @@ import VhostUserFrontEnd
         #expect(status == 0, "pmfsd said: \(log())")
     }
 
+    /// `systemctl reload` as the unit does it (SIGHUP to a daemon started with
+    /// --config and an activated socket named `fd: 3` in the file): RELOADING=1,
+    /// then READY=1; the file's other socket goes, the activated guest stays connected.
+    @Test func aReloadNotifiesAndKeepsTheActivatedGuest() throws {
+        let dir = "/dev/shm/pmfs-reload-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try ExportEndToEndTests.makeFileSystem(in: dir)
+        let head = "pool: \(made[1])\ndata: \(made[3])\nio-engine: threads\nguests:\n  vm1:\n    fd: 3\n    read-only: true\n"
+        let config = dir + "/pmfs.yaml"
+        try (head + "  extra:\n    socket: \(dir)/extra.sock\n").write(toFile: config, atomically: true, encoding: .utf8)
+        let notify = try NotifySocket(in: dir)
+        let listener = try listeningSocket(dir + "/guest.sock")
+        let pid = try spawnActivated(["--config", config], listener: listener, environment: [
+            "NOTIFY_SOCKET": notify.path, "PMEM_IS_PMEM_FORCE": "1", "PMFS_TEST_LOG": dir + "/pmfsd.log",
+        ])
+        close(listener)
+        var status: Int32 = -1
+        defer { if status == -1 { kill(pid, SIGKILL); waitpid(pid, &status, 0) } }
+        let log = { (try? String(contentsOfFile: dir + "/pmfsd.log", encoding: .utf8)) ?? "" }
+        try #require(notify.waitFor("READY=1"), "no READY=1; pmfsd said: \(log())")
+        #expect(access(dir + "/extra.sock", F_OK) == 0)
+        let frontEnd = try VhostUserFrontEnd(socketPath: dir + "/guest.sock")
+        let client = FUSEClient(frontEnd)
+        _ = try client.initialize()
+        #expect(try client.getattr(1).attr.ino == 1)
+        try (head + "log-level: debug\n").write(toFile: config, atomically: true, encoding: .utf8)
+        kill(pid, SIGHUP)
+        #expect(notify.waitFor("RELOADING=1"), "pmfsd said: \(log())")
+        #expect(notify.waitFor("READY=1"), "pmfsd said: \(log())")
+        #expect(access(dir + "/extra.sock", F_OK) != 0, "the dropped socket's path is gone")
+        #expect(try client.getattr(1).attr.ino == 1, "the activated guest's session goes on")
+        #expect(log().contains("configuration \(config) applied"), "\(log())")
+        kill(pid, SIGTERM)
+        #expect(notify.waitFor("STOPPING=1"))
+        withExtendedLifetime(frontEnd) {}
+        waitpid(pid, &status, 0)
+        #expect(status == 0, "pmfsd said: \(log())")
+    }
+
     /// The units as systemd reads them: no unknown directive, no bad value,
     /// an executable that exists (systemd-analyze verify warns or fails).
     @Test func theUnitsVerify() throws {
@@ -153,13 +193,14 @@ import VhostUserFrontEnd
         #expect(try runInstall(["--from", ExportEndToEndTests.products, "--no-man"], destination: root) == 0)
         let after = files(under: root)
         for expected in ["usr/local/bin/pmfsd", "usr/local/bin/pmfsctl", "usr/local/bin/mkfs.pmfs", "usr/local/bin/fsck.pmfs", "usr/local/bin/pmfs-inspect",
-                         "etc/systemd/system/pmfsd@.service", "etc/systemd/system/pmfsd@.socket", "etc/pmfs/example.env",
+                         "etc/systemd/system/pmfsd@.service", "etc/systemd/system/pmfsd@.socket", "etc/pmfs/example.env", "etc/pmfs/example.yaml",
                          "usr/local/share/doc/pmfs/README.md", "usr/local/share/pmfs/installed-files",
                          "usr/local/share/qemu/vhost-user/50-pmfs.json"] {
             #expect(after.contains(expected), "\(expected) not installed")
         }
         let unit = try String(contentsOfFile: root + "/etc/systemd/system/pmfsd@.service", encoding: .utf8)
-        #expect(unit.contains("ExecStart=/usr/local/bin/pmfsd ") && !unit.contains("@BINDIR@"))
+        #expect(unit.contains("ExecStart=/usr/local/bin/pmfsd --config /etc/pmfs/%i.yaml ") && !unit.contains("@BINDIR@"))
+        #expect(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"))
         // QEMU's descriptor names the installed binary, as an fs back end.
         let descriptor = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/usr/local/share/qemu/vhost-user/50-pmfs.json"))) as? [String: Any]
         #expect(descriptor?["type"] as? String == "fs" && descriptor?["binary"] as? String == "/usr/local/bin/pmfsd")

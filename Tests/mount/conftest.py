@@ -87,6 +87,7 @@ class Pmfs:
         self.stderr_file = None
         self.starts = 0
         self.start_args = []   # extra pmfsd arguments for this file system (after PMFSD_ARGS and the transport)
+        self.config = None     # a --config file naming the pool, data and mount, in place of those flags
         run = subprocess.run([binary("mkfs.pmfs"), "--pool", self.pool, "--data", self.data, "--data-size", data_size, "-q", *mkfs_args],
                              env=ENV, capture_output=True, text=True)
         if run.returncode != 0:
@@ -102,7 +103,10 @@ class Pmfs:
 
     def start(self, timeout=30):
         assert self.proc is None, "pmfsd already running"
-        args = [binary("pmfsd"), "--pool", self.pool, "--data", self.data, "--mount", self.mnt]
+        if self.config:
+            args = [binary("pmfsd"), "--config", self.config]
+        else:
+            args = [binary("pmfsd"), "--pool", self.pool, "--data", self.data, "--mount", self.mnt]
         if self.cache_size:
             args += ["--cache-size", self.cache_size]
         if TRANSPORT:
