@@ -120,6 +120,8 @@ let package = Package(
             name: "PMFSCheck",
             dependencies: ["PMFSMetadata", "CPMDK"]
         ),
+        // pmfsd's confinement: mount namespace, capabilities, seccomp allow-list (libseccomp).
+        .target(name: "CSandbox", linkerSettings: [.linkedLibrary("seccomp")]),
         // pmfsd's control socket protocol (JSON lines) and its client.
         .target(name: "PMFSControl", dependencies: ["CVhost"]),
         // pmfsctl: what a running pmfsd serves, over its control socket.
@@ -130,7 +132,7 @@ let package = Package(
         .executableTarget(
             name: "Pmfsd",
             dependencies: [
-                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics",
+                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics", "CSandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),

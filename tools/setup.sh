@@ -5,9 +5,10 @@
 set -euo pipefail
 
 # PMDK (libpmemobj, libpmem) holds the metadata; liburing drives the data
-# device; pmdk-tools gives pmempool for looking at pools by hand. The mount
-# tests drive real programs (sqlite3, git, tar, rsync, fio) through a pmfs mount.
-packages=(libpmemobj-dev libpmem-dev liburing-dev pmdk-tools pkg-config build-essential git
+# device; libseccomp loads pmfsd's system-call allow-list; pmdk-tools gives
+# pmempool for looking at pools by hand. The mount tests drive real programs
+# (sqlite3, git, tar, rsync, fio) through a pmfs mount.
+packages=(libpmemobj-dev libpmem-dev liburing-dev libseccomp-dev pmdk-tools pkg-config build-essential git
           sqlite3 rsync tar attr e2fsprogs util-linux python3 fio)
 
 as_root=()

@@ -219,8 +219,13 @@ public final class FUSEMount: @unchecked Sendable {
         return w < 0 ? errno : 0
     }
 
+    /// Set when this process can no longer unmount by itself (pmfsd's sandbox:
+    /// another mount namespace, no CAP_SYS_ADMIN): asks whoever can.
+    public var unmountRequest: (@Sendable () -> Void)?
+
     /// Detaches the mount: workers see ENODEV and return from `serve`.
     public func unmount() {
+        if let unmountRequest { unmountRequest(); return }
         if umount2(mountPoint, cfuse_mnt_detach) != 0 && errno != EINVAL {
             logger.warning("unmount of \(mountPoint): \(String(cString: strerror(errno)))")
         }

@@ -28,6 +28,10 @@ public final class FileSystem: @unchecked Sendable {
         public var dirtyRatio: Double = 0.5
         /// Largest read-ahead window, in blocks.
         public var maxReadAheadBlocks: UInt64 = 256
+        /// The write-back timer waits for `startBackgroundWriter()`: pmfsd starts
+        /// it after its sandbox, so that libdispatch's threads (which block every
+        /// signal, so cannot be asked to drop privileges) are made sandboxed.
+        public var backgroundWriterLater = false
         public init() {}
     }
 
@@ -63,6 +67,12 @@ public final class FileSystem: @unchecked Sendable {
         blockSize = UInt64(metadata.blockSize)
         cache = PageCache(bytes: options.cacheBytes)
         metadata.onInodeReleased { [weak self] ino in self?.inodeReleased(ino) }
+        if !options.backgroundWriterLater { startBackgroundWriter() }
+    }
+
+    /// Starts the write-back timer (once), when `Options.backgroundWriterLater` put it off.
+    public func startBackgroundWriter() {
+        guard flusher == nil else { return }
         let timer = DispatchSource.makeTimerSource(queue: flusherQueue)
         timer.schedule(deadline: .now() + .milliseconds(200), repeating: .milliseconds(200))
         timer.setEventHandler { [weak self] in self?.backgroundWriteBack() }

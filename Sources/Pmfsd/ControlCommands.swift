@@ -36,6 +36,9 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             } catch {
                 return (.failure("\(error)"), nil)
             }
+        case "sandbox-test-forbidden-call" where Sandbox.testHookEnabled:
+            // Under --seccomp kill the process dies here; under log, the kernel logs it.
+            return (ControlResponse(ok: Sandbox.makeForbiddenCall() != -2), nil)
         default:
             return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot)"), nil)
         }

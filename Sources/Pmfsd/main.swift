@@ -97,7 +97,17 @@ struct Pmfsd: ParsableCommand {
     @Option(help: ArgumentHelp("Serve Prometheus metrics on GET /metrics at this numeric address and port, like 127.0.0.1:9464 or [::1]:9464 (port 0: any free port, logged). Off by default.", valueName: "address:port"))
     var metrics: String?
 
+    @Option(help: "Confinement once set up: namespace (a private mount namespace, every capability but CAP_CHOWN dropped, a system-call allow-list) or none (for debugging).")
+    var sandbox: SandboxMode = .namespace
+
+    @Option(help: "With --sandbox namespace, a system call off the allow-list: kill (the process), log (allowed, and logged by the kernel's audit) or none (no filter).")
+    var seccomp: SeccompAction = .kill
+
+    @Option(help: .hidden)
+    var unmountOnRequest: String?
+
     func run() throws {
+        if let unmountOnRequest { throw Sandbox.unmountOnRequest(unmountOnRequest) }
         if printCapabilities {
             print("{\n  \"type\": \"fs\"\n}")
             return
@@ -165,6 +175,7 @@ struct Pmfsd: ParsableCommand {
             var options = FileSystem.Options()
             options.cacheBytes = settings.cacheBytes
             options.writeBack = !settings.writeThrough
+            options.backgroundWriterLater = true   // started after the sandbox
             let fs = try FileSystem(metadata: metadata, device: device, options: options, metrics: factory)
             if let registry { Self.collectFileSystemGauges(fs, into: registry) }
             let sessions = SessionGroup()
@@ -215,6 +226,13 @@ struct Pmfsd: ParsableCommand {
             }
             controlServer?.start()
             if let controlServer { logger.notice("control socket \(controlServer.path)") }
+            do { try Sandbox.enter(sandbox, seccomp: seccomp, hostMount: host, logger: logger) } catch {
+                host?.unmount()
+                controlServer?.stop()
+                guests.stopAll()
+                throw failure(error)
+            }
+            fs.startBackgroundWriter()
             logger.notice("serving \(pool) (engine \(device.engine.name), cache \(settings.cacheBytes >> 20) MiB)")
 
             // SIGHUP: read the configuration again. SIGTERM / SIGINT: unmount

@@ -88,6 +88,7 @@ class Pmfs:
         self.starts = 0
         self.start_args = []   # extra pmfsd arguments for this file system (after PMFSD_ARGS and the transport)
         self.config = None     # a --config file naming the pool, data and mount, in place of those flags
+        self.env = ENV   # pmfsd's environment
         run = subprocess.run([binary("mkfs.pmfs"), "--pool", self.pool, "--data", self.data, "--data-size", data_size, "-q", *mkfs_args],
                              env=ENV, capture_output=True, text=True)
         if run.returncode != 0:
@@ -117,7 +118,7 @@ class Pmfs:
         self.stderr_file.write(f"--- start {self.starts}\n")
         self.stderr_file.flush()
         self.starts += 1
-        self.proc = subprocess.Popen(args, env=ENV, stdin=subprocess.DEVNULL, stdout=self.stderr_file, stderr=self.stderr_file)
+        self.proc = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL, stdout=self.stderr_file, stderr=self.stderr_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             fields = mount_entry(self.mnt)
