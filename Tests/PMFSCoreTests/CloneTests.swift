@@ -15,16 +15,6 @@ import Testing
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed) &+ $0 / 4096) }
     }
 
-    /// Restarts cleanly and runs the checker on the closed pool: it must find nothing.
-    func expectClean(_ t: CoreFixture, _ sourceLocation: SourceLocation = #_sourceLocation) throws {
-        try t.fs.shutdown()
-        t.device.close()
-        try t.metadata.close()
-        let report = try FileSystemChecker(poolPath: t.poolPath).run(CheckOptions())
-        #expect(report.problems.isEmpty, "\(report.problems.map { "\($0.code): \($0.message)" })", sourceLocation: sourceLocation)
-        try t.restartFromClosed()
-    }
-
     @Test func cloneReadsLikeTheSourceAndUsesNoNewBlocks() throws {
         let t = try CoreFixture()
         let src = try t.newFile("src"), dst = try t.newFile("dst")

@@ -1,5 +1,7 @@
 import Glibc
+import PMFSCheck
 import PMFSData
+import Testing
 @testable import PMFSCore
 @testable import PMFSMetadata
 
@@ -81,3 +83,13 @@ final class CoreFixture {
     }
 }
 
+
+/// Restarts `t` cleanly and runs the checker on the closed pool: it must find nothing.
+func expectClean(_ t: CoreFixture, _ sourceLocation: SourceLocation = #_sourceLocation) throws {
+    try t.fs.shutdown()
+    t.device.close()
+    try t.metadata.close()
+    let report = try FileSystemChecker(poolPath: t.poolPath).run(CheckOptions())
+    #expect(report.problems.isEmpty, "\(report.problems.map { "\($0.code): \($0.message)" })", sourceLocation: sourceLocation)
+    try t.restartFromClosed()
+}

@@ -21,15 +21,6 @@ import Testing
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ Int(seed) &+ $0 / 4096) }
     }
 
-    func expectClean(_ t: CoreFixture, _ sourceLocation: SourceLocation = #_sourceLocation) throws {
-        try t.fs.shutdown()
-        t.device.close()
-        try t.metadata.close()
-        let report = try FileSystemChecker(poolPath: t.poolPath).run(CheckOptions())
-        #expect(report.problems.isEmpty, "\(report.problems.map { "\($0.code): \($0.message)" })", sourceLocation: sourceLocation)
-        try t.restartFromClosed()
-    }
-
     /// base/{a (3 blocks, synced), b (dirty, 1.5 blocks), sub/{c (times set), link-to-a, deep/empty/}, sym -> a, fifo, dev},
     /// with xattrs, owners, modes and explicit times; outside/x is a hard link to base/sub/c.
     @discardableResult
