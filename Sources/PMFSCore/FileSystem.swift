@@ -755,6 +755,10 @@ public final class FileSystem: @unchecked Sendable {
     /// alone afterwards, so this never waits for a lock while holding one.
     public func fsync(group items: [(ino: UInt64, dataOnly: Bool)]) -> [Error?] {
         fsyncs.increment(by: items.count)
+        // A lone fsync (the common case) needs none of the grouping's tables.
+        if items.count == 1 {
+            do { try fsyncAlone(items[0].ino, dataOnly: items[0].dataOnly); return [nil] } catch { return [error] }
+        }
         var results = [Error?](repeating: nil, count: items.count)
         // One entry per file, in inode order; a full fsync wins over fdatasync.
         var wanted: [UInt64: (dataOnly: Bool, items: [Int])] = [:]
