@@ -156,8 +156,8 @@ public final class FileSystem: @unchecked Sendable {
     /// For tests: the state of a file, if any.
     func fileData(_ ino: UInt64) throws -> FileData { try withFile(ino) { $0 } }
 
-    /// The cached state of `ino`, if it has one (nothing made).
-    func cachedFile(_ ino: UInt64) -> FileData? { filesLock.withLock { files[ino] } }
+    /// Every file with cached state, taken at once (the files lock once, not per file).
+    func cachedFiles() -> [FileData] { filesLock.withLock { Array(files.values) } }
 
     /// Forgets states of idle files that have nothing cached and nothing owed.
     private func pruneIdleFiles() {

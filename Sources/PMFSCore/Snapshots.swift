@@ -11,8 +11,8 @@ extension FileSystem {
     /// copied on write as after a clone.
     public func snapshot(_ source: UInt64, into parent: UInt64, name: FileName, readOnly: Bool) throws -> SnapshotSummary {
         try writers.closed {
-            for ino in try metadata.regularFiles(inTree: source) {
-                guard let f = cachedFile(ino) else { continue }
+            let tree = Set(try metadata.regularFiles(inTree: source))
+            for f in cachedFiles() where tree.contains(f.ino) {
                 try f.lock.withLock { try writeBack(f, flushDevice: false) }
             }
             return try metadata.snapshot(source, into: parent, name: name, readOnly: readOnly)

@@ -128,8 +128,12 @@ final class ConfigReloader: @unchecked Sendable {
             logger.error("configuration refused: \(error); the running configuration stays")
             return
         }
-        if next.logLevel != running.logLevel {
-            logger.notice("log level \(next.logLevel)")
+        let level = levels.level
+        if next.logLevel != level {
+            // Said at the more verbose of the two levels, so the line shows.
+            let line = "log level \(next.logLevel) (was \(level))"
+            if next.logLevel < level { levels.level = next.logLevel }
+            logger.notice("\(line)")
             levels.level = next.logLevel
         }
         guests.settings = (try? next.guestSettings(listeners: next.guests.count, reloadable: true)) ?? guests.settings

@@ -19,10 +19,10 @@ def sock(f, name):
     return os.path.join(f.pool_dir, name + ".sock")
 
 
-def write_config(f, guests, extra=""):
+def write_config(f, guests, extra="", level="info"):
     """The fixture's file: pool, data, mount and control from the file; `guests` is the YAML of the guests: section."""
     text = (f"# written by test_config\npool: {f.pool}\ndata: {f.data}\nmount: {f.mnt}\ncontrol: {f.control}\n"
-            f"cache: none\nlog-level: info\n{extra}guests:\n{guests}")
+            f"cache: none\nlog-level: {level}\n{extra}guests:\n{guests}")
     tmp = f.config + ".tmp"
     with open(tmp, "w") as out:
         out.write(text)
@@ -200,6 +200,27 @@ def test_sighup_with_a_bad_file_keeps_the_running_configuration(fs, guests, extr
     assert listeners(fs) == before
     got = cat(sock(fs, "a"), "held")
     assert got.returncode == 0, got.stderr
+
+
+def test_sighup_changes_the_log_level_at_once(fs):
+    write_config(fs, guest("a", sock(fs, "a")))
+    reload(fs, "applied")
+    write_config(fs, guest("a", sock(fs, "a")), level="warning")
+    fs.proc.send_signal(signal.SIGHUP)   # its "applied" is a notice: not logged at warning
+    wait_for(lambda: "log level warning (was info)" in f_log(fs), "the new log level", fs)
+    start = len(f_log(fs))
+    assert cat(sock(fs, "a"), "held").returncode == 0
+    assert "front end connected" not in f_log(fs)[start:], "a notice at level warning"
+    write_config(fs, guest("a", sock(fs, "a")))
+    f_before = f_log(fs).count("front end connected")
+    fs.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "log level info (was warning)" in f_log(fs)[start:], "the log level back to info", fs)
+    assert cat(sock(fs, "a"), "held").returncode == 0
+    wait_for(lambda: f_log(fs).count("front end connected") > f_before, "notices again at level info", fs)
+
+
+def f_log(f):
+    return f.this_start_log()
 
 
 def test_sighup_logs_settings_that_need_a_restart(fs):
