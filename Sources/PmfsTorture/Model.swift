@@ -25,6 +25,9 @@ struct TortureModel: Sendable {
         var parent: Int = 0
         /// Names that refer to this node (files); an unnamed temporary has 0.
         var links: Int = 1
+        /// Copied by a read-only snapshot (PMFS_INODE_READONLY): the store refuses
+        /// a snapshot into it; the rest is the FUSE layer's to refuse.
+        var readOnly = false
     }
 
     static let rootID = 1
@@ -187,7 +190,7 @@ struct TortureModel: Sendable {
             nodes[id]!.xattrs[name] = nil
             return .success(())
 
-        case .allocate(let path, let start, let count), .punch(let path, let start, let count):
+        case .allocate(let path, let start, let count), .punch(let path, let start, let count), .write(let path, let start, let count):
             let id: Int
             switch resolve(path) { case .success(let s): id = s; case .failure(let e): return .failure(e) }
             switch nodes[id]!.type {
@@ -195,9 +198,11 @@ struct TortureModel: Sendable {
             case .directory: return .failure(.isDirectory)
             default: return .failure(.invalidArgument)
             }
-            if case .allocate = op {
+            switch op {
+            case .allocate, .write:
+                // A write-back committed without a new mtime: the data tier's times are not modelled.
                 for b in start..<(start + count) { nodes[id]!.blocks.insert(b) }
-            } else {
+            default:
                 for b in start..<(start + count) { nodes[id]!.blocks.remove(b) }
                 nodes[id]!.mtime = nil
             }
@@ -212,6 +217,9 @@ struct TortureModel: Sendable {
             temporaries[k] = id
             return .success(())
 
+        case .snapshot(let source, let target, let readOnly):
+            return snapshot(source, target, readOnly: readOnly == 1)
+
         case .linkTmp(let k, let path):
             guard let id = temporaries[k] else { return .failure(.noSuchFileOrDirectory) }
             let (dir, name): (Int, String)
@@ -223,6 +231,45 @@ struct TortureModel: Sendable {
             temporaries[k] = nil
             return .success(())
         }
+    }
+
+    /// As MetadataStore.snapshot checks, in its order: the target's parent,
+    /// the source, then the copy (hard links inside stay links).
+    private mutating func snapshot(_ source: String, _ target: String, readOnly: Bool) -> Result<Void, Errno> {
+        let (dir, name): (Int, String)
+        switch parent(target) { case .success(let p): (dir, name) = p; case .failure(let e): return .failure(e) }
+        let src: Int
+        switch resolve(source) { case .success(let s): src = s; case .failure(let e): return .failure(e) }
+        if let e = requireDirectory(dir) { return .failure(e) }
+        if nodes[dir]!.readOnly { return .failure(.readOnlyFileSystem) }
+        if nodes[dir]!.children[name] != nil { return .failure(.fileExists) }
+        if let e = requireDirectory(src) { return .failure(e) }
+        if isAncestor(src, of: dir) { return .failure(.invalidArgument) }
+        var copies: [Int: Int] = [:]
+        var queue = [src]
+        while let old = queue.popLast() {
+            guard copies[old] == nil else { continue }   // a second name of a hard-linked file
+            var n = nodes[old]!
+            let id = newID()
+            copies[old] = id
+            n.readOnly = readOnly
+            if n.type == .directory {
+                queue.append(contentsOf: n.children.values)
+            } else {
+                n.links = 0   // counted below, names inside the tree only
+            }
+            nodes[id] = n
+        }
+        for (old, id) in copies where nodes[id]!.type == .directory {
+            nodes[id]!.children = nodes[old]!.children.mapValues { copies[$0]! }
+            for child in nodes[id]!.children.values {
+                if nodes[child]!.type == .directory { nodes[child]!.parent = id } else { nodes[child]!.links += 1 }
+            }
+        }
+        let root = copies[src]!
+        nodes[root]!.parent = dir
+        nodes[dir]!.children[name] = root
+        return .success(())
     }
 
     private mutating func makeEntry(_ path: String, _ node: Node) -> Result<Void, Errno> {
@@ -320,12 +367,13 @@ struct TortureModel: Sendable {
         var blocks: [UInt64]
         var atime: Timestamp?
         var mtime: Timestamp?
+        var readOnly: Bool
         /// The first path (in sorted order) naming the same node: hard-link identity.
         var identity: String
 
         var description: String {
             "\(type) perm=\(String(permissions, radix: 8)) uid=\(uid) size=\(size) target=\(target) xattrs=\(xattrs.keys.sorted()) "
-                + "blocks=\(blocks.count) atime=\(atime.map { "\($0.seconds)" } ?? "?") mtime=\(mtime.map { "\($0.seconds)" } ?? "?") same-as=\(identity)"
+                + "blocks=\(blocks.count) \(readOnly ? "read-only " : "")atime=\(atime.map { "\($0.seconds)" } ?? "?") mtime=\(mtime.map { "\($0.seconds)" } ?? "?") same-as=\(identity)"
         }
     }
 
@@ -340,7 +388,7 @@ struct TortureModel: Sendable {
             out[e.path] = Observed(type: n.type, permissions: n.permissions, uid: n.uid,
                                    size: n.type == .directory ? 0 : n.size, target: n.target,
                                    xattrs: n.xattrs, blocks: n.blocks.sorted(), atime: n.atime,
-                                   mtime: n.type == .directory ? nil : n.mtime,
+                                   mtime: n.type == .directory ? nil : n.mtime, readOnly: n.readOnly,
                                    identity: firstPath[e.id]!)
         }
         return out
@@ -402,6 +450,7 @@ extension TortureModel {
                     if a.type != entry.type { problems.append("entry \(name) in \(dir) says \(entry.type), inode \(id) is \(a.type)") }
                     var n = Node(type: a.type, permissions: a.permissions, uid: a.uid, gid: a.gid, size: a.size,
                                  atime: a.atime, mtime: a.mtime, parent: dir)
+                    n.readOnly = a.readOnly
                     if a.type == .symbolicLink { n.target = String(decoding: try store.readlink(entry.ino), as: UTF8.self) }
                     for x in try store.listxattr(entry.ino) {
                         n.xattrs[String(decoding: x, as: UTF8.self)] = try store.getxattr(entry.ino, x)
@@ -435,4 +484,36 @@ extension TortureModel {
     }
 
     static let PMFS_ROOT: UInt64 = 1
+
+    /// Space accounting with blocks shared by snapshots: the device blocks that
+    /// the regular files among `files` map are exactly the blocks in use (nothing leaked, nothing free
+    /// mapped), and a block mapped by n > 1 extents has a refcount record of n
+    /// owners, one mapped once has none. Problems found, the first few.
+    static func blockAccounting(of store: MetadataStore, files: some Sequence<UInt64>) throws -> [String] {
+        var mappings: [UInt64: UInt64] = [:]   // device block -> extents mapping it
+        for ino in files where try store.getattr(ino).type == .regular {
+            for s in try store.mapBlocks(ino, start: 0, count: 1 << 20) {
+                guard let device = s.deviceBlock else { continue }
+                for b in device..<(device + s.length) { mappings[b, default: 0] += 1 }
+            }
+        }
+        var problems: [String] = []
+        let stats = store.statistics()
+        if stats.totalBlocks - stats.freeBlocks != UInt64(mappings.count) {
+            problems.append("\(stats.totalBlocks - stats.freeBlocks) data blocks in use, files map \(mappings.count)")
+        }
+        var recorded: [UInt64: UInt64] = [:]
+        for r in try store.sharedBlockRecords() {
+            for b in r.start..<(r.start + r.length) { recorded[b] = r.owners }
+        }
+        for (b, n) in mappings.sorted(by: { $0.key < $1.key }) where n != recorded[b, default: 1] {
+            problems.append("device block \(b): mapped \(n) times, refcount says \(recorded[b, default: 1])")
+            if problems.count >= 5 { return problems }
+        }
+        for (b, n) in recorded.sorted(by: { $0.key < $1.key }) where mappings[b] == nil {
+            problems.append("device block \(b): refcount record of \(n) owners, no file maps it")
+            if problems.count >= 5 { return problems }
+        }
+        return problems
+    }
 }

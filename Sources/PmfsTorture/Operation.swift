@@ -27,6 +27,10 @@ enum TortureOp: Equatable, Sendable {
     case removexattr(String, String)
     case allocate(String, UInt64, UInt64)
     case punch(String, UInt64, UInt64)
+    /// what the data tier's write-back commits for file blocks [start, +count):
+    /// holes get new blocks, blocks shared with a clone or snapshot are copied
+    /// on write (new blocks replace them in one transaction)
+    case write(String, UInt64, UInt64)
     /// pin the file, then unlink it: it stays on the orphan list until unpinned or reopened
     case orphan(String, Int)
     /// drop the pin of orphan handle k (reclaims it); invisible in the tree
@@ -35,6 +39,8 @@ enum TortureOp: Equatable, Sendable {
     case tmpfile(Int, UInt32)
     /// give unnamed file k a name
     case linkTmp(Int, String)
+    /// a copy of tree source at target (MetadataStore.snapshot), read-only if 1
+    case snapshot(String, String, Int)
 
     /// The log form: space-separated tokens; names never contain spaces.
     var line: String {
@@ -57,6 +63,8 @@ enum TortureOp: Equatable, Sendable {
         case .unpin(let k): return "unpin \(k)"
         case .tmpfile(let k, let m): return "tmpfile \(k) \(m)"
         case .linkTmp(let k, let p): return "linktmp \(k) \(p)"
+        case .snapshot(let a, let b, let r): return "snapshot \(a) \(b) \(r)"
+        case .write(let p, let s, let c): return "write \(p) \(s) \(c)"
         }
     }
 
@@ -96,6 +104,8 @@ enum TortureOp: Equatable, Sendable {
         case "unpin": guard let k = int(1) else { return nil }; self = .unpin(k)
         case "tmpfile": guard let k = int(1), let m = u32(2) else { return nil }; self = .tmpfile(k, m)
         case "linktmp": guard let k = int(1), let p = str(2) else { return nil }; self = .linkTmp(k, p)
+        case "write": guard let p = str(1), let s = u64(2), let c = u64(3) else { return nil }; self = .write(p, s, c)
+        case "snapshot": guard let a = str(1), let b = str(2), let r = int(3) else { return nil }; self = .snapshot(a, b, r)
         default: return nil
         }
     }

@@ -36,12 +36,24 @@ struct TortureRunner {
     var orphans: [Int: UInt64] = [:]
     var temporaries: [Int: UInt64] = [:]
     var nextHandle = 1
+    /// Percent of operations that are snapshots (while the tree is not full).
+    let snapshotPercent: Int
+    /// What the run did to shared blocks, for the summary line.
+    var counts = Counts()
 
-    init(store: MetadataStore, model: TortureModel, seed: UInt64, maxEntries: Int) {
+    struct Counts: CustomStringConvertible {
+        var snapshots = 0
+        /// Writes that copied shared blocks on write.
+        var copiesOnWrite = 0
+        var description: String { "snapshots=\(snapshots) copies-on-write=\(copiesOnWrite)" }
+    }
+
+    init(store: MetadataStore, model: TortureModel, seed: UInt64, maxEntries: Int, snapshotPercent: Int = 1) {
         self.store = store
         self.model = model
         self.rng = SplitMix64(seed: seed)
         self.maxEntries = maxEntries
+        self.snapshotPercent = snapshotPercent
     }
 
     private mutating func below(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
@@ -108,11 +120,19 @@ struct TortureRunner {
             return d.path + "/" + r.name()
         }
         let perm = { (r: inout TortureRunner) -> UInt32 in [0o644, 0o600, 0o755, 0o4755, 0o1777, 0o444][r.below(6)] }
+        // Mostly a directory; sometimes anything (ENOTDIR, ENOENT). The copy lands
+        // in a shallow directory, but the tree it copies may be deep.
+        let snapshot = { (r: inout TortureRunner) -> TortureOp in
+            let source = r.below(6) == 0 ? anyPath(&r) : (pick(dirs, &r)?.path ?? "")
+            return .snapshot(source.isEmpty ? "/" : source, newPath(&r, true), r.below(3) == 0 ? 1 : 0)
+        }
 
+        if !full && me.snapshotPercent > 1 && me.below(100) < me.snapshotPercent - 1 { return snapshot(&me) }
         var roll = me.below(100)
         if full && roll < 30 { roll = 30 + me.below(15) }   // shrink: unlink and rmdir instead of creating
         switch roll {
-        case 0..<14: return .create(newPath(&me, false), perm(&me))
+        case 0..<13: return .create(newPath(&me, false), perm(&me))
+        case 13..<14: return snapshot(&me)
         case 14..<20: return .mkdir(newPath(&me, true), perm(&me))
         case 20..<24:
             let target = me.below(10) == 0 ? String(repeating: "t", count: 300 + me.below(100)) : "../n\(me.below(24))"
@@ -142,7 +162,8 @@ struct TortureRunner {
             let value = (0..<me.below(40)).map { _ in UInt8(me.below(256)) }
             return .setxattr(anyPath(&me), "user.a\(me.below(5))", value, me.below(3))
         case 76..<80: return .removexattr(anyPath(&me), "user.a\(me.below(5))")
-        case 80..<88: return .allocate(filePath(&me), UInt64(me.below(48)), UInt64(1 + me.below(16)))
+        case 80..<84: return .allocate(filePath(&me), UInt64(me.below(48)), UInt64(1 + me.below(16)))
+        case 84..<88: return .write(filePath(&me), UInt64(me.below(48)), UInt64(1 + me.below(16)))
         case 88..<92: return .punch(filePath(&me), UInt64(me.below(48)), UInt64(1 + me.below(16)))
         case 92..<95:
             let k = me.nextHandle; me.nextHandle += 1
@@ -234,6 +255,12 @@ struct TortureRunner {
             if let ino = orphans.removeValue(forKey: k) { try store.unpin(ino) }
         case .tmpfile(let k, let m):
             temporaries[k] = try store.tmpfile(TortureModel.PMFS_ROOT, NewInode(mode: UInt32(S_IFREG) | m)).ino
+        case .snapshot(let source, let target, let readOnly):
+            let (d, n) = try parent(target)
+            _ = try store.snapshot(try walk(source), into: d, name: n, readOnly: readOnly == 1)
+            counts.snapshots += 1
+        case .write(let p, let start, let count):
+            if try writeBack(try walk(p), start: start, count: count) { counts.copiesOnWrite += 1 }
         case .linkTmp(let k, let p):
             guard let ino = temporaries[k] else { throw Errno.noSuchFileOrDirectory }
             let (d, n) = try parent(p)
@@ -241,6 +268,48 @@ struct TortureRunner {
             temporaries[k] = nil
             try store.unpin(ino)   // the "file descriptor" closes once it has a name
         }
+    }
+
+    /// The pool side of the data tier's write-back (FileSystem.planWrites and
+    /// commitWriteBack) for file blocks [start, +count), the data itself left
+    /// out: holes and shared blocks get new blocks, reserved and claimed in
+    /// DRAM, then mapped in one transaction that drops the shared blocks'
+    /// owner. Returns whether it copied shared blocks.
+    private func writeBack(_ ino: UInt64, start: UInt64, count: UInt64) throws -> Bool {
+        let fresh = try store.mapBlocks(ino, start: start, count: count).filter { $0.deviceBlock == nil || $0.shared }
+        let needed = fresh.reduce(0) { $0 + $1.length }
+        try store.reserveBlocks(needed)
+        var claims: [BlockRun] = [], mappings: [NewMapping] = []
+        var consumed: UInt64 = 0
+        do {
+            for seg in fresh {
+                let runs = try store.claimBlocks(ino, fileBlock: seg.fileBlock, count: seg.length, fromReservation: seg.length)
+                consumed += seg.length
+                claims += runs
+                var fileBlock = seg.fileBlock
+                for r in runs {
+                    mappings.append(NewMapping(fileBlock: fileBlock, deviceBlock: r.start, length: r.length, replacesShared: seg.shared))
+                    fileBlock += r.length
+                }
+            }
+            try store.commitWrites(ino, mappings: mappings)
+        } catch {
+            store.releaseClaimedBlocks(claims)
+            store.unreserveBlocks(needed - consumed)
+            throw error
+        }
+        return fresh.contains { $0.shared }
+    }
+
+    /// The whole pool against the model: the tree, and the blocks its files,
+    /// the pinned orphans and the unnamed files map.
+    func verify() throws -> String? {
+        let (tree, problems) = try TortureModel.read(from: store)
+        if let d = problems.first ?? model.difference(from: tree.observed()) { return d }
+        var files = Set(tree.listing().map { UInt64($0.id) })
+        files.formUnion(orphans.values)
+        files.formUnion(temporaries.values)
+        return try TortureModel.blockAccounting(of: store, files: files).first
     }
 
     /// Runs `count` operations (0 = until killed), logging each; returns a
@@ -268,8 +337,7 @@ struct TortureRunner {
             if let actual { log.write("FAIL \(n) \(actual.rawValue)") } else { log.write("END \(n)") }
             // Replay aid: find the first operation after which the pool and the model disagree.
             if verifyEvery > 0 && n % verifyEvery == 0 {
-                let (tree, problems) = try TortureModel.read(from: store)
-                if let d = problems.first ?? model.difference(from: tree.observed()) {
+                if let d = try verify() {
                     log.write("MISMATCH \(n) after \(op.line): \(d)")
                     return "after op \(n) (\(op.line)): \(d)"
                 }

@@ -27,6 +27,9 @@ struct TortureCommand: ParsableCommand {
     @Option(help: "Stop adding entries beyond this many.")
     var maxEntries: Int = 300
 
+    @Option(help: "Percent of operations that snapshot a tree while the tree is below --max-entries (at least the base mix's 1).")
+    var snapshotPercent: Int = 1
+
     @Option(help: "Compare the whole tree with the model every N operations (0 = never; for replaying a failure).")
     var verifyEvery: Int = 0
 
@@ -45,14 +48,15 @@ struct TortureCommand: ParsableCommand {
             log.write("ERROR 0 tree: \(problems.joined(separator: "; "))")
             throw ExitCode(4)
         }
-        var runner = TortureRunner(store: store, model: model, seed: seed, maxEntries: maxEntries)
+        var runner = TortureRunner(store: store, model: model, seed: seed, maxEntries: maxEntries,
+                                     snapshotPercent: max(0, min(100, snapshotPercent)))
         if let failure = try runner.run(count: ops, log: log, verifyEvery: verifyEvery) {
             let message = Array("pmfs-torture: seed \(seed): \(failure)\n".utf8)
             _ = message.withUnsafeBytes { Glibc.write(2, $0.baseAddress!, $0.count) }
             throw ExitCode(3)
         }
         try store.close()
-        log.write("DONE")
+        log.write("DONE \(runner.counts)")
     }
 }
 
