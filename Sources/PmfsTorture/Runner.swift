@@ -45,7 +45,35 @@ struct TortureRunner {
         var snapshots = 0
         /// Writes that copied shared blocks on write.
         var copiesOnWrite = 0
-        var description: String { "snapshots=\(snapshots) copies-on-write=\(copiesOnWrite)" }
+        /// Time in the store: all operations, snapshots (where kills should land too).
+        var operationTime = Duration.zero
+        var snapshotTime = Duration.zero
+        var snapshotsTimed = 0
+
+        mutating func time(_ op: TortureOp, _ d: Duration) {
+            operationTime += d
+            if case .snapshot = op { snapshotTime += d; snapshotsTimed += 1 }
+        }
+
+        /// Uniform over twice the mean time of the snapshots so far (at least 100 µs):
+        /// about half the kills land inside the snapshot.
+        func snapshotKillDelay(_ r: inout SplitMix64) -> UInt32 {
+            let mean = snapshotsTimed > 0 ? snapshotTime / snapshotsTimed : .zero
+            let span = max(100, 2 * (mean.components.attoseconds / 1_000_000_000_000 + mean.components.seconds * 1_000_000))
+            return UInt32(clamping: r.next() % UInt64(span))
+        }
+
+        mutating func add(_ o: Counts) {
+            snapshots += o.snapshots
+            copiesOnWrite += o.copiesOnWrite
+            operationTime += o.operationTime
+            snapshotTime += o.snapshotTime
+        }
+
+        var description: String {
+            let share = operationTime > .zero ? Int(100 * (snapshotTime / operationTime)) : 0
+            return "snapshots=\(snapshots) copies-on-write=\(copiesOnWrite) store-time=\(operationTime) snapshot-share=\(share)%"
+        }
     }
 
     init(store: MetadataStore, model: TortureModel, seed: UInt64, maxEntries: Int, snapshotPercent: Int = 1) {
@@ -120,11 +148,18 @@ struct TortureRunner {
             return d.path + "/" + r.name()
         }
         let perm = { (r: inout TortureRunner) -> UInt32 in [0o644, 0o600, 0o755, 0o4755, 0o1777, 0o444][r.below(6)] }
-        // Mostly a directory; sometimes anything (ENOTDIR, ENOENT). The copy lands
-        // in a shallow directory, but the tree it copies may be deep.
+        // Mostly a directory near the top (the shallowest of three: large trees,
+        // long transactions for kills to cut); sometimes anything (ENOTDIR,
+        // ENOENT), or the root (EINVAL: every target is inside it). The copy
+        // lands in a shallow directory, but the tree it copies may be deep.
         let snapshot = { (r: inout TortureRunner) -> TortureOp in
-            let source = r.below(6) == 0 ? anyPath(&r) : (pick(dirs, &r)?.path ?? "")
-            return .snapshot(source.isEmpty ? "/" : source, newPath(&r, true), r.below(3) == 0 ? 1 : 0)
+            var source = "/"
+            if r.below(6) == 0 {
+                source = anyPath(&r)
+            } else if let d = (0..<3).compactMap({ _ in pick(dirs, &r) }).min(by: { $0.depth < $1.depth }), !d.path.isEmpty {
+                source = d.path
+            }
+            return .snapshot(source, newPath(&r, true), r.below(3) == 0 ? 1 : 0)
         }
 
         if !full && me.snapshotPercent > 1 && me.below(100) < me.snapshotPercent - 1 { return snapshot(&me) }
@@ -270,6 +305,18 @@ struct TortureRunner {
         }
     }
 
+    /// SIGKILL to this process from another thread after `delay` µs: a kill
+    /// point inside the operation now starting (or, if it ends first, a later one).
+    static func killSelf(afterMicroseconds delay: UInt32) {
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            usleep(UInt32(truncatingIfNeeded: UInt(bitPattern: arg)))
+            kill(getpid(), SIGKILL)
+            return nil
+        }, UnsafeMutableRawPointer(bitPattern: UInt(delay)))
+        if rc != 0 { kill(getpid(), SIGKILL) }
+    }
+
     /// The pool side of the data tier's write-back (FileSystem.planWrites and
     /// commitWriteBack) for file blocks [start, +count), the data itself left
     /// out: holes and shared blocks get new blocks, reserved and claimed in
@@ -314,17 +361,24 @@ struct TortureRunner {
 
     /// Runs `count` operations (0 = until killed), logging each; returns a
     /// description of the first outcome that differs from the model, if any.
-    mutating func run(count: Int, log: OperationLog, verifyEvery: Int = 0) throws -> String? {
-        var n = 0
+    mutating func run(count: Int, log: OperationLog, verifyEvery: Int = 0, dieInSnapshot: Int = 0) throws -> String? {
+        var n = 0, snapshotsBegun = 0
+        var killTimer = SplitMix64(seed: rng.state ^ 0x6b69_6c6c)   // apart from the operations' sequence
         while count == 0 || n < count {
             n += 1
             let op = generate()
             log.write("BEGIN \(n) \(op.line)")
+            if case .snapshot = op {
+                snapshotsBegun += 1
+                if snapshotsBegun == dieInSnapshot { Self.killSelf(afterMicroseconds: counts.snapshotKillDelay(&killTimer)) }
+            }
             // Applied in place: on a mismatch the run ends anyway, and a copy per operation costs O(tree).
             let expected = model.apply(op)
             let actual: Errno?
+            let started = ContinuousClock.now
             do {
                 actual = try execute(op)
+                counts.time(op, ContinuousClock.now - started)
             } catch {
                 log.write("ERROR \(n) \(error)")
                 return "op \(n) (\(op.line)): \(error)"

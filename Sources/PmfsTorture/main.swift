@@ -30,6 +30,9 @@ struct TortureCommand: ParsableCommand {
     @Option(help: "Percent of operations that snapshot a tree while the tree is below --max-entries (at least the base mix's 1).")
     var snapshotPercent: Int = 1
 
+    @Option(help: "Kill this process with SIGKILL at a random moment of its Nth snapshot (0 = never; a kill point for the crash tests).")
+    var dieInSnapshot: Int = 0
+
     @Option(help: "Compare the whole tree with the model every N operations (0 = never; for replaying a failure).")
     var verifyEvery: Int = 0
 
@@ -50,7 +53,7 @@ struct TortureCommand: ParsableCommand {
         }
         var runner = TortureRunner(store: store, model: model, seed: seed, maxEntries: maxEntries,
                                      snapshotPercent: max(0, min(100, snapshotPercent)))
-        if let failure = try runner.run(count: ops, log: log, verifyEvery: verifyEvery) {
+        if let failure = try runner.run(count: ops, log: log, verifyEvery: verifyEvery, dieInSnapshot: dieInSnapshot) {
             let message = Array("pmfs-torture: seed \(seed): \(failure)\n".utf8)
             _ = message.withUnsafeBytes { Glibc.write(2, $0.baseAddress!, $0.count) }
             throw ExitCode(3)

@@ -37,6 +37,45 @@ struct CrashTests {
         try CrashHarness(name: "large", seedSalt: 3, maxEntries: 800)
             .run(iterations: max(1, Self.totalKills * 25 / 100), delayMicroseconds: 40_000..<250_000)
     }
+
+    /// One operation in six a snapshot, beside copy-on-write writes, truncates,
+    /// punches and unlinks of the files the copies share blocks with. Half the
+    /// children kill themselves at a random moment of one of their first
+    /// dozen snapshots (snapshots are quick: random kills from outside seldom land
+    /// in one); the others are killed from outside as above.
+    @Test func killsDuringSnapshots() throws {
+        let kills = max(2, Self.totalKills * 25 / 100)
+        let inside = try CrashHarness(name: "in-snapshot", seedSalt: 4, snapshotPercent: 16, dieInSnapshot: 1...12)
+            .run(iterations: kills / 2, delayMicroseconds: 400_000..<500_000)
+        let outside = try CrashHarness(name: "snapshot", seedSalt: 5, snapshotPercent: 16)
+            .run(iterations: kills - kills / 2, delayMicroseconds: 5_000..<150_000)
+        print("crash[snapshot]: operations cut, by kind: self-killed \(inside.sorted { $0.key < $1.key }), "
+              + "killed from outside \(outside.sorted { $0.key < $1.key })")
+        #expect(kills / 2 < 4 || inside["snapshot", default: 0] > 0, "no self-kill cut a snapshot")
+    }
+
+    /// The model mode without kills: each seed's run from an empty pool is
+    /// compared with the model after every few operations (tree, read-only
+    /// flags, and the refcount of every shared block), in this process.
+    @Test func snapshotRunsMatchTheModel() throws {
+        var seeds = SplitMix64(seed: CrashHarness.baseSeed(salt: 6))
+        var total = TortureRunner.Counts()
+        for _ in 0..<6 {
+            let seed = seeds.next()
+            let path = "/dev/shm/pmfs-torture-\(getpid())-\(seed)"
+            defer { unlink(path + ".pool"); unlink(path + ".log") }
+            let store = try MetadataStore.format(poolPath: path + ".pool", options: .init(poolSize: 24 << 20, dataBlocks: 1 << 14),
+                                                 logger: quietLogger)
+            defer { try? store.close() }
+            let (model, _) = try TortureModel.read(from: store)
+            var runner = TortureRunner(store: store, model: model, seed: seed, maxEntries: 300, snapshotPercent: 16)
+            let failure = try runner.run(count: 1500, log: try OperationLog(path: path + ".log"), verifyEvery: 20)
+            #expect(failure == nil, "seed \(seed) (replay: pmfs-torture --seed \(seed) --snapshot-percent 16 --ops 1500 --verify-every 1)")
+            total.add(runner.counts)
+        }
+        print("torture model, 6 seeds × 1500 operations: \(total)")
+        #expect(total.snapshots > 0 && total.copiesOnWrite > 0, "the runs made no snapshot or no copy-on-write")
+    }
 }
 
 /// One pool, many children.
@@ -44,26 +83,42 @@ struct CrashHarness {
     let name: String
     let baseSeed: UInt64
     let maxEntries: Int
+    let snapshotPercent: Int
+    /// The child kills itself during its Nth snapshot, N drawn from here.
+    let dieInSnapshot: ClosedRange<Int>?
     let poolPath: String
     let savedPath: String
     let logPath: String
     private let seedState: UInt64
 
-    init(name: String, seedSalt: UInt64, maxEntries: Int = 300) {
+    init(name: String, seedSalt: UInt64, maxEntries: Int = 300, snapshotPercent: Int = 1, dieInSnapshot: ClosedRange<Int>? = nil) {
+        self.dieInSnapshot = dieInSnapshot
         self.name = name
-        let base = getenv("PMFS_CRASH_SEED").flatMap { UInt64(String(cString: $0)) } ?? UInt64.random(in: 1...UInt64.max)
-        baseSeed = base
-        var g = SplitMix64(seed: base ^ (seedSalt &* 0x9E37_79B9_7F4A_7C15))
-        _ = g.next()
-        seedState = g.state
+        baseSeed = Self.baseSeed(salt: 0)
+        seedState = Self.baseSeed(salt: seedSalt)
         self.maxEntries = maxEntries
+        self.snapshotPercent = snapshotPercent
         let tag = "pmfs-crash-\(getpid())-\(name)"
         poolPath = "/dev/shm/\(tag).pool"
         savedPath = "/dev/shm/\(tag).before.pool"
         logPath = "/dev/shm/\(tag).log"
     }
 
-    func run(iterations: Int, delayMicroseconds: Range<Int>) throws {
+    /// PMFS_CRASH_SEED (random when unset) mixed with `salt`; salt 0 gives the seed itself.
+    static func baseSeed(salt: UInt64) -> UInt64 {
+        let base = getenv("PMFS_CRASH_SEED").flatMap { UInt64(String(cString: $0)) } ?? chosenSeed
+        guard salt != 0 else { return base }
+        var g = SplitMix64(seed: base ^ (salt &* 0x9E37_79B9_7F4A_7C15))
+        _ = g.next()
+        return g.state
+    }
+
+    /// One random base seed for the whole test run, printed by each test.
+    private static let chosenSeed = UInt64.random(in: 1...UInt64.max)
+
+    /// Returns how many operations of each kind the kills cut.
+    @discardableResult
+    func run(iterations: Int, delayMicroseconds: Range<Int>) throws -> [String: Int] {
         // Inherited by the child: emulated PM with real flushes on /dev/shm.
         setenv("PMEM_IS_PMEM_FORCE", "1", 1)
         setenv("PMEMOBJ_CONF", "sds.at_create=0", 1)
@@ -76,17 +131,22 @@ struct CrashHarness {
         var model = try readModel(expectRecovered: nil)
         var rng = SplitMix64(seed: seedState)
         var kills = 0, opsSeen = 0, beforeOpen = 0, inFlight = 0, cut = 0
+        var cutKinds: [String: Int] = [:]
         print("crash[\(name)]: base seed \(baseSeed) (PMFS_CRASH_SEED), \(iterations) kills")
 
         for iteration in 0..<iterations {
             let childSeed = rng.next()
             let delay = delayMicroseconds.lowerBound + Int(rng.next() % UInt64(delayMicroseconds.count))
+            let dieAt = dieInSnapshot.map { $0.lowerBound + Int(rng.next() % UInt64($0.count)) }
             let context = "crash[\(name)] base seed \(baseSeed), iteration \(iteration), child seed \(childSeed), kill after \(delay) µs"
+                + (dieAt.map { " or in its snapshot \($0)" } ?? "")
             try copyFile(poolPath, savedPath)
             unlink(logPath)
 
-            let pid = try spawn(torture, ["--pool", poolPath, "--seed", "\(childSeed)", "--log", logPath,
-                                          "--max-entries", "\(maxEntries)"])
+            var arguments = ["--pool", poolPath, "--seed", "\(childSeed)", "--log", logPath,
+                             "--max-entries", "\(maxEntries)", "--snapshot-percent", "\(snapshotPercent)"]
+            if let dieAt { arguments += ["--die-in-snapshot", "\(dieAt)"] }
+            let pid = try spawn(torture, arguments)
             if delay > 0 { usleep(UInt32(delay)) }
             kill(pid, SIGKILL)
             var status: Int32 = 0
@@ -94,23 +154,26 @@ struct CrashHarness {
             let log = readLines(logPath)
             guard status & 0x7f == SIGKILL else {
                 Issue.record("\(context): child ended by itself (status \(status)) before the kill\n\(tail(log))\n\(keep())")
-                return
+                return cutKinds
             }
             kills += 1
 
             let replay = parse(log)
             if let problem = replay.problem {
                 Issue.record("\(context): \(problem)\n\(tail(log))\n\(keep())")
-                return
+                return cutKinds
             }
             opsSeen += replay.finished.count + (replay.inFlight == nil ? 0 : 1)
             if !replay.opened { beforeOpen += 1 }
-            if replay.inFlight != nil { inFlight += 1 }
+            if let (_, op) = replay.inFlight {
+                inFlight += 1
+                cutKinds[String(op.line.prefix { $0 != " " }), default: 0] += 1
+            }
 
             // The image exactly as the kill left it (before open reclaims orphans).
             if let problems = try check() {
                 Issue.record("\(context): the checker found, in the pool as the kill left it: \(problems)\n\(tail(log))\n\(keep())")
-                return
+                return cutKinds
             }
 
             // Replay the log into the model: finished operations must have had the outcome logged.
@@ -119,7 +182,7 @@ struct CrashHarness {
                 let predicted = expected.apply(op)
                 guard predicted == outcome else {
                     Issue.record("\(context): op \(n) \(op.line) logged \(describe(outcome)), model says \(describe(predicted))\n\(keep())")
-                    return
+                    return cutKinds
                 }
             }
             let actual: TortureModel
@@ -127,13 +190,13 @@ struct CrashHarness {
                 actual = try readModel(expectRecovered: replay.opened ? true : nil)
             } catch {
                 Issue.record("\(context): reopening after the kill: \(error)\n\(tail(log))\n\(keep())")
-                return
+                return cutKinds
             }
             let observed = actual.observed()
             if let without = expected.difference(from: observed) {
                 guard let (n, op) = replay.inFlight else {
                     Issue.record("\(context): pool differs from the log's finished operations: \(without)\n\(tail(log))\n\(keep())")
-                    return
+                    return cutKinds
                 }
                 var with = expected
                 let outcome = with.apply(op)
@@ -145,7 +208,7 @@ struct CrashHarness {
                         \(tail(log))
                         \(keep())
                         """)
-                    return
+                    return cutKinds
                 }
                 cut += 1
             }
@@ -155,11 +218,12 @@ struct CrashHarness {
         // And the last state after recovery and a clean close.
         if let problems = try check() {
             Issue.record("crash[\(name)] base seed \(baseSeed): the checker found, after the last recovery: \(problems)\n\(keep())")
-            return
+            return cutKinds
         }
         print("crash[\(name)]: \(kills) kills (\(beforeOpen) before the child had opened the pool), \(opsSeen) operations logged, "
               + "\(inFlight) cut mid-operation (\(cut) of them found applied), final tree \(model.listing().count) entries")
         for p in [poolPath, savedPath, logPath] { unlink(p) }
+        return cutKinds
     }
 
     /// The fsck library's verdict on the pool (not repairing): nil when clean.
@@ -200,7 +264,7 @@ struct CrashHarness {
         try? copyFile(poolPath, dir + "/after.pool")
         try? copyFile(logPath, dir + "/ops.log")
         return "kept in \(dir); replay: cp before.pool r.pool; PMEM_IS_PMEM_FORCE=1 pmfs-torture --pool r.pool "
-            + "--seed <child seed> --log r.log --max-entries \(maxEntries) --ops <last op number> --verify-every 1"
+            + "--seed <child seed> --log r.log --max-entries \(maxEntries) --snapshot-percent \(snapshotPercent) --ops <last op number> --verify-every 1"
     }
 
     struct Failure: Error, CustomStringConvertible {
