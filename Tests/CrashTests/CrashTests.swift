@@ -76,6 +76,26 @@ struct CrashTests {
         print("torture model, 6 seeds × 1500 operations: \(total)")
         #expect(total.snapshots > 0 && total.copiesOnWrite > 0, "the runs made no snapshot or no copy-on-write")
     }
+
+    /// The space check the tests above rely on sees a shared block whose other
+    /// owner is not counted, and a block no file maps.
+    @Test func blockAccountingFindsMissingOwners() throws {
+        let path = "/dev/shm/pmfs-accounting-\(getpid()).pool"
+        defer { unlink(path) }
+        let store = try MetadataStore.format(poolPath: path, options: .init(poolSize: 24 << 20, dataBlocks: 1 << 10), logger: quietLogger)
+        defer { try? store.close() }
+        let dir = try store.mkdir(TortureModel.PMFS_ROOT, try FileName("d"), NewInode(mode: 0o755)).ino
+        let file = try store.create(dir, try FileName("f"), NewInode(mode: UInt32(S_IFREG) | 0o644)).ino
+        try store.allocateBlocks(file, start: 0, count: 4)
+        let copy = try store.snapshot(dir, into: TortureModel.PMFS_ROOT, name: try FileName("s"), readOnly: true)
+        let copiedFile = try store.lookup(copy.root, try FileName("f")).ino
+        #expect(try TortureModel.blockAccounting(of: store, files: [dir, file, copy.root, copiedFile]).isEmpty)
+        let withoutCopy = try TortureModel.blockAccounting(of: store, files: [file])
+        #expect(withoutCopy.count == 4 && withoutCopy.allSatisfy { $0.contains("mapped 1 times, refcount says 2") }, "\(withoutCopy)")
+        try store.unlink(copy.root, try FileName("f"))
+        let leaked = try TortureModel.blockAccounting(of: store, files: [])
+        #expect(leaked.first == "4 data blocks in use, files map 0", "\(leaked)")
+    }
 }
 
 /// One pool, many children.
