@@ -164,7 +164,7 @@ public final class FileSystem: @unchecked Sendable {
         let idle = filesLock.withLock { files.values.filter { $0.users == 0 } }
         for f in idle {
             guard f.lock.tryLock() else { continue }
-            let empty = cache.cachedBlocks(f, from: 0, to: UInt64.max).isEmpty && !f.needsCommit && f.reserved.isEmpty
+            let empty = !cache.holdsPages(f) && !f.needsCommit && f.reserved.isEmpty
             f.lock.unlock()
             guard empty else { continue }
             filesLock.withLock {

@@ -155,6 +155,15 @@ final class PageCache: @unchecked Sendable {
         }
     }
 
+    /// Whether `file` has any page cached (O(1): the idle-file scan asks it of every file).
+    func holdsPages(_ file: FileData) -> Bool {
+        lock.withLock { !file.pages.isEmpty }
+    }
+
+    func holdsDirtyPages(_ file: FileData) -> Bool {
+        lock.withLock { !file.dirtyBlocks.isEmpty }
+    }
+
     /// Cached block numbers of `file` in [from, to).
     func cachedBlocks(_ file: FileData, from: UInt64, to: UInt64) -> [UInt64] {
         lock.withLock { file.pages.keys.filter { $0 >= from && $0 < to }.sorted() }

@@ -122,6 +122,24 @@ import Testing
         expectSameTree(before, try describe(t, made.root))
     }
 
+    /// With nothing of the tree owed to the pool the snapshot skips its
+    /// write-back pass; dirty files outside the tree are left to the cache.
+    @Test func snapshotOfAWrittenBackTreeLeavesOtherDirtyFilesCached() throws {
+        let t = try CoreFixture()
+        let base = try makeTree(t)
+        try t.fs.syncAll()
+        let outside = try t.metadata.lookup(1, try name("outside")).ino
+        let y = try t.metadata.create(outside, try name("y"), NewInode(mode: UInt32(S_IFREG) | 0o644)).ino
+        _ = try t.write(y, 0, pattern(Self.block, seed: 9))
+        let before = try describe(t, base)
+        let made = try t.fs.snapshot(base, into: 1, name: try name("clone"), readOnly: false)
+        expectSameTree(before, try describe(t, made.root))
+        let cachedY = try #require(t.fs.cachedFiles().first { $0.ino == y })
+        #expect(t.fs.cache.holdsDirtyPages(cachedY), "y was written back")
+        #expect(try t.read(y, 0, Self.block) == pattern(Self.block, seed: 9))
+        try expectClean(t)
+    }
+
     @Test func writesAndUnlinksOnEitherSideLeaveTheOtherAlone() throws {
         let t = try CoreFixture()
         let base = try makeTree(t)
