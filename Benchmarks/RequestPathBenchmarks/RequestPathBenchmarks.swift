@@ -70,6 +70,7 @@ final class Served: @unchecked Sendable {
         memset(data.baseAddress!, 0x5a, data.count)
         for block in 0..<16 { write(offset: UInt64(block) * 4096) }
         fsync()
+        checkRequests()
     }
 
     /// Ends the session and removes the pool and data file (each benchmark
@@ -102,18 +103,55 @@ final class Served: @unchecked Sendable {
         return h
     }
 
+    /// Where a chain's header and arguments lie (made once: the benchmark
+    /// itself allocates nothing per request, so the count is the daemon's).
+    let chainMemory = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 64)
+    /// The chain's readable buffers, filled in place (two without a tail, three with).
+    var twoSegments = [UnsafeRawBufferPointer](repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: 2)
+    var threeSegments = [UnsafeRawBufferPointer](repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: 3)
+    /// What the last chain came to (setup checks that every request succeeds).
+    var lastOutcome = FUSEOutcome.noReply
+
     /// A request as a descriptor chain brings it: header, arguments (and data) in separate buffers.
     @inline(__always)
     func chain<Arguments>(_ opcode: fuse_opcode, nodeid: UInt64, _ arguments: Arguments, tail: UnsafeRawBufferPointer? = nil) {
-        var h = header(opcode, nodeid: nodeid, argumentBytes: MemoryLayout<Arguments>.size + (tail?.count ?? 0))
-        var a = arguments
-        withUnsafeBytes(of: &h) { hb in
-            withUnsafeBytes(of: &a) { ab in
-                var request = RequestCursor(tail.map { [hb, ab, $0] } ?? [hb, ab])
-                var writer = ReplyWriter(reply)
-                blackHole(server.handle(&request, &writer) { blackHole($0) })
-            }
+        let size = MemoryLayout<Arguments>.size, headerSize = MemoryLayout<fuse_in_header>.size
+        precondition(size <= chainMemory.count - 64)
+        chainMemory.storeBytes(of: header(opcode, nodeid: nodeid, argumentBytes: size + (tail?.count ?? 0)), as: fuse_in_header.self)
+        if size > 0 { withUnsafeBytes(of: arguments) { chainMemory.baseAddress!.advanced(by: 64).copyMemory(from: $0.baseAddress!, byteCount: size) } }
+        let hb = UnsafeRawBufferPointer(start: chainMemory.baseAddress, count: headerSize)
+        let ab = UnsafeRawBufferPointer(start: chainMemory.baseAddress! + 64, count: size)
+        var writer = ReplyWriter(reply)
+        if let tail {
+            threeSegments[0] = hb; threeSegments[1] = ab; threeSegments[2] = tail
+            var request = RequestCursor(threeSegments)
+            lastOutcome = server.handle(&request, &writer) { blackHole($0) }
+        } else {
+            twoSegments[0] = hb; twoSegments[1] = ab
+            var request = RequestCursor(twoSegments)
+            lastOutcome = server.handle(&request, &writer) { blackHole($0) }
         }
+        blackHole(lastOutcome)
+    }
+
+    /// The error in the last reply (0: success); nil when none came.
+    var lastError: Int32? {
+        guard case .replied = lastOutcome else { return nil }
+        return reply.loadUnaligned(fromByteOffset: MemoryLayout<fuse_out_header>.offset(of: \.error)!, as: Int32.self)
+    }
+
+    /// Runs each benchmarked request once and stops if one fails: a figure
+    /// for an error path would say nothing.
+    func checkRequests() {
+        getattr(); precondition(lastError == 0, "GETATTR failed: \(String(describing: lastError))")
+        chain(FUSE_LOOKUP, nodeid: 1, (), tail: UnsafeRawBufferPointer(name))
+        precondition(lastError == 0, "LOOKUP failed: \(String(describing: lastError))")
+        var f = fuse_forget_in()
+        f.nlookup = 1
+        chain(FUSE_FORGET, nodeid: node, f); precondition(lastOutcome == .noReply)
+        read(offset: 0); precondition(lastError == 0, "READ failed: \(String(describing: lastError))")
+        write(offset: 0); precondition(lastError == 0, "WRITE failed: \(String(describing: lastError))")
+        fsync(); precondition(lastError == 0, "FSYNC failed: \(String(describing: lastError))")
     }
 
     func getattr() { chain(FUSE_GETATTR, nodeid: node, fuse_getattr_in()) }
