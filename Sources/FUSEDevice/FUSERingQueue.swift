@@ -86,7 +86,17 @@ final class FUSERingEntry: @unchecked Sendable {
         switch reply {
         case .inPlace(let length): storeInPlace(length, unique: unique)
         case .message(let bytes): store(reply: bytes, unique: unique)
+        case .ended: storeEnd(unique: unique)
         }
+    }
+
+    /// Ends a request that wants no answer: a header alone, no payload.
+    private func storeEnd(unique: UInt64) {
+        let out = fuse_out_header(len: UInt32(Self.outHeaderSize), error: 0, unique: unique)
+        withUnsafeBytes(of: out) { header.copyMemory(from: $0.baseAddress!, byteCount: Self.outHeaderSize) }
+        var inOut = ringInOut
+        inOut.payload_sz = 0
+        withUnsafeBytes(of: inOut) { (header + Self.inOutOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     }
 
     /// A reply the engine wrote into `replyMemory`: its out-header is moved
@@ -319,7 +329,14 @@ final class FUSERingQueue: @unchecked Sendable {
         var request = RequestCursor(message)
         var reply = ReplyWriter(e.replyMemory)
         let outcome = server.handle(&request, &reply) { [self] late in replied(e, commitID: commitID, .message(late)) }
-        if case .replied(let length) = outcome { replied(e, commitID: commitID, .inPlace(length)) }
+        switch outcome {
+        case .replied(let length): replied(e, commitID: commitID, .inPlace(length))
+        // A request that came by the ring is ended only by a commit, even one
+        // that takes no answer: the kernel sends a FORGET this way when it
+        // refuses an entry of a READDIRPLUS reply, and waits for it.
+        case .noReply: replied(e, commitID: commitID, .ended)
+        case .deferred: break
+        }
     }
 
     /// Where the reply to a request held in `e` arrives.
@@ -395,9 +412,10 @@ extension Int {
 }
 
 /// A reply to a request in a ring entry: written in place by the engine
-/// (its length), or a message to copy in (a deferred lock answer, or empty
-/// for EIO).
+/// (its length), a message to copy in (a deferred lock answer, or empty
+/// for EIO), or the end of a request that takes no answer.
 enum RingReply: Sendable {
     case inPlace(Int)
     case message([UInt8])
+    case ended
 }

@@ -25,4 +25,14 @@ import Testing
         #expect(r.status == 0, "\(r.output)\n\(r.stderr)")
         print(r.output.split(separator: "\n").last ?? "")
     }
+
+    /// Seed 20017 gives a directory inode a mode of no file type; the kernel
+    /// refuses that entry of a READDIRPLUS reply and sends a FORGET for it as
+    /// a request of its own, over io_uring when the mount uses it, and waits
+    /// for that request to end. pmfsd once left it uncommitted, and the walk
+    /// hung in getdents.
+    @Test func aRefusedReaddirplusEntryDoesNotHangTheMount() throws {
+        let r = try Tool.run("pmfs-damage-fuzz", ["--through", "mount", "--first-seed", "20017", "--iterations", "1"])
+        #expect(r.status == 0, "\(r.output)\n\(r.stderr)")
+    }
 }
