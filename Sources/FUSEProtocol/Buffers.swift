@@ -13,27 +13,45 @@ public struct RequestCursor {
     private let memory: [UnsafeRawBufferPointer]
     private var index = 0
     private var offset = 0
-    /// How many bytes the segments hold together.
-    public let total: Int
+    // Bytes consumed since the first segment's start, where this cursor's view
+    // begins and where it ends (a prefix narrows the view, sharing the segments).
+    private var consumed = 0
+    private let origin: Int
+    private let end: Int
+    /// How many bytes this cursor can read in all.
+    public var total: Int { end - origin }
     /// How many bytes have been consumed so far.
-    public private(set) var position = 0
+    public var position: Int { consumed - origin }
 
     public init(_ segments: [UnsafeRawBufferPointer]) {
         single = nil
         memory = segments
-        total = segments.reduce(0) { $0 + $1.count }
+        origin = 0
+        end = segments.reduce(0) { $0 + $1.count }
     }
 
     public init(_ bytes: UnsafeRawBufferPointer) {
         single = bytes
         memory = []
-        total = bytes.count
+        origin = 0
+        end = bytes.count
+    }
+
+    /// The view of `base` from where it stands, `count` bytes long.
+    private init(narrowing base: RequestCursor, to count: Int) {
+        single = base.single
+        memory = base.memory
+        index = base.index
+        offset = base.offset
+        consumed = base.consumed
+        origin = base.consumed
+        end = base.consumed + count
     }
 
     private var segmentCount: Int { single == nil ? memory.count : 1 }
     private func segment(_ i: Int) -> UnsafeRawBufferPointer { single ?? memory[i] }
 
-    public var remaining: Int { total - position }
+    public var remaining: Int { end - consumed }
 
     /// Consumes `count` bytes, handing each contiguous piece to `body` in order.
     private mutating func consume(_ count: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
@@ -45,11 +63,10 @@ public struct RequestCursor {
             if n > 0 { try body(UnsafeRawBufferPointer(start: s.baseAddress! + offset, count: n)) }
             wanted -= n
             offset += n
-            position += n
+            consumed += n
             if offset == s.count { index += 1; offset = 0 }
         }
     }
-
     /// Copies the next `buffer.count` bytes into `buffer`.
     public mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
@@ -81,20 +98,46 @@ public struct RequestCursor {
     /// A NUL-terminated name; the NUL is consumed, not returned. Throws (and
     /// consumes nothing) when the bytes end before a NUL.
     public mutating func readName() throws -> [UInt8] {
+        try withName { Array($0) }
+    }
+
+    /// A NUL-terminated name, handed to `body` without the NUL and where it
+    /// lies when it lies in one segment (the usual case: a guest's kernel gives
+    /// each argument a buffer of its own); one split across segments is
+    /// gathered into a buffer of its own first. The view is valid only during
+    /// `body`. Throws (and consumes nothing) when the bytes end before a NUL.
+    public mutating func withName<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        // Step over empty segments (an argument of size 0 before the name); no byte is consumed.
+        while index < segmentCount && offset == segment(index).count { index += 1; offset = 0 }
+        guard index < segmentCount else { throw FUSEWireError.malformed("string without NUL") }
+        let s = segment(index)
+        let here = UnsafeRawBufferPointer(rebasing: s[offset..<(offset + min(s.count - offset, remaining))])
+        if let nul = here.firstIndex(of: 0) {
+            let name = UnsafeRawBufferPointer(rebasing: here[..<nul])
+            try skip(nul + 1)
+            return try body(name)
+        }
+        let gathered = try gatherName()
+        return try gathered.withUnsafeBytes { try body($0) }
+    }
+
+    /// A name that continues past the current segment, copied out (its length
+    /// is bounded by the request's).
+    private mutating func gatherName() throws -> [UInt8] {
         let start = self
         var name: [UInt8] = []
-        while index < segmentCount {
+        while index < segmentCount && remaining > 0 {
             let s = segment(index)
-            let piece = UnsafeRawBufferPointer(rebasing: s[offset...])
+            let piece = UnsafeRawBufferPointer(rebasing: s[offset..<(offset + min(s.count - offset, remaining))])
             if let end = piece.firstIndex(of: 0) {
                 name.append(contentsOf: piece[..<end])
                 try skip(end + 1)
                 return name
             }
             name.append(contentsOf: piece)
-            position += piece.count
-            index += 1
-            offset = 0
+            consumed += piece.count
+            offset += piece.count
+            if offset == s.count { index += 1; offset = 0 }
         }
         self = start
         throw FUSEWireError.malformed("string without NUL")
@@ -122,12 +165,10 @@ public struct RequestCursor {
     }
 
     /// A cursor over only the first `count` bytes from here (arguments before
-    /// trailing extensions).
+    /// trailing extensions): the same segments, a narrower view.
     public func prefix(_ count: Int) throws -> RequestCursor {
         guard count >= 0, count <= remaining else { throw FUSEWireError.truncated(needed: count, available: remaining) }
-        var copy = self
-        let rest = try copy.segments(count)
-        return RequestCursor(rest)
+        return RequestCursor(narrowing: self, to: count)
     }
 }
 
@@ -214,12 +255,29 @@ public struct ReplyWriter {
     /// Lets `fill` put up to `count` bytes straight into the reply memory (a
     /// READ's data) and advances by what it reports, at most `count`.
     public mutating func fill(upTo count: Int, _ body: ([UnsafeMutableRawBufferPointer]) throws -> Int) throws -> Int {
+        try fill(upTo: count, contiguous: { try body([$0]) }, scattered: body)
+    }
+
+    /// `fill` with the memory in one piece when it is (no array of pieces is
+    /// made then): `contiguous` gets it, otherwise `scattered` gets the pieces.
+    public mutating func fill(upTo count: Int, contiguous: (UnsafeMutableRawBufferPointer) throws -> Int,
+                              scattered: ([UnsafeMutableRawBufferPointer]) throws -> Int) throws -> Int {
         guard count >= 0 else { throw FUSEWireError.truncated(needed: count, available: remaining) }
+        let wanted = min(count, remaining)
+        guard wanted > 0 else { return 0 }
+        // Where the next byte goes: a spent segment (its end reached) holds none.
         var probe = self
-        var pieces: [UnsafeMutableRawBufferPointer] = []
-        try probe.advance(min(count, remaining)) { pieces.append($0) }
-        let reported = pieces.isEmpty ? 0 : try body(pieces)
-        let used = max(0, min(reported, pieces.reduce(0) { $0 + $1.count }))
+        while probe.offset == probe.segment(probe.index).count { probe.index += 1; probe.offset = 0 }
+        let s = probe.segment(probe.index)
+        let reported: Int
+        if s.count - probe.offset >= wanted {
+            reported = try contiguous(UnsafeMutableRawBufferPointer(start: s.baseAddress! + probe.offset, count: wanted))
+        } else {
+            var pieces: [UnsafeMutableRawBufferPointer] = []
+            try probe.advance(wanted) { pieces.append($0) }
+            reported = try scattered(pieces)
+        }
+        let used = max(0, min(reported, wanted))
         try advance(used) { _ in }
         return used
     }

@@ -147,7 +147,8 @@ extension FUSEOperations {
 public protocol FUSEOperations: AnyObject, Sendable {
     func initialize(capabilities: UInt64) -> UInt64
     func destroy()
-    func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry
+    /// `name` points into the request (not empty, no NUL checked yet) and is valid only during the call.
+    func lookup(_ r: FUSERequest, parent: UInt64, name: UnsafeRawBufferPointer) throws -> FUSEEntry
     func forget(nodeid: UInt64, count: UInt64)
     func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double)
     func setattr(_ r: FUSERequest, nodeid: UInt64, _ changes: FUSESetattr) throws -> (FUSEAttributes, Double)
@@ -209,7 +210,7 @@ extension FUSEOperations {
     public func destroy() {}
     public func forget(nodeid: UInt64, count: UInt64) {}
     public func interrupt(unique: UInt64) {}
-    public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry { throw unsupported }
+    public func lookup(_ r: FUSERequest, parent: UInt64, name: UnsafeRawBufferPointer) throws -> FUSEEntry { throw unsupported }
     public func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) { throw unsupported }
     public func setattr(_ r: FUSERequest, nodeid: UInt64, _ changes: FUSESetattr) throws -> (FUSEAttributes, Double) { throw unsupported }
     public func readlink(_ r: FUSERequest, nodeid: UInt64) throws -> [UInt8] { throw unsupported }

@@ -207,7 +207,7 @@ public final class FUSEServer: @unchecked Sendable {
         switch fuse_opcode(rawValue: r.opcode) {
         case FUSE_INIT: return try initialize(r, &a, &o)
         case FUSE_DESTROY: operations.destroy(); return try answer(r, &o)
-        case FUSE_LOOKUP: return try entry(r, &o, try operations.lookup(r, parent: r.nodeid, name: try name(&a)))
+        case FUSE_LOOKUP: return try lookup(r, &a, &o)
         case FUSE_FORGET: return try forget(r, &a)
         case FUSE_BATCH_FORGET: return try batchForget(r, &a)
         case FUSE_GETATTR: return try getattr(r, &a, &o)
@@ -256,6 +256,15 @@ public final class FUSEServer: @unchecked Sendable {
         case FUSE_SYNCFS: try operations.syncfs(r); return try answer(r, &o)
         default: throw FUSEError(ENOSYS)   // IOCTL, POLL, BMAP, mappings and anything unknown
         }
+    }
+
+    /// LOOKUP: the name is looked up where it lies in the request, not copied.
+    private func lookup(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
+        let found = try a.withName { n in
+            guard !n.isEmpty else { throw FUSEError(ENOENT) }
+            return try operations.lookup(r, parent: r.nodeid, name: n)
+        }
+        return try entry(r, &o, found)
     }
 
     private func forget(_ r: FUSERequest, _ a: inout RequestCursor) throws -> FUSEOutcome {
@@ -332,9 +341,11 @@ public final class FUSEServer: @unchecked Sendable {
     private func read(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter) throws -> FUSEOutcome {
         let rd = try a.read(fuse_read_in.self)
         return try answer(r, &o) { out in
-            let n = try out.fill(upTo: Int(min(rd.size, maxWrite))) { pieces in
+            let n = try out.fill(upTo: Int(min(rd.size, maxWrite)), contiguous: { buffer in
+                try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: buffer)
+            }, scattered: { pieces in
                 try operations.read(r, nodeid: r.nodeid, handle: rd.fh, offset: rd.offset, into: pieces)
-            }
+            })
             metrics?.readBytes.increment(by: n)
         }
     }

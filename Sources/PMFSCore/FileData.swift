@@ -32,6 +32,9 @@ final class FileData: @unchecked Sendable {
     /// Sequential read detection and the read-ahead window, in blocks.
     var lastReadEnd: UInt64 = UInt64.max
     var readAheadBlocks: UInt64 = 0
+    /// Scratch for the extent map of the blocks a read or write touches,
+    /// reused so that mapping allocates nothing once it has grown.
+    var mapping: [ExtentSegment] = []
 
     init(ino: UInt64, generation: UInt64, size: UInt64) {
         self.ino = ino

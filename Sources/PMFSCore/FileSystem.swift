@@ -56,6 +56,9 @@ public final class FileSystem: @unchecked Sendable {
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
     private let fsyncs: CoreMetrics.Counter
+    /// The most blocks one pass of a read pins (the largest FUSE read, 1 MiB,
+    /// in one pass unless unaligned); its frame numbers live on the stack.
+    static let readChunkBlocks = 256
 
     public init(metadata: MetadataStore, device: DataDevice, options: Options = Options(),
                 logger: Logger = Logger(label: "pmfs.core"), metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
@@ -282,16 +285,20 @@ public final class FileSystem: @unchecked Sendable {
 
     /// Reads up to `buffer.count` bytes at `offset`; returns bytes read (0 at EOF).
     public func read(_ ino: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        try read(ino, offset: offset, into: [buffer])
+        try read(ino, offset: offset, into: ScatterWriter(buffer))
     }
 
     /// Reads into scattered buffers, in order (a guest's pages): the cache is
     /// copied straight into them. Returns bytes read (0 at EOF).
     public func read(_ ino: UInt64, offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws -> Int {
-        let capacity = segments.reduce(0) { $0 + $1.count }
+        try read(ino, offset: offset, into: ScatterWriter(segments))
+    }
+
+    private func read(_ ino: UInt64, offset: UInt64, into destination: ScatterWriter) throws -> Int {
+        let capacity = destination.count
         return try withFile(ino) { f in try f.lock.withLock {
             guard offset < f.size, capacity > 0 else { return 0 }
-            var out = ScatterWriter(segments)
+            var out = destination
             let end = min(f.size, offset + UInt64(capacity))
             let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
             // Sequential reads grow the read-ahead window.
@@ -303,47 +310,62 @@ public final class FileSystem: @unchecked Sendable {
             f.lastReadEnd = end
             let eofBlock = (f.size + blockSize - 1) / blockSize
             // Pin at most a quarter of the cache at a time, so a large read on a
-            // small cache proceeds chunk by chunk instead of waiting for frames.
-            let chunkBlocks = UInt64(max(1, cache.frameCount / 4))
+            // small cache proceeds chunk by chunk instead of waiting for frames;
+            // and at most `readChunkBlocks`, the size of the stack scratch below.
+            let chunkBlocks = UInt64(min(max(1, cache.frameCount / 4), Self.readChunkBlocks))
             var copied = 0
             var position = offset
             var chunkStart = firstBlock
-            while chunkStart <= lastBlock {
-                let chunkEnd = min(lastBlock + 1, chunkStart + chunkBlocks)
-                let fetchEnd = chunkEnd == lastBlock + 1 ? min(eofBlock, chunkEnd + f.readAheadBlocks) : chunkEnd
-                let frames = try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd)
-                let stop = min(end, chunkEnd * blockSize)
-                while position < stop {
-                    let b = position / blockSize
-                    let within = Int(position % blockSize)
-                    let n = Int(min(blockSize - UInt64(within), stop - position))
-                    let fr = frames[Int(b - chunkStart)]
-                    out.put(fr >= 0 ? UnsafeRawPointer(cache.memory(fr) + within) : nil, n)
-                    copied += n
-                    position += UInt64(n)
+            try withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.readChunkBlocks) { frames in
+            try withUnsafeTemporaryAllocation(of: UInt64.self, capacity: Self.readChunkBlocks) { missing in
+                while chunkStart <= lastBlock {
+                    let chunkEnd = min(lastBlock + 1, chunkStart + chunkBlocks)
+                    let fetchEnd = chunkEnd == lastBlock + 1 ? min(eofBlock, chunkEnd + f.readAheadBlocks) : chunkEnd
+                    let chunk = UnsafeMutableBufferPointer(rebasing: frames[0..<Int(chunkEnd - chunkStart)])
+                    try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd, into: chunk, missing: missing)
+                    let stop = min(end, chunkEnd * blockSize)
+                    while position < stop {
+                        let b = position / blockSize
+                        let within = Int(position % blockSize)
+                        let n = Int(min(blockSize - UInt64(within), stop - position))
+                        let fr = chunk[Int(b - chunkStart)]
+                        out.put(fr >= 0 ? UnsafeRawPointer(cache.memory(fr) + within) : nil, n)
+                        copied += n
+                        position += UInt64(n)
+                    }
+                    for fr in chunk where fr >= 0 { cache.unpin(fr) }
+                    chunkStart = chunkEnd
                 }
-                for fr in frames where fr >= 0 { cache.unpin(fr) }
-                chunkStart = chunkEnd
+            }
             }
             if !options.writeBack { dropClean(f) }
             return copied
         } }
     }
 
-    /// Reads a list of buffers in order.
+    /// Reads a list of buffers in order (one buffer is kept apart from the
+    /// array, so that wrapping it allocates nothing).
     struct GatherReader {
-        let segments: [UnsafeRawBufferPointer]
+        private let single: UnsafeRawBufferPointer?
+        private let segments: [UnsafeRawBufferPointer]
         let count: Int
         var index = 0, within = 0
         init(_ segments: [UnsafeRawBufferPointer]) {
+            single = nil
             self.segments = segments
             count = segments.reduce(0) { $0 + $1.count }
         }
+        init(_ one: UnsafeRawBufferPointer) {
+            single = one
+            segments = []
+            count = one.count
+        }
+        private var segmentCount: Int { single == nil ? segments.count : 1 }
 
         mutating func take(into destination: UnsafeMutableRawPointer, _ count: Int) {
             var done = 0
-            while done < count && index < segments.count {
-                let s = segments[index]
+            while done < count && index < segmentCount {
+                let s = single ?? segments[index]
                 let n = min(s.count - within, count - done)
                 if n > 0 { (destination + done).copyMemory(from: s.baseAddress! + within, byteCount: n) }
                 done += n
@@ -353,17 +375,29 @@ public final class FileSystem: @unchecked Sendable {
         }
     }
 
-    /// Fills a list of buffers in order.
+    /// Fills a list of buffers in order (one buffer kept apart, as above).
     struct ScatterWriter {
-        let segments: [UnsafeMutableRawBufferPointer]
+        private let single: UnsafeMutableRawBufferPointer?
+        private let segments: [UnsafeMutableRawBufferPointer]
+        let count: Int
         var index = 0, within = 0
-        init(_ segments: [UnsafeMutableRawBufferPointer]) { self.segments = segments }
+        init(_ segments: [UnsafeMutableRawBufferPointer]) {
+            single = nil
+            self.segments = segments
+            count = segments.reduce(0) { $0 + $1.count }
+        }
+        init(_ one: UnsafeMutableRawBufferPointer) {
+            single = one
+            segments = []
+            count = one.count
+        }
+        private var segmentCount: Int { single == nil ? segments.count : 1 }
 
         /// Copies `count` bytes from `source`, or zeros when it is nil.
         mutating func put(_ source: UnsafeRawPointer?, _ count: Int) {
             var done = 0
-            while done < count && index < segments.count {
-                let s = segments[index]
+            while done < count && index < segmentCount {
+                let s = single ?? segments[index]
                 let n = min(s.count - within, count - done)
                 if let source { (s.baseAddress! + within).copyMemory(from: source + done, byteCount: n) } else { memset(s.baseAddress! + within, 0, n) }
                 done += n
@@ -373,25 +407,35 @@ public final class FileSystem: @unchecked Sendable {
         }
     }
 
-    /// Pins frames for blocks [from, to) (-1 for holes and unwritten blocks that
-    /// are not cached), reading missing mapped blocks from the device; also reads
-    /// ahead (unpinned) up to `readAheadTo`. File lock held.
-    private func loadBlocks(_ f: FileData, from: UInt64, to: UInt64, readAheadTo: UInt64) throws -> [Int32] {
-        var frames = [Int32](repeating: -1, count: Int(to - from))
-        var missing: [UInt64] = []
+    /// Pins frames for blocks [from, to) into `frames` (-1 for holes and
+    /// unwritten blocks that are not cached), reading missing mapped blocks
+    /// from the device; also reads ahead (unpinned) up to `readAheadTo`.
+    /// `missing` is scratch for as many block numbers. File lock held.
+    private func loadBlocks(_ f: FileData, from: UInt64, to: UInt64, readAheadTo: UInt64,
+                            into frames: UnsafeMutableBufferPointer<Int32>, missing scratch: UnsafeMutableBufferPointer<UInt64>) throws {
+        precondition(frames.count == Int(to - from) && scratch.count >= frames.count)
+        var missingCount = 0
         for b in from..<to {
-            if let fr = cache.lookup(f, b) { frames[Int(b - from)] = fr } else { missing.append(b) }
+            if let fr = cache.lookup(f, b) {
+                frames[Int(b - from)] = fr
+            } else {
+                frames[Int(b - from)] = -1
+                scratch[missingCount] = b
+                missingCount += 1
+            }
         }
+        let missing = UnsafeBufferPointer(rebasing: scratch[0..<missingCount])
         let aheadStart = to
-        if missing.isEmpty && readAheadTo <= aheadStart { return frames }
+        if missing.isEmpty && readAheadTo <= aheadStart { return }
         var pinned: [Int32] = []
         do {
             var requests: [BlockIORequest] = []
             var readFrames: [(UInt64, Int32)] = []
             let spanStart = missing.first ?? aheadStart
             let spanEnd = max(missing.last.map { $0 + 1 } ?? 0, readAheadTo)
-            let wanted = Set(missing)
-            for seg in try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart) {
+            let wanted = missing.isEmpty ? [] : Set(missing)
+            try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart, into: &f.mapping)
+            for seg in f.mapping {
                 guard let dev = seg.deviceBlock, !seg.unwritten else { continue }
                 var current: (start: UInt64, device: UInt64, iov: [iovec])? = nil
                 for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
@@ -436,7 +480,6 @@ public final class FileSystem: @unchecked Sendable {
             for fr in frames where fr >= 0 { cache.unpin(fr) }
             throw readFailure(f.ino, error)
         }
-        return frames
     }
 
     private func dropClean(_ f: FileData) {
@@ -448,34 +491,38 @@ public final class FileSystem: @unchecked Sendable {
     /// Writes `data` at `offset`; returns the bytes written. With `sync`, the
     /// data (and, for .all, the metadata) is durable when this returns (O_SYNC, O_DSYNC).
     public func write(_ ino: UInt64, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode = .none) throws -> Int {
-        try write(ino, offset: offset, from: [data], sync: sync)
+        try write(ino, offset: offset, from: GatherReader(data), sync: sync)
     }
 
     /// Writes scattered buffers, in order, as one write (a guest's pages go
     /// straight into the cache).
     public func write(_ ino: UInt64, offset: UInt64, from segments: [UnsafeRawBufferPointer], sync: SyncMode = .none) throws -> Int {
-        let count = segments.reduce(0) { $0 + $1.count }
+        try write(ino, offset: offset, from: GatherReader(segments), sync: sync)
+    }
+
+    private func write(_ ino: UInt64, offset: UInt64, from source: GatherReader, sync: SyncMode) throws -> Int {
+        let count = source.count
         guard count > 0 else { return 0 }
         guard offset <= MetadataStore.maxFileSize, UInt64(count) <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
-        return try withFile(ino) { f in try f.lock.withLock { try writeLocked(f, offset: offset, from: segments, sync: sync, updateSize: true) } }
+        return try withFile(ino) { f in try f.lock.withLock { try writeLocked(f, offset: offset, from: source, sync: sync, updateSize: true) } }
     }
 
     func writeLocked(_ f: FileData, offset: UInt64, from data: UnsafeRawBufferPointer, sync: SyncMode, updateSize: Bool) throws -> Int {
-        try writeLocked(f, offset: offset, from: [data], sync: sync, updateSize: updateSize)
+        try writeLocked(f, offset: offset, from: GatherReader(data), sync: sync, updateSize: updateSize)
     }
 
     /// The body of `write`, with the file lock held. Zeroing (truncate, punch)
     /// passes `updateSize: false`: it changes bytes, not the size.
-    func writeLocked(_ f: FileData, offset: UInt64, from segments: [UnsafeRawBufferPointer], sync: SyncMode, updateSize: Bool) throws -> Int {
+    func writeLocked(_ f: FileData, offset: UInt64, from data: GatherReader, sync: SyncMode, updateSize: Bool) throws -> Int {
         let ino = f.ino
-        var source = GatherReader(segments)
+        var source = data
         let end = offset + UInt64(source.count)
         var written = 0
         do {
             let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
-            let mapping = try metadata.mapBlocks(ino, start: firstBlock, count: lastBlock - firstBlock + 1)
+            try metadata.mapBlocks(ino, start: firstBlock, count: lastBlock - firstBlock + 1, into: &f.mapping)
             var position = offset
-            for seg in mapping {
+            for seg in f.mapping {
                 for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
                     let within = Int(position % blockSize)
                     let n = Int(min(blockSize - UInt64(within), end - position))

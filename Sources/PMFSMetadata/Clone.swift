@@ -16,7 +16,7 @@ extension MetadataStore {
         guard sourceBlock <= limit, targetBlock <= limit, count <= limit - max(sourceBlock, targetBlock),
               targetSize <= Self.maxFileSize else { throw Errno.fileTooLarge }
         if source == target, sourceBlock < targetBlock + count, targetBlock < sourceBlock + count { throw Errno.invalidArgument }
-        try locks.withExclusive([source, target]) {
+        try locks.withExclusive(source, target) {
             let sp = try regularFile(source), tp = try regularFile(target)
             let sourceTree = extentTree(sp), targetTree = extentTree(tp)
             try pool.transaction { tx in

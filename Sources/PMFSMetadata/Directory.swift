@@ -115,21 +115,24 @@ package struct DirectoryIndex {
 
     /// The slot holding `name`, or nil.
     package func find(_ name: FileName) throws -> UInt64? {
-        try name.bytes.withUnsafeBytes { nb in
-            let h = nameHash(nb, seed: seed)
-            var link = try bucketHead(bucketIndex(h))
-            var steps: UInt64 = 0
-            while link != 0 {
-                let entry = try slot(link - 1)
-                if entry.pointee.hash == h, Int(entry.pointee.name_length) == nb.count,
-                   try self.name(of: entry).elementsEqual(nb) {
-                    return link - 1
-                }
-                link = entry.pointee.next
-                try countStep(&steps)
+        try name.bytes.withUnsafeBytes { try find(bytes: $0) }
+    }
+
+    /// The slot holding the name `nb` (a valid name's bytes), or nil.
+    package func find(bytes nb: UnsafeRawBufferPointer) throws -> UInt64? {
+        let h = nameHash(nb, seed: seed)
+        var link = try bucketHead(bucketIndex(h))
+        var steps: UInt64 = 0
+        while link != 0 {
+            let entry = try slot(link - 1)
+            if entry.pointee.hash == h, Int(entry.pointee.name_length) == nb.count,
+               try self.name(of: entry).elementsEqual(nb) {
+                return link - 1
             }
-            return nil
+            link = entry.pointee.next
+            try countStep(&steps)
         }
+        return nil
     }
 
     /// A hash chain (or the free list) visits each slot at most once: one

@@ -174,13 +174,19 @@ struct ExtentTree {
     /// Every extent overlapping [start, end), in order.
     func overlapping(_ start: UInt64, _ end: UInt64) throws -> [Entry] {
         var result: [Entry] = []
-        if let f = try floor(start), f.end > start { result.append(f) }
+        try forEachOverlapping(start, end) { result.append($0) }
+        return result
+    }
+
+    /// Every extent overlapping [start, end), in order, handed to `body`.
+    func forEachOverlapping(_ start: UInt64, _ end: UInt64, _ body: (Entry) throws -> Void) throws {
+        var last: Entry?
+        if let f = try floor(start), f.end > start { try body(f); last = f }
         var next = start
-        while let e = try ceiling(next == start ? start : next), e.fileBlock < end {
-            if result.last != e { result.append(e) }
+        while let e = try ceiling(next), e.fileBlock < end {
+            if last != e { try body(e); last = e }
             next = e.fileBlock + 1
         }
-        return result
     }
 
     /// Visits every extent in order (used by fsck, stat and freeing).

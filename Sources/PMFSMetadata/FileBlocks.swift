@@ -30,28 +30,33 @@ extension MetadataStore {
 
     /// The mapping of file blocks [start, start+count): mapped runs and holes, in order.
     public func mapBlocks(_ ino: UInt64, start: UInt64, count: UInt64) throws -> [ExtentSegment] {
+        var result: [ExtentSegment] = []
+        try mapBlocks(ino, start: start, count: count, into: &result)
+        return result
+    }
+
+    /// `mapBlocks` into `result`, emptied first with its storage kept: a
+    /// caller that keeps the array (one per file) maps without allocating once
+    /// it has grown to the file's usual number of segments.
+    public func mapBlocks(_ ino: UInt64, start: UInt64, count: UInt64, into result: inout [ExtentSegment]) throws {
+        result.removeAll(keepingCapacity: true)
         try locks.withShared(ino) {
             let p = try regularFile(ino)
-            return try splitShared(segments(extentTree(p), start, start.addingClamped(count)))
+            try forEachSegment(extentTree(p), start, start.addingClamped(count)) { try appendSplittingShared($0, to: &result) }
         }
     }
 
-    /// `segments` with each mapped run cut where its blocks' sharing changes.
-    func splitShared(_ segments: [ExtentSegment]) throws -> [ExtentSegment] {
-        if shared.isEmpty { return segments }
-        var result: [ExtentSegment] = []
-        for s in segments {
-            guard let device = s.deviceBlock else { result.append(s); continue }
-            for piece in try shared.pieces(device, s.length) {
-                var part = s
-                part.fileBlock = s.fileBlock + (piece.start - device)
-                part.deviceBlock = piece.start
-                part.length = piece.length
-                part.shared = piece.owners > 1
-                result.append(part)
-            }
+    /// Appends `s`, cut where its blocks' sharing changes.
+    func appendSplittingShared(_ s: ExtentSegment, to result: inout [ExtentSegment]) throws {
+        guard !shared.isEmpty, let device = s.deviceBlock else { result.append(s); return }
+        for piece in try shared.pieces(device, s.length) {
+            var part = s
+            part.fileBlock = s.fileBlock + (piece.start - device)
+            part.deviceBlock = piece.start
+            part.length = piece.length
+            part.shared = piece.owners > 1
+            result.append(part)
         }
-        return result
     }
 
     /// Drops one owner of device blocks [start, start+length) in `tx`, freeing
@@ -61,12 +66,18 @@ extension MetadataStore {
     }
 
     func segments(_ tree: ExtentTree, _ start: UInt64, _ end: UInt64) throws -> [ExtentSegment] {
-        guard start < end else { return [] }
         var result: [ExtentSegment] = []
+        try forEachSegment(tree, start, end) { result.append($0) }
+        return result
+    }
+
+    /// The mapped runs and holes of [start, end), in order, handed to `body`.
+    func forEachSegment(_ tree: ExtentTree, _ start: UInt64, _ end: UInt64, _ body: (ExtentSegment) throws -> Void) throws {
+        guard start < end else { return }
         var position = start
-        for e in try tree.overlapping(start, end) {
+        try tree.forEachOverlapping(start, end) { e in
             if e.fileBlock > position {
-                result.append(ExtentSegment(fileBlock: position, length: e.fileBlock - position, deviceBlock: nil, unwritten: false))
+                try body(ExtentSegment(fileBlock: position, length: e.fileBlock - position, deviceBlock: nil, unwritten: false))
                 position = e.fileBlock
             }
             let segEnd = min(e.end, end)
@@ -76,12 +87,11 @@ extension MetadataStore {
             guard space.allUsed(device, segEnd - position) else {
                 throw PoolError.corrupt("extent at file block \(e.fileBlock) maps device blocks \(e.deviceBlock)+\(e.length) that the space map has free")
             }
-            result.append(ExtentSegment(fileBlock: position, length: segEnd - position, deviceBlock: device,
-                                        unwritten: e.flags & PMFS_EXTENT_UNWRITTEN != 0))
+            try body(ExtentSegment(fileBlock: position, length: segEnd - position, deviceBlock: device,
+                                   unwritten: e.flags & PMFS_EXTENT_UNWRITTEN != 0))
             position = segEnd
         }
-        if position < end { result.append(ExtentSegment(fileBlock: position, length: end - position, deviceBlock: nil, unwritten: false)) }
-        return result
+        if position < end { try body(ExtentSegment(fileBlock: position, length: end - position, deviceBlock: nil, unwritten: false)) }
     }
 
     /// Allocates device blocks for every hole in [start, start+count) in one

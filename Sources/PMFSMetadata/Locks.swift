@@ -96,6 +96,29 @@ final class InodeLockTable: @unchecked Sendable {
         try withStripes(inos, exclusive: false, body)
     }
 
+    /// Locks the stripes of `a` and `b` shared, in ascending stripe order (a
+    /// parent and a child: no array of inodes to sort).
+    func withShared<T>(_ a: UInt64, _ b: UInt64, _ body: () throws -> T) rethrows -> T {
+        try withStripes(a, b, exclusive: false, body)
+    }
+
+    /// Locks the stripes of `a` and `b` exclusively, in ascending stripe order.
+    func withExclusive<T>(_ a: UInt64, _ b: UInt64, _ body: () throws -> T) rethrows -> T {
+        try withStripes(a, b, exclusive: true, body)
+    }
+
+    private func withStripes<T>(_ a: UInt64, _ b: UInt64, exclusive: Bool, _ body: () throws -> T) rethrows -> T {
+        let i = stripeIndex(a), j = stripeIndex(b)
+        let low = min(i, j), high = max(i, j)
+        if exclusive { stripes[low].lockExclusive() } else { stripes[low].lockShared() }
+        if high != low { if exclusive { stripes[high].lockExclusive() } else { stripes[high].lockShared() } }
+        defer {
+            if high != low { stripes[high].unlock() }
+            stripes[low].unlock()
+        }
+        return try body()
+    }
+
     /// Locks every stripe exclusively, in ascending order (a snapshot: no
     /// inode changes or is read meanwhile).
     func withAllExclusive<T>(_ body: () throws -> T) rethrows -> T {

@@ -10,22 +10,34 @@ extension MetadataStore {
     /// Looks up `name` in directory `parent`. With `pin`, the inode is pinned
     /// atomically with the lookup (a FUSE lookup reference).
     public func lookup(_ parent: UInt64, _ name: FileName, pin: Bool = false) throws -> InodeAttributes {
+        try name.bytes.withUnsafeBytes { try lookup(parent, validName: $0, pin: pin) }
+    }
+
+    /// `lookup` of a name given where it lies (FUSE LOOKUP: in the request);
+    /// the bytes are checked as `FileName` checks them.
+    public func lookup(_ parent: UInt64, nameBytes: UnsafeRawBufferPointer, pin: Bool = false) throws -> InodeAttributes {
+        try FileName.validate(nameBytes)
+        return try lookup(parent, validName: nameBytes, pin: pin)
+    }
+
+    private func lookup(_ parent: UInt64, validName name: UnsafeRawBufferPointer, pin: Bool) throws -> InodeAttributes {
+        let dot = FileName.isDot(name), dotDot = FileName.isDotDot(name)
         while true {
             let candidate: UInt64 = try locks.withShared(parent) {
                 let p = try inodes.inode(parent)
                 let d = try directory(p)
-                if name.isDot { return parent }
-                if name.isDotDot { return p.pointee.parent }
-                guard let slot = try d.find(name) else { throw Errno.noSuchFileOrDirectory }
+                if dot { return parent }
+                if dotDot { return p.pointee.parent }
+                guard let slot = try d.find(bytes: name) else { throw Errno.noSuchFileOrDirectory }
                 return try d.slot(slot).pointee.ino
             }
             // Recheck under both locks: the entry may have changed in between.
-            let result: InodeAttributes? = try locks.withShared([parent, candidate]) {
+            let result: InodeAttributes? = try locks.withShared(parent, candidate) {
                 let p = try inodes.inode(parent)
                 let d = try directory(p)
                 let now: UInt64
-                if name.isDot { now = parent } else if name.isDotDot { now = p.pointee.parent } else {
-                    guard let slot = try d.find(name) else { throw Errno.noSuchFileOrDirectory }
+                if dot { now = parent } else if dotDot { now = p.pointee.parent } else {
+                    guard let slot = try d.find(bytes: name) else { throw Errno.noSuchFileOrDirectory }
                     now = try d.slot(slot).pointee.ino
                 }
                 guard now == candidate else { return nil }
@@ -175,7 +187,7 @@ extension MetadataStore {
 
     public func link(_ ino: UInt64, newParent: UInt64, newName: FileName, pin: Bool = false) throws -> InodeAttributes {
         if newName.isDot || newName.isDotDot { throw Errno.fileExists }
-        return try locks.withExclusive([ino, newParent]) {
+        return try locks.withExclusive(ino, newParent) {
             let p = try inodes.inode(ino)
             guard FileType(mode: p.pointee.mode) != .directory else { throw Errno.notPermitted }
             guard p.pointee.nlink < Self.maxLinks else { throw Errno.tooManyLinks }
@@ -211,7 +223,7 @@ extension MetadataStore {
                 guard let slot = try d.find(name) else { throw Errno.noSuchFileOrDirectory }
                 return try d.slot(slot).pointee.ino
             }
-            let outcome: T? = try locks.withExclusive([parent, first]) {
+            let outcome: T? = try locks.withExclusive(parent, first) {
                 let dirInode = try inodes.inode(parent)
                 let d = try directory(dirInode)
                 guard let slot = try d.find(name) else { throw Errno.noSuchFileOrDirectory }
@@ -265,7 +277,7 @@ extension MetadataStore {
         defer { if crossDirectory { renameLock.unlock() } }
         while true {
             // First look, unlocked by entry: which inodes are involved.
-            let (src, dst): (UInt64, UInt64?) = try locks.withShared([oldParent, newParent]) {
+            let (src, dst): (UInt64, UInt64?) = try locks.withShared(oldParent, newParent) {
                 let od = try directory(try inodes.inode(oldParent))
                 guard let s = try od.find(oldName) else { throw Errno.noSuchFileOrDirectory }
                 let nd = try directory(try inodes.inode(newParent))

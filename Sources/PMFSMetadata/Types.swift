@@ -8,18 +8,29 @@ public struct FileName: Hashable, Sendable, CustomStringConvertible {
 
     /// Validates a name; "." and ".." are valid names here and handled by the caller.
     public init(bytes: [UInt8]) throws(Errno) {
+        let refused: Errno? = bytes.withUnsafeBytes { b in
+            do throws(Errno) { try Self.validate(b); return nil } catch { return error }
+        }
+        if let refused { throw refused }
+        self.bytes = bytes
+    }
+
+    /// The checks a name passes, on bytes where they lie (a lookup needs no copy).
+    public static func validate(_ bytes: UnsafeRawBufferPointer) throws(Errno) {
         guard !bytes.isEmpty else { throw .noSuchFileOrDirectory }
         guard bytes.count <= Int(PMFS_NAME_MAX) else { throw .fileNameTooLong }
         guard !bytes.contains(0x2F), !bytes.contains(0) else { throw .invalidArgument }
-        self.bytes = bytes
     }
 
     public init(_ string: String) throws(Errno) {
         try self.init(bytes: Array(string.utf8))
     }
 
-    var isDot: Bool { bytes == [0x2E] }
-    var isDotDot: Bool { bytes == [0x2E, 0x2E] }
+    var isDot: Bool { bytes.count == 1 && bytes[0] == 0x2E }
+    var isDotDot: Bool { bytes.count == 2 && bytes[0] == 0x2E && bytes[1] == 0x2E }
+
+    static func isDot(_ b: UnsafeRawBufferPointer) -> Bool { b.count == 1 && b[0] == 0x2E }
+    static func isDotDot(_ b: UnsafeRawBufferPointer) -> Bool { b.count == 2 && b[0] == 0x2E && b[1] == 0x2E }
 
     public var description: String { String(decoding: bytes, as: UTF8.self) }
 }

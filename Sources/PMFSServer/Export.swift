@@ -372,11 +372,13 @@ extension PMFSOperations {
     /// A lookup that cannot leave the export: ".." of the export's directory
     /// is that directory (as in a chroot), and ".." of a directory the host
     /// moved out of the export is not answered.
-    func lookupInExport(_ parent: UInt64, _ name: FileName) throws -> InodeAttributes {
-        guard export.confined, name.bytes == [0x2E, 0x2E] else { return try metadata.lookup(parent, name, pin: true) }
+    /// `name` is checked as `FileName` checks it, where it lies.
+    func lookupInExport(_ parent: UInt64, _ name: UnsafeRawBufferPointer) throws -> InodeAttributes {
+        let dotDot = name.count == 2 && name[0] == 0x2E && name[1] == 0x2E
+        guard export.confined, dotDot else { return try metadata.lookup(parent, nameBytes: name, pin: true) }
         if parent == export.root { return try metadata.lookup(parent, try fileName([0x2E]), pin: true) }
         guard try export.contains(directory: parent, metadata) else { throw FUSEError(ENOENT) }
-        return try metadata.lookup(parent, name, pin: true)
+        return try metadata.lookup(parent, nameBytes: name, pin: true)
     }
 
     /// EXDEV when a directory a confined session names lies outside its export

@@ -285,11 +285,16 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     // MARK: names
 
-    public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry {
+    /// LOOKUP of a name where it lies in the request (no copy of it is made).
+    public func lookup(_ r: FUSERequest, parent: UInt64, name: UnsafeRawBufferPointer) throws -> FUSEEntry {
         try run {
             let parent = try reference(parent)
-            return try entry(try lookupInExport(parent, try fileName(name)))
+            return try entry(try lookupInExport(parent, name))
         }
+    }
+
+    public func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry {
+        try name.withUnsafeBytes { try lookup(r, parent: parent, name: $0) }
     }
 
     public func forget(nodeid: UInt64, count: UInt64) {
@@ -553,17 +558,22 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws -> Int {
-        try write(r, nodeid: nodeid, handle: handle, offset: offset, segments: [data], flags: flags)
+        try write(nodeid: nodeid, handle: handle, flags: flags) { ino, sync in try fs.write(ino, offset: offset, from: data, sync: sync) }
     }
 
     public func write(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, segments: [UnsafeRawBufferPointer], flags: UInt32) throws -> Int {
+        try write(nodeid: nodeid, handle: handle, flags: flags) { ino, sync in try fs.write(ino, offset: offset, from: segments, sync: sync) }
+    }
+
+    /// WRITE's checks around `body`, which writes the data (in one piece or several) to inode `ino`.
+    private func write(nodeid: UInt64, handle: UInt64, flags: UInt32, _ body: (UInt64, FileSystem.SyncMode) throws -> Int) throws -> Int {
         try run(changes: true) {
             let nodeid = export.inode(nodeid)
             try export.requireWritable()
             let openFlags = Int32(bitPattern: try openFile(handle, on: nodeid, for: .write).flags)
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
             let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
-            let n = try fs.write(nodeid, offset: offset, from: segments, sync: sync)
+            let n = try body(nodeid, sync)
             changed([.contents(nodeid)])
             return n
         }
@@ -619,7 +629,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func readdirplusEntry(_ r: FUSERequest, parent: UInt64, entry e: FUSEDirectoryEntry) throws -> FUSEEntry? {
         do {
-            return try run { try entry(try lookupInExport(export.inode(parent), try fileName(e.name))) }
+            return try run { try e.name.withUnsafeBytes { try entry(try lookupInExport(export.inode(parent), $0)) } }
         } catch let error as FUSEError where error.errno == ENOENT {
             return nil   // removed since the listing was read
         }

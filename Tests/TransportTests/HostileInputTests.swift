@@ -12,7 +12,7 @@ final class StubOperations: FUSEOperations, @unchecked Sendable {
     var entry: FUSEEntry { FUSEEntry(nodeid: 2, generation: 1, attributes: attrs, entryTimeout: 1, attributeTimeout: 1) }
     func initialize(capabilities: UInt64) -> UInt64 { capabilities }
     func destroy() {}
-    func lookup(_ r: FUSERequest, parent: UInt64, name: [UInt8]) throws -> FUSEEntry { entry }
+    func lookup(_ r: FUSERequest, parent: UInt64, name: UnsafeRawBufferPointer) throws -> FUSEEntry { entry }
     func forget(nodeid: UInt64, count: UInt64) {}
     func getattr(_ r: FUSERequest, nodeid: UInt64, handle: UInt64?) throws -> (FUSEAttributes, Double) { onGetattr?(); return (attrs, 1) }
     func setattr(_ r: FUSERequest, nodeid: UInt64, _ changes: FUSESetattr) throws -> (FUSEAttributes, Double) { (attrs, 1) }
