@@ -160,7 +160,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsDamageFuzz",
             dependencies: [
-                "PMFSMetadata", "PMFSCore", "PMFSData", "CPMDK", "CLinux",
+                "PMFSMetadata", "PMFSCore", "PMFSData", "FUSEDevice", "CFUSE", "CPMDK", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

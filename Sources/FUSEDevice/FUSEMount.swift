@@ -43,6 +43,10 @@ public final class FUSEMount: @unchecked Sendable {
     let fd: Int32
     let logger: Logger
     private let stopped = Atomic<Bool>(false)
+    /// Set when `serve` returns.
+    private let served = Atomic<Bool>(false)
+    /// The kernel's connection behind the mount (fusectl's number).
+    public let connection: FUSEConnection?
     /// Workers read /dev/fuse one at a time, and serve a lock-dropping request
     /// (see `dropsLocks`) before the next read: the kernel queues requests in
     /// the order their causes happened, and this keeps that order where a
@@ -82,6 +86,7 @@ public final class FUSEMount: @unchecked Sendable {
         self.server = server
         self.fd = fd
         self.logger = logger
+        self.connection = FUSEConnection.mounted(at: path)
     }
 
     /// True if `path` is the mount point of some mount (from /proc/self/mountinfo).
@@ -89,21 +94,26 @@ public final class FUSEMount: @unchecked Sendable {
 
     /// The file-system type of the newest mount at `path` ("fuse.pmfs", "ext4"),
     /// or nil if nothing is mounted there (from /proc/self/mountinfo).
-    public static func mountType(at path: String) -> String? {
+    public static func mountType(at path: String) -> String? { mountEntry(at: path)?.type }
+
+    /// The newest mount at `path` in /proc/self/mountinfo: its file-system
+    /// type and its device ("major:minor", field 3). Read from the table, not
+    /// by stat: a stat of a FUSE mount is a request to its daemon.
+    static func mountEntry(at path: String) -> (type: String, device: String)? {
         guard let f = fopen("/proc/self/mountinfo", "r") else { return nil }
         defer { fclose(f) }
         var line: UnsafeMutablePointer<CChar>? = nil
         var capacity = 0
         defer { free(line) }
-        var type: String? = nil
+        var entry: (type: String, device: String)? = nil
         while getline(&line, &capacity, f) > 0 {
             let fields = String(cString: line!).split(separator: " ")
             // Mount point is field 5; the type follows the "-" separator.
             guard fields.count > 4, Self.unescape(String(fields[4])) == path,
                   let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
-            type = String(fields[dash + 1])
+            entry = (String(fields[dash + 1]), String(fields[2]))
         }
-        return type
+        return entry
     }
 
     /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -146,6 +156,7 @@ public final class FUSEMount: @unchecked Sendable {
         queueThreads = []
         ringPool?.stop()
         ringPool = nil
+        served.store(true, ordering: .releasing)
     }
 
     private func workerLoop() {
@@ -222,6 +233,8 @@ public final class FUSEMount: @unchecked Sendable {
     /// Set when this process can no longer unmount by itself (pmfsd's sandbox:
     /// another mount namespace, no CAP_SYS_ADMIN): asks whoever can.
     public var unmountRequest: (@Sendable () -> Void)?
+    /// Set with `unmountRequest`: asks whoever can to end the connection.
+    public var abortRequest: (@Sendable () -> Void)?
 
     /// Detaches the mount: workers see ENODEV and return from `serve`.
     public func unmount() {
@@ -229,6 +242,41 @@ public final class FUSEMount: @unchecked Sendable {
         if umount2(mountPoint, cfuse_mnt_detach) != 0 && errno != EINVAL {
             logger.warning("unmount of \(mountPoint): \(String(cString: strerror(errno)))")
         }
+    }
+
+    /// How long `stop` lets users of the unmounted mount keep it alive.
+    public static let stopGrace: Duration = .seconds(5)
+
+    /// Unmounts, then waits for `serve` (running on another thread) to return.
+    /// A lazy unmount ends the connection only when the last process using the
+    /// mount (an open file, a working directory) lets go; past `grace` the
+    /// connection is aborted, as the exit of a libfuse daemon ends it, so a stop
+    /// never waits on them. Returns false if it had to abort.
+    @discardableResult
+    public func stop(grace: Duration = FUSEMount.stopGrace) -> Bool {
+        unmount()
+        let deadline = ContinuousClock.now + grace
+        while !served.load(ordering: .acquiring) {
+            guard ContinuousClock.now < deadline else {
+                logger.warning("\(mountPoint) is still in use \(grace) after its unmount (a process holds a file or its working directory there): ending the FUSE connection, its users get ENOTCONN")
+                abortConnection()
+                return false
+            }
+            usleep(20_000)
+        }
+        return true
+    }
+
+    /// Ends the connection (fusectl's abort): every request waiting fails,
+    /// the workers read ENODEV.
+    public func abortConnection() {
+        if let abortRequest { abortRequest(); return }
+        guard let connection else {
+            logger.error("\(mountPoint): no FUSE connection found to abort")
+            return
+        }
+        let e = connection.abort()
+        if e != 0 { logger.error("aborting \(connection): \(String(cString: strerror(e)))") }
     }
 
     deinit { close(fd) }

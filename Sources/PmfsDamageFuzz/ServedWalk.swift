@@ -1,3 +1,4 @@
+import FUSEDevice
 import Glibc
 
 /// How one walk of a pool went.
@@ -35,8 +36,7 @@ extension Run {
         case nil:
             break
         }
-        var st = stat()
-        let connection = stat(mountPoint, &st) == 0 ? Self.minor(st.st_dev) : nil
+        let connection = FUSEConnection.mounted(at: mountPoint)
         guard let walker = start(selfExecutable(), ["walk-mount", "--root", mountPoint, "--report", report, "--tag", tag]) else {
             return .daemon("the walker could not be started")
         }
@@ -44,7 +44,7 @@ extension Run {
         if walk == .timedOut {
             // A process waiting on a request pmfsd has taken cannot be killed
             // until the connection is aborted.
-            if let connection { Self.abortConnection(connection) }
+            connection?.abort()
             kill(walker, SIGKILL)
             kill(daemon, SIGKILL)
             _ = wait(walker, timeout: timeout, killing: true)
@@ -61,15 +61,6 @@ extension Run {
         detach(mountPoint)
         guard stop == .exited(0) else { return .daemon("pmfsd did not stop cleanly after the walk (\(stop)): \(readText(log).suffix(300))") }
         return .walked(walk)
-    }
-
-    static func minor(_ device: dev_t) -> UInt64 { UInt64(device & 0xff) | UInt64((device >> 12) & 0xffff_ff00) }
-
-    /// Ends every request of a FUSE connection (fusectl, mounted if it is not).
-    static func abortConnection(_ minor: UInt64) {
-        let connections = "/sys/fs/fuse/connections"
-        if access("\(connections)/\(minor)", F_OK) != 0 { mount("fusectl", connections, "fusectl", 0, nil) }
-        writeText("\(connections)/\(minor)/abort", "1")
     }
 
     /// nil once `mountPoint` is mounted, or how pmfsd ended before that.

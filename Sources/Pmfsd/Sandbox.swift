@@ -32,6 +32,14 @@ struct SandboxError: Error, CustomStringConvertible {
     init(_ step: String, errno e: Int32) { description = "sandbox: \(step): \(String(cString: strerror(e)))" }
 }
 
+/// What pmfsd asks of its unmount helper, one byte each.
+enum UnmountHelperRequest: UInt8 {
+    /// Detach the host's mount (at stop).
+    case unmount = 0x75        // "u"
+    /// End the FUSE connection: users kept the unmounted mount alive too long.
+    case abortConnection = 0x61   // "a"
+}
+
 enum Sandbox {
     /// What the serving threads still need; every other capability goes.
     /// CAP_CHOWN: a guest socket bound after start (a reload) with
@@ -89,24 +97,51 @@ enum Sandbox {
         let pid = csandbox_spawn_with_pipe("/proc/self/exe", &argv, &requestFD)
         guard pid > 0 else { throw SandboxError("starting the unmount helper", errno: -pid) }
         mount.unmountRequest = { [requestFD] in
-            var byte = UInt8(ascii: "u")
+            var byte = UnmountHelperRequest.unmount.rawValue
+            _ = write(requestFD, &byte, 1)
+        }
+        mount.abortRequest = { [requestFD] in
+            var byte = UnmountHelperRequest.abortConnection.rawValue
             _ = write(requestFD, &byte, 1)
         }
     }
 
-    /// The unmount helper's life: one byte on stdin unmounts `path`; end of
-    /// file (pmfsd gone without asking, as when killed) leaves it as it is.
+    /// The unmount helper's life: a byte on stdin per request (see
+    /// `UnmountHelperRequest`); end of file (pmfsd gone without asking, as
+    /// when killed) leaves the mount as it is.
     static func unmountOnRequest(_ path: String) -> ExitCode {
-        var byte: UInt8 = 0
-        var n = 0
-        repeat { n = read(STDIN_FILENO, &byte, 1) } while n < 0 && errno == EINTR
-        guard n == 1 else { return .success }
-        guard umount2(path, Int32(MNT_DETACH)) == 0 || errno == EINVAL else {
-            var text = "pmfsd unmount helper: \(path): \(String(cString: strerror(errno)))\n"
-            text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
-            return .failure
+        // Found while the mount is in the table: after the unmount it is not.
+        let connection = FUSEConnection.mounted(at: path)
+        while let request = readRequest() {
+            switch request {
+            case .unmount:
+                guard umount2(path, Int32(MNT_DETACH)) == 0 || errno == EINVAL else {
+                    complain("\(path): \(String(cString: strerror(errno)))")
+                    return .failure
+                }
+            case .abortConnection:
+                guard let connection else { complain("\(path): no FUSE connection found"); continue }
+                let e = connection.abort()
+                if e != 0 { complain("aborting \(connection): \(String(cString: strerror(e)))") }
+            }
         }
         return .success
+    }
+
+    /// The next request on stdin, or nil at end of file.
+    private static func readRequest() -> UnmountHelperRequest? {
+        while true {
+            var byte: UInt8 = 0
+            var n = 0
+            repeat { n = read(STDIN_FILENO, &byte, 1) } while n < 0 && errno == EINTR
+            guard n == 1 else { return nil }
+            if let request = UnmountHelperRequest(rawValue: byte) { return request }
+        }
+    }
+
+    private static func complain(_ what: String) {
+        let text = "pmfsd unmount helper: \(what)\n"
+        text.withCString { _ = write(STDERR_FILENO, $0, strlen($0)) }
     }
 
     /// Threads that block every signal (libdispatch's) could not be asked:

@@ -252,7 +252,7 @@ struct Pmfsd: ParsableCommand {
                 }
                 logger.notice("signal \(which): stopping")
                 notifier?.stopping()
-                host?.unmount()
+                host?.stop()
                 controlServer?.stop()
                 guests.stopAll()
                 done.signal()

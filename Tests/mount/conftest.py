@@ -145,11 +145,11 @@ class Pmfs:
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            state = stuck_state(proc.pid, self.mnt)
             proc.kill()
             proc.wait()
             subprocess.run(["umount", "-l", self.mnt], capture_output=True)
-            raise AssertionError(f"pmfsd did not exit within {timeout} s of SIGTERM (something still uses {self.mnt}?); "
-                                 f"stderr:\n{self.stderr()}")
+            raise AssertionError(f"pmfsd did not exit within {timeout} s of SIGTERM; {state}\nstderr:\n{self.stderr()}")
         assert rc == 0, f"pmfsd exited with {rc} after SIGTERM; stderr:\n{self.stderr()}"
         assert mount_entry(self.mnt) is None, f"{self.mnt} still mounted after pmfsd exited"
         if self.transport() == "uring":
@@ -212,6 +212,37 @@ class Pmfs:
             self.stderr_file.close()
         for d in (self.pool_dir, self.data_dir, self.mnt_dir):
             shutil.rmtree(d, ignore_errors=True)
+
+
+def stuck_state(pid, mnt):
+    """What a stop that hangs needs explained: who still uses the mount, and where pmfsd's threads wait."""
+    users = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        links = [f"/proc/{p}/cwd", f"/proc/{p}/root"]
+        try:
+            links += [f"/proc/{p}/fd/{n}" for n in os.listdir(f"/proc/{p}/fd")]
+        except OSError:
+            pass
+        for link in links:
+            try:
+                if os.readlink(link).startswith(mnt):
+                    users.append(f"{p} {link.rsplit('/', 1)[-1]}")
+            except OSError:
+                pass
+    threads = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+        try:
+            base = f"/proc/{pid}/task/{tid}"
+            name = open(f"{base}/comm").read().strip()
+            wchan = open(f"{base}/wchan").read().strip()
+            threads.append(f"{tid} {name} {wchan}")
+        except OSError:
+            pass
+    fields = mount_entry(mnt)
+    return (f"mounted: {fields is not None}; users of {mnt}: {users or 'none'}; "
+            f"pmfsd threads (tid name wchan): {'; '.join(threads)}")
 
 
 def require_fuse():
