@@ -35,7 +35,7 @@ public enum ControlProtocol {
 }
 
 public struct ControlRequest: Codable, Sendable {
-    /// info, sessions, serve-fd or snapshot.
+    /// info, sessions, serve-fd, snapshot, flush or reload.
     public var command: String
     /// serve-fd: the export options, as after `--fd N,` (export=/DIR,read-only,cache=...).
     public var options: String?
@@ -48,6 +48,14 @@ public struct ControlRequest: Codable, Sendable {
     public init(command: String, options: String? = nil, source: String? = nil, target: String? = nil, readOnly: Bool? = nil) {
         self.command = command; self.options = options; self.source = source; self.target = target; self.readOnly = readOnly
     }
+}
+
+/// What a flush did: the cache's dirty data written back, the device flushed.
+public struct FlushInfo: Codable, Sendable {
+    /// Dirty bytes in the write-back cache when the flush began.
+    public var dirtyBytes: UInt64
+    public var milliseconds: Double
+    public init(dirtyBytes: UInt64, milliseconds: Double) { self.dirtyBytes = dirtyBytes; self.milliseconds = milliseconds }
 }
 
 /// What a snapshot made.
@@ -76,9 +84,13 @@ public struct ControlResponse: Codable, Sendable {
     /// serve-fd: the listener the socket became.
     public var listener: Int?
     public var snapshot: SnapshotInfo?
+    public var flush: FlushInfo?
+    /// reload: what was applied.
+    public var message: String?
     public init(ok: Bool, error: String? = nil, info: DaemonInfo? = nil, sessions: [SessionInfo]? = nil, listener: Int? = nil,
-                snapshot: SnapshotInfo? = nil) {
+                snapshot: SnapshotInfo? = nil, flush: FlushInfo? = nil, message: String? = nil) {
         self.ok = ok; self.error = error; self.info = info; self.sessions = sessions; self.listener = listener; self.snapshot = snapshot
+        self.flush = flush; self.message = message
     }
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
 }

@@ -30,8 +30,8 @@ struct ControlOptions: ParsableArguments {
 struct PmfsCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfsctl",
-        abstract: "Show what a running pmfsd serves, and snapshot trees (over its --control socket; root only).",
-        subcommands: [Info.self, Sessions.self, Snapshot.self])
+        abstract: "Show what a running pmfsd serves, snapshot trees, flush its cache, reload its configuration (over its --control socket; root only).",
+        subcommands: [Info.self, Sessions.self, Snapshot.self, Flush.self, Reload.self])
 }
 
 struct Info: ParsableCommand {
@@ -87,6 +87,31 @@ struct Snapshot: ParsableCommand {
         guard let s = response.snapshot else { return }
         print("\(target): \(s.readOnly ? "read-only snapshot" : "clone") of \(source), \(s.inodes) inodes (\(s.directories) directories, "
               + "\(s.files) files), \(s.sharedBlocks) blocks shared, writers held \((s.milliseconds * 10).rounded() / 10) ms")
+    }
+}
+
+struct Flush: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write back every change the daemon's cache holds and flush the data device (as syncfs would, for every session).")
+    @OptionGroup var options: ControlOptions
+
+    func run() throws {
+        let response = try options.ask("flush")
+        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        guard let f = response.flush else { return }
+        print("flushed: \(f.dirtyBytes / 1024) KiB of cached changes written back, device flushed, in \((f.milliseconds * 10).rounded() / 10) ms")
+    }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Read pmfsd's --config file again and apply it, as SIGHUP does; a refused file is reported (exit 1) and changes nothing.")
+    @OptionGroup var options: ControlOptions
+
+    func run() throws {
+        let response = try options.ask("reload")
+        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        print(response.message ?? "applied")
     }
 }
 

@@ -1,4 +1,4 @@
-// What the control socket's commands do: info, sessions, serve-fd, snapshot.
+// What the control socket's commands do: info, sessions, serve-fd, snapshot, flush, reload.
 import Glibc
 import PMFSControl
 import PMFSServer
@@ -10,9 +10,12 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
     let data: String
     let mount: String?
     let hostOperations: PMFSOperations?
+    /// nil without --config.
+    let reloader: ConfigReloader?
 
-    init(guests: Guests, pool: String, data: String, mount: String?, hostOperations: PMFSOperations?) {
+    init(guests: Guests, pool: String, data: String, mount: String?, hostOperations: PMFSOperations?, reloader: ConfigReloader?) {
         self.guests = guests; self.pool = pool; self.data = data; self.mount = mount; self.hostOperations = hostOperations
+        self.reloader = reloader
     }
 
     func handle(_ request: ControlRequest, fd: Int32?, peer: PeerCredentials) -> (response: ControlResponse, held: Int?) {
@@ -36,15 +39,41 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             } catch {
                 return (.failure("\(error)"), nil)
             }
+        case "flush":
+            return (flush(), nil)
+        case "reload":
+            return (reload(), nil)
         case "sandbox-test-forbidden-call" where Sandbox.testHookEnabled:
             // Under --seccomp kill the process dies here; under log, the kernel logs it.
             return (ControlResponse(ok: Sandbox.makeForbiddenCall() != -2), nil)
         default:
-            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot)"), nil)
+            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot, flush, reload)"), nil)
         }
     }
 
     func release(_ listener: Int) { guests.stop(listener) }
+
+    /// Writes back every cached change and flushes the device, as syncfs would.
+    private func flush() -> ControlResponse {
+        let dirty = UInt64(guests.fs.cacheUsage.dirty) * UInt64(guests.fs.metadata.blockSize)
+        let started = monotonicSeconds()
+        do {
+            try guests.fs.syncAll()
+        } catch {
+            return .failure("flush: \(error)")
+        }
+        return ControlResponse(ok: true, flush: FlushInfo(dirtyBytes: dirty, milliseconds: (monotonicSeconds() - started) * 1000))
+    }
+
+    /// Reads the --config file again, as SIGHUP does, and answers with the outcome.
+    private func reload() -> ControlResponse {
+        guard let reloader else { return .failure("reload: pmfsd was started without --config: there is no file to read again") }
+        do {
+            return ControlResponse(ok: true, message: try reloader.reload(cause: "pmfsctl reload"))
+        } catch {
+            return .failure(error.description)
+        }
+    }
 
     private func info() -> DaemonInfo {
         DaemonInfo(version: ControlProtocol.version, pid: getpid(), pool: pool, data: data, mount: mount, exports: guests.listenerInfo())

@@ -95,6 +95,11 @@ struct SwitchedLogHandler: LogHandler {
 }
 
 /// Re-reads the configuration file (SIGHUP) and applies it to the running daemon.
+/// Why a reload changed nothing (the log says the same).
+struct ReloadRefused: Error, CustomStringConvertible {
+    let description: String
+}
+
 final class ConfigReloader: @unchecked Sendable {
     let path: String
     let flags: Pmfsd
@@ -102,31 +107,36 @@ final class ConfigReloader: @unchecked Sendable {
     let guests: Guests
     let levels: LogLevelSwitch
     let logger: Logger
-    /// What is running now (only the signal thread reloads, so no lock).
+    /// What is running now (changed only under `serial`).
     private(set) var running: DaemonSettings
+    /// SIGHUP and `pmfsctl reload` come on different threads: one reload at a time.
+    private let serial = Mutex<Void>(())
 
     init(path: String, flags: Pmfsd, activated: [Int32], running: DaemonSettings, guests: Guests, levels: LogLevelSwitch, logger: Logger) {
         self.path = path; self.flags = flags; self.activated = activated; self.running = running
         self.guests = guests; self.levels = levels; self.logger = logger
     }
 
-    /// Reads the file; applies it, or logs why not and changes nothing.
-    func reload() {
-        logger.notice("SIGHUP: reading \(path) again")
+    /// Reads the file and applies it, or logs why not and changes nothing.
+    /// `cause` starts the log line ("SIGHUP", "pmfsctl reload"). Returns what
+    /// was applied; throws `ReloadRefused` with the reason.
+    @discardableResult
+    func reload(cause: String) throws(ReloadRefused) -> String {
+        try serial.withLock { _ throws(ReloadRefused) in try reloadNow(cause: cause) }
+    }
+
+    private func reloadNow(cause: String) throws(ReloadRefused) -> String {
+        logger.notice("\(cause): reading \(path) again")
         var next: DaemonSettings
         do {
             let file = try ConfigFile.load(path: path)
             next = try DaemonSettings.make(flags, file: file, activated: activated)
-        } catch {
-            logger.error("configuration refused: \(error); the running configuration stays")
-            return
-        }
-        keepFixedSettings(&next)
-        do {
+            keepFixedSettings(&next)
             try applyGuests(next)
         } catch {
-            logger.error("configuration refused: \(error); the running configuration stays")
-            return
+            let refused = ReloadRefused(description: "configuration refused: \(error); the running configuration stays")
+            logger.error("\(refused.description)")
+            throw refused
         }
         let level = levels.level
         if next.logLevel != level {
@@ -138,7 +148,9 @@ final class ConfigReloader: @unchecked Sendable {
         }
         guests.settings = (try? next.guestSettings(listeners: next.guests.count, reloadable: true)) ?? guests.settings
         running = next
-        logger.notice("configuration \(path) applied: \(guests.listeners.count) guest socket(s)")
+        let applied = "configuration \(path) applied: \(guests.listeners.count) guest socket(s)"
+        logger.notice("\(applied)")
+        return applied
     }
 
     /// The pool, data device, mount and the rest are opened once: a new value

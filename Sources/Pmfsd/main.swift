@@ -216,7 +216,8 @@ struct Pmfsd: ParsableCommand {
             let controlServer: ControlServer?
             do {
                 controlServer = try settings.control.map { path in
-                    let commands = ControlCommands(guests: guests, pool: pool, data: data, mount: host?.mountPoint, hostOperations: hostOperations)
+                    let commands = ControlCommands(guests: guests, pool: pool, data: data, mount: host?.mountPoint, hostOperations: hostOperations,
+                                                   reloader: reloader)
                     return try ControlServer(path: path, handler: commands, logger: logger)
                 }
             } catch {
@@ -247,7 +248,7 @@ struct Pmfsd: ParsableCommand {
                         continue
                     }
                     notifier?.reloading()
-                    reloader.reload()
+                    _ = try? reloader.reload(cause: "SIGHUP")
                     notifier?.ready(status: "serving \(pool)")
                 }
                 logger.notice("signal \(which): stopping")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ENV, Pmfs, binary, require_fuse, serve, write_file
-from test_control import cat, ctl_json, listeners, wait_for
+from test_control import cat, ctl_json, listeners, pmfsctl, wait_for
 
 
 def sock(f, name):
@@ -200,6 +200,25 @@ def test_sighup_with_a_bad_file_keeps_the_running_configuration(fs, guests, extr
     assert listeners(fs) == before
     got = cat(sock(fs, "a"), "held")
     assert got.returncode == 0, got.stderr
+
+
+def test_pmfsctl_reload_applies_the_file_and_reports_a_refusal(fs):
+    os.makedirs(fs.path("vmc"), exist_ok=True)
+    write_config(fs, base_guests(fs) + guest("c", sock(fs, "c"), "export: /vmc"))
+    run = pmfsctl(fs, "reload")
+    assert run.returncode == 0 and f"configuration {fs.config} applied: 3 guest socket(s)" in run.stdout, run
+    assert sock(fs, "c") in by_socket(fs)
+    assert "pmfsctl reload: reading" in fs.this_start_log()
+    before = listeners(fs)
+    write_config(fs, base_guests(fs), "queues: 100\n")
+    run = pmfsctl(fs, "reload")
+    assert run.returncode == 1, run
+    assert f"configuration refused: {fs.config}:" in run.stderr and "queues: must be 1...64" in run.stderr, run.stderr
+    assert "the running configuration stays" in run.stderr
+    assert listeners(fs) == before
+    write_config(fs, base_guests(fs))
+    assert pmfsctl(fs, "reload").returncode == 0
+    assert sock(fs, "c") not in by_socket(fs)
 
 
 def test_sighup_changes_the_log_level_at_once(fs):

@@ -369,3 +369,27 @@ def test_control_connections_are_bounded(fs):
     for c in held:
         c.close()
     assert ctl_json(fs, "info")["info"]["pool"] == fs.pool
+
+
+def test_flush_makes_cached_writes_durable():
+    """pmfsctl flush writes back what the daemon's cache holds and flushes the device: after it, a kill -9 loses
+    nothing, although no one called fsync (the background write-back waits 5 s for a dirty block)."""
+    for f in serve("pmfs-flush", with_control, control_ready):
+        data = os.urandom(1 << 20)
+        write_file(f.path("cached"), data)   # closed: the kernel has handed every page to pmfsd
+        first = ctl_json(f, "flush")["flush"]
+        assert first["dirtyBytes"] >= len(data), first
+        again = ctl_json(f, "flush")["flush"]
+        assert again["dirtyBytes"] == 0, again
+        run = pmfsctl(f, "flush")
+        assert run.returncode == 0 and run.stdout.startswith("flushed: 0 KiB"), run
+        f.kill9()
+        f.start()
+        with open(f.path("cached"), "rb") as got:
+            assert got.read() == data
+
+
+def test_reload_without_a_config_file_says_so(fs):
+    os.listdir(fs.mnt)   # the mount is served meanwhile
+    run = pmfsctl(fs, "reload")
+    assert run.returncode == 1 and "started without --config" in run.stderr, run
