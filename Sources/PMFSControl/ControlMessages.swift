@@ -35,7 +35,7 @@ public enum ControlProtocol {
 }
 
 public struct ControlRequest: Codable, Sendable {
-    /// info, sessions, serve-fd, snapshot, flush or reload.
+    /// info, sessions, serve-fd, snapshot, flush, reload or end-session.
     public var command: String
     /// serve-fd: the export options, as after `--fd N,` (export=/DIR,read-only,cache=...).
     public var options: String?
@@ -45,8 +45,12 @@ public struct ControlRequest: Codable, Sendable {
     public var target: String?
     /// snapshot: every inode of the copy refuses changes (EROFS).
     public var readOnly: Bool?
-    public init(command: String, options: String? = nil, source: String? = nil, target: String? = nil, readOnly: Bool? = nil) {
+    /// end-session: the listener whose guest's session ends.
+    public var listener: Int?
+    public init(command: String, options: String? = nil, source: String? = nil, target: String? = nil, readOnly: Bool? = nil,
+                listener: Int? = nil) {
         self.command = command; self.options = options; self.source = source; self.target = target; self.readOnly = readOnly
+        self.listener = listener
     }
 }
 
@@ -85,7 +89,7 @@ public struct ControlResponse: Codable, Sendable {
     public var listener: Int?
     public var snapshot: SnapshotInfo?
     public var flush: FlushInfo?
-    /// reload: what was applied.
+    /// reload: what was applied; end-session: how the session ended.
     public var message: String?
     public init(ok: Bool, error: String? = nil, info: DaemonInfo? = nil, sessions: [SessionInfo]? = nil, listener: Int? = nil,
                 snapshot: SnapshotInfo? = nil, flush: FlushInfo? = nil, message: String? = nil) {

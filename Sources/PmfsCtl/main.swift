@@ -31,7 +31,7 @@ struct PmfsCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfsctl",
         abstract: "Show what a running pmfsd serves, snapshot trees, flush its cache, reload its configuration (over its --control socket; root only).",
-        subcommands: [Info.self, Sessions.self, Snapshot.self, Flush.self, Reload.self])
+        subcommands: [Info.self, Sessions.self, Snapshot.self, Flush.self, Reload.self, EndSession.self])
 }
 
 struct Info: ParsableCommand {
@@ -112,6 +112,24 @@ struct Reload: ParsableCommand {
         let response = try options.ask("reload")
         if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
         print(response.message ?? "applied")
+    }
+}
+
+struct EndSession: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "end-session",
+        abstract: "End the session of the guest connected on a listener, as its going away would; the socket keeps listening.",
+        discussion: """
+            The guest's device stops answering until its VM connects again (QEMU's chardev reconnect=) or restarts; \
+            the session's open files, locks and inode references are released. LISTENER is a number from pmfsctl info.
+            """)
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The listener (pmfsctl info).") var listener: Int
+
+    func run() throws {
+        let response = try options.ask(ControlRequest(command: "end-session", listener: listener))
+        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        print(response.message ?? "ended")
     }
 }
 

@@ -1,8 +1,9 @@
-// What the control socket's commands do: info, sessions, serve-fd, snapshot, flush, reload.
+// What the control socket's commands do: info, sessions, serve-fd, snapshot, flush, reload, end-session.
 import Glibc
 import PMFSControl
 import PMFSServer
 import Synchronization
+import VhostUser
 
 final class ControlCommands: ControlHandler, @unchecked Sendable {
     let guests: Guests
@@ -43,11 +44,13 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             return (flush(), nil)
         case "reload":
             return (reload(), nil)
+        case "end-session":
+            return (endSession(request.listener, peer: peer), nil)
         case "sandbox-test-forbidden-call" where Sandbox.testHookEnabled:
             // Under --seccomp kill the process dies here; under log, the kernel logs it.
             return (ControlResponse(ok: Sandbox.makeForbiddenCall() != -2), nil)
         default:
-            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot, flush, reload)"), nil)
+            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot, flush, reload, end-session)"), nil)
         }
     }
 
@@ -63,6 +66,17 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             return .failure("flush: \(error)")
         }
         return ControlResponse(ok: true, flush: FlushInfo(dirtyBytes: dirty, milliseconds: (monotonicSeconds() - started) * 1000))
+    }
+
+    /// Ends a guest's session; its listener stays.
+    private func endSession(_ listener: Int?, peer: PeerCredentials) -> ControlResponse {
+        guard let listener else { return .failure("end-session: which listener? (pmfsctl info lists them)") }
+        switch guests.endSession(listener, asker: "pmfsctl, pid \(peer.pid)") {
+        case nil: return .failure("end-session: no listener \(listener) (pmfsctl info lists them)")
+        case .notConnected?: return .failure("end-session: no guest is connected on listener \(listener)")
+        case .stillEnding?: return ControlResponse(ok: true, message: "listener \(listener): disconnected; the session is still ending")
+        case .ended?: return ControlResponse(ok: true, message: "listener \(listener): session ended; the socket listens for the next front end")
+        }
     }
 
     /// Reads the --config file again, as SIGHUP does, and answers with the outcome.

@@ -175,6 +175,14 @@ final class Guests: @unchecked Sendable {
         }.start()
     }
 
+    /// Ends the session of listener `id`'s connected guest, as its going away
+    /// would; the socket keeps listening. nil if there is no such listener.
+    func endSession(_ id: Int, asker: String) -> VhostUserBackend.DisconnectOutcome? {
+        guard let guest = running.withLock({ $0.table[id] }) else { return nil }
+        logger.notice("listener \(id) (\(guest.name)): ending its guest's session (asked by \(asker))")
+        return guest.backend.disconnect(timeout: .seconds(5))
+    }
+
     /// Stops every listener (SIGTERM).
     func stopAll() {
         let all = running.withLock { state in

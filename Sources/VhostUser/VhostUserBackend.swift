@@ -72,7 +72,12 @@ public final class VhostUserBackend: @unchecked Sendable {
     private var listenFD: Int32 = -1
     /// False for an inherited socket (`--fd`): its path belongs to whoever made it.
     private var ownsSocketPath = true
-    private var connection: Int32 = -1
+    /// The connected front end's socket, -1 between front ends. Under a lock:
+    /// `stop` and `disconnect` shut it down from other threads, and must not
+    /// reach a descriptor number that was closed and reused.
+    private let connection = Synchronization.Mutex<Int32>(-1)
+    /// Front-end sessions ended so far (a disconnect waits for the next).
+    private let sessionsEnded = Atomic<Int>(0)
     private var stopping = false
     /// Signalled by whichever thread finds that the front end's memory shrank
     /// under its mapping; the control loop waits on it beside the socket.
@@ -152,25 +157,50 @@ public final class VhostUserBackend: @unchecked Sendable {
                 break
             }
             logger.notice("front end connected on \(socketPath)")
-            connection = conn
+            connection.withLock { $0 = conn }
             connectedNow.store(true, ordering: .relaxed)
             handleConnection(conn)
             connectedNow.store(false, ordering: .relaxed)
-            connection = -1
-            close(conn)
+            connection.withLock { fd in
+                fd = -1
+                close(conn)
+            }
             resetDevice()
             onSessionEnd?()
+            sessionsEnded.add(1, ordering: .releasing)
             logger.notice("front end disconnected; waiting for the next one")
         }
     }
 
     public func stop() {
         stopping = true
-        if connection >= 0 { shutdown(connection, Int32(SHUT_RDWR)) }
+        connection.withLock { if $0 >= 0 { shutdown($0, Int32(SHUT_RDWR)) } }
         shutdown(listenFD, Int32(SHUT_RDWR))
         close(listenFD)
         if ownsSocketPath { unlink(socketPath) }
     }
+
+    /// Ends the connected front end's session as its going away would (the
+    /// device reset, the session's handles, locks and lookups released) and
+    /// keeps listening for the next one. Waits up to `timeout` for the session
+    /// to end. False if no front end was connected.
+    public func disconnect(timeout: Duration = .seconds(10)) -> DisconnectOutcome {
+        let ended = sessionsEnded.load(ordering: .acquiring)
+        let connected = connection.withLock { fd -> Bool in
+            guard fd >= 0 else { return false }
+            shutdown(fd, Int32(SHUT_RDWR))
+            return true
+        }
+        guard connected else { return .notConnected }
+        let deadline = ContinuousClock.now + timeout
+        while sessionsEnded.load(ordering: .acquiring) == ended {
+            guard ContinuousClock.now < deadline else { return .stillEnding }
+            usleep(10_000)
+        }
+        return .ended
+    }
+
+    public enum DisconnectOutcome: Sendable { case ended, stillEnding, notConnected }
 
     // MARK: messages
 

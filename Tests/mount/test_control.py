@@ -393,3 +393,39 @@ def test_reload_without_a_config_file_says_so(fs):
     os.listdir(fs.mnt)   # the mount is served meanwhile
     run = pmfsctl(fs, "reload")
     assert run.returncode == 1 and "started without --config" in run.stderr, run
+
+
+def test_end_session_releases_the_guests_files_and_keeps_listening():
+    """pmfsctl end-session LISTENER: the guest's session ends as its going away would (the orphan only it kept
+    open is freed), the socket keeps listening and the next front end is served."""
+    def configure(f):
+        with_control(f)
+        f.guest_socket = os.path.join(f.pool_dir, "vm.sock")
+        f.start_args += ["--socket", f.guest_socket]
+    for f in serve("pmfs-end-session", configure, control_ready):
+        write_file(f.path("doomed"), b"x" * 65536)
+        holder = subprocess.Popen([binary("pmfs-bench-vhost"), "--socket", f.guest_socket, "--cat", "doomed", "--hold", "60"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            (mine,) = listeners(f)
+
+            def session():
+                return [s for s in ctl_json(f, "sessions")["sessions"] if s.get("listener") == mine["id"]][0]
+            wait_for(lambda: session()["openHandles"] == 1, "the guest connected with the file open", f)
+            os.unlink(f.path("doomed"))
+            held = os.statvfs(f.mnt).f_ffree
+            run = pmfsctl(f, "end-session", str(mine["id"]))
+            assert run.returncode == 0 and "session ended" in run.stdout, run
+            assert not session()["connected"] and session()["openHandles"] == 0
+            wait_for(lambda: os.statvfs(f.mnt).f_ffree == held + 1, "the orphan freed when the session ended", f)
+            again = pmfsctl(f, "end-session", str(mine["id"]))
+            assert again.returncode == 1 and "no guest is connected" in again.stderr, again
+            unknown = pmfsctl(f, "end-session", "999")
+            assert unknown.returncode == 1 and "no listener 999" in unknown.stderr, unknown
+            write_file(f.path("after"), b"served again\n")
+            got = cat(f.guest_socket, "after")
+            assert got.returncode == 0 and got.stdout == b"served again\n", got.stderr
+            assert "ending its guest's session (asked by pmfsctl" in f.this_start_log()
+        finally:
+            holder.kill()
+            holder.wait()
