@@ -17,7 +17,7 @@ struct PmfsInspect: ParsableCommand {
             except by 'cat', which follows them as a reader would. The pool must not be open in \
             another process (PMDK locks it).
             """,
-        subcommands: [Info.self, Df.self, Ls.self, Stat.self, Tree.self, Cat.self, Xattr.self])
+        subcommands: [Info.self, Df.self, Du.self, Ls.self, Stat.self, Tree.self, Cat.self, Xattr.self])
 }
 
 struct PoolOptions: ParsableArguments {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Data-tier benchmark: pmfs against plain ext4 file I/O on the same disk, one run.
+# Data-tier benchmark: pmfs against plain ext4 file I/O on the same disk, one run, and the
+# first write to a block shared with a clone (copy-on-write) against one to an unshared block.
 # Usage: tools/bench/data.sh [DIRECTORY-ON-DISK] [FILE-MiB]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
