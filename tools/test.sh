@@ -53,6 +53,8 @@ if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
     tools/guest/exports.sh
     # Two VMs started the libvirt way (pmfsd --fd=N -o source=...), handed to one pmfsd.
     tools/guest/libvirt.sh
+    # Two VMs from two writable clones of one base tree (pmfsctl snapshot): each sees only its own changes.
+    tools/guest/clones.sh
     # pmfsd killed with SIGKILL under a guest's fsyncs, twice: what the guest saw return stays.
     tools/guest/crash.sh 2
     # Linux 6.12 (bookworm-backports) spreads requests over the queues by vCPU:

@@ -11,6 +11,13 @@ struct ControlOptions: ParsableArguments {
     @Flag(help: "Print the daemon's JSON response instead of a table.")
     var json = false
 
+    /// With --json, prints the daemon's response as it came and returns true.
+    func printedJSON(_ response: ControlResponse) -> Bool {
+        guard json else { return false }
+        print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self))
+        return true
+    }
+
     func ask(_ command: String) throws -> ControlResponse {
         try ask(ControlRequest(command: command))
     }
@@ -40,7 +47,7 @@ struct Info: ParsableCommand {
 
     func run() throws {
         let response = try options.ask("info")
-        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        if options.printedJSON(response) { return }
         guard let info = response.info else { return }
         print("pmfsd \(info.version), pid \(info.pid)")
         print("pool   \(info.pool)")
@@ -59,7 +66,7 @@ struct Sessions: ParsableCommand {
 
     func run() throws {
         let response = try options.ask("sessions")
-        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        if options.printedJSON(response) { return }
         print(table(["SESSION", "LISTENER", "SOCKET", "EXPORT", "CONNECTED", "HANDLES", "INODES"], (response.sessions ?? []).map {
             [String($0.session), $0.listener.map(String.init) ?? "-", $0.socket, $0.export,
              $0.since.map(timestamp) ?? "no", String($0.openHandles), String($0.heldInodes)]
@@ -83,7 +90,7 @@ struct Snapshot: ParsableCommand {
 
     func run() throws {
         let response = try options.ask(ControlRequest(command: "snapshot", source: source, target: target, readOnly: readOnly))
-        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        if options.printedJSON(response) { return }
         guard let s = response.snapshot else { return }
         print("\(target): \(s.readOnly ? "read-only snapshot" : "clone") of \(source), \(s.inodes) inodes (\(s.directories) directories, "
               + "\(s.files) files), \(s.sharedBlocks) blocks shared, writers held \((s.milliseconds * 10).rounded() / 10) ms")
@@ -97,7 +104,7 @@ struct Flush: ParsableCommand {
 
     func run() throws {
         let response = try options.ask("flush")
-        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        if options.printedJSON(response) { return }
         guard let f = response.flush else { return }
         print("flushed: \(f.dirtyBytes / 1024) KiB of cached changes written back, device flushed, in \((f.milliseconds * 10).rounded() / 10) ms")
     }
@@ -110,7 +117,7 @@ struct Reload: ParsableCommand {
 
     func run() throws {
         let response = try options.ask("reload")
-        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        if options.printedJSON(response) { return }
         print(response.message ?? "applied")
     }
 }
@@ -128,7 +135,7 @@ struct EndSession: ParsableCommand {
 
     func run() throws {
         let response = try options.ask(ControlRequest(command: "end-session", listener: listener))
-        if options.json { print(String(decoding: ControlProtocol.encode(response).dropLast(), as: UTF8.self)); return }
+        if options.printedJSON(response) { return }
         print(response.message ?? "ended")
     }
 }

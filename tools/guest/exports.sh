@@ -36,15 +36,9 @@ stop_pmfsd
 
 start_pmfsd --socket "$work/vm1.sock,export=/vm1,uid-map=0:100000:65536" \
             --socket "$work/vm2.sock,export=/vm2,read-only"
-"$here/run.sh" "$work/vm1.sock" pmfs export pmfs.owner=vm1 pmfs.mapped_uid=100000 > "$work/vm1.out" 2>&1 &
-g1=$!
-"$here/run.sh" "$work/vm2.sock" pmfs export pmfs.owner=vm2 pmfs.readonly=1 > "$work/vm2.out" 2>&1 &
-g2=$!
-ok=1
-wait "$g1" || { cat "$work/vm1.out" >&2; ok=0; }
-wait "$g2" || { cat "$work/vm2.out" >&2; ok=0; }
-(( ok )) || die "a guest failed"
-grep -h '^guest/run: .*: ok' "$work/vm1.out" "$work/vm2.out" >&2
+start_guest vm1 "$work/vm1.sock" pmfs export pmfs.owner=vm1 pmfs.mapped_uid=100000
+start_guest vm2 "$work/vm2.sock" pmfs export pmfs.owner=vm2 pmfs.readonly=1
+wait_guests
 
 # The host's view: vm1's file with the mapped owner; everything else as it was.
 [[ $(cat "$mnt/vm1/guest-wrote") == "written by vm1" ]] || die "vm1's file on the host: $(cat "$mnt/vm1/guest-wrote" 2>&1)"

@@ -78,6 +78,27 @@ start_pmfsd() {
     wait_for "pmfsd mounting $mnt${sockets:+ and listening on ${sockets[*]}}" 30 pmfsd_serving
 }
 
+# start_guest NAME SOCKET WORKLOAD [KERNEL-ARGS...]: boots a guest (run.sh) in
+# the background, its output in $work/NAME.out; wait_guests waits for all.
+guest_names=() guest_pids=()
+start_guest() {
+    local name=$1; shift
+    "$here/run.sh" "$@" > "$work/$name.out" 2>&1 &
+    guest_pids+=($!) guest_names+=("$name")
+}
+
+# wait_guests: waits for every guest start_guest booted; dies if one failed
+# (after showing its output), else shows their "ok" lines.
+wait_guests() {
+    local i ok=1
+    for i in "${!guest_pids[@]}"; do
+        wait "${guest_pids[$i]}" || { cat "$work/${guest_names[$i]}.out" >&2; ok=0; }
+    done
+    (( ok )) || die "a guest failed"
+    for i in "${!guest_names[@]}"; do grep -h '^guest/run: .*: ok' "$work/${guest_names[$i]}.out" >&2; done
+    guest_names=() guest_pids=()
+}
+
 # stop_pmfsd: SIGTERM; pmfsd must unmount, write back, exit 0 and say so.
 stop_pmfsd() {
     kill -TERM "$pmfsd_pid"

@@ -55,15 +55,9 @@ for vm in vm1 vm2; do
 done
 for vm in vm1 vm2; do wait_for "the daemon serving /$vm" 20 listed "/$vm"; done
 "$bin/pmfsctl" info --control "$control" >&2
-"$here/run.sh" "$work/vm1.sock" pmfs export pmfs.owner=vm1 > "$work/vm1.out" 2>&1 &
-g1=$!
-"$here/run.sh" "$work/vm2.sock" pmfs export pmfs.owner=vm2 > "$work/vm2.out" 2>&1 &
-g2=$!
-ok=1
-wait "$g1" || { cat "$work/vm1.out" >&2; ok=0; }
-wait "$g2" || { cat "$work/vm2.out" >&2; ok=0; }
-(( ok )) || die "a guest failed"
-grep -h '^guest/run: .*: ok' "$work/vm1.out" "$work/vm2.out" >&2
+start_guest vm1 "$work/vm1.sock" pmfs export pmfs.owner=vm1
+start_guest vm2 "$work/vm2.sock" pmfs export pmfs.owner=vm2
+wait_guests
 
 # libvirt stops the VMs: SIGTERM to each launcher, which exits 0.
 for p in "${launchers[@]}"; do
