@@ -213,6 +213,8 @@ let package = Package(
             // The crash tests run the writer, so it is built before them.
             dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
         ),
+        // What pmfs's io_uring rings refuse (their restrictions), on the bare C shim.
+        .testTarget(name: "RingTests", dependencies: ["CURing"]),
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",

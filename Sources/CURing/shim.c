@@ -2,6 +2,8 @@
 #include "curing.h"
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sys/sysinfo.h>
 #include <errno.h>
 #include <string.h>
@@ -14,6 +16,42 @@ void curing_exit(struct io_uring *ring) { io_uring_queue_exit(ring); }
 
 int curing_register_file(struct io_uring *ring, int fd) {
     return io_uring_register_files(ring, &fd, 1);
+}
+
+/* A ring set up with IORING_SETUP_R_DISABLED, its files registered, is
+ * limited before its first submission (seccomp never sees what a ring does):
+ * only the `ops` given, only on registered files, and no registration after
+ * this. Then it is enabled. */
+static int restrict_and_enable(struct io_uring *ring, const unsigned char *ops, unsigned n_ops) {
+    struct io_uring_restriction res[8];
+    unsigned n = 0;
+    memset(res, 0, sizeof res);
+    for (unsigned i = 0; i < n_ops && n < 6; i++, n++) {
+        res[n].opcode = IORING_RESTRICTION_SQE_OP;
+        res[n].sqe_op = ops[i];
+    }
+    res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+    res[n++].sqe_flags = IOSQE_FIXED_FILE;
+    res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED;
+    res[n++].sqe_flags = IOSQE_FIXED_FILE;
+    /* Debian's liburing 2.3 declares io_uring_register_restrictions and
+     * io_uring_enable_rings but does not export them: the system call itself. */
+    if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_RESTRICTIONS, res, n) < 0) return -errno;
+    if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0) return -errno;
+    return 0;
+}
+
+int curing_init_data_ring(struct io_uring *ring, unsigned entries, int fd) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_R_DISABLED;
+    int rc = io_uring_queue_init_params(entries, ring, &p);
+    if (rc < 0) return rc;
+    static const unsigned char ops[] = { IORING_OP_READV, IORING_OP_WRITEV };
+    rc = io_uring_register_files(ring, &fd, 1);
+    if (rc == 0) rc = restrict_and_enable(ring, ops, 2);
+    if (rc < 0) io_uring_queue_exit(ring);
+    return rc;
 }
 
 static struct io_uring_sqe *sqe_for(struct io_uring *ring, int fixed_file, uint64_t tag) {
@@ -74,18 +112,25 @@ unsigned curing_reap(struct io_uring *ring, uint64_t *tags, int32_t *results, un
     return n;
 }
 
-int curing_init_sqe128(struct io_uring *ring, unsigned entries) {
+int curing_init_fuse_ring(struct io_uring *ring, unsigned entries, int fuse_fd, int wake_fd) {
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
     /* One thread submits and reaps; task work (handing it the next request)
      * runs when it enters the kernel anyway, without an interrupt. */
-    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+            | IORING_SETUP_R_DISABLED;
     int rc = io_uring_queue_init_params(entries, ring, &p);
     if (rc == -EINVAL) {
         memset(&p, 0, sizeof p);
-        p.flags = IORING_SETUP_SQE128;
+        p.flags = IORING_SETUP_SQE128 | IORING_SETUP_R_DISABLED;
         rc = io_uring_queue_init_params(entries, ring, &p);
     }
+    if (rc < 0) return rc;
+    int files[2] = { fuse_fd, wake_fd };
+    static const unsigned char ops[] = { IORING_OP_URING_CMD, IORING_OP_READ };
+    rc = io_uring_register_files(ring, files, 2);
+    if (rc == 0) rc = restrict_and_enable(ring, ops, 2);
+    if (rc < 0) io_uring_queue_exit(ring);
     return rc;
 }
 
@@ -106,13 +151,37 @@ int curing_queue_uring_cmd(struct io_uring *ring, uint32_t cmd_op, const void *c
     return 0;
 }
 
-int curing_queue_read(struct io_uring *ring, int fd, void *buffer, unsigned len, uint64_t tag) {
+int curing_queue_read_fixed(struct io_uring *ring, int index, void *buffer, unsigned len, uint64_t tag) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_read(sqe, index, buffer, len, 0);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    if (ring->flags & IORING_SETUP_SQE128) memset(sqe->cmd, 0, 80);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+int curing_queue_plain_read(struct io_uring *ring, int fd, void *buffer, unsigned len, uint64_t tag) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) return -EBUSY;
     io_uring_prep_read(sqe, fd, buffer, len, 0);
     if (ring->flags & IORING_SETUP_SQE128) memset(sqe->cmd, 0, 80);
     io_uring_sqe_set_data64(sqe, tag);
     return 0;
+}
+
+int curing_queue_nop(struct io_uring *ring, uint64_t tag) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_nop(sqe);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    if (ring->flags & IORING_SETUP_SQE128) memset(sqe->cmd, 0, 80);
+    io_uring_sqe_set_data64(sqe, tag);
+    return 0;
+}
+
+int curing_update_file(struct io_uring *ring, unsigned index, int fd) {
+    return io_uring_register_files_update(ring, index, &fd, 1);
 }
 
 int curing_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }

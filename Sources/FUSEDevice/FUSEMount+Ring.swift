@@ -67,7 +67,7 @@ extension FUSEMount {
         // all queues are registered: agree only if rings can be made here.
         if choice == .device {
             server.withhold(FUSEServer.overIOURing)
-        } else if let why = Self.ringsUnavailable() {
+        } else if let why = ringsUnavailable() {
             if choice == .uring, server.offered & FUSEServer.overIOURing != 0 { throw FUSEMountError.ring(why) }
             server.withhold(FUSEServer.overIOURing)
         }
@@ -90,11 +90,15 @@ extension FUSEMount {
     }
 
     /// Why this process cannot make a FUSE ring (io_uring off, no 128-byte
-    /// SQEs), or nil if it can: a test ring made and dropped.
-    static func ringsUnavailable() -> String? {
+    /// SQEs, no restrictions), or nil if it can: a test ring made as a queue
+    /// makes its own, and dropped.
+    func ringsUnavailable() -> String? {
+        let wake = curing_eventfd()
+        guard wake >= 0 else { return "eventfd: \(String(cString: strerror(errno)))" }
+        defer { close(wake) }
         var ring = io_uring()
-        let rc = curing_init_sqe128(&ring, 8)
-        guard rc == 0 else { return "cannot make an io_uring with 128-byte entries: \(String(cString: strerror(-rc)))" }
+        let rc = curing_init_fuse_ring(&ring, 8, fd, wake)
+        guard rc == 0 else { return "cannot make a restricted io_uring with 128-byte entries: \(String(cString: strerror(-rc)))" }
         curing_exit(&ring)
         return nil
     }

@@ -217,11 +217,11 @@ final class FUSERingQueue: @unchecked Sendable {
         pinToCPU()
         var ring = io_uring()
         let sqEntries = UInt32(max(8, (entries.count + 1).nextPowerOfTwo))
-        var rc = curing_init_sqe128(&ring, sqEntries)
+        // /dev/fuse is registered file 0, the wake eventfd file 1; the ring
+        // takes URING_CMD and READ on those and nothing else.
+        var rc = curing_init_fuse_ring(&ring, sqEntries, fd, wakeFD)
         guard rc == 0 else { return failed("ring setup", rc) }
         defer { curing_exit(&ring) }
-        rc = curing_register_file(&ring, fd)
-        guard rc == 0 else { return failed("registering /dev/fuse with the ring", rc) }
         armWake(&ring)
         for e in entries { queueCommand(&ring, e, cfuse_io_uring_cmd_register, commitID: 0) }
         // A registered entry completes only when a request comes; a refused
@@ -390,9 +390,9 @@ final class FUSERingQueue: @unchecked Sendable {
     }
 
     private func armWake(_ ring: inout io_uring) {
-        if curing_queue_read(&ring, wakeFD, wakeBuffer, 8, Self.wakeTag) == -EBUSY {
+        if curing_queue_read_fixed(&ring, 1, wakeBuffer, 8, Self.wakeTag) == -EBUSY {
             _ = io_uring_submit(&ring)
-            _ = curing_queue_read(&ring, wakeFD, wakeBuffer, 8, Self.wakeTag)
+            _ = curing_queue_read_fixed(&ring, 1, wakeBuffer, 8, Self.wakeTag)
         }
     }
 

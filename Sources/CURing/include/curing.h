@@ -31,17 +31,28 @@ int curing_submit_and_wait(struct io_uring *ring, unsigned wait_for);
 /* Copies out up to `max` ready completions without a syscall; returns how many. */
 unsigned curing_reap(struct io_uring *ring, uint64_t *tags, int32_t *results, unsigned max);
 
+/* The data engine's ring: `fd` registered as file 0, and restricted (see
+ * restrict_and_enable) to READV and WRITEV on it. 0 or -errno. */
+int curing_init_data_ring(struct io_uring *ring, unsigned entries, int fd);
 /* FUSE over io_uring: a ring with 128-byte SQEs (the command needs their
- * 80-byte area), set up for one issuing thread; falls back to plain SQE128
- * where the kernel refuses the extra flags. 0 or -errno. */
-int curing_init_sqe128(struct io_uring *ring, unsigned entries);
+ * 80-byte area), set up for one issuing thread (plain SQE128 where the kernel
+ * refuses the extra flags); /dev/fuse registered as file 0 and the wake
+ * eventfd as file 1; restricted to URING_CMD and READ on those. 0 or -errno. */
+int curing_init_fuse_ring(struct io_uring *ring, unsigned entries, int fuse_fd, int wake_fd);
 /* Queues an IORING_OP_URING_CMD on registered file 0: `cmd_op` with `cmd_len`
  * (<= 80) bytes of command data and an iovec array (header, payload). Liburing
  * 2.3 has no io_uring_prep_cmd, so the SQE is filled here by hand. */
 int curing_queue_uring_cmd(struct io_uring *ring, uint32_t cmd_op, const void *cmd, unsigned cmd_len,
                            const struct iovec *iov, unsigned iov_count, uint64_t tag);
-/* Queues a read(2) of `len` bytes into `buffer` (an eventfd's counter). */
-int curing_queue_read(struct io_uring *ring, int fd, void *buffer, unsigned len, uint64_t tag);
+/* Queues a read(2) of `len` bytes from registered file `index` into `buffer`
+ * (an eventfd's counter). */
+int curing_queue_read_fixed(struct io_uring *ring, int index, void *buffer, unsigned len, uint64_t tag);
+
+/* What the rings must refuse, for the tests: a read of an unregistered
+ * descriptor, a NOP (flagged fixed-file), replacing registered file `index`. */
+int curing_queue_plain_read(struct io_uring *ring, int fd, void *buffer, unsigned len, uint64_t tag);
+int curing_queue_nop(struct io_uring *ring, uint64_t tag);
+int curing_update_file(struct io_uring *ring, unsigned index, int fd);
 
 /* For the FUSE ring queues: an eventfd (CLOEXEC), pinning the calling thread
  * to one CPU (0 or errno), and the count of possible CPUs (get_nprocs_conf). */
