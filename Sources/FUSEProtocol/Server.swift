@@ -16,6 +16,9 @@ public final class FUSEServer: @unchecked Sendable {
     public let metrics: FUSERequestMetrics?
     private let negotiatedState = Mutex<(initialized: Bool, flags: UInt64, minor: UInt32)>((false, 0, 0))
     private let withheld = Atomic<UInt64>(0)
+    private let taken = Atomic<UInt64>(0)
+    /// Requests taken so far (`pmfsctl sessions`), metrics on or off.
+    public var requestsTaken: UInt64 { taken.load(ordering: .relaxed) }
 
     public static let defaultCapabilities: UInt64 =
         UInt64(FUSE_ASYNC_READ | FUSE_POSIX_LOCKS | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_BIG_WRITES |
@@ -94,6 +97,7 @@ public final class FUSEServer: @unchecked Sendable {
     public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
                        later: @escaping FUSEReplySink, group: FUSEFsyncGroup? = nil) -> FUSEOutcome {
         guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
+        taken.add(1, ordering: .relaxed)
         // Every transport comes through here: the one place requests are counted and timed.
         guard let metrics else { return serve(header, &request, &reply, later: later, group: group) }
         let start = monotonicNanoseconds()

@@ -141,8 +141,16 @@ public struct SessionInfo: Codable, Sendable {
     public var openHandles: Int
     /// Inodes the peer's kernel holds references to (its lookup counts).
     public var heldInodes: Int
-    public init(session: UInt64, listener: Int?, socket: String, export: String, connected: Bool, since: Double?, openHandles: Int, heldInodes: Int) {
+    /// Lock records (POSIX ranges, flocks) the session holds in pmfsd's table.
+    public var lockRecords: Int?
+    /// FUSE requests taken from the session since pmfsd started serving it.
+    public var requests: UInt64?
+    /// Queues with a running worker (a guest's; nil for the host mount).
+    public var queues: Int?
+    public init(session: UInt64, listener: Int?, socket: String, export: String, connected: Bool, since: Double?, openHandles: Int, heldInodes: Int,
+                lockRecords: Int? = nil, requests: UInt64? = nil, queues: Int? = nil) {
         self.session = session; self.listener = listener; self.socket = socket; self.export = export
         self.connected = connected; self.since = since; self.openHandles = openHandles; self.heldInodes = heldInodes
+        self.lockRecords = lockRecords; self.requests = requests; self.queues = queues
     }
 }

@@ -97,6 +97,9 @@ final class LockManager: Sendable {
         s.records[session] = n > 0 ? n : nil
     }
 
+    /// Lock records `session` holds now.
+    func records(of session: UInt64) -> Int { state.withLock { $0.records[session] ?? 0 } }
+
     /// What one session may hold in the table (PMFSOperations.Limits).
     struct Limits {
         var records: Int

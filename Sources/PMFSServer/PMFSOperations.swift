@@ -268,8 +268,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     // MARK: session
 
     /// What `pmfsctl sessions` shows of this session (read from another thread).
-    public var status: (session: UInt64, since: Double?, openHandles: Int, heldInodes: Int) {
-        (session, initializedAt.withLock { $0 }, handles.withLock { $0.table.count }, lookups.withLock { $0.count })
+    public var status: (session: UInt64, since: Double?, openHandles: Int, heldInodes: Int, lockRecords: Int) {
+        (session, initializedAt.withLock { $0 }, handles.withLock { $0.table.count }, lookups.withLock { $0.count },
+         locks.records(of: session))
     }
 
     public func initialize(capabilities: UInt64) -> UInt64 {

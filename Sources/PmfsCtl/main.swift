@@ -61,15 +61,38 @@ struct Info: ParsableCommand {
 }
 
 struct Sessions: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Each FUSE session (the host mount and every guest socket): connected since, open handles, inodes held.")
+    static let configuration = CommandConfiguration(
+        abstract: "Each FUSE session (the host mount and every guest socket): connected since, requests, open handles, inodes and locks held, queues.")
     @OptionGroup var options: ControlOptions
+    @Option(help: ArgumentHelp("Ask twice, this many seconds apart, and show each session's requests per second.", valueName: "seconds"))
+    var rate: Double?
+
+    func validate() throws {
+        if let rate, !(rate > 0 && rate <= 3600) { throw ValidationError("--rate must be more than 0 and at most 3600 seconds") }
+    }
 
     func run() throws {
-        let response = try options.ask("sessions")
+        var response = try options.ask("sessions")
+        var perSecond: [UInt64: Double] = [:]
+        if let rate {
+            let first = response.sessions ?? []
+            usleep(useconds_t(rate * 1_000_000))
+            response = try options.ask("sessions")
+            for now in response.sessions ?? [] {
+                guard let before = first.first(where: { $0.session == now.session })?.requests, let after = now.requests, after >= before else { continue }
+                perSecond[now.session] = Double(after - before) / rate
+            }
+        }
         if options.printedJSON(response) { return }
-        print(table(["SESSION", "LISTENER", "SOCKET", "EXPORT", "CONNECTED", "HANDLES", "INODES"], (response.sessions ?? []).map {
-            [String($0.session), $0.listener.map(String.init) ?? "-", $0.socket, $0.export,
-             $0.since.map(timestamp) ?? "no", String($0.openHandles), String($0.heldInodes)]
+        var header = ["SESSION", "LISTENER", "SOCKET", "EXPORT", "CONNECTED", "REQUESTS"]
+        if rate != nil { header.append("REQ/S") }
+        header += ["HANDLES", "INODES", "LOCKS", "QUEUES"]
+        print(table(header, (response.sessions ?? []).map { s in
+            var row = [String(s.session), s.listener.map(String.init) ?? "-", s.socket, s.export,
+                       s.since.map(timestamp) ?? "no", s.requests.map(String.init) ?? "-"]
+            if rate != nil { row.append(perSecond[s.session].map { String(Int($0.rounded())) } ?? "-") }
+            row += [String(s.openHandles), String(s.heldInodes), s.lockRecords.map(String.init) ?? "-", s.queues.map(String.init) ?? "-"]
+            return row
         }))
     }
 }

@@ -1,4 +1,5 @@
 // What the control socket's commands do: info, sessions, serve-fd, snapshot, flush, reload, end-session.
+import FUSEProtocol
 import Glibc
 import PMFSControl
 import PMFSServer
@@ -11,12 +12,15 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
     let data: String
     let mount: String?
     let hostOperations: PMFSOperations?
+    /// The host mount's FUSE engine (its request count).
+    let hostServer: FUSEServer?
     /// nil without --config.
     let reloader: ConfigReloader?
 
-    init(guests: Guests, pool: String, data: String, mount: String?, hostOperations: PMFSOperations?, reloader: ConfigReloader?) {
+    init(guests: Guests, pool: String, data: String, mount: String?, hostOperations: PMFSOperations?, hostServer: FUSEServer?,
+         reloader: ConfigReloader?) {
         self.guests = guests; self.pool = pool; self.data = data; self.mount = mount; self.hostOperations = hostOperations
-        self.reloader = reloader
+        self.hostServer = hostServer; self.reloader = reloader
     }
 
     func handle(_ request: ControlRequest, fd: Int32?, peer: PeerCredentials) -> (response: ControlResponse, held: Int?) {
@@ -98,7 +102,8 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
         if let hostOperations, let mount {
             let s = hostOperations.status
             all.append(SessionInfo(session: s.session, listener: nil, socket: "host mount \(mount)", export: "/",
-                                   connected: s.since != nil, since: s.since, openHandles: s.openHandles, heldInodes: s.heldInodes))
+                                   connected: s.since != nil, since: s.since, openHandles: s.openHandles, heldInodes: s.heldInodes,
+                                   lockRecords: s.lockRecords, requests: hostServer?.requestsTaken))
         }
         return all + guests.sessionInfo()
     }

@@ -218,7 +218,8 @@ final class Guests: @unchecked Sendable {
         listeners.map { g in
             let s = g.operations.status
             return SessionInfo(session: s.session, listener: g.id, socket: g.name, export: g.export.policy.path,
-                               connected: s.since != nil, since: s.since, openHandles: s.openHandles, heldInodes: s.heldInodes)
+                               connected: s.since != nil, since: s.since, openHandles: s.openHandles, heldInodes: s.heldInodes,
+                               lockRecords: s.lockRecords, requests: g.backend.server.requestsTaken, queues: g.backend.runningQueues)
         }
     }
 }

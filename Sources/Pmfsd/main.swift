@@ -217,7 +217,7 @@ struct Pmfsd: ParsableCommand {
             do {
                 controlServer = try settings.control.map { path in
                     let commands = ControlCommands(guests: guests, pool: pool, data: data, mount: host?.mountPoint, hostOperations: hostOperations,
-                                                   reloader: reloader)
+                                                   hostServer: host?.server, reloader: reloader)
                     return try ControlServer(path: path, handler: commands, logger: logger)
                 }
             } catch {

@@ -429,3 +429,25 @@ def test_end_session_releases_the_guests_files_and_keeps_listening():
         finally:
             holder.kill()
             holder.wait()
+
+
+def test_sessions_count_requests_and_locks(fs):
+    """pmfsctl sessions: the host mount's requests grow with its traffic, its lock records are counted while held,
+    and --rate shows requests per second over the interval."""
+    import fcntl
+
+    def host():
+        return [s for s in ctl_json(fs, "sessions")["sessions"] if s.get("listener") is None][0]
+    before = host()["requests"]
+    path = fs.path("counted")
+    for i in range(50):
+        write_file(path, b"x" * i)
+    assert host()["requests"] >= before + 100   # each write_file: at least a CREATE/OPEN and a WRITE or RELEASE
+    with open(path, "r+b") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX, 1, 0)
+        fcntl.lockf(f, fcntl.LOCK_EX, 1, 5)   # a second record: not merged with the first
+        assert host()["lockRecords"] == 2
+        fcntl.lockf(f, fcntl.LOCK_UN, 0, 0)
+    assert host()["lockRecords"] == 0
+    run = pmfsctl(fs, "sessions", "--rate", "0.5")
+    assert run.returncode == 0 and "REQ/S" in run.stdout and "REQUESTS" in run.stdout and "LOCKS" in run.stdout, run
