@@ -317,12 +317,11 @@ public final class FileSystem: @unchecked Sendable {
             var position = offset
             var chunkStart = firstBlock
             try withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.readChunkBlocks) { frames in
-            try withUnsafeTemporaryAllocation(of: UInt64.self, capacity: Self.readChunkBlocks) { missing in
                 while chunkStart <= lastBlock {
                     let chunkEnd = min(lastBlock + 1, chunkStart + chunkBlocks)
                     let fetchEnd = chunkEnd == lastBlock + 1 ? min(eofBlock, chunkEnd + f.readAheadBlocks) : chunkEnd
                     let chunk = UnsafeMutableBufferPointer(rebasing: frames[0..<Int(chunkEnd - chunkStart)])
-                    try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd, into: chunk, missing: missing)
+                    try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd, into: chunk)
                     let stop = min(end, chunkEnd * blockSize)
                     while position < stop {
                         let b = position / blockSize
@@ -336,7 +335,6 @@ public final class FileSystem: @unchecked Sendable {
                     for fr in chunk where fr >= 0 { cache.unpin(fr) }
                     chunkStart = chunkEnd
                 }
-            }
             }
             if !options.writeBack { dropClean(f) }
             return copied
@@ -410,37 +408,36 @@ public final class FileSystem: @unchecked Sendable {
     /// Pins frames for blocks [from, to) into `frames` (-1 for holes and
     /// unwritten blocks that are not cached), reading missing mapped blocks
     /// from the device; also reads ahead (unpinned) up to `readAheadTo`.
-    /// `missing` is scratch for as many block numbers. File lock held.
+    /// Until the reads complete, -1 in `frames` marks a block not cached.
+    /// File lock held.
     private func loadBlocks(_ f: FileData, from: UInt64, to: UInt64, readAheadTo: UInt64,
-                            into frames: UnsafeMutableBufferPointer<Int32>, missing scratch: UnsafeMutableBufferPointer<UInt64>) throws {
-        precondition(frames.count == Int(to - from) && scratch.count >= frames.count)
-        var missingCount = 0
+                            into frames: UnsafeMutableBufferPointer<Int32>) throws {
+        precondition(frames.count == Int(to - from))
+        var firstMissing: UInt64?, lastMissing: UInt64 = 0
         for b in from..<to {
             if let fr = cache.lookup(f, b) {
                 frames[Int(b - from)] = fr
             } else {
                 frames[Int(b - from)] = -1
-                scratch[missingCount] = b
-                missingCount += 1
+                if firstMissing == nil { firstMissing = b }
+                lastMissing = b
             }
         }
-        let missing = UnsafeBufferPointer(rebasing: scratch[0..<missingCount])
         let aheadStart = to
-        if missing.isEmpty && readAheadTo <= aheadStart { return }
+        if firstMissing == nil && readAheadTo <= aheadStart { return }
         var pinned: [Int32] = []
         do {
             var requests: [BlockIORequest] = []
             var readFrames: [(UInt64, Int32)] = []
-            let spanStart = missing.first ?? aheadStart
-            let spanEnd = max(missing.last.map { $0 + 1 } ?? 0, readAheadTo)
-            let wanted = missing.isEmpty ? [] : Set(missing)
+            let spanStart = firstMissing ?? aheadStart
+            let spanEnd = max(firstMissing == nil ? 0 : lastMissing + 1, readAheadTo)
             try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart, into: &f.mapping)
             for seg in f.mapping {
                 guard let dev = seg.deviceBlock, !seg.unwritten else { continue }
                 var current: (start: UInt64, device: UInt64, iov: [iovec])? = nil
                 for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
                     let isAhead = b >= aheadStart
-                    guard wanted.contains(b) || isAhead else {
+                    guard isAhead || frames[Int(b - from)] == -1 else {
                         if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)); current = nil }
                         continue
                     }
@@ -476,7 +473,10 @@ public final class FileSystem: @unchecked Sendable {
         } catch {
             // Pages whose read failed must not stay cached with garbage in them.
             for fr in pinned { cache.unpin(fr) }
-            for b in missing { if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) } }
+            for (i, fr) in frames.enumerated() where fr == -1 {
+                let b = from + UInt64(i)
+                if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
+            }
             for fr in frames where fr >= 0 { cache.unpin(fr) }
             throw readFailure(f.ino, error)
         }
