@@ -114,7 +114,8 @@ final class Served: @unchecked Sendable {
 
     /// A request as a descriptor chain brings it: header, arguments (and data) in separate buffers.
     @inline(__always)
-    func chain<Arguments>(_ opcode: fuse_opcode, nodeid: UInt64, _ arguments: Arguments, tail: UnsafeRawBufferPointer? = nil) {
+    func chain<Arguments>(_ opcode: fuse_opcode, nodeid: UInt64, _ arguments: Arguments, tail: UnsafeRawBufferPointer? = nil,
+                          group: FUSEFsyncGroup? = nil) {
         let size = MemoryLayout<Arguments>.size, headerSize = MemoryLayout<fuse_in_header>.size
         precondition(size <= chainMemory.count - 64)
         chainMemory.storeBytes(of: header(opcode, nodeid: nodeid, argumentBytes: size + (tail?.count ?? 0)), as: fuse_in_header.self)
@@ -125,11 +126,11 @@ final class Served: @unchecked Sendable {
         if let tail {
             threeSegments[0] = hb; threeSegments[1] = ab; threeSegments[2] = tail
             var request = RequestCursor(threeSegments)
-            lastOutcome = server.handle(&request, &writer) { blackHole($0) }
+            lastOutcome = server.handle(&request, &writer, later: { blackHole($0) }, group: group)
         } else {
             twoSegments[0] = hb; twoSegments[1] = ab
             var request = RequestCursor(twoSegments)
-            lastOutcome = server.handle(&request, &writer) { blackHole($0) }
+            lastOutcome = server.handle(&request, &writer, later: { blackHole($0) }, group: group)
         }
         blackHole(lastOutcome)
     }
@@ -152,6 +153,7 @@ final class Served: @unchecked Sendable {
         read(offset: 0); precondition(lastError == 0, "READ failed: \(String(describing: lastError))")
         write(offset: 0); precondition(lastError == 0, "WRITE failed: \(String(describing: lastError))")
         fsync(); precondition(lastError == 0, "FSYNC failed: \(String(describing: lastError))")
+        groupedFsync(); precondition(lastOutcome == .deferred && fsyncGroup.isEmpty, "grouped FSYNC not committed")
     }
 
     func getattr() { chain(FUSE_GETATTR, nodeid: node, fuse_getattr_in()) }
@@ -176,6 +178,16 @@ final class Served: @unchecked Sendable {
         var f = fuse_fsync_in()
         f.fh = handle
         chain(FUSE_FSYNC, nodeid: node, f)
+    }
+    /// The queue's FSYNC group, reused as the vhost-user back end reuses each queue's.
+    let fsyncGroup = FUSEFsyncGroup()
+    /// FSYNC as the vhost-user back end serves it: put in the queue's group,
+    /// committed at the end of the pass, the reply through the request's sink.
+    func groupedFsync() {
+        var f = fuse_fsync_in()
+        f.fh = handle
+        chain(FUSE_FSYNC, nodeid: node, f, group: fsyncGroup)
+        server.commit(fsyncGroup)
     }
 }
 
@@ -207,6 +219,10 @@ let benchmarks: @Sendable () -> Void = {
         bench("WRITE 4 KiB + FSYNC") { i in
             served.write(offset: UInt64(i & 15) * 4096)
             served.fsync()
+        }
+        bench("WRITE 4 KiB + FSYNC (grouped)") { i in
+            served.write(offset: UInt64(i & 15) * 4096)
+            served.groupedFsync()
         }
     }
 }

@@ -17,10 +17,23 @@ public struct FUSEFsync: Sendable {
 /// serving them at once; the replies go through each request's `later` sink.
 /// Used by one thread at a time.
 public final class FUSEFsyncGroup: @unchecked Sendable {
+    // The arrays keep their storage from one commit to the next: a group
+    // that is reused (one per queue) allocates nothing once it has grown.
     var members: [FUSEFsync] = []
-    var sinks: [FUSEReplySink] = []
-    /// When each member was taken (metrics on only): its latency runs to its reply.
-    var starts: [Int64] = []
+    var replies: [PendingReply] = []
+    /// Each member's outcome (0 or an errno), filled by the commit.
+    var errors: [Int32] = []
+    /// The out-header handed to each sink, rewritten in place for the next
+    /// (a sink that keeps the bytes keeps its own copy: arrays are values).
+    var replyBytes = [UInt8](repeating: 0, count: MemoryLayout<fuse_out_header>.size)
+
+    /// Where a member's reply goes, and when the member was taken (metrics on
+    /// only: its latency runs to its reply). The sink sits in a struct: kept
+    /// in an array of closures it would be wrapped in an allocated thunk.
+    struct PendingReply {
+        let sink: FUSEReplySink
+        let start: Int64
+    }
 
     public init() {}
 
@@ -29,36 +42,38 @@ public final class FUSEFsyncGroup: @unchecked Sendable {
 
     func add(_ member: FUSEFsync, reply: @escaping FUSEReplySink, start: Int64) {
         members.append(member)
-        sinks.append(reply)
-        starts.append(start)
+        replies.append(PendingReply(sink: reply, start: start))
     }
 
     /// Moves `other`'s members here (to hand them to another thread).
     public func take(from other: FUSEFsyncGroup) {
-        let (m, r, t) = other.take()
-        members += m; sinks += r; starts += t
+        members += other.members; replies += other.replies
+        other.removeAll()
     }
 
-    /// Hands the members over (the group is empty and reusable after).
-    func take() -> (members: [FUSEFsync], sinks: [FUSEReplySink], starts: [Int64]) {
-        defer { members.removeAll(keepingCapacity: true); sinks.removeAll(keepingCapacity: true); starts.removeAll(keepingCapacity: true) }
-        return (members, sinks, starts)
+    /// Empties the group, keeping its storage.
+    func removeAll() {
+        members.removeAll(keepingCapacity: true)
+        replies.removeAll(keepingCapacity: true)
+        errors.removeAll(keepingCapacity: true)
     }
 }
 
 extension FUSEOperations {
-    /// FSYNCs that arrived together: by default one after the other. The
-    /// result for each is 0 or its errno.
-    public func fsync(group: [FUSEFsync]) -> [Int32] {
-        group.map { m in
-            do {
-                try fsync(m.request, nodeid: m.nodeid, handle: m.handle, dataOnly: m.dataOnly)
-                return 0
-            } catch let e as FUSEError {
-                return e.errno
-            } catch {
-                return EIO
-            }
+    /// FSYNCs that arrived together: by default one after the other.
+    public func fsync(group: [FUSEFsync], errors: inout [Int32]) {
+        for (i, m) in group.enumerated() { errors[i] = fsyncErrno(m) }
+    }
+
+    /// One member's FSYNC: 0 or its errno.
+    func fsyncErrno(_ m: FUSEFsync) -> Int32 {
+        do {
+            try fsync(m.request, nodeid: m.nodeid, handle: m.handle, dataOnly: m.dataOnly)
+            return 0
+        } catch let e as FUSEError {
+            return e.errno
+        } catch {
+            return EIO
         }
     }
 }
@@ -67,17 +82,23 @@ extension FUSEServer {
     /// Makes a group's FSYNCs durable and sends each its reply (an out-header
     /// with its error); the group is empty afterwards.
     public func commit(_ group: FUSEFsyncGroup) {
-        let (members, sinks, starts) = group.take()
-        guard !members.isEmpty else { return }
-        let errors = operations.fsync(group: members)
-        for i in members.indices {
-            let error = i < errors.count ? errors[i] : EIO
-            let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: members[i].request.unique)
-            if let metrics {
-                if error != 0 { metrics.failed(members[i].request.opcode) }
-                metrics.finished(members[i].request.opcode, nanoseconds: monotonicNanoseconds() &- starts[i])
-            }
-            sinks[i](withUnsafeBytes(of: header) { Array($0) })
+        guard !group.isEmpty else { return }
+        defer { group.removeAll() }
+        // EIO for any member the operations leave unanswered.
+        group.errors.append(contentsOf: repeatElement(EIO, count: group.count))
+        operations.fsync(group: group.members, errors: &group.errors)
+        for i in group.members.indices { reply(to: group, i) }
+    }
+
+    /// Member `i`'s reply, through its sink.
+    private func reply(to group: FUSEFsyncGroup, _ i: Int) {
+        let member = group.members[i], error = i < group.errors.count ? group.errors[i] : EIO
+        if let metrics {
+            if error != 0 { metrics.failed(member.request.opcode) }
+            metrics.finished(member.request.opcode, nanoseconds: monotonicNanoseconds() &- group.replies[i].start)
         }
+        let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: member.request.unique)
+        group.replyBytes.withUnsafeMutableBytes { $0.storeBytes(of: header, as: fuse_out_header.self) }
+        group.replies[i].sink(group.replyBytes)
     }
 }

@@ -173,8 +173,10 @@ public protocol FUSEOperations: AnyObject, Sendable {
     func release(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, flags: UInt32, releaseFlags: UInt32, lockOwner: UInt64) throws
     func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws
     /// FSYNCs that arrived together (a `FUSEFsyncGroup`), made durable
-    /// together: 0 or an errno per member, in order. The default runs them one by one.
-    func fsync(group: [FUSEFsync]) -> [Int32]
+    /// together: `errors[i]` becomes 0 or member i's errno (`errors` has an
+    /// entry per member; kept by the group, it costs no allocation). The
+    /// default runs them one by one.
+    func fsync(group: [FUSEFsync], errors: inout [Int32])
     func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult
     /// Entries from `offset` on; the engine stops packing when the reply is full
     /// (the kernel asks again from the last offset it saw).

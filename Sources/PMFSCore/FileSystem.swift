@@ -317,12 +317,11 @@ public final class FileSystem: @unchecked Sendable {
             var position = offset
             var chunkStart = firstBlock
             try withUnsafeTemporaryAllocation(of: Int32.self, capacity: Self.readChunkBlocks) { frames in
-            try withUnsafeTemporaryAllocation(of: UInt64.self, capacity: Self.readChunkBlocks) { missing in
                 while chunkStart <= lastBlock {
                     let chunkEnd = min(lastBlock + 1, chunkStart + chunkBlocks)
                     let fetchEnd = chunkEnd == lastBlock + 1 ? min(eofBlock, chunkEnd + f.readAheadBlocks) : chunkEnd
                     let chunk = UnsafeMutableBufferPointer(rebasing: frames[0..<Int(chunkEnd - chunkStart)])
-                    try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd, into: chunk, missing: missing)
+                    try loadBlocks(f, from: chunkStart, to: chunkEnd, readAheadTo: fetchEnd, into: chunk)
                     let stop = min(end, chunkEnd * blockSize)
                     while position < stop {
                         let b = position / blockSize
@@ -336,7 +335,6 @@ public final class FileSystem: @unchecked Sendable {
                     for fr in chunk where fr >= 0 { cache.unpin(fr) }
                     chunkStart = chunkEnd
                 }
-            }
             }
             if !options.writeBack { dropClean(f) }
             return copied
@@ -410,37 +408,36 @@ public final class FileSystem: @unchecked Sendable {
     /// Pins frames for blocks [from, to) into `frames` (-1 for holes and
     /// unwritten blocks that are not cached), reading missing mapped blocks
     /// from the device; also reads ahead (unpinned) up to `readAheadTo`.
-    /// `missing` is scratch for as many block numbers. File lock held.
+    /// Until the reads complete, -1 in `frames` marks a block not cached.
+    /// File lock held.
     private func loadBlocks(_ f: FileData, from: UInt64, to: UInt64, readAheadTo: UInt64,
-                            into frames: UnsafeMutableBufferPointer<Int32>, missing scratch: UnsafeMutableBufferPointer<UInt64>) throws {
-        precondition(frames.count == Int(to - from) && scratch.count >= frames.count)
-        var missingCount = 0
+                            into frames: UnsafeMutableBufferPointer<Int32>) throws {
+        precondition(frames.count == Int(to - from))
+        var firstMissing: UInt64?, lastMissing: UInt64 = 0
         for b in from..<to {
             if let fr = cache.lookup(f, b) {
                 frames[Int(b - from)] = fr
             } else {
                 frames[Int(b - from)] = -1
-                scratch[missingCount] = b
-                missingCount += 1
+                if firstMissing == nil { firstMissing = b }
+                lastMissing = b
             }
         }
-        let missing = UnsafeBufferPointer(rebasing: scratch[0..<missingCount])
         let aheadStart = to
-        if missing.isEmpty && readAheadTo <= aheadStart { return }
+        if firstMissing == nil && readAheadTo <= aheadStart { return }
         var pinned: [Int32] = []
         do {
             var requests: [BlockIORequest] = []
             var readFrames: [(UInt64, Int32)] = []
-            let spanStart = missing.first ?? aheadStart
-            let spanEnd = max(missing.last.map { $0 + 1 } ?? 0, readAheadTo)
-            let wanted = missing.isEmpty ? [] : Set(missing)
+            let spanStart = firstMissing ?? aheadStart
+            let spanEnd = max(firstMissing == nil ? 0 : lastMissing + 1, readAheadTo)
             try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart, into: &f.mapping)
             for seg in f.mapping {
                 guard let dev = seg.deviceBlock, !seg.unwritten else { continue }
                 var current: (start: UInt64, device: UInt64, iov: [iovec])? = nil
                 for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
                     let isAhead = b >= aheadStart
-                    guard wanted.contains(b) || isAhead else {
+                    guard isAhead || frames[Int(b - from)] == -1 else {
                         if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)); current = nil }
                         continue
                     }
@@ -476,7 +473,10 @@ public final class FileSystem: @unchecked Sendable {
         } catch {
             // Pages whose read failed must not stay cached with garbage in them.
             for fr in pinned { cache.unpin(fr) }
-            for b in missing { if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) } }
+            for (i, fr) in frames.enumerated() where fr == -1 {
+                let b = from + UInt64(i)
+                if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
+            }
             for fr in frames where fr >= 0 { cache.unpin(fr) }
             throw readFailure(f.ino, error)
         }
@@ -611,19 +611,50 @@ public final class FileSystem: @unchecked Sendable {
     }
 
     /// A write-back between its phases: the dirty pages pinned, the blocks
-    /// claimed, the transfers built, what the pool must learn.
+    /// claimed, the transfers built, what the pool must learn. Each file has
+    /// one, reused (its arrays keep their storage, so a write-back of a few
+    /// pages allocates nothing): only the holder of the file's lock uses it,
+    /// from `beginWriteBack` to `endWriteBack`.
     final class PendingWriteBack {
-        let file: FileData
+        unowned let file: FileData
         var dirty: [(block: UInt64, frame: Int32)] = []
         var requests: [BlockIORequest] = []
+        /// The segment arrays of earlier writes, emptied, for the next ones.
+        private var spareSegments: [[iovec]] = []
+        /// The extent map of the dirty run being planned.
+        var runMap: [ExtentSegment] = []
         var mappings: [NewMapping] = []
         var claims: [BlockRun] = []
         var writtenRanges: [(start: UInt64, count: UInt64)] = []
         var redundantReservations: [UInt64] = []
         var consumedReservations: [UInt64] = []
+        /// Between `beginWriteBack` and `endWriteBack`.
+        var inUse = false
         /// Whether a transaction must follow the writes (then a flush comes first).
         var commit: Bool { !mappings.isEmpty || !writtenRanges.isEmpty || file.needsCommit }
         init(_ file: FileData) { self.file = file }
+
+        /// Empties everything for the next write-back, keeping the storage.
+        func reset() {
+            dirty.removeAll(keepingCapacity: true)
+            while var request = requests.popLast() {
+                request.segments.removeAll(keepingCapacity: true)
+                spareSegments.append(request.segments)
+            }
+            runMap.removeAll(keepingCapacity: true)
+            mappings.removeAll(keepingCapacity: true)
+            claims.removeAll(keepingCapacity: true)
+            writtenRanges.removeAll(keepingCapacity: true)
+            redundantReservations.removeAll(keepingCapacity: true)
+            consumedReservations.removeAll(keepingCapacity: true)
+        }
+
+        /// One vectored device write at byte `offset` of the frames of `dirty[pages]`.
+        func addWrite(at offset: UInt64, pages: Range<Int>, cache: PageCache, blockSize: Int) {
+            var segments = spareSegments.popLast() ?? []
+            for k in pages { segments.append(iovec(iov_base: cache.memory(dirty[k].frame), iov_len: blockSize)) }
+            requests.append(BlockIORequest(kind: .write, segments: segments, offset: offset))
+        }
     }
 
     /// First phase (file lock held): pins the inode and the dirty pages,
@@ -641,8 +672,11 @@ public final class FileSystem: @unchecked Sendable {
             forgetDeadFile(f)
             return nil
         }
-        let w = PendingWriteBack(f)
-        w.dirty = cache.pinDirty(f)
+        let w = f.pendingWriteBack
+        precondition(!w.inUse, "a second write-back of inode \(f.ino) while one is pending")
+        w.inUse = true
+        w.reset()
+        cache.pinDirty(f, into: &w.dirty)
         do {
             try planWrites(w)
         } catch {
@@ -656,45 +690,55 @@ public final class FileSystem: @unchecked Sendable {
     /// Maps the dirty runs to device blocks (claiming new ones) and makes one
     /// vectored write per device-contiguous piece (at most 1 MiB).
     private func planWrites(_ w: PendingWriteBack) throws {
-        let f = w.file, dirty = w.dirty
         var i = 0
-        while i < dirty.count {
+        while i < w.dirty.count {
             // A run of consecutive dirty blocks.
             var j = i + 1
-            while j < dirty.count && dirty[j].block == dirty[j - 1].block + 1 { j += 1 }
-            let runStart = dirty[i].block
-            for seg in try metadata.mapBlocks(f.ino, start: runStart, count: UInt64(j - i)) {
-                var deviceStarts: [(fileBlock: UInt64, device: UInt64, length: UInt64)] = []
-                if let dev = seg.deviceBlock, !seg.shared {
-                    deviceStarts = [(seg.fileBlock, dev, seg.length)]
-                    if seg.unwritten { w.writtenRanges.append((seg.fileBlock, seg.length)) }
-                    for b in seg.fileBlock..<(seg.fileBlock + seg.length) where f.reserved.contains(b) { w.redundantReservations.append(b) }
-                } else {
-                    let held = (seg.fileBlock..<(seg.fileBlock + seg.length)).filter { f.reserved.contains($0) }
-                    let runs = try metadata.claimBlocks(f.ino, fileBlock: seg.fileBlock, count: seg.length, fromReservation: UInt64(held.count))
-                    w.consumedReservations += held
-                    w.claims += runs
-                    var fb = seg.fileBlock
-                    for r in runs {
-                        w.mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length, replacesShared: seg.shared))
-                        deviceStarts.append((fb, r.start, r.length))
-                        fb += r.length
-                    }
-                }
-                for piece in deviceStarts {
-                    var b = piece.fileBlock
-                    while b < piece.fileBlock + piece.length {
-                        let count = min(256, piece.fileBlock + piece.length - b)
-                        let iov = (0..<count).map { k -> iovec in
-                            let fr = dirty[i + Int(b + k - runStart)].frame
-                            return iovec(iov_base: cache.memory(fr), iov_len: Int(blockSize))
-                        }
-                        w.requests.append(BlockIORequest(kind: .write, segments: iov, offset: (piece.device + (b - piece.fileBlock)) * blockSize))
-                        b += count
-                    }
+            while j < w.dirty.count && w.dirty[j].block == w.dirty[j - 1].block + 1 { j += 1 }
+            try planRun(w, pages: i..<j)
+            i = j
+        }
+    }
+
+    /// The writes of `w.dirty[pages]`, consecutive file blocks: in place where
+    /// the blocks are mapped (and not shared), to newly claimed blocks elsewhere.
+    private func planRun(_ w: PendingWriteBack, pages: Range<Int>) throws {
+        let f = w.file, runStart = w.dirty[pages.lowerBound].block
+        try metadata.mapBlocks(f.ino, start: runStart, count: UInt64(pages.count), into: &w.runMap)
+        for seg in w.runMap {
+            let blocks = seg.fileBlock..<(seg.fileBlock + seg.length)
+            // w.dirty[firstPage + k] holds file block seg.fileBlock + k.
+            let firstPage = pages.lowerBound + Int(seg.fileBlock - runStart)
+            if let dev = seg.deviceBlock, !seg.shared {
+                if seg.unwritten { w.writtenRanges.append((seg.fileBlock, seg.length)) }
+                for b in blocks where f.reserved.contains(b) { w.redundantReservations.append(b) }
+                planPieces(w, firstPage: firstPage, device: dev, length: seg.length)
+            } else {
+                var held: UInt64 = 0
+                for b in blocks where f.reserved.contains(b) { held += 1 }
+                let runs = try metadata.claimBlocks(f.ino, fileBlock: seg.fileBlock, count: seg.length, fromReservation: held)
+                for b in blocks where f.reserved.contains(b) { w.consumedReservations.append(b) }
+                w.claims += runs
+                var page = firstPage, fb = seg.fileBlock
+                for r in runs {
+                    w.mappings.append(NewMapping(fileBlock: fb, deviceBlock: r.start, length: r.length, replacesShared: seg.shared))
+                    planPieces(w, firstPage: page, device: r.start, length: r.length)
+                    page += Int(r.length)
+                    fb += r.length
                 }
             }
-            i = j
+        }
+    }
+
+    /// Writes of `length` pages from `w.dirty[firstPage...]` to device blocks
+    /// from `device` on, at most 256 pages (1 MiB) each.
+    private func planPieces(_ w: PendingWriteBack, firstPage: Int, device: UInt64, length: UInt64) {
+        var done: UInt64 = 0
+        while done < length {
+            let count = min(256, length - done)
+            let first = firstPage + Int(done)
+            w.addWrite(at: (device + done) * blockSize, pages: first..<(first + Int(count)), cache: cache, blockSize: Int(blockSize))
+            done += count
         }
     }
 
@@ -720,8 +764,8 @@ public final class FileSystem: @unchecked Sendable {
         metadata.releaseClaimedBlocks(w.claims)
         // The reservations taken by the claims go back so the pages can be retried.
         if !w.consumedReservations.isEmpty { try? metadata.reserveBlocks(UInt64(w.consumedReservations.count)) }
-        w.claims = []
-        w.consumedReservations = []
+        w.claims.removeAll(keepingCapacity: true)
+        w.consumedReservations.removeAll(keepingCapacity: true)
         logger.error("write-back of inode \(w.file.ino) failed: \(error)")
         return (error as? Errno) ?? Errno.ioError
     }
@@ -730,6 +774,7 @@ public final class FileSystem: @unchecked Sendable {
     func endWriteBack(_ w: PendingWriteBack) {
         for d in w.dirty { cache.unpin(d.frame) }
         do { try metadata.unpin(w.file.ino) } catch { logger.error("write-back of inode \(w.file.ino): unpin: \(error)") }
+        w.inUse = false
     }
 
     private func flushDeviceOrThrow() throws {

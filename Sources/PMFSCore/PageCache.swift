@@ -169,15 +169,18 @@ final class PageCache: @unchecked Sendable {
         lock.withLock { file.pages.keys.filter { $0 >= from && $0 < to }.sorted() }
     }
 
-    /// Dirty block numbers of `file`, ascending, each with its frame pinned.
-    func pinDirty(_ file: FileData) -> [(block: UInt64, frame: Int32)] {
+    /// Dirty block numbers of `file`, ascending, each with its frame pinned,
+    /// into `result` (emptied first, its storage kept: write-back reuses one per file).
+    func pinDirty(_ file: FileData, into result: inout [(block: UInt64, frame: Int32)]) {
+        result.removeAll(keepingCapacity: true)
         lock.withLock {
-            file.dirtyBlocks.sorted().map { b in
+            for b in file.dirtyBlocks {
                 let f = file.pages[b]!
                 pinLocked(f)
-                return (b, f)
+                result.append((b, f))
             }
         }
+        result.sort { $0.block < $1.block }
     }
 
     /// Waits a little for frames to come free (another thread writing back).

@@ -122,42 +122,34 @@ public final class ThreadPoolEngine: BlockIOEngine, @unchecked Sendable {
     }
 
     /// Performs one request with preadv/pwritev, resuming after short transfers;
-    /// a read past the end of the device reads zeros.
+    /// a read past the end of the device reads zeros. The iovecs are passed
+    /// where they lie; only a short transfer (rare) copies the rest of them.
     static func run(_ fd: Int32, _ r: BlockIORequest) throws {
-        var segments = r.segments
-        var offset = off_t(r.offset)
-        var first = 0
-        while first < segments.count {
-            let n: Int = segments.withUnsafeMutableBufferPointer { iov in
-                let base = iov.baseAddress! + first
-                let count = Int32(iov.count - first)
-                switch r.kind {
-                case .read: return preadv(fd, base, count, offset)
-                case .write: return pwritev(fd, base, count, offset)
-                }
-            }
+        var rest = r
+        while true {
+            let n = transfer(fd, rest)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw DataDeviceError.io("\(r.kind) \(r.length) bytes at \(r.offset)", errno: IOErrno(errno))
             }
+            if n == rest.length { return }
             if n == 0 {
                 if r.kind == .read {
-                    for i in first..<segments.count { memset(segments[i].iov_base, 0, segments[i].iov_len) }
+                    for s in rest.segments { memset(s.iov_base, 0, s.iov_len) }
                     return
                 }
                 throw DataDeviceError.io("short write at \(r.offset)", errno: IOErrno(ENOSPC))
             }
-            offset += off_t(n)
-            var left = n
-            while left > 0 && first < segments.count {
-                if left >= segments[first].iov_len {
-                    left -= segments[first].iov_len
-                    first += 1
-                } else {
-                    segments[first].iov_base += left
-                    segments[first].iov_len -= left
-                    left = 0
-                }
+            rest = rest.dropping(n)
+        }
+    }
+
+    /// One preadv or pwritev of all of `r`'s segments: bytes moved, or -1 (errno set).
+    private static func transfer(_ fd: Int32, _ r: BlockIORequest) -> Int {
+        r.segments.withUnsafeBufferPointer { iov in
+            switch r.kind {
+            case .read: return preadv(fd, iov.baseAddress, Int32(iov.count), off_t(r.offset))
+            case .write: return pwritev(fd, iov.baseAddress, Int32(iov.count), off_t(r.offset))
             }
         }
     }

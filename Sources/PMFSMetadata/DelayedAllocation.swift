@@ -68,6 +68,16 @@ extension MetadataStore {
         }
     }
 
+    /// size, blocks, rdev, atime, mtime and ctime lie together in the inode:
+    /// one undo-log range for the four a commit changes (PMDK keeps a node
+    /// per range, so this costs less than four snapshots). The others are
+    /// only written under the inode's exclusive lock, which the commit holds.
+    private func snapshotSizeThroughCtime(_ p: UnsafeMutablePointer<pmfs_inode>, _ tx: Transaction) throws {
+        let start = MemoryLayout<pmfs_inode>.offset(of: \.size)!
+        let end = MemoryLayout<pmfs_inode>.offset(of: \.ctime)! + MemoryLayout<pmfs_timespec>.size
+        try tx.snapshotRaw(UnsafeMutableRawPointer(p) + start, end - start)
+    }
+
     private func commitWritesOnce(_ ino: UInt64, mappings: [NewMapping], written: [(start: UInt64, count: UInt64)],
                                   size: UInt64?, mtime: Timestamp?) throws {
         try locks.withExclusive(ino) {
@@ -89,10 +99,7 @@ extension MetadataStore {
                 let added = mappings.reduce(0) { $0 + $1.length }
                 for w in written { try markWrittenLocked(p, start: w.start, count: w.count, tx) }
                 if added > 0 || size != nil || mtime != nil {
-                    try tx.snapshot(field(p, \.blocks))
-                    try tx.snapshot(field(p, \.size))
-                    try tx.snapshot(field(p, \.mtime))
-                    try tx.snapshot(field(p, \.ctime))
+                    try snapshotSizeThroughCtime(p, tx)
                     p.pointee.blocks.addSaturating(added * UInt64(blockSize / 512))
                     if let size { p.pointee.size = size }
                     if let mtime { p.pointee.mtime = mtime.persistent; p.pointee.ctime = mtime.persistent }

@@ -597,12 +597,21 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     /// FSYNCs that arrived together: one device flush for all (FileSystem.fsync(group:)).
-    public func fsync(group: [FUSEFsync]) -> [Int32] {
-        let results = fs.fsync(group: group.map { (export.inode($0.nodeid), $0.dataOnly) })
-        return results.map { error in
-            guard let error else { return 0 }
-            do { return try run { throw error } } catch let e as FUSEError { return e.errno } catch { return EIO }
+    /// A lone one (the common case) goes straight to its file, with no tables.
+    public func fsync(group: [FUSEFsync], errors: inout [Int32]) {
+        if group.count == 1 {
+            errors[0] = replyErrno { try fs.fsync(export.inode(group[0].nodeid), dataOnly: group[0].dataOnly) }
+            return
         }
+        let results = fs.fsync(group: group.map { (export.inode($0.nodeid), $0.dataOnly) })
+        for (i, error) in results.enumerated() {
+            errors[i] = replyErrno { if let error { throw error } }
+        }
+    }
+
+    /// 0 if `body` succeeds, else the errno a reply carries for what it threw.
+    private func replyErrno(_ body: () throws -> Void) -> Int32 {
+        do { try run(body); return 0 } catch let e as FUSEError { return e.errno } catch { return EIO }
     }
 
     // MARK: directories

@@ -37,9 +37,9 @@ final class StubOperations: FUSEOperations, @unchecked Sendable {
     func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws { onFsync?() }
     /// Called with the size of each group of FSYNCs committed together.
     var onFsyncGroup: (@Sendable (Int) -> Void)?
-    func fsync(group: [FUSEFsync]) -> [Int32] {
+    func fsync(group: [FUSEFsync], errors: inout [Int32]) {
         onFsyncGroup?(group.count)
-        return group.map { _ in onFsync?(); return 0 }
+        for i in group.indices { onFsync?(); errors[i] = 0 }
     }
     func opendir(_ r: FUSERequest, nodeid: UInt64, flags: UInt32) throws -> FUSEOpenResult { FUSEOpenResult(handle: 1) }
     func readdir(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, limit: Int) throws -> [FUSEDirectoryEntry] {

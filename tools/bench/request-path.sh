@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The request path without a transport (Benchmarks/RequestPathBenchmarks):
-# GETATTR, LOOKUP (+ FORGET), READ 4 KiB, WRITE 4 KiB and WRITE + FSYNC handed to FUSEServer as
+# GETATTR, LOOKUP (+ FORGET), READ 4 KiB, WRITE 4 KiB and WRITE + FSYNC (alone, and grouped as the
+# vhost-user back end commits a pass's FSYNCs) handed to FUSEServer as
 # the vhost-user back end hands a guest's descriptor chain, in front of the real
 # PMFSOperations; pool and data file on /dev/shm, PMEM_IS_PMEM_FORCE=1 (emulated
 # PM). Prints time and heap allocations (malloc count) per request.
