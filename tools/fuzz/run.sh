@@ -41,9 +41,16 @@ start=$SECONDS
 needed=()
 for t in "${targets[@]}"; do needed+=(${modules[$t]}); done
 mkdir -p "$out"
+build_module() {
+    swift build --scratch-path "$scratch" -c "$config" --target "$1" \
+        -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing >"$out/build-$1.log" 2>&1
+}
 for m in $(printf '%s\n' "${needed[@]}" | sort -u); do
-    if ! swift build --scratch-path "$scratch" -c "$config" --target "$m" \
-            -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing >"$out/build-$m.log" 2>&1; then
+    # Once more on failure: a first build here links the benchmark plugin's
+    # tool too, and ld.gold has been seen to stop on it with an internal error
+    # (format_file_lineno) and swift-build to crash; the second build passed.
+    if ! build_module "$m" && { echo "fuzz: building $m failed once; again (log kept as build-$m.first.log)" >&2
+                                cp "$out/build-$m.log" "$out/build-$m.first.log"; ! build_module "$m"; }; then
         if grep -q "error:" "$out/build-$m.log"; then grep "error:" "$out/build-$m.log" | head -n 40 >&2; else tail -n 40 "$out/build-$m.log" >&2; fi
         echo "fuzz: building $m failed (log: $out/build-$m.log)" >&2
         exit 1
