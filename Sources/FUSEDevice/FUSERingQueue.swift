@@ -177,6 +177,12 @@ final class FUSERingQueue: @unchecked Sendable {
     /// The entry whose request the queue thread is handling now (its reply is
     /// committed right after); read by `replied` only on that thread.
     private var handling = -1
+    /// The FSYNCs of one batch of completions, made durable together after it
+    /// (one device flush for all), as the vhost-user queues do per pass.
+    private let fsyncGroup = FUSEFsyncGroup()
+    /// Set while the queue thread commits `fsyncGroup` itself: the replies go
+    /// to the mailbox without a wake-up, and are committed right after.
+    private var committingInline = false
     /// Set once the thread has its ring and registered its entries (or failed to).
     let registered = Atomic<Int>(0)   // 0 pending, 1 ok, -errno failed
     static let wakeTag = UInt64.max
@@ -253,8 +259,10 @@ final class FUSERingQueue: @unchecked Sendable {
         registered.store(Int(rc < 0 ? rc : -EIO), ordering: .releasing)
     }
 
-    /// Handles `n` completions; returns how many entries the kernel ended.
+    /// Handles `n` completions, then commits the FSYNCs among them together;
+    /// returns how many entries the kernel ended.
     private func complete(_ ring: inout io_uring, _ tags: [UInt64], _ results: [Int32], _ n: Int) -> Int {
+        defer { commitFsyncs(&ring) }
         var ended = 0
         for i in 0..<n {
             if tags[i] == Self.wakeTag {
@@ -301,13 +309,14 @@ final class FUSERingQueue: @unchecked Sendable {
             let queue = self
             // The entry's buffers stay ours until the commit, so a pool thread
             // may use them; its reply comes back through the mailbox.
-            if offload, let pool, FUSEServer.mayBlock(message) {
+            if offload, let pool, FUSEServer.mayBlock(message), !FUSEServer.joinsFsyncGroup(message) {
                 counters.ringOffloaded.add(1, ordering: .relaxed)
                 pool.submit { [server] in queue.serve(server, message, in: e, commitID: commitID) }
                 return
             }
+            // An FSYNC joins the batch's group (deferred; answered by its commit).
             handling = e.index
-            serve(server, message, in: e, commitID: commitID)
+            serve(server, message, in: e, commitID: commitID, group: fsyncGroup)
             handling = -1
         } else {
             e.state.withLock { $0.reply = .message([]) }   // lengths that do not add up: EIO
@@ -325,10 +334,11 @@ final class FUSERingQueue: @unchecked Sendable {
 
     /// Runs the request held in `e` through the engine, its reply written into
     /// the entry's own buffers.
-    private func serve(_ server: FUSEServer, _ message: UnsafeRawBufferPointer, in e: FUSERingEntry, commitID: UInt64) {
+    private func serve(_ server: FUSEServer, _ message: UnsafeRawBufferPointer, in e: FUSERingEntry, commitID: UInt64,
+                       group: FUSEFsyncGroup? = nil) {
         var request = RequestCursor(message)
         var reply = ReplyWriter(e.replyMemory)
-        let outcome = server.handle(&request, &reply) { [self] late in replied(e, commitID: commitID, .message(late)) }
+        let outcome = server.handle(&request, &reply, later: { [self] late in replied(e, commitID: commitID, .message(late)) }, group: group)
         switch outcome {
         case .replied(let length): replied(e, commitID: commitID, .inPlace(length))
         // A request that came by the ring is ended only by a commit, even one
@@ -351,7 +361,25 @@ final class FUSERingQueue: @unchecked Sendable {
         // another thread) goes through the mailbox.
         guard kept, pthread_equal(pthread_self(), owner) == 0 || handling != e.index else { return }
         mailbox.withLock { $0.append(e.index) }
-        wake()
+        if !(committingInline && pthread_equal(pthread_self(), owner) != 0) { wake() }
+    }
+
+    /// Makes the batch's FSYNCs durable: here, unless more requests already
+    /// wait on the ring (then on the pool, as one task, so they are not held
+    /// up by the device flush). Their replies are committed with the next
+    /// submission either way.
+    private func commitFsyncs(_ ring: inout io_uring) {
+        guard !fsyncGroup.isEmpty else { return }
+        if let pool, io_uring_cq_ready(&ring) > 0 {
+            let handed = FUSEFsyncGroup()
+            handed.take(from: fsyncGroup)
+            pool.submit { [server] in server.commit(handed) }
+            return
+        }
+        committingInline = true
+        server.commit(fsyncGroup)
+        committingInline = false
+        deliverMailbox(&ring)
     }
 
     /// Commits the replies other threads left for us.
