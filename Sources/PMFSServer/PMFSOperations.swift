@@ -593,19 +593,25 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     public func fsync(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, dataOnly: Bool) throws {
-        try run { try fs.fsync(export.inode(nodeid), dataOnly: dataOnly) }
+        try run { try fs.fsync(reference(nodeid), dataOnly: dataOnly) }
     }
 
     /// FSYNCs that arrived together: one device flush for all (FileSystem.fsync(group:)).
     /// A lone one (the common case) goes straight to its file, with no tables.
     public func fsync(group: [FUSEFsync], errors: inout [Int32]) {
         if group.count == 1 {
-            errors[0] = replyErrno { try fs.fsync(export.inode(group[0].nodeid), dataOnly: group[0].dataOnly) }
+            errors[0] = replyErrno { try fs.fsync(reference(group[0].nodeid), dataOnly: group[0].dataOnly) }
             return
         }
-        let results = fs.fsync(group: group.map { (export.inode($0.nodeid), $0.dataOnly) })
-        for (i, error) in results.enumerated() {
-            errors[i] = replyErrno { if let error { throw error } }
+        // A member naming a node this session holds no reference to fails alone (EBADF).
+        var held: [(UInt64, Bool)] = [], positions: [Int] = []
+        for (i, m) in group.enumerated() {
+            guard let ino = try? reference(m.nodeid) else { errors[i] = EBADF; continue }
+            held.append((ino, m.dataOnly))
+            positions.append(i)
+        }
+        for (k, error) in fs.fsync(group: held).enumerated() {
+            errors[positions[k]] = replyErrno { if let error { throw error } }
         }
     }
 

@@ -43,4 +43,21 @@ import Testing
         ops.fsync(group: [member(missing, 7)], errors: &errors)
         #expect(errors == [expected])
     }
+
+    /// A node another session looked up, but this one never did (or forgot),
+    /// is not this session's to fsync: EBADF, alone or in a group, and the
+    /// group's other members are still made durable.
+    @Test func aNodeTheSessionHoldsNoReferenceToGetsEBADF() throws {
+        let s = try PoolSessions()
+        let owner = s.session(), stranger = s.session()
+        let (f, fh) = try owner.create(root, parent: 1, name: Array("f".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
+        let (g, gh) = try stranger.create(root, parent: 1, name: Array("g".utf8), mode: 0o644, flags: UInt32(O_RDWR), umask: 0)
+        _ = try [UInt8](repeating: 1, count: 100).withUnsafeBytes { try stranger.write(root, nodeid: g.nodeid, handle: gh.handle, offset: 0, data: $0, flags: 0) }
+        #expect(singleErrno(stranger, f.nodeid) == EBADF)
+        var errors: [Int32] = [-1, -1]
+        stranger.fsync(group: [member(f.nodeid, fh.handle), member(g.nodeid, gh.handle)], errors: &errors)
+        #expect(errors == [EBADF, 0])
+        #expect(try s.metadata.getattr(g.nodeid).size == 100)
+        #expect(singleErrno(owner, f.nodeid) == 0)
+    }
 }
