@@ -30,6 +30,11 @@ struct DaemonSettings {
     var locks: String
     var writeback: Bool
     var pollMicroseconds: Int
+    /// The longest a queue worker polls by default: the window adapts (as
+    /// KVM's halt polling, whose default ceiling is 200 µs) and stays 0 for a
+    /// guest that is idle or slower than this. Measured (tools/bench/vhost.sh):
+    /// a wake-up costs ~50 µs here, so back-to-back requests gain most.
+    static let defaultPollMicroseconds = 50
     var socketGroup: String?
     /// The guest listeners of the file, then those of --socket and --fd (which win over the file's for one target).
     var guests: [ConfiguredGuest]
@@ -106,7 +111,7 @@ extension DaemonSettings {
             logLevel: level, tag: try source.string("tag", flags.tag, default: "pmfs", "1-36 bytes (virtio-fs tag)") { (1...36).contains($0.utf8.count) },
             queues: try source.int("queues", flags.queues, default: 1, 1...64), cache: cache, locks: locks,
             writeback: source.bool("writeback", flags.writeback, default: false),
-            pollMicroseconds: try source.int("poll-microseconds", flags.pollMicroseconds, default: 0, 0...1_000_000),
+            pollMicroseconds: try source.int("poll-microseconds", flags.pollMicroseconds, default: Self.defaultPollMicroseconds, 0...1_000_000),
             socketGroup: source.optionalString("socket-group", flags.socketGroup), guests: [])
         if flags.socketGroup == nil, let file, settings.socketGroup != nil, (try? settings.socketGID()) == nil {
             throw file.error("socket-group", "no group \(settings.socketGroup!)")

@@ -62,7 +62,7 @@ struct Pmfsd: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Let guests cache writes in their page cache (FUSE writeback cache, as virtiofsd's -o writeback): faster small writes; the guest's kernel then keeps size and mtime, so use it with a guest that is the only writer.")
     var writeback: Bool?
 
-    @Option(help: "Guest request workers poll their queue this many microseconds before sleeping (default 0: event driven only).")
+    @Option(help: "The longest a guest queue's worker polls its ring after a burst before sleeping (default 50; adaptive, 0 while the guest is idle or slow; 0: event driven only).")
     var pollMicroseconds: Int?
 
     @Option(help: "Write-back cache size, with K/M/G suffix (default 256M).")
