@@ -88,8 +88,10 @@ extension DataDevice {
     /// Makes every completed write durable, sharing the flush with concurrent callers.
     public func flushShared() throws {
         try groupFlush.flush {
+            let start = DispatchTime.now().uptimeNanoseconds
             try engine.flush()
             counters.flushes.increment()
+            counters.flushDuration.recordNanoseconds(Int64(truncatingIfNeeded: DispatchTime.now().uptimeNanoseconds &- start))
         }
     }
 
@@ -164,6 +166,8 @@ public final class ThreadPoolEngine: BlockIOEngine, @unchecked Sendable {
 /// The device's I/O as metrics: requests and bytes by op, and flushes.
 struct DeviceCounters: Sendable {
     let reads, writes, readBytes, writtenBytes, flushes: CoreMetrics.Counter
+    /// How long each device flush took (one per group of concurrent fsyncs).
+    let flushDuration: CoreMetrics.Timer
 
     init(_ factory: MetricsFactory) {
         func counter(_ name: String, _ op: String) -> CoreMetrics.Counter {
@@ -174,6 +178,7 @@ struct DeviceCounters: Sendable {
         readBytes = counter("pmfs_device_bytes_total", "read")
         writtenBytes = counter("pmfs_device_bytes_total", "write")
         flushes = CoreMetrics.Counter(label: "pmfs_device_flushes_total", factory: factory)
+        flushDuration = CoreMetrics.Timer(label: "pmfs_device_flush_duration_seconds", factory: factory)
     }
 
     /// A batch that completed.

@@ -319,6 +319,9 @@ public final class MetadataStore: @unchecked Sendable {
         try locks.withShared(ino) { attributes(ino, try inodes.inode(ino)) }
     }
 
+    /// pmemobj transactions committed and aborted since the pool was opened.
+    public var transactionCounts: (committed: UInt64, aborted: UInt64) { pool.transactionCounts }
+
     public func statistics() -> FileSystemStatistics {
         let live = inodes.liveCount
         // Inodes are limited by pool space; estimate 1 KiB of pool per inode.

@@ -1,6 +1,7 @@
 import CPMDK
 import Glibc
 import SystemPackage
+import Synchronization
 
 /// An open libpmemobj pool: the mapping, bounds-checked access to objects by
 /// offset, and transactions.
@@ -11,6 +12,11 @@ package final class PersistentPool: @unchecked Sendable {
     package let path: String
     package let uuidLo: UInt64
     private var closed = false
+    /// Transactions ended so far, for the metrics (read when scraped).
+    private let committedCount = Atomic<UInt64>(0), abortedCount = Atomic<UInt64>(0)
+    package var transactionCounts: (committed: UInt64, aborted: UInt64) {
+        (committedCount.load(ordering: .relaxed), abortedCount.load(ordering: .relaxed))
+    }
     /// Offsets of the live objects: the heap's own list, read at open, then
     /// kept as transactions commit. libpmemobj frees whatever offset it is
     /// given and crashes (SIGSEGV, SIGFPE) on one that starts no object, so a
@@ -160,14 +166,17 @@ package final class PersistentPool: @unchecked Sendable {
             let code: Int32 = (error as? Errno)?.rawValue ?? ECANCELED
             _ = cpmdk_tx_finish(code == 0 ? ECANCELED : code)
             tx.finish(committed: false)
+            abortedCount.add(1, ordering: .relaxed)
             throw error
         }
         let err = cpmdk_tx_finish(0)
         if err != 0 {
             tx.finish(committed: false)
+            abortedCount.add(1, ordering: .relaxed)
             throw Errno.fromPMDK(err)
         }
         tx.finish(committed: true)
+        committedCount.add(1, ordering: .relaxed)
         return result
     }
 }

@@ -11,6 +11,7 @@ public enum PMFSMetricHelp {
         "pmfs_device_requests_total": "Reads and writes submitted to the data device, by op.",
         "pmfs_device_bytes_total": "Bytes read from and written to the data device, by op.",
         "pmfs_device_flushes_total": "Flushes of the data device (shared by concurrent fsyncs).",
+        "pmfs_pool_transactions_total": "pmemobj transactions of the metadata pool, by outcome (committed, aborted).",
     ]
 
     public static let gauges: [String: String] = [
@@ -29,6 +30,7 @@ public enum PMFSMetricHelp {
 
     public static let histograms: [String: String] = [
         "pmfs_fuse_request_duration_seconds": "Time to handle a FUSE request in pmfsd, by session and class (read, write, fsync, metadata).",
+        "pmfs_device_flush_duration_seconds": "Time one flush of the data device took (one per group of concurrent fsyncs).",
     ]
 
     public static let text: [String: String] = counters.merging(gauges) { a, _ in a }.merging(histograms) { a, _ in a }

@@ -13,6 +13,7 @@ import PMFSData
 import PMFSMetadata
 import PMFSMetrics
 import PMFSServer
+import Synchronization
 import VhostUser
 
 struct Pmfsd: ParsableCommand {
@@ -305,7 +306,17 @@ extension Pmfsd {
         let frames = gauge("pmfs_cache_frames"), used = gauge("pmfs_cache_frames_used"), dirty = gauge("pmfs_cache_frames_dirty")
         let inodes = gauge("pmfs_inodes"), freeInodes = gauge("pmfs_inodes_free")
         let blocks = gauge("pmfs_data_blocks"), freeBlocks = gauge("pmfs_data_blocks_free"), blockSize = gauge("pmfs_data_block_size_bytes")
+        let committed = CoreMetrics.Counter(label: "pmfs_pool_transactions_total", dimensions: [("outcome", "committed")], factory: registry)
+        let aborted = CoreMetrics.Counter(label: "pmfs_pool_transactions_total", dimensions: [("outcome", "aborted")], factory: registry)
+        let reported = Mutex((committed: UInt64(0), aborted: UInt64(0)))
         registry.onScrape(key: "file system") {
+            // The pool counts; the counters move by what it counted since the last scrape.
+            let now = fs.metadata.transactionCounts
+            reported.withLock { last in
+                if now.committed > last.committed { committed.increment(by: Int64(clamping: now.committed - last.committed)) }
+                if now.aborted > last.aborted { aborted.increment(by: Int64(clamping: now.aborted - last.aborted)) }
+                last = (max(last.committed, now.committed), max(last.aborted, now.aborted))
+            }
             let cache = fs.cacheUsage
             frames.record(cache.frames); used.record(cache.used); dirty.record(cache.dirty)
             let s = fs.metadata.statistics()

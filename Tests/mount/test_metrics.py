@@ -98,6 +98,10 @@ def test_counters_move_by_what_the_mount_did(served):
     assert delta("pmfs_device_bytes_total", op="write") >= len(data)
     assert delta("pmfs_device_requests_total", op="write") >= 1
     assert delta("pmfs_device_flushes_total") >= 1
+    # Each flush is timed; the create and each fsync's commit are pool transactions; none aborted.
+    assert delta("pmfs_device_flush_duration_seconds_count") == delta("pmfs_device_flushes_total")
+    assert delta("pmfs_pool_transactions_total", outcome="committed") >= 1 + fsyncs
+    assert delta("pmfs_pool_transactions_total", outcome="aborted") == 0
     # Histogram buckets are cumulative and end at the count.
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in after.items()
                      if k[0] == "pmfs_fuse_request_duration_seconds_bucket" and {("class", "fsync"), ("session", "host")} <= k[1])
