@@ -68,6 +68,15 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// Whether the kernel was offered the writeback cache (INIT); it then
     /// reads through write-only handles.
     private let writebackCache = Atomic<Bool>(false)
+    /// Whether POSIX locks live in pmfsd's table (INIT agreed FUSE_POSIX_LOCKS).
+    /// FLUSH only drops them, so without it every open file is FOPEN_NOFLUSH:
+    /// close(2) then costs no request (the kernel keeps the locks itself).
+    private let remotePosixLocks = Atomic<Bool>(true)
+
+    /// The FOPEN_* flags of a file opened now.
+    private var fileOpenFlags: UInt32 {
+        remotePosixLocks.load(ordering: .relaxed) ? openFlags : openFlags | UInt32(FOPEN_NOFLUSH)
+    }
     /// The kernel's references (lookup counts) held by this session, per inode.
     private let lookups = Mutex<[UInt64: UInt64]>([:])
     /// This session's identity in the lock table shared by all sessions.
@@ -275,6 +284,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
 
     public func initialize(capabilities: UInt64) -> UInt64 {
         writebackCache.store(capabilities & UInt64(FUSE_WRITEBACK_CACHE) != 0, ordering: .relaxed)
+        remotePosixLocks.store(capabilities & UInt64(FUSE_POSIX_LOCKS) != 0, ordering: .relaxed)
         initializedAt.withLock { $0 = wallClockSeconds() }
         return capabilities
     }
@@ -477,7 +487,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             _ = try fs.setattr(nodeid, AttributeChanges(size: 0))
             changed([.contents(nodeid)])
         }
-        return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)), flags: openFlags)
+        return FUSEOpenResult(handle: newHandle(Handle(ino: nodeid, flags: flags, directory: false)), flags: fileOpenFlags)
     }
 
     public func create(_ r: FUSERequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: UInt32, umask: UInt32) throws -> (FUSEEntry, FUSEOpenResult) {
@@ -495,7 +505,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
             let e = try entry(a)
             changed([.entry(parent: parent, name: name), .attributes(parent)])
-            return (e, FUSEOpenResult(handle: h, flags: openFlags))
+            return (e, FUSEOpenResult(handle: h, flags: fileOpenFlags))
         }
     }
 
@@ -534,7 +544,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let o = try owner(r, parent: parent, mode: ModeBits.regular | (mode & 0o7777))
             let a = try metadata.tmpfile(parent, NewInode(mode: o.mode, uid: o.uid, gid: o.gid))
             let h = newHandle(Handle(ino: a.ino, flags: flags, directory: false))
-            return (try entry(a), FUSEOpenResult(handle: h, flags: openFlags))
+            return (try entry(a), FUSEOpenResult(handle: h, flags: fileOpenFlags))
         }
     }
 
