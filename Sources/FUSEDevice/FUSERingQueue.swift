@@ -144,7 +144,13 @@ public final class FUSETransportCounters: Sendable {
     let ringRequests = Atomic<Int>(0)
     let deviceRequests = Atomic<Int>(0)
     let ringOffloaded = Atomic<Int>(0)
+    let ringFsyncGroups = Atomic<Int>(0)
+    let ringGroupedFsyncs = Atomic<Int>(0)
     public init() {}
+    /// FSYNC groups committed from the rings, and the FSYNCs in them: more
+    /// FSYNCs than groups means some shared one device flush.
+    public var fsyncGroups: Int { ringFsyncGroups.load(ordering: .relaxed) }
+    public var groupedFsyncs: Int { ringGroupedFsyncs.load(ordering: .relaxed) }
     /// Ring requests that ran on a pool thread (they may block, others waited).
     public var offloaded: Int { ringOffloaded.load(ordering: .relaxed) }
     /// Requests taken from io_uring queues.
@@ -370,7 +376,10 @@ final class FUSERingQueue: @unchecked Sendable {
     /// submission either way.
     private func commitFsyncs(_ ring: inout io_uring) {
         guard !fsyncGroup.isEmpty else { return }
+        counters.ringFsyncGroups.add(1, ordering: .relaxed)
+        counters.ringGroupedFsyncs.add(fsyncGroup.count, ordering: .relaxed)
         if let pool, io_uring_cq_ready(&ring) > 0 {
+            counters.ringOffloaded.add(fsyncGroup.count, ordering: .relaxed)
             let handed = FUSEFsyncGroup()
             handed.take(from: fsyncGroup)
             pool.submit { [server] in server.commit(handed) }

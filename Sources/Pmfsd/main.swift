@@ -266,7 +266,7 @@ struct Pmfsd: ParsableCommand {
             notifier?.startWatchdog { (try? fs.getattr(1)) != nil }
             if let host {
                 host.serve(workers: workers)   // returns when unmounted (by us or by umount)
-                logger.notice("host mount: \(host.counters.viaRing) request(s) over io_uring, \(host.counters.viaDevice) over /dev/fuse; \(host.counters.offloaded) ring request(s) ran on pool threads")
+                logger.notice("host mount: \(host.counters.viaRing) request(s) over io_uring, \(host.counters.viaDevice) over /dev/fuse; \(host.counters.offloaded) ring request(s) ran on pool threads; \(host.counters.groupedFsyncs) fsync(s) in \(host.counters.fsyncGroups) group commit(s)")
                 controlServer?.stop()
                 guests.stopAll()
             } else {
