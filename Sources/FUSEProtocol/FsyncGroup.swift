@@ -94,7 +94,7 @@ extension FUSEServer {
     private func reply(to group: FUSEFsyncGroup, _ i: Int) {
         let member = group.members[i], error = i < group.errors.count ? group.errors[i] : EIO
         if let metrics {
-            if error != 0 { metrics.failed(member.request.opcode) }
+            if error != 0 { metrics.failed(member.request.opcode, errno: error) }
             metrics.finished(member.request.opcode, nanoseconds: monotonicNanoseconds() &- group.replies[i].start)
         }
         let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: member.request.unique)

@@ -12,6 +12,8 @@ public final class FUSERequestMetrics: Sendable {
     /// By opcode slot (`slot(_:)`): opcodes 0..<64, with every unnamed one sharing "other".
     private let requests: [CoreMetrics.Counter]
     private let errors: [CoreMetrics.Counter]
+    /// By errno (0..<`errnoSlots`; unnamed ones share "other").
+    private let errorsByErrno: [CoreMetrics.Counter]
     /// By `LatencyClass`.
     private let latency: [CoreMetrics.Timer]
     let readBytes: CoreMetrics.Counter
@@ -19,6 +21,7 @@ public final class FUSERequestMetrics: Sendable {
 
     public static let requestsName = "pmfs_fuse_requests_total"
     public static let errorsName = "pmfs_fuse_request_errors_total"
+    public static let errnoName = "pmfs_fuse_errors_by_errno_total"
     public static let latencyName = "pmfs_fuse_request_duration_seconds"
     public static let readBytesName = "pmfs_fuse_read_bytes_total"
     public static let writtenBytesName = "pmfs_fuse_written_bytes_total"
@@ -34,6 +37,11 @@ public final class FUSERequestMetrics: Sendable {
         }
         requests = counters(Self.requestsName)
         errors = counters(Self.errorsName)
+        let otherErrno = CoreMetrics.Counter(label: Self.errnoName, dimensions: [("session", session), ("errno", "other")], factory: factory)
+        errorsByErrno = (0..<Self.errnoSlots).map { e in
+            guard let name = Self.errnoNames[Int32(e)] else { return otherErrno }
+            return CoreMetrics.Counter(label: Self.errnoName, dimensions: [("session", session), ("errno", name)], factory: factory)
+        }
         latency = LatencyClass.allCases.map {
             CoreMetrics.Timer(label: Self.latencyName, dimensions: [("session", session), ("class", $0.label)], factory: factory)
         }
@@ -54,7 +62,27 @@ public final class FUSERequestMetrics: Sendable {
     }
 
     @inline(__always)
-    func failed(_ opcode: UInt32) { errors[Self.slot(opcode)].increment() }
+    func failed(_ opcode: UInt32, errno: Int32) {
+        errors[Self.slot(opcode)].increment()
+        errorsByErrno[errno > 0 && errno < Int32(Self.errnoSlots) ? Int(errno) : 0].increment()
+    }
+
+    static let errnoSlots = 134
+
+    /// The errnos a FUSE server answers with, by their C names; any other
+    /// counts as "other" (one counter each, made at start).
+    public static let errnoNames: [Int32: String] = {
+        let known: [(Int32, String)] = [
+            (EPERM, "EPERM"), (ENOENT, "ENOENT"), (EINTR, "EINTR"), (EIO, "EIO"), (ENXIO, "ENXIO"), (E2BIG, "E2BIG"),
+            (EBADF, "EBADF"), (EAGAIN, "EAGAIN"), (ENOMEM, "ENOMEM"), (EACCES, "EACCES"), (EEXIST, "EEXIST"),
+            (EXDEV, "EXDEV"), (ENODEV, "ENODEV"), (ENOTDIR, "ENOTDIR"), (EISDIR, "EISDIR"), (EINVAL, "EINVAL"),
+            (EMFILE, "EMFILE"), (EFBIG, "EFBIG"), (ENOSPC, "ENOSPC"), (ESPIPE, "ESPIPE"), (EROFS, "EROFS"),
+            (EMLINK, "EMLINK"), (ERANGE, "ERANGE"), (ENAMETOOLONG, "ENAMETOOLONG"), (ENOLCK, "ENOLCK"), (ENOSYS, "ENOSYS"),
+            (ENOTEMPTY, "ENOTEMPTY"), (ELOOP, "ELOOP"), (ENODATA, "ENODATA"), (EOVERFLOW, "EOVERFLOW"), (EPROTO, "EPROTO"),
+            (EOPNOTSUPP, "EOPNOTSUPP"), (EDEADLK, "EDEADLK"), (ETXTBSY, "ETXTBSY"), (ECANCELED, "ECANCELED"),
+        ]
+        return Dictionary(uniqueKeysWithValues: known)
+    }()
 
     /// The label values of opcodes (lowercase, without FUSE_), for a known opcode.
     public static let opcodeNames: [UInt32: String] = {

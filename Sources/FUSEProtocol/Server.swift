@@ -144,7 +144,7 @@ public final class FUSEServer: @unchecked Sendable {
 
     /// An error reply, in place of anything half written.
     private func fail(_ r: FUSERequest, _ errno: Int32, _ out: inout ReplyWriter) -> FUSEOutcome {
-        metrics?.failed(r.opcode)
+        metrics?.failed(r.opcode, errno: errno)
         out.reset()
         let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -errno, unique: r.unique)
         guard (try? out.write(header)) != nil else { return .noReply }   // no room even for that
@@ -468,7 +468,7 @@ public final class FUSEServer: @unchecked Sendable {
         operations.setlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
                          flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [unique = r.unique, opcode = r.opcode, metrics] error in
             guard decision.settle(error) else { return }
-            if error != 0 { metrics?.failed(opcode) }
+            if error != 0 { metrics?.failed(opcode, errno: error) }
             var header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: unique)
             later(withUnsafeBytes(of: &header) { Array($0) })
         }

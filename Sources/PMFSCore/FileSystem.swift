@@ -56,6 +56,8 @@ public final class FileSystem: @unchecked Sendable {
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
     private let fsyncs: CoreMetrics.Counter
+    /// Blocks a read found in the write-back cache, and did not (holes too).
+    private let cacheHits: CoreMetrics.Counter, cacheMisses: CoreMetrics.Counter
     /// The most blocks one pass of a read pins (the largest FUSE read, 1 MiB,
     /// in one pass unless unaligned); its frame numbers live on the stack.
     static let readChunkBlocks = 256
@@ -63,6 +65,8 @@ public final class FileSystem: @unchecked Sendable {
     public init(metadata: MetadataStore, device: DataDevice, options: Options = Options(),
                 logger: Logger = Logger(label: "pmfs.core"), metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
         fsyncs = CoreMetrics.Counter(label: "pmfs_fsyncs_total", factory: metrics)
+        cacheHits = CoreMetrics.Counter(label: "pmfs_cache_hits_total", factory: metrics)
+        cacheMisses = CoreMetrics.Counter(label: "pmfs_cache_misses_total", factory: metrics)
         self.metadata = metadata
         self.device = device
         self.options = options
@@ -414,6 +418,7 @@ public final class FileSystem: @unchecked Sendable {
                             into frames: UnsafeMutableBufferPointer<Int32>) throws {
         precondition(frames.count == Int(to - from))
         var firstMissing: UInt64?, lastMissing: UInt64 = 0
+        var misses = 0
         for b in from..<to {
             if let fr = cache.lookup(f, b) {
                 frames[Int(b - from)] = fr
@@ -421,8 +426,11 @@ public final class FileSystem: @unchecked Sendable {
                 frames[Int(b - from)] = -1
                 if firstMissing == nil { firstMissing = b }
                 lastMissing = b
+                misses += 1
             }
         }
+        if misses < frames.count { cacheHits.increment(by: frames.count - misses) }
+        if misses > 0 { cacheMisses.increment(by: misses) }
         let aheadStart = to
         if firstMissing == nil && readAheadTo <= aheadStart { return }
         var pinned: [Int32] = []

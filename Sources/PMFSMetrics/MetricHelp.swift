@@ -5,12 +5,15 @@ public enum PMFSMetricHelp {
     public static let counters: [String: String] = [
         "pmfs_fuse_requests_total": "FUSE requests taken, by session and opcode.",
         "pmfs_fuse_request_errors_total": "FUSE requests answered with an error, by session and opcode.",
+        "pmfs_fuse_errors_by_errno_total": "FUSE requests answered with an error, by session and errno (C name; others as other).",
         "pmfs_fuse_read_bytes_total": "Bytes returned by FUSE READ, by session.",
         "pmfs_fuse_written_bytes_total": "Bytes accepted by FUSE WRITE, by session.",
         "pmfs_fsyncs_total": "File fsyncs (and fdatasyncs) carried out by the file-system core, all sessions.",
         "pmfs_device_requests_total": "Reads and writes submitted to the data device, by op.",
         "pmfs_device_bytes_total": "Bytes read from and written to the data device, by op.",
         "pmfs_device_flushes_total": "Flushes of the data device (shared by concurrent fsyncs).",
+        "pmfs_cache_hits_total": "Blocks a read found in the write-back cache.",
+        "pmfs_cache_misses_total": "Blocks a read did not find in the write-back cache (read from the device, or holes).",
         "pmfs_pool_transactions_total": "pmemobj transactions of the metadata pool, by outcome (committed, aborted).",
     ]
 

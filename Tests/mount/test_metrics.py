@@ -76,6 +76,7 @@ def test_counters_move_by_what_the_mount_did(served):
         os.close(fd)
     with open(path, "rb") as f:
         assert f.read() == data
+    # The read came to pmfsd (an open drops the kernel's pages): each block counts as a hit or a miss.
     missing = f"missing-{time.monotonic_ns()}"
     assert not os.path.exists(served.path(missing))
     after = scrape(served)
@@ -93,6 +94,9 @@ def test_counters_move_by_what_the_mount_did(served):
     assert delta("pmfs_fuse_requests_total", session="host", opcode="create") == 1
     # The LOOKUP of the missing name answered ENOENT.
     assert delta("pmfs_fuse_request_errors_total", session="host", opcode="lookup") >= 1
+    assert delta("pmfs_fuse_errors_by_errno_total", session="host", errno="ENOENT") >= 1
+    assert delta("pmfs_fuse_errors_by_errno_total", session="host", errno="EIO") == 0
+    assert delta("pmfs_cache_hits_total") + delta("pmfs_cache_misses_total") >= len(data) // 4096
     assert delta("pmfs_fuse_request_errors_total", session="host", opcode="fsync") == 0
     # Each fsync wrote its dirty blocks to the device and flushed it.
     assert delta("pmfs_device_bytes_total", op="write") >= len(data)
