@@ -99,6 +99,7 @@ extension FUSEServer {
         }
         let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: member.request.unique)
         group.replyBytes.withUnsafeMutableBytes { $0.storeBytes(of: header, as: fuse_out_header.self) }
+        answered.add(1, ordering: .relaxed)
         group.replies[i].sink(group.replyBytes)
     }
 }

@@ -17,8 +17,16 @@ public final class FUSEServer: @unchecked Sendable {
     private let negotiatedState = Mutex<(initialized: Bool, flags: UInt64, minor: UInt32)>((false, 0, 0))
     private let withheld = Atomic<UInt64>(0)
     private let taken = Atomic<UInt64>(0)
+    /// Requests answered (or ended without an answer) so far; a deferred one
+    /// counts when its answer goes out.
+    let answered = Atomic<UInt64>(0)
     /// Requests taken so far (`pmfsctl sessions`), metrics on or off.
     public var requestsTaken: UInt64 { taken.load(ordering: .relaxed) }
+    /// Requests taken and not answered yet (waiting SETLKWs, FSYNCs in a group, those being served).
+    public var requestsInFlight: Int {
+        let done = answered.load(ordering: .relaxed), all = taken.load(ordering: .relaxed)
+        return all > done ? Int(clamping: all - done) : 0
+    }
 
     public static let defaultCapabilities: UInt64 =
         UInt64(FUSE_ASYNC_READ | FUSE_POSIX_LOCKS | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_BIG_WRITES |
@@ -99,12 +107,17 @@ public final class FUSEServer: @unchecked Sendable {
         guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
         taken.add(1, ordering: .relaxed)
         // Every transport comes through here: the one place requests are counted and timed.
-        guard let metrics else { return serve(header, &request, &reply, later: later, group: group) }
-        let start = monotonicNanoseconds()
-        let joined = group?.count ?? 0
-        let outcome = serve(header, &request, &reply, later: later, group: group)
-        // A grouped FSYNC is timed until its reply, by commit.
-        if (group?.count ?? 0) == joined { metrics.finished(header.opcode, nanoseconds: monotonicNanoseconds() &- start) }
+        let outcome: FUSEOutcome
+        if let metrics {
+            let start = monotonicNanoseconds()
+            let joined = group?.count ?? 0
+            outcome = serve(header, &request, &reply, later: later, group: group)
+            // A grouped FSYNC is timed until its reply, by commit.
+            if (group?.count ?? 0) == joined { metrics.finished(header.opcode, nanoseconds: monotonicNanoseconds() &- start) }
+        } else {
+            outcome = serve(header, &request, &reply, later: later, group: group)
+        }
+        if case .deferred = outcome {} else { answered.add(1, ordering: .relaxed) }
         return outcome
     }
 
@@ -466,8 +479,9 @@ public final class FUSEServer: @unchecked Sendable {
         let l = try a.read(fuse_lk_in.self)
         let decision = LockDecision()
         operations.setlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
-                         flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [unique = r.unique, opcode = r.opcode, metrics] error in
+                         flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [self, unique = r.unique, opcode = r.opcode] error in
             guard decision.settle(error) else { return }
+            answered.add(1, ordering: .relaxed)
             if error != 0 { metrics?.failed(opcode, errno: error) }
             var header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: unique)
             later(withUnsafeBytes(of: &header) { Array($0) })

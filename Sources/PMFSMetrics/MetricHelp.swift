@@ -29,6 +29,7 @@ public enum PMFSMetricHelp {
         "pmfs_vhost_connected": "1 while a vhost-user front end (QEMU) is connected to the session's socket.",
         "pmfs_vhost_queues_running": "Request and hiprio queues with a running worker, by session.",
         "pmfs_open_handles": "Open file and directory handles, by session.",
+        "pmfs_fuse_requests_in_flight": "FUSE requests taken and not answered yet (waiting locks, fsyncs in a group, those being served), by session.",
     ]
 
     public static let histograms: [String: String] = [

@@ -134,7 +134,7 @@ final class Guests: @unchecked Sendable {
         // A guest that reboots or a QEMU that goes away ends its FUSE session.
         backend.onSessionEnd = { operations.endSession() }
         if let metrics {
-            Pmfsd.collectSessionGauges(session: session, operations, into: metrics)
+            Pmfsd.collectSessionGauges(session: session, operations, server, into: metrics)
             Pmfsd.collectVhostGauges(session: session, backend, into: metrics)
         }
         let guest = running.withLock { state in

@@ -189,8 +189,8 @@ struct Pmfsd: ParsableCommand {
                 if transport != .device { allowRingTransport(logger: logger) }
                 let offered = FUSEServer.defaultCapabilities | (transport == .device ? 0 : FUSEServer.overIOURing)
                 let sessionMetrics = registry.map { FUSERequestMetrics(session: "host", factory: $0) }
-                if let registry { Self.collectSessionGauges(session: "host", operations, into: registry) }
                 let server = FUSEServer(operations: operations, offered: offered, metrics: sessionMetrics)
+                if let registry { Self.collectSessionGauges(session: "host", operations, server, into: registry) }
                 let m = try FUSEMount(mountPoint: mount, server: server, fsName: "pmfs")
                 let how: String
                 do {
@@ -325,9 +325,13 @@ extension Pmfsd {
         }
     }
 
-    static func collectSessionGauges(session: String, _ operations: PMFSOperations, into registry: MetricsRegistry) {
+    static func collectSessionGauges(session: String, _ operations: PMFSOperations, _ server: FUSEServer, into registry: MetricsRegistry) {
         let handles = Gauge(label: "pmfs_open_handles", dimensions: [("session", session)], factory: registry)
-        registry.onScrape(key: "session \(session)") { handles.record(operations.openHandleCount) }
+        let inFlight = Gauge(label: "pmfs_fuse_requests_in_flight", dimensions: [("session", session)], factory: registry)
+        registry.onScrape(key: "session \(session)") {
+            handles.record(operations.openHandleCount)
+            inFlight.record(server.requestsInFlight)
+        }
     }
 
     static func collectVhostGauges(session: String, _ backend: VhostUserBackend, into registry: MetricsRegistry) {

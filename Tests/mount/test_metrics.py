@@ -248,3 +248,33 @@ def test_an_address_in_use_fails_the_start():
         rc, err = start_failure(["--metrics", f"127.0.0.1:{taken.getsockname()[1]}"])
     assert rc == 1, err
     assert "cannot listen" in err, err
+
+
+def test_a_waiting_lock_is_a_request_in_flight(served):
+    """pmfs_fuse_requests_in_flight counts a SETLKW that waits for its lock (deferred), and drops once it is
+    answered."""
+    import sys
+    path = served.path("locked")
+    with open(path, "wb") as f:
+        f.write(b"x")
+    hold = "import fcntl, sys, time\nf = open(sys.argv[1], 'r+b')\nfcntl.lockf(f, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiter = subprocess.Popen([sys.executable, "-c", "import fcntl, sys\nf = open(sys.argv[1], 'r+b')\nfcntl.lockf(f, fcntl.LOCK_EX)\n", path])
+        deadline = time.monotonic() + 10
+        while value(scrape(served), "pmfs_fuse_requests_in_flight", session="host") < 1:
+            assert time.monotonic() < deadline, "the waiting SETLKW never showed as in flight"
+            time.sleep(0.05)
+        holder.stdin.close()   # the holder exits, its lock goes, the waiter gets it
+        assert waiter.wait(timeout=20) == 0
+        deadline = time.monotonic() + 10
+        while value(scrape(served), "pmfs_fuse_requests_in_flight", session="host") != 0:
+            assert time.monotonic() < deadline, "in-flight requests did not return to 0 once the lock was granted"
+            time.sleep(0.05)
+    finally:
+        for p in (holder, waiter):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
