@@ -40,7 +40,10 @@ import Testing
         var reused = 0
         let deadline = DispatchTime.now().uptimeNanoseconds + 2_000_000_000
         var round = 0
-        while DispatchTime.now().uptimeNanoseconds < deadline || round < 50 {
+        // At most `maxRounds`: each round keeps a one-block file, and a fast
+        // machine filled the fixture's 16,384 blocks within the two seconds.
+        let maxRounds = 4000
+        while (DispatchTime.now().uptimeNanoseconds < deadline || round < 50) && round < maxRounds {
             round += 1
             let big = try t.metadata.create(1, try FileName("big-\(round)"), NewInode(mode: UInt32(S_IFREG) | 0o644), pin: true)
             let bigBytes = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 4096 * Int.random(in: 2...20, using: &rng) + 40)
