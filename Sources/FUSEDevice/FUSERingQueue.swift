@@ -375,20 +375,14 @@ final class FUSERingQueue: @unchecked Sendable {
     /// up by the device flush). Their replies are committed with the next
     /// submission either way.
     private func commitFsyncs(_ ring: inout io_uring) {
-        guard !fsyncGroup.isEmpty else { return }
+        let members = fsyncGroup.count
+        guard members > 0 else { return }
         counters.ringFsyncGroups.add(1, ordering: .relaxed)
-        counters.ringGroupedFsyncs.add(fsyncGroup.count, ordering: .relaxed)
-        if let pool, io_uring_cq_ready(&ring) > 0 {
-            counters.ringOffloaded.add(fsyncGroup.count, ordering: .relaxed)
-            let handed = FUSEFsyncGroup()
-            handed.take(from: fsyncGroup)
-            pool.submit { [server] in server.commit(handed) }
-            return
-        }
+        counters.ringGroupedFsyncs.add(members, ordering: .relaxed)
         committingInline = true
-        server.commit(fsyncGroup)
+        let handed = server.commit(fsyncGroup, handingTo: pool, busy: io_uring_cq_ready(&ring) > 0)
         committingInline = false
-        deliverMailbox(&ring)
+        if handed { counters.ringOffloaded.add(members, ordering: .relaxed) } else { deliverMailbox(&ring) }
     }
 
     /// Commits the replies other threads left for us.

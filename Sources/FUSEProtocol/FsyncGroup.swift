@@ -79,6 +79,22 @@ extension FUSEOperations {
 }
 
 extension FUSEServer {
+    /// Commits a transport's group here, or, when `busy` (requests already
+    /// wait behind it) and there is a pool, on the pool as one task, so those
+    /// requests are not held up by the device flush. True if it was handed over.
+    @discardableResult
+    public func commit(_ group: FUSEFsyncGroup, handingTo pool: RequestPool?, busy: Bool) -> Bool {
+        guard !group.isEmpty else { return false }
+        guard let pool, busy else {
+            commit(group)
+            return false
+        }
+        let handed = FUSEFsyncGroup()
+        handed.take(from: group)
+        pool.submit { [self] in commit(handed) }
+        return true
+    }
+
     /// Makes a group's FSYNCs durable and sends each its reply (an out-header
     /// with its error); the group is empty afterwards.
     public func commit(_ group: FUSEFsyncGroup) {

@@ -650,11 +650,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// on the pool as one task, so requests that came meanwhile are not held
     /// up by the device flush.
     private func commit(_ group: FUSEFsyncGroup, on q: Virtqueue) {
-        guard !group.isEmpty else { return }
-        guard let pool, q.hasMore else { return server.commit(group) }
-        let handed = FUSEFsyncGroup()
-        handed.take(from: group)
-        pool.submit { [server] in server.commit(handed) }
+        server.commit(group, handingTo: pool, busy: q.hasMore)
     }
 
     static func joinsFsyncGroup(_ chain: Virtqueue.Chain) -> Bool {
