@@ -56,8 +56,7 @@ public final class FileSystem: @unchecked Sendable {
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
     private let fsyncs: CoreMetrics.Counter
-    /// Blocks a read found in the write-back cache, and did not (holes too).
-    private let cacheHits: CoreMetrics.Counter, cacheMisses: CoreMetrics.Counter
+    private let cacheCounters: CacheCounters
     /// The most blocks one pass of a read pins (the largest FUSE read, 1 MiB,
     /// in one pass unless unaligned); its frame numbers live on the stack.
     static let readChunkBlocks = 256
@@ -65,8 +64,7 @@ public final class FileSystem: @unchecked Sendable {
     public init(metadata: MetadataStore, device: DataDevice, options: Options = Options(),
                 logger: Logger = Logger(label: "pmfs.core"), metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
         fsyncs = CoreMetrics.Counter(label: "pmfs_fsyncs_total", factory: metrics)
-        cacheHits = CoreMetrics.Counter(label: "pmfs_cache_hits_total", factory: metrics)
-        cacheMisses = CoreMetrics.Counter(label: "pmfs_cache_misses_total", factory: metrics)
+        cacheCounters = CacheCounters(metrics)
         self.metadata = metadata
         self.device = device
         self.options = options
@@ -270,10 +268,13 @@ public final class FileSystem: @unchecked Sendable {
 
     /// A pinned frame for `block` of `f`, making room if the cache is full of
     /// dirty pages: first by writing back this file, then others, then waiting.
-    private func frame(_ f: FileData, _ block: UInt64) throws -> Int32 {
+    private func frame(_ f: FileData, _ block: UInt64, forWrite: Bool) throws -> Int32 {
+        if let frame = cache.insert(f, block) { return frame }
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer { cacheCounters.throttled(write: forWrite, since: start) }
         var attempts = 0
         while true {
-            if let frame = cache.insert(f, block) { return frame }
+            if attempts > 0, let frame = cache.insert(f, block) { return frame }
             attempts += 1
             if !f.dirtyBlocks.isEmpty && attempts == 1 {
                 try writeBack(f, flushDevice: false)
@@ -429,8 +430,8 @@ public final class FileSystem: @unchecked Sendable {
                 misses += 1
             }
         }
-        if misses < frames.count { cacheHits.increment(by: frames.count - misses) }
-        if misses > 0 { cacheMisses.increment(by: misses) }
+        if misses < frames.count { cacheCounters.hits.increment(by: frames.count - misses) }
+        if misses > 0 { cacheCounters.misses.increment(by: misses) }
         let aheadStart = to
         if firstMissing == nil && readAheadTo <= aheadStart { return }
         var pinned: [Int32] = []
@@ -459,7 +460,7 @@ public final class FileSystem: @unchecked Sendable {
                         }
                         fr = got
                     } else {
-                        fr = try frame(f, b)
+                        fr = try frame(f, b, forWrite: false)
                     }
                     pinned.append(fr)
                     readFrames.append((b, fr))
@@ -549,7 +550,7 @@ public final class FileSystem: @unchecked Sendable {
                     if let cached = cache.lookup(f, b) {
                         fr = cached
                     } else {
-                        do { fr = try frame(f, b) } catch {
+                        do { fr = try frame(f, b, forWrite: true) } catch {
                             if needsReservation { metadata.unreserveBlocks(1) }
                             throw error
                         }
@@ -763,6 +764,7 @@ public final class FileSystem: @unchecked Sendable {
         for b in w.redundantReservations { f.reserved.remove(b) }
         metadata.unreserveBlocks(UInt64(w.redundantReservations.count))
         for d in w.dirty { cache.markClean(d.frame) }
+        if !w.dirty.isEmpty { cacheCounters.writtenBackBytes.increment(by: w.dirty.count * Int(blockSize)) }
         f.dirtySince = 0
     }
 

@@ -81,8 +81,9 @@ extension DataDevice {
     /// Performs `requests` once they are known to lie in the data area.
     public func perform(_ requests: [BlockIORequest]) throws {
         try checkRange(requests)
+        let start = counters.timed ? DispatchTime.now().uptimeNanoseconds : 0
         try engine.perform(requests)
-        counters.count(requests)
+        counters.count(requests, startedAt: start)
     }
 
     /// Makes every completed write durable, sharing the flush with concurrent callers.
@@ -163,11 +164,16 @@ public final class ThreadPoolEngine: BlockIOEngine, @unchecked Sendable {
     public func close() {}
 }
 
-/// The device's I/O as metrics: requests and bytes by op, and flushes.
+/// The device's I/O as metrics: requests and bytes by op, batch times, and flushes.
 struct DeviceCounters: Sendable {
     let reads, writes, readBytes, writtenBytes, flushes: CoreMetrics.Counter
     /// How long each device flush took (one per group of concurrent fsyncs).
     let flushDuration: CoreMetrics.Timer
+    /// How long each batch of transfers took, submitted to last completion,
+    /// by its op (a batch is all reads or all writes).
+    let readBatchDuration, writeBatchDuration: CoreMetrics.Timer
+    /// False with no metrics: then no batch reads the clock.
+    let timed: Bool
 
     init(_ factory: MetricsFactory) {
         func counter(_ name: String, _ op: String) -> CoreMetrics.Counter {
@@ -179,10 +185,17 @@ struct DeviceCounters: Sendable {
         writtenBytes = counter("pmfs_device_bytes_total", "write")
         flushes = CoreMetrics.Counter(label: "pmfs_device_flushes_total", factory: factory)
         flushDuration = CoreMetrics.Timer(label: "pmfs_device_flush_duration_seconds", factory: factory)
+        readBatchDuration = CoreMetrics.Timer(label: "pmfs_device_batch_duration_seconds", dimensions: [("op", "read")], factory: factory)
+        writeBatchDuration = CoreMetrics.Timer(label: "pmfs_device_batch_duration_seconds", dimensions: [("op", "write")], factory: factory)
+        timed = !(factory is NOOPMetricsHandler)
     }
 
-    /// A batch that completed.
-    func count(_ requests: [BlockIORequest]) {
+    /// A batch that completed, begun at `start` (uptime ns; 0 when not timed).
+    func count(_ requests: [BlockIORequest], startedAt start: UInt64) {
+        if timed, let first = requests.first {
+            let elapsed = Int64(truncatingIfNeeded: DispatchTime.now().uptimeNanoseconds &- start)
+            (first.kind == .read ? readBatchDuration : writeBatchDuration).recordNanoseconds(elapsed)
+        }
         var n = (reads: 0, writes: 0, readBytes: 0, writtenBytes: 0)
         for r in requests {
             switch r.kind {

@@ -329,7 +329,7 @@ public final class MetadataStore: @unchecked Sendable {
         let freeBlocks = space.lock.withLock { space.freeBlocks }
         return FileSystemStatistics(blockSize: blockSize, totalBlocks: space.blockCount - space.reservedBlocks,
                                     freeBlocks: freeBlocks, totalInodes: total, freeInodes: total - live,
-                                    nameMax: PMFS_NAME_MAX, poolBytes: pool.size)
+                                    nameMax: PMFS_NAME_MAX, poolBytes: pool.size, poolObjectBytes: pool.objectBytes)
     }
 
     // MARK: helpers for operations

@@ -23,6 +23,10 @@ package final class PersistentPool: @unchecked Sendable {
     /// reference read from the pool is checked here before it is freed.
     private var liveObjects = Set<UInt64>()
     private let liveObjectsLock = Mutex()
+    /// Usable bytes of the live objects: summed at open, then moved by each
+    /// committed transaction (for the metrics and `pmfsctl df`).
+    private let liveObjectBytes = Atomic<Int64>(0)
+    package var objectBytes: UInt64 { UInt64(clamping: liveObjectBytes.load(ordering: .relaxed)) }
 
     private init(handle: OpaquePointer, path: String) throws {
         self.handle = handle
@@ -41,10 +45,22 @@ package final class PersistentPool: @unchecked Sendable {
         uuidLo = cpmdk_pool_uuid_lo(handle)
         rootOffset = rootOff
         var off = cpmdk_first(handle)
+        var bytes: Int64 = 0
         while off != 0 {
             liveObjects.insert(off)
+            bytes &+= usableBytes(off)
             off = cpmdk_next(handle, off)
         }
+        liveObjectBytes.store(bytes, ordering: .relaxed)
+    }
+
+    /// What libpmemobj says the object at `offset` holds (its allocation header).
+    fileprivate func usableBytes(_ offset: UInt64) -> Int64 {
+        Int64(clamping: pmemobj_alloc_usable_size(PMEMoid(pool_uuid_lo: uuidLo, off: offset)))
+    }
+
+    fileprivate func objectBytesChanged(by delta: Int64) {
+        if delta != 0 { liveObjectBytes.add(delta, ordering: .relaxed) }
     }
 
     /// Takes `offset` out of the live set for a free; false if no object starts there.
@@ -191,6 +207,8 @@ package final class Transaction {
     /// Objects this transaction allocated, and live ones it took to free.
     private var allocated = Set<UInt64>()
     private var freedLive: [UInt64] = []
+    /// Usable bytes allocated less those freed, applied to the pool's count at commit.
+    private var objectBytesDelta: Int64 = 0
 
     init(pool: PersistentPool) { self.pool = pool }
 
@@ -211,6 +229,7 @@ package final class Transaction {
         let off = cpmdk_tx_zalloc(size, UInt64(type.rawValue))
         if off == 0 { throw Errno.noSpace }
         allocated.insert(off)
+        objectBytesDelta &+= pool.usableBytes(off)
         return off
     }
 
@@ -224,6 +243,7 @@ package final class Transaction {
             }
             freedLive.append(offset)
         }
+        objectBytesDelta &-= pool.usableBytes(offset)
         let rc = cpmdk_tx_free_off(pool.uuidLo, offset)
         if rc != 0 { throw Errno.fromPMDK(rc) }
     }
@@ -243,6 +263,7 @@ package final class Transaction {
         // Most transactions allocate and free nothing: no lock taken for them.
         if committed ? !allocated.isEmpty : !freedLive.isEmpty { pool.noteLive(committed ? Array(allocated) : freedLive) }
         if committed {
+            pool.objectBytesChanged(by: objectBytesDelta)
             for a in commitActions { a() }
         } else {
             for a in abortActions.reversed() { a() }

@@ -182,6 +182,10 @@ public struct FileSystemStatistics: Sendable {
     public var freeInodes: UInt64
     public var nameMax: UInt32
     public var poolBytes: UInt64
+    /// Usable bytes of the pool's live objects (inodes, directories, extent
+    /// maps, xattrs...), as libpmemobj counts them; headers and free-space
+    /// fragments are not in it, so the pool is full before this reaches its size.
+    public var poolObjectBytes: UInt64
 }
 
 /// Counts read back from the pool (link, entry, extent counts) are input: a

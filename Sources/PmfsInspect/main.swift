@@ -123,7 +123,7 @@ struct Df: ParsableCommand {
                 ["inodes", "\(s.totalInodes)", "\(usedInodes)", "\(s.freeInodes)", percent(usedInodes, s.totalInodes)],
             ]
             printTable(rows)
-            print("block size \(s.blockSize) bytes: \(human(s.totalBlocks * UInt64(s.blockSize))) total, \(human(s.freeBlocks * UInt64(s.blockSize))) free; pool \(human(s.poolBytes))")
+            print("block size \(s.blockSize) bytes: \(human(s.totalBlocks * UInt64(s.blockSize))) total, \(human(s.freeBlocks * UInt64(s.blockSize))) free; pool \(human(s.poolBytes)), \(human(s.poolObjectBytes)) in objects")
             try printSharing(store, blockSize: UInt64(s.blockSize))
         }
     }

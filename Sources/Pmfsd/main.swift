@@ -306,6 +306,7 @@ extension Pmfsd {
         let frames = gauge("pmfs_cache_frames"), used = gauge("pmfs_cache_frames_used"), dirty = gauge("pmfs_cache_frames_dirty")
         let inodes = gauge("pmfs_inodes"), freeInodes = gauge("pmfs_inodes_free")
         let blocks = gauge("pmfs_data_blocks"), freeBlocks = gauge("pmfs_data_blocks_free"), blockSize = gauge("pmfs_data_block_size_bytes")
+        let poolBytes = gauge("pmfs_pool_bytes"), poolObjectBytes = gauge("pmfs_pool_object_bytes")
         let committed = CoreMetrics.Counter(label: "pmfs_pool_transactions_total", dimensions: [("outcome", "committed")], factory: registry)
         let aborted = CoreMetrics.Counter(label: "pmfs_pool_transactions_total", dimensions: [("outcome", "aborted")], factory: registry)
         let reported = Mutex((committed: UInt64(0), aborted: UInt64(0)))
@@ -322,6 +323,7 @@ extension Pmfsd {
             let s = fs.metadata.statistics()
             inodes.record(s.totalInodes); freeInodes.record(s.freeInodes)
             blocks.record(s.totalBlocks); freeBlocks.record(s.freeBlocks); blockSize.record(s.blockSize)
+            poolBytes.record(s.poolBytes); poolObjectBytes.record(s.poolObjectBytes)
         }
     }
 
@@ -337,9 +339,11 @@ extension Pmfsd {
     static func collectVhostGauges(session: String, _ backend: VhostUserBackend, into registry: MetricsRegistry) {
         let connected = Gauge(label: "pmfs_vhost_connected", dimensions: [("session", session)], factory: registry)
         let queues = Gauge(label: "pmfs_vhost_queues_running", dimensions: [("session", session)], factory: registry)
+        let depth = Gauge(label: "pmfs_vhost_queue_depth", dimensions: [("session", session)], factory: registry)
         registry.onScrape(key: "vhost \(session)") {
             connected.record(backend.isConnected ? 1 : 0)
             queues.record(backend.runningQueues)
+            depth.record(backend.queuedRequests)
         }
     }
 }

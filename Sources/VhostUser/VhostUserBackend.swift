@@ -64,6 +64,10 @@ public final class VhostUserBackend: @unchecked Sendable {
     public var isConnected: Bool { connectedNow.load(ordering: .relaxed) }
     /// Queues with a running worker now.
     public var runningQueues: Int { runningQueueCount.load(ordering: .relaxed) }
+    /// Requests the guest has queued that no worker has taken yet (as each
+    /// queue's worker last saw its ring).
+    public var queuedRequests: Int { queueDepths.total }
+    private let queueDepths = QueueDepths(count: VhostUserBackend.queueLimit)
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
     /// A worker may take it shared twice (a request the full pool hands back
     /// runs on the worker): glibc's default rwlock prefers readers, so that
@@ -88,7 +92,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.server = server
         self.requestQueues = max(1, requestQueues)
         self.logger = logger
-        queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
+        queues = (0...max(1, requestQueues)).map { [queueDepths] in Virtqueue(index: $0, depths: queueDepths) }
         pthread_rwlock_init(memoryLock, nil)
         guard memoryShrankFD >= 0 else { throw VhostError.socket("eventfd: \(String(cString: strerror(errno)))") }
         try listen()
@@ -107,7 +111,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.server = server
         self.requestQueues = max(1, requestQueues)
         self.logger = logger
-        queues = (0...max(1, requestQueues)).map { Virtqueue(index: $0) }
+        queues = (0...max(1, requestQueues)).map { [queueDepths] in Virtqueue(index: $0, depths: queueDepths) }
         pthread_rwlock_init(memoryLock, nil)
         guard memoryShrankFD >= 0 else { throw VhostError.socket("eventfd: \(String(cString: strerror(errno)))") }
         listenFD = fd
@@ -291,7 +295,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         if i >= queues.count {
             logger.notice("the front end uses queue \(i) (\(queues.count - 1) request queue(s) offered): serving it too")
             let eventIndex = ackedFeatures & Self.featureEventIndex != 0
-            queues += (queues.count...i).map { let q = Virtqueue(index: $0); q.eventIndex = eventIndex; return q }
+            queues += (queues.count...i).map { let q = Virtqueue(index: $0, depths: queueDepths); q.eventIndex = eventIndex; return q }
         }
         return queues[i]
     }
@@ -535,6 +539,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             q.kickFD = -1; q.errorFD = -1
             q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
             q.descriptors = nil; q.available = nil; q.used = nil; q.memory = .empty; q.generation &+= 1
+            q.depths.set(q.index, 0)
         }
         pthread_rwlock_unlock(memoryLock)
         ackedFeatures = 0

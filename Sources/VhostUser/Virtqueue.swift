@@ -42,8 +42,12 @@ final class Virtqueue: @unchecked Sendable {
     /// its ring full cannot keep the worker from stopping.
     private let stopFlag = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
 
-    init(index: Int) {
+    /// Where this queue says how many requests wait in it (for the metrics).
+    let depths: QueueDepths
+
+    init(index: Int, depths: QueueDepths? = nil) {
         self.index = index
+        self.depths = depths ?? QueueDepths(count: index + 1)
         stopFlag.initialize(to: 0)
     }
 
@@ -111,9 +115,10 @@ final class Virtqueue: @unchecked Sendable {
     func pop() throws -> Chain? {
         guard let available, descriptors != nil else { return nil }
         let availableNow = availableIndex()
-        if lastAvailable == availableNow { return nil }
+        if lastAvailable == availableNow { depths.set(index, 0); return nil }
         // More than a ring's worth ahead of what we took: no ring holds that many.
         guard availableNow &- lastAvailable <= size else { broken = true; throw ChainError.overrun }
+        depths.set(index, Int32(availableNow &- lastAvailable) - 1)
         // A chain is in flight from pop to push, and a ring has no more than its
         // size of them: another means the guest offered one again before it came
         // back (left alone, that would pile up requests without limit).
@@ -230,5 +235,32 @@ final class Mutex: @unchecked Sendable {
     func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(m); defer { pthread_mutex_unlock(m) }
         return try body()
+    }
+}
+
+/// How many requests each queue of a device holds that its worker has not
+/// taken yet, as the worker saw at its last look: one slot per queue the
+/// device may have, so another thread (a metrics scrape) reads them without
+/// touching the queues themselves.
+final class QueueDepths: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<Int32>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        slots = .allocate(capacity: count)
+        slots.initialize(repeating: 0, count: count)
+    }
+
+    deinit { slots.deallocate() }
+
+    func set(_ queue: Int, _ waiting: Int32) {
+        guard queue >= 0, queue < count else { return }
+        cvhost_store_release_i32(slots + queue, waiting)
+    }
+
+    /// Requests waiting in all queues together.
+    var total: Int {
+        (0..<count).reduce(0) { $0 + Int(cvhost_load_acquire_i32(slots + $1)) }
     }
 }

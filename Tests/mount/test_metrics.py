@@ -104,6 +104,10 @@ def test_counters_move_by_what_the_mount_did(served):
     assert delta("pmfs_device_flushes_total") >= 1
     # Each flush is timed; the create and each fsync's commit are pool transactions; none aborted.
     assert delta("pmfs_device_flush_duration_seconds_count") == delta("pmfs_device_flushes_total")
+    # The fsyncs wrote the cache's dirty blocks back; each device batch is timed by its op.
+    assert delta("pmfs_cache_written_back_bytes_total") >= len(data)
+    assert 1 <= delta("pmfs_device_batch_duration_seconds_count", op="write") <= delta("pmfs_device_requests_total", op="write")
+    assert delta("pmfs_device_batch_duration_seconds_count", op="read") <= delta("pmfs_device_requests_total", op="read")
     assert delta("pmfs_pool_transactions_total", outcome="committed") >= 1 + fsyncs
     assert delta("pmfs_pool_transactions_total", outcome="aborted") == 0
     # Histogram buckets are cumulative and end at the count.
@@ -121,6 +125,8 @@ def test_gauges_are_sane_and_follow_the_file_system(served):
     assert value(s, "pmfs_data_block_size_bytes") == os.statvfs(served.mnt).f_bsize
     assert 0 <= value(s, "pmfs_cache_frames_dirty") <= value(s, "pmfs_cache_frames_used") <= value(s, "pmfs_cache_frames")
     assert value(s, "pmfs_cache_frames") > 0
+    assert 0 < value(s, "pmfs_pool_object_bytes") < value(s, "pmfs_pool_bytes")
+    assert value(s, "pmfs_pool_bytes") == os.path.getsize(served.pool)
     # A new file takes an inode; a file held open is a handle of the host session.
     free_before = value(s, "pmfs_inodes_free")
     handles_before = value(s, "pmfs_open_handles", session="host")
@@ -151,6 +157,8 @@ def test_a_guest_session_is_counted_under_its_socket(served):
         s = scrape(served)
         seen_connected |= value(s, "pmfs_vhost_connected", session=served.sock) == 1 and \
             value(s, "pmfs_vhost_queues_running", session=served.sock) >= 1
+        # One request at a time: never more than one waits behind the one being served.
+        assert 0 <= value(s, "pmfs_vhost_queue_depth", session=served.sock) <= 1
         time.sleep(0.01)
     out, err = bench.communicate()
     assert bench.returncode == 0, err
@@ -170,6 +178,8 @@ def test_a_guest_session_is_counted_under_its_socket(served):
     assert delta("pmfs_fuse_requests_total", session="host", opcode="fsync") == 0
     assert delta("pmfs_fsyncs_total") >= n
     assert value(after, "pmfs_vhost_queues_running", session=served.sock) == 0
+    assert ("pmfs_vhost_queue_depth", frozenset({("session", served.sock)})) in after
+    assert value(after, "pmfs_vhost_queue_depth", session=served.sock) == 0
 
 
 def test_other_paths_and_methods_are_refused(served):
@@ -278,3 +288,38 @@ def test_a_waiting_lock_is_a_request_in_flight(served):
             if p and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_writes_past_a_full_cache_are_throttled_and_counted():
+    """With a 1 MiB write-back cache, writing 16 MiB without fsync fills it with dirty blocks: later
+    writes must write back to make room. Each such wait is counted and timed, by op, and the bytes it
+    wrote back are counted; the file reads back whole."""
+    def configure(fs):
+        fs.start_args = ["--metrics", "127.0.0.1:0"]
+
+    def ready(fs):
+        deadline = time.monotonic() + 10
+        while not (m := re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", fs.this_start_log())):
+            assert time.monotonic() < deadline, f"pmfsd did not log its metrics address:\n{fs.stderr()}"
+            time.sleep(0.02)
+        fs.url = m.group(1)
+
+    for fs in serve("pmfs-metrics-small-cache", configure, ready, cache_size="1M"):
+        before = scrape(fs)
+        chunk = os.urandom(1 << 20)
+        with open(fs.path("big"), "wb") as f:
+            for _ in range(16):
+                f.write(chunk)
+        after = scrape(fs)
+
+        def delta(name, **labels):
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert value(after, "pmfs_cache_frames") == 256
+        assert delta("pmfs_cache_throttled_total", op="write") >= 1
+        assert delta("pmfs_cache_throttle_duration_seconds_count", op="write") == delta("pmfs_cache_throttled_total", op="write")
+        assert delta("pmfs_cache_throttle_duration_seconds_sum", op="write") > 0
+        # The cache holds at most 1 MiB: the rest of the 16 was written back to make room (or by the timer).
+        assert delta("pmfs_cache_written_back_bytes_total") >= 15 << 20
+        with open(fs.path("big"), "rb") as f:
+            assert f.read() == chunk * 16
