@@ -53,6 +53,8 @@ if [[ ${PMFS_TEST_SKIP_GUEST:-0} != 1 ]]; then
     tools/guest/exports.sh
     # Two VMs started the libvirt way (pmfsd --fd=N -o source=...), handed to one pmfsd.
     tools/guest/libvirt.sh
+    # A VM writing while the configuration is reloaded: a socket added (a second VM served), a bad file, the socket dropped.
+    tools/guest/reload.sh
     # Two VMs from two writable clones of one base tree (pmfsctl snapshot): each sees only its own changes.
     tools/guest/clones.sh
     # pmfsd killed with SIGKILL under a guest's fsyncs, twice: what the guest saw return stays.
