@@ -1,6 +1,7 @@
 import ArgumentParser
 import CPMDK
 import Glibc
+import PMFSControl
 import PMFSMetadata
 import struct SystemPackage.Errno
 
@@ -66,8 +67,8 @@ struct Info: ParsableCommand {
         print("state:            \(state)")
         print("mount count:      \(sb.mount_count)")
         print("unclean opens:    \(sb.unclean_count)")
-        print("created:          \(formatTime(sb.created.sec, sb.created.nsec))")
-        print("last opened:      \(sb.last_open.sec == 0 ? "never" : formatTime(sb.last_open.sec, sb.last_open.nsec))")
+        print("created:          \(AttributeText.time(sb.created.sec, sb.created.nsec))")
+        print("last opened:      \(sb.last_open.sec == 0 ? "never" : AttributeText.time(sb.last_open.sec, sb.last_open.nsec))")
         print("block size:       \(sb.block_size)")
         print("data blocks:      \(sb.data_blocks)")
         print("data device UUID: \(formatUUID(withUnsafeBytes(of: sb.data_uuid) { Array($0) }))")
@@ -170,13 +171,13 @@ struct Ls: ParsableCommand {
 
     func printEntry(_ store: MetadataStore, name: [UInt8], _ attrs: InodeAttributes) throws {
         guard l else { print(displayName(name)); return }
-        var line = "\(pad(attrs.ino, 8)) \(modeString(attrs.mode)) \(pad(attrs.nlink, 3)) \(pad(attrs.uid, 5)) \(pad(attrs.gid, 5)) "
+        var line = "\(pad(attrs.ino, 8)) \(AttributeText.mode(attrs.mode)) \(pad(attrs.nlink, 3)) \(pad(attrs.uid, 5)) \(pad(attrs.gid, 5)) "
         if attrs.type == .characterDevice || attrs.type == .blockDevice {
-            line += pad("\(major(attrs.rdev)), \(minor(attrs.rdev))", 12)
+            line += pad("\(AttributeText.major(attrs.rdev)), \(AttributeText.minor(attrs.rdev))", 12)
         } else {
             line += pad(attrs.size, 12)
         }
-        line += " \(formatTime(attrs.mtime.seconds, attrs.mtime.nanoseconds)) \(displayName(name))"
+        line += " \(AttributeText.time(attrs.mtime.seconds, attrs.mtime.nanoseconds)) \(displayName(name))"
         if attrs.type == .symbolicLink { line += " -> \(displayName(try store.readlink(attrs.ino)))" }
         print(line)
     }
@@ -198,17 +199,17 @@ struct Stat: ParsableCommand {
             print("      File: \(file)")
             print("      Type: \(typeName(a.type))")
             print("     Inode: \(a.ino)   Generation: \(a.generation)")
-            print("      Mode: \(String(a.permissions, radix: 8).leftPadded(4, "0")) (\(modeString(a.mode)))   Links: \(a.nlink)")
+            print("      Mode: \(AttributeText.permissions(a.mode)) (\(AttributeText.mode(a.mode)))   Links: \(a.nlink)")
             print("       Uid: \(a.uid)   Gid: \(a.gid)")
             print("      Size: \(a.size)   Blocks: \(a.blocks) (512-byte units)")
             if a.type == .characterDevice || a.type == .blockDevice {
-                print("    Device: \(major(a.rdev)),\(minor(a.rdev))   (rdev \(a.rdev))")
+                print("    Device: \(AttributeText.major(a.rdev)),\(AttributeText.minor(a.rdev))   (rdev \(a.rdev))")
             }
             print("     Flags: 0x\(String(a.flags, radix: 16))")
-            print("    Access: \(formatTime(a.atime.seconds, a.atime.nanoseconds))")
-            print("    Modify: \(formatTime(a.mtime.seconds, a.mtime.nanoseconds))")
-            print("    Change: \(formatTime(a.ctime.seconds, a.ctime.nanoseconds))")
-            print("     Birth: \(formatTime(a.btime.seconds, a.btime.nanoseconds))")
+            print("    Access: \(AttributeText.time(a.atime.seconds, a.atime.nanoseconds))")
+            print("    Modify: \(AttributeText.time(a.mtime.seconds, a.mtime.nanoseconds))")
+            print("    Change: \(AttributeText.time(a.ctime.seconds, a.ctime.nanoseconds))")
+            print("     Birth: \(AttributeText.time(a.btime.seconds, a.btime.nanoseconds))")
             let names = try store.listxattr(a.ino).map(displayName)
             print("    Xattrs: \(names.isEmpty ? "(none)" : names.joined(separator: ", "))")
             if a.type == .regular {
@@ -503,49 +504,6 @@ func typeName(_ type: FileType) -> String {
     }
 }
 
-func modeString(_ mode: UInt32) -> String {
-    let type: Character
-    switch FileType(mode: mode) {
-    case .directory: type = "d"
-    case .symbolicLink: type = "l"
-    case .fifo: type = "p"
-    case .socket: type = "s"
-    case .characterDevice: type = "c"
-    case .blockDevice: type = "b"
-    case .regular: type = "-"
-    case .unknown: type = "?"
-    }
-    var s = String(type)
-    let rwx: [Character] = ["r", "w", "x"]
-    for i in 0..<9 {
-        let bit = UInt32(1) << UInt32(8 - i)
-        var c: Character = mode & bit != 0 ? rwx[i % 3] : "-"
-        // setuid, setgid, sticky replace the x of their group.
-        if i == 2 && mode & 0o4000 != 0 { c = c == "x" ? "s" : "S" }
-        if i == 5 && mode & 0o2000 != 0 { c = c == "x" ? "s" : "S" }
-        if i == 8 && mode & 0o1000 != 0 { c = c == "x" ? "t" : "T" }
-        s.append(c)
-    }
-    return s
-}
-
-/// Local time with nanoseconds and zone, as stat(1) prints it.
-func formatTime(_ seconds: Int64, _ nanoseconds: UInt32) -> String {
-    var t = time_t(seconds)
-    var parts = tm()
-    guard localtime_r(&t, &parts) != nil else { return "\(seconds).\(nanoseconds)" }
-    var buffer = [CChar](repeating: 0, count: 64)
-    let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S", &parts)
-    var zone = [CChar](repeating: 0, count: 16)
-    _ = strftime(&zone, zone.count, "%z", &parts)
-    let date = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    let z = String(decoding: zone.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return "\(date).\(String(nanoseconds).leftPadded(9, "0")) \(z)"
-}
-
-func major(_ dev: UInt64) -> UInt64 { ((dev >> 32) & 0xFFFF_F000) | ((dev >> 8) & 0xFFF) }
-func minor(_ dev: UInt64) -> UInt64 { ((dev >> 12) & 0xFFFF_FF00) | (dev & 0xFF) }
-
 func pad<T>(_ value: T, _ width: Int) -> String {
     let s = "\(value)"
     return s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
@@ -566,10 +524,6 @@ extension String {
     init(format2 byte: UInt8) {
         let s = String(byte, radix: 16)
         self = s.count == 1 ? "0" + s : s
-    }
-
-    func leftPadded(_ width: Int, _ fill: Character) -> String {
-        count >= width ? self : String(repeating: fill, count: width - count) + self
     }
 
     func replacingAll(_ target: Character, _ replacement: String) -> String {
