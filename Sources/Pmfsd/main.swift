@@ -218,7 +218,7 @@ struct Pmfsd: ParsableCommand {
             do {
                 controlServer = try settings.control.map { path in
                     let commands = ControlCommands(guests: guests, pool: pool, data: data, mount: host?.mountPoint, hostOperations: hostOperations,
-                                                   hostServer: host?.server, reloader: reloader)
+                                                   hostServer: host?.server, hostTransport: host?.counters, reloader: reloader, registry: registry)
                     return try ControlServer(path: path, handler: commands, logger: logger)
                 }
             } catch {
