@@ -19,6 +19,20 @@ public enum AttributeText {
         return s
     }
 
+    /// "regular file", "directory", "symbolic link", ... as stat(1) names them.
+    public static func typeName(_ mode: UInt32) -> String {
+        switch mode & UInt32(S_IFMT) {
+        case UInt32(S_IFREG): return "regular file"
+        case UInt32(S_IFDIR): return "directory"
+        case UInt32(S_IFLNK): return "symbolic link"
+        case UInt32(S_IFIFO): return "fifo"
+        case UInt32(S_IFSOCK): return "socket"
+        case UInt32(S_IFCHR): return "character device"
+        case UInt32(S_IFBLK): return "block device"
+        default: return "unknown"
+        }
+    }
+
     private static func typeLetter(_ mode: UInt32) -> Character {
         switch mode & UInt32(S_IFMT) {
         case UInt32(S_IFDIR): return "d"
@@ -51,6 +65,27 @@ public enum AttributeText {
         let z = String(decoding: zone.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let nanos = String(nanoseconds)
         return "\(date).\(String(repeating: "0", count: max(0, 9 - nanos.count)))\(nanos) \(z)"
+    }
+
+    /// A name (or link target) as text: valid UTF-8 stays, with a backslash
+    /// doubled and control characters as \xNN; of bytes that are not UTF-8,
+    /// printable ASCII stays and the rest (a backslash too) become \xNN.
+    public static func displayName(_ bytes: [UInt8]) -> String {
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            return bytes.map { $0 >= 0x20 && $0 < 0x7F && $0 != 0x5C ? String(UnicodeScalar($0)) : hexEscape($0) }.joined()
+        }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || scalar.value == 0x7F { out += hexEscape(UInt8(scalar.value)) }
+            else if scalar == "\\" { out += "\\\\" }
+            else { out.unicodeScalars.append(scalar) }
+        }
+        return out
+    }
+
+    private static func hexEscape(_ byte: UInt8) -> String {
+        let digits = String(byte, radix: 16)
+        return "\\x" + (digits.count == 1 ? "0" + digits : digits)
     }
 
     /// A device number's major and minor (glibc's encoding).

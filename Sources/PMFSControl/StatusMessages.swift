@@ -86,9 +86,9 @@ public struct PathStatus: Codable, Sendable {
     public var mtime: TimeValue
     public var ctime: TimeValue
     public var btime: TimeValue
-    /// A symbolic link's target (bytes that are not UTF-8 shown as U+FFFD).
+    /// A symbolic link's target, as `AttributeText.displayName` shows bytes.
     public var linkTarget: String?
-    /// Extended attribute names (shown as the target is).
+    /// Extended attribute names, shown the same way.
     public var xattrs: [String]
     /// A regular file's mapping; nil for other types.
     public var extents: ExtentSummary?

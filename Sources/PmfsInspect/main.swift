@@ -170,15 +170,15 @@ struct Ls: ParsableCommand {
     }
 
     func printEntry(_ store: MetadataStore, name: [UInt8], _ attrs: InodeAttributes) throws {
-        guard l else { print(displayName(name)); return }
+        guard l else { print(AttributeText.displayName(name)); return }
         var line = "\(pad(attrs.ino, 8)) \(AttributeText.mode(attrs.mode)) \(pad(attrs.nlink, 3)) \(pad(attrs.uid, 5)) \(pad(attrs.gid, 5)) "
         if attrs.type == .characterDevice || attrs.type == .blockDevice {
             line += pad("\(AttributeText.major(attrs.rdev)), \(AttributeText.minor(attrs.rdev))", 12)
         } else {
             line += pad(attrs.size, 12)
         }
-        line += " \(AttributeText.time(attrs.mtime.seconds, attrs.mtime.nanoseconds)) \(displayName(name))"
-        if attrs.type == .symbolicLink { line += " -> \(displayName(try store.readlink(attrs.ino)))" }
+        line += " \(AttributeText.time(attrs.mtime.seconds, attrs.mtime.nanoseconds)) \(AttributeText.displayName(name))"
+        if attrs.type == .symbolicLink { line += " -> \(AttributeText.displayName(try store.readlink(attrs.ino)))" }
         print(line)
     }
 }
@@ -195,9 +195,9 @@ struct Stat: ParsableCommand {
             let target = try resolve(store, path, followLinks: false)
             let a = target.attributes
             var file = path
-            if a.type == .symbolicLink { file += " -> \(displayName(try store.readlink(a.ino)))" }
+            if a.type == .symbolicLink { file += " -> \(AttributeText.displayName(try store.readlink(a.ino)))" }
             print("      File: \(file)")
-            print("      Type: \(typeName(a.type))")
+            print("      Type: \(AttributeText.typeName(a.mode))")
             print("     Inode: \(a.ino)   Generation: \(a.generation)")
             print("      Mode: \(AttributeText.permissions(a.mode)) (\(AttributeText.mode(a.mode)))   Links: \(a.nlink)")
             print("       Uid: \(a.uid)   Gid: \(a.gid)")
@@ -210,7 +210,7 @@ struct Stat: ParsableCommand {
             print("    Modify: \(AttributeText.time(a.mtime.seconds, a.mtime.nanoseconds))")
             print("    Change: \(AttributeText.time(a.ctime.seconds, a.ctime.nanoseconds))")
             print("     Birth: \(AttributeText.time(a.btime.seconds, a.btime.nanoseconds))")
-            let names = try store.listxattr(a.ino).map(displayName)
+            let names = try store.listxattr(a.ino).map(AttributeText.displayName)
             print("    Xattrs: \(names.isEmpty ? "(none)" : names.joined(separator: ", "))")
             if a.type == .regular {
                 let blocks = (a.size + UInt64(store.blockSize) - 1) / UInt64(store.blockSize)
@@ -253,10 +253,10 @@ struct Tree: ParsableCommand {
                 for (i, entry) in entries.enumerated() {
                     let last = i == entries.count - 1
                     let attrs = try store.getattr(entry.ino)
-                    var line = prefix + (last ? "└── " : "├── ") + displayName(entry.name)
+                    var line = prefix + (last ? "└── " : "├── ") + AttributeText.displayName(entry.name)
                     switch attrs.type {
                     case .directory: line += "/"
-                    case .symbolicLink: line += " -> " + displayName(try store.readlink(entry.ino))
+                    case .symbolicLink: line += " -> " + AttributeText.displayName(try store.readlink(entry.ino))
                     default: break
                     }
                     print(line)
@@ -355,7 +355,7 @@ struct Xattr: ParsableCommand {
         options.withStore { store in
             let target = try resolve(store, path, followLinks: false)
             for name in try store.listxattr(target.ino) {
-                print("\(displayName(name))=\(displayValue(try store.getxattr(target.ino, name)))")
+                print("\(AttributeText.displayName(name))=\(displayValue(try store.getxattr(target.ino, name)))")
             }
         }
     }
@@ -398,9 +398,9 @@ func resolve(_ store: MetadataStore, _ path: String, followLinks: Bool) throws -
         do { name = try FileName(bytes: component) } catch { throw Message("\(path): \(error)") }
         let attrs: InodeAttributes
         do { attrs = try store.lookup(current.ino, name) } catch let e as Errno {
-            throw Message("\(walked)/\(displayName(component)): \(e)")
+            throw Message("\(walked)/\(AttributeText.displayName(component)): \(e)")
         }
-        walked += "/" + displayName(component)
+        walked += "/" + AttributeText.displayName(component)
         if attrs.type == .symbolicLink && (followLinks || !pending.isEmpty) {
             guard followLinks else {
                 throw Message("\(walked) is a symbolic link (pmfs-inspect follows no symlinks here; give the target's path)")
@@ -475,33 +475,6 @@ func describePoolError(_ error: Error, _ path: String) -> String {
         return "pool \(path) is in use by another process (stop the server to inspect it)"
     }
     return describe(error)
-}
-
-/// A name as text: valid UTF-8 stays, control characters and invalid bytes become \xNN.
-func displayName(_ bytes: [UInt8]) -> String {
-    if let text = String(validating: bytes, as: UTF8.self) {
-        var out = ""
-        for scalar in text.unicodeScalars {
-            if scalar.value < 0x20 || scalar.value == 0x7F { out += "\\x" + String(format2: UInt8(scalar.value)) }
-            else if scalar == "\\" { out += "\\\\" }
-            else { out.unicodeScalars.append(scalar) }
-        }
-        return out
-    }
-    return bytes.map { $0 >= 0x20 && $0 < 0x7F && $0 != 0x5C ? String(UnicodeScalar($0)) : "\\x" + String(format2: $0) }.joined()
-}
-
-func typeName(_ type: FileType) -> String {
-    switch type {
-    case .regular: return "regular file"
-    case .directory: return "directory"
-    case .symbolicLink: return "symbolic link"
-    case .fifo: return "fifo"
-    case .socket: return "socket"
-    case .characterDevice: return "character device"
-    case .blockDevice: return "block device"
-    case .unknown: return "unknown"
-    }
 }
 
 func pad<T>(_ value: T, _ width: Int) -> String {

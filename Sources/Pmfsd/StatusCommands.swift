@@ -47,9 +47,9 @@ extension ControlCommands {
 
     private func status(of a: InodeAttributes, path: String) throws -> PathStatus {
         let metadata = guests.fs.metadata
-        let target = a.type == .symbolicLink ? String(decoding: try metadata.readlink(a.ino), as: UTF8.self) : nil
-        let xattrs = try metadata.listxattr(a.ino).map { String(decoding: $0, as: UTF8.self) }
-        return PathStatus(path: path, ino: a.ino, generation: a.generation, type: Self.typeName(a.type), mode: a.mode, links: a.nlink,
+        let target = a.type == .symbolicLink ? AttributeText.displayName(try metadata.readlink(a.ino)) : nil
+        let xattrs = try metadata.listxattr(a.ino).map(AttributeText.displayName)
+        return PathStatus(path: path, ino: a.ino, generation: a.generation, type: AttributeText.typeName(a.mode), mode: a.mode, links: a.nlink,
                           uid: a.uid, gid: a.gid, size: a.size, blocks: a.blocks, rdev: a.rdev, flags: a.flags, readOnly: a.readOnly,
                           times: (Self.time(a.atime), Self.time(a.mtime), Self.time(a.ctime), Self.time(a.btime)),
                           linkTarget: target, xattrs: xattrs, extents: try extents(a))
@@ -69,19 +69,6 @@ extension ControlCommands {
             if s.shared { summary.sharedBlocks = summary.sharedBlocks.addingClamped(s.length) }
         }
         return summary
-    }
-
-    static func typeName(_ type: FileType) -> String {
-        switch type {
-        case .regular: return "regular file"
-        case .directory: return "directory"
-        case .symbolicLink: return "symbolic link"
-        case .fifo: return "fifo"
-        case .socket: return "socket"
-        case .characterDevice: return "character device"
-        case .blockDevice: return "block device"
-        case .unknown: return "unknown"
-        }
     }
 
     static func time(_ t: Timestamp) -> TimeValue { TimeValue(seconds: t.seconds, nanoseconds: t.nanoseconds) }

@@ -519,6 +519,8 @@ def test_stat_shows_what_the_mount_shows(fs):
     assert directory["type"] == "directory" and directory["ino"] == os.lstat(fs.path("st")).st_ino and "extents" not in directory
     link = ctl_ok(fs, "stat", "st/link")["stat"]
     assert link["type"] == "symbolic link" and link["linkTarget"] == "file" and link["ino"] == os.lstat(fs.path("st", "link")).st_ino
+    os.symlink(b"odd\x01\xff\\", os.path.join(fs.path("st").encode(), b"odd"))   # shown as pmfs-inspect shows names
+    assert ctl_ok(fs, "stat", "st/odd")["stat"]["linkTarget"] == "odd\\x01\\xff\\x5c"
     root = ctl_ok(fs, "stat", fs.mnt)["stat"]
     assert root["type"] == "directory" and root["ino"] == os.stat(fs.mnt).st_ino
     table = pmfsctl(fs, "stat", "st/file")
