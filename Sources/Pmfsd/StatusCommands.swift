@@ -18,8 +18,8 @@ extension ControlCommands {
 
     /// The shared-block table, read under the space-map lock (`sharedBlockRecords`
     /// takes it; a transaction that changes counts holds it until it ends), so
-    /// the walk sees no half-made change. Allocations wait for the walk: one
-    /// record per run of shared blocks, few unless clones were much rewritten.
+    /// the walk sees no half-made change. Allocations wait for the walk, which
+    /// reads one record per run of shared blocks (about one per extent cloned).
     private func sharedBlocks() throws -> SharingInfo {
         let records = try guests.fs.metadata.sharedBlockRecords()
         let blocks = records.reduce(UInt64(0)) { $0.addingClamped($1.length) }
@@ -55,8 +55,8 @@ extension ControlCommands {
                           linkTarget: target, xattrs: xattrs, extents: try extents(a))
     }
 
-    /// A regular file's mapped runs within its size (the inode's shared lock
-    /// held for the walk, as for a FUSE read's mapping); nil for other types.
+    /// A regular file's mapped runs within its size (`mapBlocks` holds the
+    /// inode's shared lock for the walk: its writers wait); nil for other types.
     private func extents(_ a: InodeAttributes) throws -> ExtentSummary? {
         guard a.type == .regular else { return nil }
         let blockSize = UInt64(guests.fs.metadata.blockSize)
