@@ -169,7 +169,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsInspect",
             dependencies: [
-                "PMFSMetadata", "CPMDK",
+                "PMFSMetadata", "CPMDK", "PMFSControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

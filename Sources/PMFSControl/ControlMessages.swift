@@ -35,7 +35,7 @@ public enum ControlProtocol {
 }
 
 public struct ControlRequest: Codable, Sendable {
-    /// info, sessions, serve-fd, snapshot, flush, reload or end-session.
+    /// info, sessions, serve-fd, snapshot, flush, reload, end-session, df, stat or stats.
     public var command: String
     /// serve-fd: the export options, as after `--fd N,` (export=/DIR,read-only,cache=...).
     public var options: String?
@@ -47,10 +47,12 @@ public struct ControlRequest: Codable, Sendable {
     public var readOnly: Bool?
     /// end-session: the listener whose guest's session ends.
     public var listener: Int?
+    /// stat: the path, named as snapshot's source is.
+    public var path: String?
     public init(command: String, options: String? = nil, source: String? = nil, target: String? = nil, readOnly: Bool? = nil,
-                listener: Int? = nil) {
+                listener: Int? = nil, path: String? = nil) {
         self.command = command; self.options = options; self.source = source; self.target = target; self.readOnly = readOnly
-        self.listener = listener
+        self.listener = listener; self.path = path
     }
 }
 
@@ -91,10 +93,14 @@ public struct ControlResponse: Codable, Sendable {
     public var flush: FlushInfo?
     /// reload: what was applied; end-session: how the session ended.
     public var message: String?
+    public var df: SpaceInfo?
+    public var stat: PathStatus?
+    public var stats: DaemonStatistics?
     public init(ok: Bool, error: String? = nil, info: DaemonInfo? = nil, sessions: [SessionInfo]? = nil, listener: Int? = nil,
-                snapshot: SnapshotInfo? = nil, flush: FlushInfo? = nil, message: String? = nil) {
+                snapshot: SnapshotInfo? = nil, flush: FlushInfo? = nil, message: String? = nil,
+                df: SpaceInfo? = nil, stat: PathStatus? = nil, stats: DaemonStatistics? = nil) {
         self.ok = ok; self.error = error; self.info = info; self.sessions = sessions; self.listener = listener; self.snapshot = snapshot
-        self.flush = flush; self.message = message
+        self.flush = flush; self.message = message; self.df = df; self.stat = stat; self.stats = stats
     }
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
 }

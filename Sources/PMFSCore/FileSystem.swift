@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import PMFSData
 import PMFSMetadata
+import Synchronization
 import SystemPackage
 
 /// The file-system core: file data over the metadata engine and the data tier.
@@ -57,6 +58,8 @@ public final class FileSystem: @unchecked Sendable {
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
     private let fsyncs: CoreMetrics.Counter
     private let cacheCounters: CacheCounters
+    /// fsyncs asked for, counted with the metrics registry on or off (pmfsctl stats).
+    private let fsyncCount = Atomic<UInt64>(0)
     /// The most blocks one pass of a read pins (the largest FUSE read, 1 MiB,
     /// in one pass unless unaligned); its frame numbers live on the stack.
     static let readChunkBlocks = 256
@@ -828,8 +831,16 @@ public final class FileSystem: @unchecked Sendable {
     /// device flush, one transaction. Namespace changes are durable already, so
     /// fsync of a directory has nothing to do.
     public func fsync(_ ino: UInt64, dataOnly: Bool = false) throws {
-        fsyncs.increment()
+        countFsyncs(1)
         try fsyncAlone(ino, dataOnly: dataOnly)
+    }
+
+    /// fsyncs asked for since the file system was opened.
+    public var fsyncsTaken: UInt64 { fsyncCount.load(ordering: .relaxed) }
+
+    private func countFsyncs(_ n: Int) {
+        fsyncCount.add(UInt64(n), ordering: .relaxed)
+        fsyncs.increment(by: n)
     }
 
     private func fsyncAlone(_ ino: UInt64, dataOnly: Bool) throws {
@@ -856,7 +867,7 @@ public final class FileSystem: @unchecked Sendable {
     /// then); the others are tried, and a file another thread holds is synced
     /// alone afterwards, so this never waits for a lock while holding one.
     public func fsync(group items: [(ino: UInt64, dataOnly: Bool)]) -> [Error?] {
-        fsyncs.increment(by: items.count)
+        countFsyncs(items.count)
         // A lone fsync (the common case) needs none of the grouping's tables.
         if items.count == 1 {
             do { try fsyncAlone(items[0].ino, dataOnly: items[0].dataOnly); return [nil] } catch { return [error] }

@@ -16,6 +16,9 @@ public final class DataDevice: @unchecked Sendable {
     /// Concurrent fsyncs share device flushes through this.
     public let groupFlush = GroupFlush()
     private let counters: DeviceCounters
+    /// Device flushes done, counted with the metrics registry on or off (pmfsctl stats).
+    private let flushCount = Atomic<UInt64>(0)
+    public var flushesDone: UInt64 { flushCount.load(ordering: .relaxed) }
 
     public init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data"),
                 metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
@@ -91,6 +94,7 @@ extension DataDevice {
         try groupFlush.flush {
             let start = DispatchTime.now().uptimeNanoseconds
             try engine.flush()
+            flushCount.add(1, ordering: .relaxed)
             counters.flushes.increment()
             counters.flushDuration.recordNanoseconds(Int64(truncatingIfNeeded: DispatchTime.now().uptimeNanoseconds &- start))
         }

@@ -36,6 +36,24 @@ public final class MetricsRegistry: MetricsFactory, Sendable {
         return out
     }
 
+    /// Every sample of `render()` but the histogram buckets, as (series, value)
+    /// (pmfsctl stats: the sums and counts say enough in a table).
+    public func samples() -> [(series: String, value: String)] { Self.samples(inText: render()) }
+
+    /// The sample lines of a text exposition: "series value", the value after
+    /// the last space (a label value may hold spaces; we write no timestamps).
+    static func samples(inText text: [UInt8]) -> [(series: String, value: String)] {
+        var result: [(series: String, value: String)] = []
+        for line in text.split(separator: UInt8(ascii: "\n")) where line.first != UInt8(ascii: "#") {
+            guard let space = line.lastIndex(of: UInt8(ascii: " ")) else { continue }
+            let series = String(decoding: line[..<space], as: UTF8.self)
+            let name = series.prefix { $0 != "{" }
+            guard !name.isEmpty, !name.hasSuffix("_bucket") else { continue }
+            result.append((series, String(decoding: line[line.index(after: space)...], as: UTF8.self)))
+        }
+        return result
+    }
+
     private func appendHeader(_ out: inout [UInt8], name: String, type: String) {
         if let help = PMFSMetricHelp.text[name] { out.append(contentsOf: "# HELP \(name) \(help)\n".utf8) }
         out.append(contentsOf: "# TYPE \(name) \(type)\n".utf8)

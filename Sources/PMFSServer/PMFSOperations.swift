@@ -80,7 +80,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// The kernel's references (lookup counts) held by this session, per inode.
     private let lookups = Mutex<[UInt64: UInt64]>([:])
     /// This session's identity in the lock table shared by all sessions.
-    let session: UInt64
+    public let session: UInt64
     /// When the peer's FUSE INIT came (wall clock), nil before it and after the session ended.
     private let initializedAt = Mutex<Double?>(nil)
 

@@ -33,12 +33,11 @@ struct ControlOptions: ParsableArguments {
     }
 }
 
-@main
 struct PmfsCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfsctl",
-        abstract: "Show what a running pmfsd serves, snapshot trees, flush its cache, reload its configuration (over its --control socket; root only).",
-        subcommands: [Info.self, Sessions.self, Snapshot.self, Flush.self, Reload.self, EndSession.self])
+        abstract: "Show what a running pmfsd serves and its statistics, snapshot trees, flush its cache, reload its configuration (over its --control socket; root only).",
+        subcommands: [Info.self, Sessions.self, Df.self, Stat.self, Stats.self, Snapshot.self, Flush.self, Reload.self, EndSession.self])
 }
 
 struct Info: ParsableCommand {
@@ -182,3 +181,5 @@ func timestamp(_ seconds: Double) -> String {
     let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S UTC", &parts)
     return "since " + String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
+
+PmfsCtl.main()

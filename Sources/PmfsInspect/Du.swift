@@ -1,4 +1,5 @@
 import ArgumentParser
+import PMFSControl
 import PMFSMetadata
 
 // MARK: du
@@ -82,7 +83,7 @@ struct TreeFiles {
                 case .directory:
                     // Counts would be wrong, not merely repeated: refuse.
                     guard visited.insert(entry.ino).inserted else {
-                        throw Message("directory \(entry.ino) is reached twice under \(displayName(entry.name)): the pool is damaged (run fsck.pmfs)")
+                        throw Message("directory \(entry.ino) is reached twice under \(AttributeText.displayName(entry.name)): the pool is damaged (run fsck.pmfs)")
                     }
                     directories += 1
                     pending.append(entry.ino)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CPMDK
 import Glibc
+import PMFSControl
 import PMFSMetadata
 import struct SystemPackage.Errno
 
@@ -66,8 +67,8 @@ struct Info: ParsableCommand {
         print("state:            \(state)")
         print("mount count:      \(sb.mount_count)")
         print("unclean opens:    \(sb.unclean_count)")
-        print("created:          \(formatTime(sb.created.sec, sb.created.nsec))")
-        print("last opened:      \(sb.last_open.sec == 0 ? "never" : formatTime(sb.last_open.sec, sb.last_open.nsec))")
+        print("created:          \(AttributeText.time(sb.created.sec, sb.created.nsec))")
+        print("last opened:      \(sb.last_open.sec == 0 ? "never" : AttributeText.time(sb.last_open.sec, sb.last_open.nsec))")
         print("block size:       \(sb.block_size)")
         print("data blocks:      \(sb.data_blocks)")
         print("data device UUID: \(formatUUID(withUnsafeBytes(of: sb.data_uuid) { Array($0) }))")
@@ -169,15 +170,15 @@ struct Ls: ParsableCommand {
     }
 
     func printEntry(_ store: MetadataStore, name: [UInt8], _ attrs: InodeAttributes) throws {
-        guard l else { print(displayName(name)); return }
-        var line = "\(pad(attrs.ino, 8)) \(modeString(attrs.mode)) \(pad(attrs.nlink, 3)) \(pad(attrs.uid, 5)) \(pad(attrs.gid, 5)) "
+        guard l else { print(AttributeText.displayName(name)); return }
+        var line = "\(pad(attrs.ino, 8)) \(AttributeText.mode(attrs.mode)) \(pad(attrs.nlink, 3)) \(pad(attrs.uid, 5)) \(pad(attrs.gid, 5)) "
         if attrs.type == .characterDevice || attrs.type == .blockDevice {
-            line += pad("\(major(attrs.rdev)), \(minor(attrs.rdev))", 12)
+            line += pad("\(AttributeText.major(attrs.rdev)), \(AttributeText.minor(attrs.rdev))", 12)
         } else {
             line += pad(attrs.size, 12)
         }
-        line += " \(formatTime(attrs.mtime.seconds, attrs.mtime.nanoseconds)) \(displayName(name))"
-        if attrs.type == .symbolicLink { line += " -> \(displayName(try store.readlink(attrs.ino)))" }
+        line += " \(AttributeText.time(attrs.mtime.seconds, attrs.mtime.nanoseconds)) \(AttributeText.displayName(name))"
+        if attrs.type == .symbolicLink { line += " -> \(AttributeText.displayName(try store.readlink(attrs.ino)))" }
         print(line)
     }
 }
@@ -194,22 +195,22 @@ struct Stat: ParsableCommand {
             let target = try resolve(store, path, followLinks: false)
             let a = target.attributes
             var file = path
-            if a.type == .symbolicLink { file += " -> \(displayName(try store.readlink(a.ino)))" }
+            if a.type == .symbolicLink { file += " -> \(AttributeText.displayName(try store.readlink(a.ino)))" }
             print("      File: \(file)")
-            print("      Type: \(typeName(a.type))")
+            print("      Type: \(AttributeText.typeName(a.mode))")
             print("     Inode: \(a.ino)   Generation: \(a.generation)")
-            print("      Mode: \(String(a.permissions, radix: 8).leftPadded(4, "0")) (\(modeString(a.mode)))   Links: \(a.nlink)")
+            print("      Mode: \(AttributeText.permissions(a.mode)) (\(AttributeText.mode(a.mode)))   Links: \(a.nlink)")
             print("       Uid: \(a.uid)   Gid: \(a.gid)")
             print("      Size: \(a.size)   Blocks: \(a.blocks) (512-byte units)")
             if a.type == .characterDevice || a.type == .blockDevice {
-                print("    Device: \(major(a.rdev)),\(minor(a.rdev))   (rdev \(a.rdev))")
+                print("    Device: \(AttributeText.major(a.rdev)),\(AttributeText.minor(a.rdev))   (rdev \(a.rdev))")
             }
             print("     Flags: 0x\(String(a.flags, radix: 16))")
-            print("    Access: \(formatTime(a.atime.seconds, a.atime.nanoseconds))")
-            print("    Modify: \(formatTime(a.mtime.seconds, a.mtime.nanoseconds))")
-            print("    Change: \(formatTime(a.ctime.seconds, a.ctime.nanoseconds))")
-            print("     Birth: \(formatTime(a.btime.seconds, a.btime.nanoseconds))")
-            let names = try store.listxattr(a.ino).map(displayName)
+            print("    Access: \(AttributeText.time(a.atime.seconds, a.atime.nanoseconds))")
+            print("    Modify: \(AttributeText.time(a.mtime.seconds, a.mtime.nanoseconds))")
+            print("    Change: \(AttributeText.time(a.ctime.seconds, a.ctime.nanoseconds))")
+            print("     Birth: \(AttributeText.time(a.btime.seconds, a.btime.nanoseconds))")
+            let names = try store.listxattr(a.ino).map(AttributeText.displayName)
             print("    Xattrs: \(names.isEmpty ? "(none)" : names.joined(separator: ", "))")
             if a.type == .regular {
                 let blocks = (a.size + UInt64(store.blockSize) - 1) / UInt64(store.blockSize)
@@ -252,10 +253,10 @@ struct Tree: ParsableCommand {
                 for (i, entry) in entries.enumerated() {
                     let last = i == entries.count - 1
                     let attrs = try store.getattr(entry.ino)
-                    var line = prefix + (last ? "└── " : "├── ") + displayName(entry.name)
+                    var line = prefix + (last ? "└── " : "├── ") + AttributeText.displayName(entry.name)
                     switch attrs.type {
                     case .directory: line += "/"
-                    case .symbolicLink: line += " -> " + displayName(try store.readlink(entry.ino))
+                    case .symbolicLink: line += " -> " + AttributeText.displayName(try store.readlink(entry.ino))
                     default: break
                     }
                     print(line)
@@ -354,7 +355,7 @@ struct Xattr: ParsableCommand {
         options.withStore { store in
             let target = try resolve(store, path, followLinks: false)
             for name in try store.listxattr(target.ino) {
-                print("\(displayName(name))=\(displayValue(try store.getxattr(target.ino, name)))")
+                print("\(AttributeText.displayName(name))=\(displayValue(try store.getxattr(target.ino, name)))")
             }
         }
     }
@@ -397,9 +398,9 @@ func resolve(_ store: MetadataStore, _ path: String, followLinks: Bool) throws -
         do { name = try FileName(bytes: component) } catch { throw Message("\(path): \(error)") }
         let attrs: InodeAttributes
         do { attrs = try store.lookup(current.ino, name) } catch let e as Errno {
-            throw Message("\(walked)/\(displayName(component)): \(e)")
+            throw Message("\(walked)/\(AttributeText.displayName(component)): \(e)")
         }
-        walked += "/" + displayName(component)
+        walked += "/" + AttributeText.displayName(component)
         if attrs.type == .symbolicLink && (followLinks || !pending.isEmpty) {
             guard followLinks else {
                 throw Message("\(walked) is a symbolic link (pmfs-inspect follows no symlinks here; give the target's path)")
@@ -476,76 +477,6 @@ func describePoolError(_ error: Error, _ path: String) -> String {
     return describe(error)
 }
 
-/// A name as text: valid UTF-8 stays, control characters and invalid bytes become \xNN.
-func displayName(_ bytes: [UInt8]) -> String {
-    if let text = String(validating: bytes, as: UTF8.self) {
-        var out = ""
-        for scalar in text.unicodeScalars {
-            if scalar.value < 0x20 || scalar.value == 0x7F { out += "\\x" + String(format2: UInt8(scalar.value)) }
-            else if scalar == "\\" { out += "\\\\" }
-            else { out.unicodeScalars.append(scalar) }
-        }
-        return out
-    }
-    return bytes.map { $0 >= 0x20 && $0 < 0x7F && $0 != 0x5C ? String(UnicodeScalar($0)) : "\\x" + String(format2: $0) }.joined()
-}
-
-func typeName(_ type: FileType) -> String {
-    switch type {
-    case .regular: return "regular file"
-    case .directory: return "directory"
-    case .symbolicLink: return "symbolic link"
-    case .fifo: return "fifo"
-    case .socket: return "socket"
-    case .characterDevice: return "character device"
-    case .blockDevice: return "block device"
-    case .unknown: return "unknown"
-    }
-}
-
-func modeString(_ mode: UInt32) -> String {
-    let type: Character
-    switch FileType(mode: mode) {
-    case .directory: type = "d"
-    case .symbolicLink: type = "l"
-    case .fifo: type = "p"
-    case .socket: type = "s"
-    case .characterDevice: type = "c"
-    case .blockDevice: type = "b"
-    case .regular: type = "-"
-    case .unknown: type = "?"
-    }
-    var s = String(type)
-    let rwx: [Character] = ["r", "w", "x"]
-    for i in 0..<9 {
-        let bit = UInt32(1) << UInt32(8 - i)
-        var c: Character = mode & bit != 0 ? rwx[i % 3] : "-"
-        // setuid, setgid, sticky replace the x of their group.
-        if i == 2 && mode & 0o4000 != 0 { c = c == "x" ? "s" : "S" }
-        if i == 5 && mode & 0o2000 != 0 { c = c == "x" ? "s" : "S" }
-        if i == 8 && mode & 0o1000 != 0 { c = c == "x" ? "t" : "T" }
-        s.append(c)
-    }
-    return s
-}
-
-/// Local time with nanoseconds and zone, as stat(1) prints it.
-func formatTime(_ seconds: Int64, _ nanoseconds: UInt32) -> String {
-    var t = time_t(seconds)
-    var parts = tm()
-    guard localtime_r(&t, &parts) != nil else { return "\(seconds).\(nanoseconds)" }
-    var buffer = [CChar](repeating: 0, count: 64)
-    let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S", &parts)
-    var zone = [CChar](repeating: 0, count: 16)
-    _ = strftime(&zone, zone.count, "%z", &parts)
-    let date = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    let z = String(decoding: zone.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return "\(date).\(String(nanoseconds).leftPadded(9, "0")) \(z)"
-}
-
-func major(_ dev: UInt64) -> UInt64 { ((dev >> 32) & 0xFFFF_F000) | ((dev >> 8) & 0xFFF) }
-func minor(_ dev: UInt64) -> UInt64 { ((dev >> 12) & 0xFFFF_FF00) | (dev & 0xFF) }
-
 func pad<T>(_ value: T, _ width: Int) -> String {
     let s = "\(value)"
     return s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
@@ -566,10 +497,6 @@ extension String {
     init(format2 byte: UInt8) {
         let s = String(byte, radix: 16)
         self = s.count == 1 ? "0" + s : s
-    }
-
-    func leftPadded(_ width: Int, _ fill: Character) -> String {
-        count >= width ? self : String(repeating: fill, count: width - count) + self
     }
 
     func replacingAll(_ target: Character, _ replacement: String) -> String {

@@ -1,7 +1,10 @@
-// What the control socket's commands do: info, sessions, serve-fd, snapshot, flush, reload, end-session.
+// What the control socket's commands do: info, sessions, serve-fd, snapshot, flush, reload, end-session
+// (df, stat and stats in StatusCommands.swift).
+import FUSEDevice
 import FUSEProtocol
 import Glibc
 import PMFSControl
+import PMFSMetrics
 import PMFSServer
 import Synchronization
 import VhostUser
@@ -14,13 +17,17 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
     let hostOperations: PMFSOperations?
     /// The host mount's FUSE engine (its request count).
     let hostServer: FUSEServer?
+    /// The host mount's requests by transport.
+    let hostTransport: FUSETransportCounters?
     /// nil without --config.
     let reloader: ConfigReloader?
+    /// nil without --metrics.
+    let registry: MetricsRegistry?
 
     init(guests: Guests, pool: String, data: String, mount: String?, hostOperations: PMFSOperations?, hostServer: FUSEServer?,
-         reloader: ConfigReloader?) {
+         hostTransport: FUSETransportCounters?, reloader: ConfigReloader?, registry: MetricsRegistry?) {
         self.guests = guests; self.pool = pool; self.data = data; self.mount = mount; self.hostOperations = hostOperations
-        self.hostServer = hostServer; self.reloader = reloader
+        self.hostServer = hostServer; self.hostTransport = hostTransport; self.reloader = reloader; self.registry = registry
     }
 
     func handle(_ request: ControlRequest, fd: Int32?, peer: PeerCredentials) -> (response: ControlResponse, held: Int?) {
@@ -50,11 +57,17 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
             return (reload(), nil)
         case "end-session":
             return (endSession(request.listener, peer: peer), nil)
+        case "df":
+            return (ControlResponse(ok: true, df: spaceInfo()), nil)
+        case "stat":
+            do { return (ControlResponse(ok: true, stat: try pathStatus(request.path)), nil) } catch { return (.failure("stat: \(error)"), nil) }
+        case "stats":
+            return (ControlResponse(ok: true, stats: statistics()), nil)
         case "sandbox-test-forbidden-call" where Sandbox.testHookEnabled:
             // Under --seccomp kill the process dies here; under log, the kernel logs it.
             return (ControlResponse(ok: Sandbox.makeForbiddenCall() != -2), nil)
         default:
-            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot, flush, reload, end-session)"), nil)
+            return (.failure("unknown command '\(request.command.prefix(64))' (info, sessions, serve-fd, snapshot, flush, reload, end-session, df, stat, stats)"), nil)
         }
     }
 

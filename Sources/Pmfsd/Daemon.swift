@@ -123,7 +123,8 @@ extension Pmfsd {
         do {
             controlServer = try settings.control.map { path in
                 let commands = ControlCommands(guests: guests, pool: settings.pool, data: settings.data, mount: host?.mount.mountPoint,
-                                               hostOperations: host?.operations, hostServer: host?.mount.server, reloader: reloader)
+                                               hostOperations: host?.operations, hostServer: host?.mount.server, hostTransport: host?.mount.counters,
+                                               reloader: reloader, registry: metrics.registry)
                 return try ControlServer(path: path, handler: commands, logger: logger)
             }
         } catch {

@@ -222,4 +222,12 @@ final class Guests: @unchecked Sendable {
                                lockRecords: s.lockRecords, requests: g.backend.server.requestsTaken, queues: g.backend.runningQueues)
         }
     }
+
+    /// Each listener's session: requests taken and in flight (relaxed atomics, read as they are).
+    func sessionCounts() -> [SessionCounts] {
+        listeners.map { g in
+            SessionCounts(session: g.operations.session, name: g.name, requests: g.backend.server.requestsTaken,
+                          inFlight: g.backend.server.requestsInFlight)
+        }
+    }
 }

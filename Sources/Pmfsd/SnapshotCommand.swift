@@ -18,10 +18,11 @@ struct SnapshotCommand {
             throw ControlError("snapshot needs a source and a target")
         }
         let readOnly = request.readOnly ?? false
-        let sourceIno = try directory(at: try components(source), path: source)
-        var targetNames = try components(target)
+        let paths = ServedPath(metadata: fs.metadata, mount: mount)
+        let sourceIno = try paths.directory(at: try paths.components(source), path: source)
+        var targetNames = try paths.components(target)
         guard let name = targetNames.popLast() else { throw ControlError("snapshot target \(target) is the root") }
-        let parent = try directory(at: targetNames, path: target)
+        let parent = try paths.directory(at: targetNames, path: target)
         let started = monotonicSeconds()
         let made: SnapshotSummary
         do {
@@ -32,39 +33,6 @@ struct SnapshotCommand {
         sessions.announce([.entry(parent: parent, name: name.bytes), .attributes(parent)])
         return SnapshotInfo(root: made.root, inodes: made.inodes, directories: made.directories, files: made.regularFiles,
                             sharedBlocks: made.sharedBlocks, readOnly: readOnly, milliseconds: (monotonicSeconds() - started) * 1000)
-    }
-
-    /// The names of a path relative to the file system's root, or absolute under
-    /// the host mount. No "..": a path names what it says, nothing above it.
-    func components(_ path: String) throws -> [FileName] {
-        var relative = Substring(path)
-        if path.hasPrefix("/") {
-            let root = mount.map { $0.hasSuffix("/") && $0.count > 1 ? String($0.dropLast()) : $0 }
-            guard let root, relative == root || relative.hasPrefix(root + "/") else {
-                throw ControlError("\(path) is not under pmfsd's host mount \(mount ?? "(none)"): give an absolute path under it or a path relative to the file system's root")
-            }
-            relative = relative.dropFirst(root.count)
-        }
-        var names: [FileName] = []
-        for part in relative.split(separator: "/") where part != "." {
-            guard part != ".." else { throw ControlError("\(path): '..' is not allowed in a snapshot path") }
-            do { names.append(try FileName(String(part))) } catch { throw ControlError("\(path): bad name '\(part.prefix(64))'") }
-        }
-        return names
-    }
-
-    /// The directory `names` lead to from the root (symbolic links not followed).
-    private func directory(at names: [FileName], path: String) throws -> UInt64 {
-        var ino: UInt64 = 1   // the root directory
-        for name in names {
-            let a: InodeAttributes
-            do { a = try fs.metadata.lookup(ino, name) } catch {
-                throw ControlError("\(path): \(String(decoding: name.bytes, as: UTF8.self)): \(error)")
-            }
-            guard a.type == .directory else { throw ControlError("\(path): \(String(decoding: name.bytes, as: UTF8.self)) is not a directory") }
-            ino = a.ino
-        }
-        return ino
     }
 }
 

@@ -234,3 +234,27 @@ func monotonicSeconds() -> Double {
     clock_gettime(CLOCK_MONOTONIC, &t)
     return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }
+
+@Suite struct SampleTests {
+    @Test func samplesLeaveOutCommentsAndBucketsAndKeepLabelsWithSpaces() {
+        let text = """
+            # HELP pmfs_x_total x
+            # TYPE pmfs_x_total counter
+            pmfs_x_total{session="vm 1"} 7
+            pmfs_y_seconds_bucket{le="+Inf"} 3
+            pmfs_y_seconds_sum 0.25
+            pmfs_y_seconds_count 3
+            pmfs_gauge 2
+
+            """
+        let got = MetricsRegistry.samples(inText: Array(text.utf8))
+        #expect(got.map(\.series) == [#"pmfs_x_total{session="vm 1"}"#, "pmfs_y_seconds_sum", "pmfs_y_seconds_count", "pmfs_gauge"])
+        #expect(got.map(\.value) == ["7", "0.25", "3", "2"])
+    }
+
+    @Test func aRegistrysCountersComeBackAsSamples() {
+        let registry = MetricsRegistry()
+        CoreMetrics.Counter(label: "pmfs_fsyncs_total", factory: registry).increment(by: 5)
+        #expect(registry.samples().contains { $0.series == "pmfs_fsyncs_total" && $0.value == "5" })
+    }
+}

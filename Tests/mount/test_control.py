@@ -451,3 +451,136 @@ def test_sessions_count_requests_and_locks(fs):
     assert host()["lockRecords"] == 0
     run = pmfsctl(fs, "sessions", "--rate", "0.5")
     assert run.returncode == 0 and "REQ/S" in run.stdout and "REQUESTS" in run.stdout and "LOCKS" in run.stdout, run
+
+
+def ctl_ok(f, *args):
+    run = pmfsctl(f, *args, "--json")
+    assert run.returncode == 0, run.stderr
+    reply = json.loads(run.stdout)
+    assert reply["ok"], reply
+    return reply
+
+
+def write_durably(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_df_shows_blocks_used_by_an_fsynced_file_and_shared_by_a_snapshot(fs):
+    """pmfsctl df: the pool's numbers agree with statvfs of the mount; a file written and fsynced takes its blocks
+    from the free count, one inode from the free inodes; a snapshot of it shares those blocks; the cache shows."""
+    ctl_json(fs, "flush")   # nothing of earlier tests left to write back while we count
+    before = ctl_json(fs, "df")["df"]
+    vfs = os.statvfs(fs.mnt)
+    assert before["totalBlocks"] == vfs.f_blocks and before["freeBlocks"] == vfs.f_bfree, (before, vfs)
+    assert before["totalInodes"] == vfs.f_files and before["freeInodes"] == vfs.f_ffree
+    assert before["blockSize"] == vfs.f_bsize and before["poolBytes"] > 0
+    assert before["cache"]["frames"] > 0 and before["cache"]["frameBytes"] == before["blockSize"]
+    block = before["blockSize"]
+    n = 256
+    os.mkdir(fs.path("df-src"))
+    write_durably(fs.path("df-src", "data"), os.urandom(n * block))
+    after = ctl_json(fs, "df")["df"]
+    assert before["freeBlocks"] - n - 8 <= after["freeBlocks"] <= before["freeBlocks"] - n, (before, after)
+    used = lambda df: df["totalInodes"] - df["freeInodes"]
+    assert used(after) == used(before) + 2   # the directory and the file
+    run = pmfsctl(fs, "snapshot", "df-src", "df-copy")
+    assert run.returncode == 0, run.stderr
+    shared = ctl_json(fs, "df")["df"]["sharing"]
+    assert shared["blocks"] >= n and shared["references"] >= shared["blocks"] + n, shared
+    table = pmfsctl(fs, "df")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["TOTAL", "USED", "FREE", "USE%"] and lines[1].split()[0] == "blocks", table.stdout
+    assert "shared blocks:" in table.stdout and "clones save" in table.stdout and "cache:" in table.stdout, table.stdout
+
+
+def test_stat_shows_what_the_mount_shows(fs):
+    """pmfsctl stat PATH (relative, or absolute under the mount) answers the attributes os.stat gives through the
+    mount, for a file, a directory and a symbolic link (not followed); a file's mapped blocks after fsync."""
+    os.mkdir(fs.path("st"))
+    path = fs.path("st", "file")
+    write_durably(path, b"z" * 10000)
+    os.chmod(path, 0o640)
+    os.chown(path, 1234, 5678)
+    os.symlink("file", fs.path("st", "link"))
+    st = os.lstat(path)
+    for asked in ("st/file", "./st//file", path):
+        got = ctl_ok(fs, "stat", asked)["stat"]
+        assert got["type"] == "regular file" and got["ino"] == st.st_ino and got["mode"] == st.st_mode, (asked, got)
+        assert (got["uid"], got["gid"], got["size"], got["links"]) == (1234, 5678, 10000, 1), got
+        assert got["mtime"]["seconds"] == int(st.st_mtime) and got["blocks"] == st.st_blocks, (got, st)
+        assert got["extents"]["mappedBlocks"] == -(-10000 // os.statvfs(fs.mnt).f_bsize) and not got["readOnly"], got
+    directory = ctl_ok(fs, "stat", "st")["stat"]
+    assert directory["type"] == "directory" and directory["ino"] == os.lstat(fs.path("st")).st_ino and "extents" not in directory
+    link = ctl_ok(fs, "stat", "st/link")["stat"]
+    assert link["type"] == "symbolic link" and link["linkTarget"] == "file" and link["ino"] == os.lstat(fs.path("st", "link")).st_ino
+    os.symlink(b"odd\x01\xff\\", os.path.join(fs.path("st").encode(), b"odd"))   # shown as pmfs-inspect shows names
+    assert ctl_ok(fs, "stat", "st/odd")["stat"]["linkTarget"] == "odd\\x01\\xff\\x5c"
+    root = ctl_ok(fs, "stat", fs.mnt)["stat"]
+    assert root["type"] == "directory" and root["ino"] == os.stat(fs.mnt).st_ino
+    table = pmfsctl(fs, "stat", "st/file")
+    assert table.returncode == 0 and f"Inode: {st.st_ino}" in table.stdout and "(-rw-r-----)" in table.stdout, table
+    assert "Uid: 1234   Gid: 5678" in table.stdout and "Extents:" in table.stdout, table.stdout
+
+
+def test_stat_refuses_bad_paths_clearly_and_pmfsd_serves_on(fs):
+    os.mkdir(fs.path("bad"))
+    write_file(fs.path("bad", "f"), b"x")
+    for asked, want in [("bad/missing", "No such file or directory"), ("bad/" + "n" * 256, "File name too long"),
+                        ("bad/../bad", "'..' is not allowed"), ("/elsewhere/bad", "not under pmfsd's host mount"),
+                        ("bad/f/x", "f is not a directory")]:
+        run = pmfsctl(fs, "stat", asked)
+        assert run.returncode == 1 and want in run.stderr, (asked, run)
+    # A name with a NUL, which no command line can carry: straight onto the socket.
+    s = connect(fs.control)
+    s.sendall(b'{"command":"stat","path":"bad/f\\u0000x"}\n')
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "Invalid argument" in reply["error"], reply
+    s.sendall(b'{"command":"stat"}\n')
+    reply = json.loads(read_line(s))
+    assert not reply["ok"] and "needs a path" in reply["error"], reply
+    s.close()
+    assert os.listdir(fs.path("bad")) == ["f"]
+    assert ctl_ok(fs, "stat", "bad/f")["stat"]["size"] == 1
+
+
+def test_stats_count_requests_fsyncs_and_transactions(fs):
+    """pmfsctl stats without --metrics: the host session's requests, fsyncs, device flushes and committed
+    transactions all grow with a workload of written and fsynced files; no registry is said so."""
+    def host(stats):
+        return [s for s in stats["sessions"] if s["name"].startswith("host mount")][0]
+    before = ctl_json(fs, "stats")["stats"]
+    assert "metrics" not in before and "hostTransport" in before
+    os.mkdir(fs.path("busy"))
+    for i in range(20):
+        write_durably(fs.path("busy", f"f{i}"), b"y" * 5000)
+    after = ctl_json(fs, "stats")["stats"]
+    assert host(after)["requests"] >= host(before)["requests"] + 60, (before, after)   # CREATE, WRITE, FSYNC, ... each
+    assert host(after)["inFlight"] >= 0
+    assert after["fsyncs"] >= before["fsyncs"] + 20 and after["deviceFlushes"] > before["deviceFlushes"], (before, after)
+    assert after["transactionsCommitted"] >= before["transactionsCommitted"] + 40, (before, after)
+    table = pmfsctl(fs, "stats")
+    assert table.returncode == 0 and "IN FLIGHT" in table.stdout and "fsyncs" in table.stdout, table
+    assert "no metrics registry" in table.stdout, table.stdout
+
+
+def test_stats_include_the_metrics_registry_when_it_is_on():
+    def configure(f):
+        with_control(f)
+        f.start_args += ["--metrics", "127.0.0.1:0"]
+    for f in serve("pmfs-stats-metrics", configure, control_ready):
+        write_durably(f.path("m"), b"m" * 4096)
+        stats = ctl_json(f, "stats")["stats"]
+        samples = {m["series"]: m["value"] for m in stats["metrics"]}
+        assert not any("_bucket" in series for series in samples), samples
+        fsyncs = [v for k, v in samples.items() if k.startswith("pmfs_fsyncs_total")]
+        assert fsyncs and float(fsyncs[0]) >= 1 and float(fsyncs[0]) == stats["fsyncs"], (fsyncs, stats["fsyncs"])
+        assert any(k.startswith("pmfs_fuse_requests_total") and 'session="host"' in k and float(v) > 0 for k, v in samples.items())
+        table = pmfsctl(f, "stats")
+        assert table.returncode == 0 and "METRIC" in table.stdout and "pmfs_fuse_requests_total" in table.stdout, table
+        assert "zero sample(s) not shown" in table.stdout, table.stdout
