@@ -35,20 +35,22 @@ def parse(text):
     return out
 
 
+def metrics_url(fs):
+    """Sets fs.url from the address pmfsd logs for its --metrics endpoint."""
+    deadline = time.monotonic() + 10
+    while not (m := re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", fs.this_start_log())):
+        assert time.monotonic() < deadline, f"pmfsd did not log its metrics address:\n{fs.stderr()}"
+        time.sleep(0.02)
+    fs.url = m.group(1)
+
+
 @pytest.fixture(scope="module")
 def served():
     def configure(fs):
         fs.sock = os.path.join(fs.pool_dir, "vm.sock")
         fs.start_args = ["--metrics", "127.0.0.1:0", "--socket", fs.sock]
 
-    def ready(fs):
-        deadline = time.monotonic() + 10
-        while not (m := re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", fs.this_start_log())):
-            assert time.monotonic() < deadline, f"pmfsd did not log its metrics address:\n{fs.stderr()}"
-            time.sleep(0.02)
-        fs.url = m.group(1)
-
-    yield from serve("pmfs-metrics", configure, ready)
+    yield from serve("pmfs-metrics", configure, metrics_url)
 
 
 def scrape(fs):
@@ -297,14 +299,7 @@ def test_writes_past_a_full_cache_are_throttled_and_counted():
     def configure(fs):
         fs.start_args = ["--metrics", "127.0.0.1:0"]
 
-    def ready(fs):
-        deadline = time.monotonic() + 10
-        while not (m := re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", fs.this_start_log())):
-            assert time.monotonic() < deadline, f"pmfsd did not log its metrics address:\n{fs.stderr()}"
-            time.sleep(0.02)
-        fs.url = m.group(1)
-
-    for fs in serve("pmfs-metrics-small-cache", configure, ready, cache_size="1M"):
+    for fs in serve("pmfs-metrics-small-cache", configure, metrics_url, cache_size="1M"):
         before = scrape(fs)
         chunk = os.urandom(1 << 20)
         with open(fs.path("big"), "wb") as f:

@@ -25,11 +25,7 @@ tree_sum() { (cd "$1" && find . -path ./vm1/guest-wrote -prune -o -print0 | LC_A
 "$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 256M -q
 # The exports must exist when pmfsd starts: make them through a first mount.
 start_pmfsd
-for vm in vm1 vm2; do
-    mkdir "$mnt/$vm"
-    echo "$vm" > "$mnt/$vm/owner"
-    printf 'export %s\n' "$vm" > "$mnt/$vm/data"
-done
+make_exports vm1 vm2
 echo "not for guests" > "$mnt/host-only"
 before=$(tree_sum "$mnt")
 stop_pmfsd

@@ -78,6 +78,17 @@ start_pmfsd() {
     wait_for "pmfsd mounting $mnt${sockets:+ and listening on ${sockets[*]}}" 30 pmfsd_serving
 }
 
+# make_exports NAME...: on the host mount, a directory per name holding what
+# the "export" workload expects there: "owner" (the name) and "data".
+make_exports() {
+    local vm
+    for vm in "$@"; do
+        mkdir "$mnt/$vm"
+        echo "$vm" > "$mnt/$vm/owner"
+        printf 'export %s\n' "$vm" > "$mnt/$vm/data"
+    done
+}
+
 # start_guest NAME SOCKET WORKLOAD [KERNEL-ARGS...]: boots a guest (run.sh) in
 # the background, its output in $work/NAME.out; wait_guests waits for all.
 guest_names=() guest_pids=()

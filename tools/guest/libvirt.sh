@@ -42,11 +42,7 @@ refuses() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.co
 "$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 256M -q
 start_pmfsd --control "$control"
 wait_for "the control socket" 10 test -S "$control"
-for vm in vm1 vm2; do
-    mkdir "$mnt/$vm"
-    echo "$vm" > "$mnt/$vm/owner"
-    printf 'export %s\n' "$vm" > "$mnt/$vm/data"
-done
+make_exports vm1 vm2
 echo "not for guests" > "$mnt/host-only"
 
 for vm in vm1 vm2; do

@@ -59,11 +59,7 @@ stream_grew_past() { (( $(stream_size) > $1 )); }
 
 "$bin/mkfs.pmfs" --pool "$pool" --data "$work/data" --data-size 256M -q
 start_pmfsd
-for vm in vm1 vm2; do
-    mkdir "$mnt/$vm"
-    echo "$vm" > "$mnt/$vm/owner"
-    printf 'export %s\n' "$vm" > "$mnt/$vm/data"
-done
+make_exports vm1 vm2
 stop_pmfsd
 
 write_config vm1
