@@ -586,12 +586,14 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
     }
 
-    /// Spins up to `nanoseconds` for a new request; true if one came.
+    /// Spins up to `nanoseconds` for a new request; true if one came. Each
+    /// turn yields the CPU: a guest's vCPU thread (or the front end) that
+    /// shares it runs at once instead of waiting out the window.
     private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
         let deadline = cvhost_monotonic_ns() + nanoseconds
         while cvhost_monotonic_ns() < deadline {
             if readLocked({ q.hasMore && !q.broken }) || q.stopRequested { return true }
-            cvhost_cpu_relax()
+            sched_yield()
         }
         return false
     }
