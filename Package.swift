@@ -213,17 +213,19 @@ let package = Package(
             // The crash tests run the writer, so it is built before them.
             dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
         ),
+        // Builders of the FUSE messages the engine's tests send (shared by three test targets).
+        .target(name: "FUSETestSupport", dependencies: ["FUSEProtocol", "CFUSE"], path: "Tests/Support/FUSETestSupport"),
         // What pmfs's io_uring rings refuse (their restrictions), on the bare C shim.
         .testTarget(name: "RingTests", dependencies: ["CURing"]),
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "FUSETestSupport", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(
             name: "ServerTests",
-            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSData", "PMFSMetadata"]
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "FUSETestSupport", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",
@@ -232,7 +234,7 @@ let package = Package(
         // The metrics backend, names and --metrics parsing; the endpoint over real sockets.
         .testTarget(
             name: "MetricsTests",
-            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]
+            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", "FUSETestSupport", .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // pmfsd's configuration file: parsing, validation, what a reload changes.
         .testTarget(

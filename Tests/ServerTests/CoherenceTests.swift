@@ -1,6 +1,7 @@
 import FUSEDevice
 @testable import FUSEProtocol
 import CFUSE
+import FUSETestSupport
 import Glibc
 import PMFSCore
 import PMFSData
@@ -205,7 +206,7 @@ final class TestMutex: @unchecked Sendable {
         var rd = fuse_read_in()
         rd.fh = o.handle; rd.offset = 333; rd.size = 20_000
         var writer = ReplyWriter(memory)
-        let outcome = message(FUSE_READ.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &rd) { Array($0) }, unique: 9).withUnsafeBytes {
+        let outcome = fuseMessage(FUSE_READ, unique: 9, nodeid: e.nodeid, body: bytes(of: rd)).withUnsafeBytes {
             var request = RequestCursor($0)
             return server.handle(&request, &writer) { _ in Issue.record("a READ is never deferred") }
         }
@@ -231,27 +232,6 @@ func served(_ server: FUSEServer, _ segments: [UnsafeRawBufferPointer]) -> [UInt
     return Array(UnsafeRawBufferPointer(rebasing: memory[0..<n]))
 }
 
-/// A FUSE request message as the kernel sends it.
-func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8], unique: UInt64 = 5) -> [UInt8] {
-    var h = fuse_in_header()
-    h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
-    h.opcode = opcode; h.unique = unique; h.nodeid = nodeid
-    return withUnsafeBytes(of: &h) { Array($0) } + body
-}
-
-/// A FUSE engine over `operations`, past INIT (protocol 7.38).
-func initializedServer(_ operations: FUSEOperations) -> FUSEServer {
-    let server = FUSEServer(operations: operations)
-    var i = fuse_init_in()
-    i.major = 7; i.minor = 38
-    message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
-    return server
-}
-
-final class Replies: @unchecked Sendable {
-    var all: [[UInt8]] = []
-}
-
 /// WRITE taken from a transport's scattered request, without gathering it.
 @Suite struct WriteInPlaceTests {
     @Test func scatteredWritesLandLikeContiguousOnes() throws {
@@ -265,7 +245,7 @@ final class Replies: @unchecked Sendable {
             let data = (0..<Int.random(in: 1...20_000, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             var w = fuse_write_in()
             w.fh = o.handle; w.offset = UInt64(offset); w.size = UInt32(data.count)
-            let m = message(FUSE_WRITE.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &w) { Array($0) } + data, unique: UInt64(round))
+            let m = fuseMessage(FUSE_WRITE, unique: UInt64(round), nodeid: e.nodeid, body: bytes(of: w) + data)
             // Cut the message at random points (inside the header too), as a descriptor chain may.
             var cuts = (0..<Int.random(in: 0...6, using: &rng)).map { _ in Int.random(in: 0...m.count, using: &rng) }
             cuts = ([0] + cuts + [m.count]).sorted()
@@ -285,7 +265,7 @@ final class Replies: @unchecked Sendable {
         // A WRITE claiming more data than it carries is refused, in pieces as whole.
         var w = fuse_write_in()
         w.fh = o.handle; w.size = 100
-        let short = message(FUSE_WRITE.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &w) { Array($0) } + [1, 2, 3])
+        let short = fuseMessage(FUSE_WRITE, unique: 5, nodeid: e.nodeid, body: bytes(of: w) + [1, 2, 3])
         let refused = short.withUnsafeBytes { whole in
             served(server, [UnsafeRawBufferPointer(rebasing: whole[0..<50]), UnsafeRawBufferPointer(rebasing: whole[50...])])
         }

@@ -1,5 +1,6 @@
 @testable import FUSEProtocol
 import CFUSE
+import FUSETestSupport
 import Glibc
 import PMFSCore
 import PMFSData
@@ -56,7 +57,7 @@ struct Wire {
         var b = body
         let bytes = withUnsafeBytes(of: &b) { Array($0) } + extra
         let replies = Replies()
-        message(opcode.rawValue, nodeid: nodeid, bytes, unique: unique).withUnsafeBytes { server.handle($0) { replies.all.append($0) } }
+        fuseMessage(opcode, unique: unique, nodeid: nodeid, body: bytes).withUnsafeBytes { server.handle($0) { replies.all.append($0) } }
         guard let r = replies.all.first else { return (0, []) }   // no reply (yet)
         let h = r.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
         return (-h.error, Array(r.dropFirst(16)))
