@@ -220,17 +220,19 @@ let package = Package(
         ),
         // Builders of the FUSE messages the engine's tests send (shared by three test targets).
         .target(name: "FUSETestSupport", dependencies: ["FUSEProtocol", "CFUSE"], path: "Tests/Support/FUSETestSupport"),
+        // A formatted pool and data file on /dev/shm served by a FileSystem (ServerTests, TransportTests).
+        .target(name: "FileSystemTestSupport", dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata"], path: "Tests/Support/FileSystemTestSupport"),
         // What pmfs's io_uring rings refuse (their restrictions), on the bare C shim.
         .testTarget(name: "RingTests", dependencies: ["CURing"]),
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "FUSETestSupport", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(
             name: "ServerTests",
-            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "FUSETestSupport", "PMFSCore", "PMFSData", "PMFSMetadata"]
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",

@@ -2,6 +2,7 @@ import FUSEDevice
 @testable import FUSEProtocol
 import CFUSE
 import FUSETestSupport
+import FileSystemTestSupport
 import Glibc
 import PMFSCore
 import PMFSData
@@ -15,10 +16,9 @@ import Testing
 /// and attributes for an hour here, so only the notifications can make it see
 /// the other session's changes.
 final class TwoSessions {
-    let pool: String, data: String
-    let metadata: MetadataStore
-    let device: DataDevice
-    let fs: FileSystem
+    let files: ShmFileSystem
+    var metadata: MetadataStore { files.metadata }
+    var fs: FileSystem { files.fs }
     let group = SessionGroup()
     let host: PMFSOperations
     let guest: PMFSOperations
@@ -27,24 +27,13 @@ final class TwoSessions {
     private var serving = pthread_t()
 
     init() throws {
-        setenv("PMEM_IS_PMEM_FORCE", "1", 1)
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        pool = "/dev/shm/pmfs-coherence-\(tag).pool"
-        data = "/dev/shm/pmfs-coherence-\(tag).data"
-        let blocks: UInt64 = 8192
-        let fd = open(data, O_CREAT | O_RDWR | O_TRUNC, 0o600)
-        precondition(fd >= 0)
-        ftruncate(fd, off_t(blocks * 4096))
-        close(fd)
-        metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: blocks))
-        try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: data)
-        device = try DataDevice(path: data, engine: .auto)
-        fs = try FileSystem(metadata: metadata, device: device, options: FileSystem.Options())
+        files = try ShmFileSystem(name: "coherence", dataBlocks: 8192)
+        let (metadata, fs) = (files.metadata, files.fs)
         host = PMFSOperations(metadata: metadata, fs: fs, group: group)
         host.entryTimeout = 3600
         host.attributeTimeout = 3600
         guest = PMFSOperations(metadata: metadata, fs: fs, group: group)
-        mountPoint = "/tmp/pmfs-coherence-\(tag)"
+        mountPoint = "/tmp/pmfs-coherence-\(files.tag)"
         mkdir(mountPoint, 0o755)
         mount = try FUSEMount(mountPoint: mountPoint, server: FUSEServer(operations: host), fsName: "pmfs-test")
         let m = mount
@@ -61,12 +50,7 @@ final class TwoSessions {
         mount.unmount()
         pthread_join(serving, nil)
         host.stopListening()
-        try? fs.shutdown()
-        device.close()
-        try? metadata.close()
         rmdir(mountPoint)
-        unlink(pool)
-        unlink(data)
     }
 
     let request = FUSERequest(unique: 1, nodeid: 1, uid: 0, gid: 0, pid: 1, opcode: 0)

@@ -6,8 +6,7 @@ import Testing
 @Suite struct DescriptorWalkerTests {
     @Test func aWellFormedChainSplitsReadableAndWritable() throws {
         let g = FakeGuest()
-        g.descriptor(0, address: g.data, length: 40, flags: Virtqueue.descriptorNext, next: 1)
-        g.descriptor(1, address: g.data + 4096, length: 100, flags: Virtqueue.descriptorWrite, next: 0)
+        g.placeRequestChain()
         g.offer(0)
         let c = try #require(try g.queue.pop())
         #expect(c.readableBytes == 40 && c.writableBytes == 100)

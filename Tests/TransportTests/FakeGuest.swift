@@ -36,6 +36,13 @@ final class FakeGuest {
         SplitRingLayout.storeDescriptor(buffer + table, i, address: address, length: length, flags: flags, next: next)
     }
 
+    /// Writes chain 0 as a request and its reply space: 40 readable bytes at
+    /// the data area, then 100 writable bytes a page further (not offered).
+    func placeRequestChain() {
+        descriptor(0, address: data, length: 40, flags: Virtqueue.descriptorNext, next: 1)
+        descriptor(1, address: data + 4096, length: 100, flags: Virtqueue.descriptorWrite, next: 0)
+    }
+
     /// Makes the chain at `head` available.
     func offer(_ head: UInt16) {
         let avail = buffer + Self.availableRing

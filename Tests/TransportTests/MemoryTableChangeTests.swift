@@ -6,8 +6,7 @@ import Testing
     /// its buffers are then found in the new mappings, not the old ones.
     @Test func aChainInFlightIsFoundAgainInTheNewMappings() throws {
         let g = FakeGuest()
-        g.descriptor(0, address: g.data, length: 40, flags: Virtqueue.descriptorNext, next: 1)
-        g.descriptor(1, address: g.data + 4096, length: 100, flags: Virtqueue.descriptorWrite, next: 0)
+        g.placeRequestChain()
         g.offer(0)
         let first = try #require(try g.queue.pop())
         // The same guest memory, mapped elsewhere now (as after SET_MEM_TABLE).
