@@ -26,14 +26,7 @@ extension CheckRun {
     private func expectedBitmap() -> [UInt64] {
         var expected = [UInt64](repeating: 0, count: wordCount)
         func set(_ start: UInt64, _ length: UInt64) {
-            var b = start
-            let end = start + length
-            while b < end {
-                let bit = b % 64
-                let n = min(64 - bit, end - b)
-                expected[Int(b / 64)] |= n == 64 ? ~0 : ((1 << n) - 1) << bit
-                b += n
-            }
+            for (w, mask, _) in BitmapRun(start: start, length: length) { expected[w] |= mask }
         }
         set(0, reservedBlocks)
         var used: UInt64 = 0
