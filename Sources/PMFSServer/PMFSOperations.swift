@@ -718,12 +718,12 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         try run {
             let nodeid = try reference(nodeid)
             let a = try metadata.getattr(nodeid)
-            let want = mask & 7
+            let want = mask & UInt32(R_OK | W_OK | X_OK)
             if want == 0 { return }
-            if want & 2 != 0 { try requireWritable(nodeid) }
+            if want & UInt32(W_OK) != 0 { try requireWritable(nodeid) }
             // The guest's root is root in its export; owners compare in host ids.
             if r.uid == 0 {
-                if want & 1 != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
+                if want & UInt32(X_OK) != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
                 return
             }
             let caller = export.hostCaller(uid: r.uid, gid: r.gid)
