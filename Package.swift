@@ -100,11 +100,12 @@ let package = Package(
         ),
         // A vhost-user front end that plays QEMU and the guest (memfd memory,
         // split rings, eventfds): the daemon-side benchmark and transport tests.
-        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE"]),
+        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE"], path: "Testing/VhostUserFrontEnd"),
         // Per-request latency of a vhost-user-fs back end (pmfsd or virtiofsd): tools/bench/vhost.sh.
         .executableTarget(
             name: "PmfsVhostBench",
-            dependencies: ["VhostUserFrontEnd", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VhostUserFrontEnd", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks/PmfsVhostBench"
         ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
@@ -154,8 +155,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // Linux headers Glibc's module lacks (xattr calls, SEEK_DATA/SEEK_HOLE).
-        .target(name: "CLinux"),
+        // Linux headers Glibc's module lacks (xattr calls, SEEK_DATA/SEEK_HOLE), for the damage fuzzer's mount walk.
+        .target(name: "CLinux", path: "Testing/CLinux"),
         // The pool-damage fuzzer (runs fsck.pmfs, pmfsd and itself as children).
         .executableTarget(
             name: "PmfsDamageFuzz",
@@ -164,7 +165,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            path: "Testing/PmfsDamageFuzz"
         ),
         .executableTarget(
             name: "PmfsInspect",
@@ -180,7 +182,8 @@ let package = Package(
                 "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            path: "Testing/PmfsTorture"
         ),
         // Kills pmfs-torture at random points and checks the pool after each kill.
         // Depends on it for its model (and so that it is built before the tests).
@@ -198,7 +201,8 @@ let package = Package(
             dependencies: [
                 "PMFSCore", "PMFSData", "PMFSMetadata",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            path: "Benchmarks/PmfsDataBench"
         ),
         // Child process of the data crash tests: writes and fsyncs until killed.
         .executableTarget(
@@ -206,24 +210,29 @@ let package = Package(
             dependencies: [
                 "PMFSCore", "PMFSData", "PMFSMetadata",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            path: "Testing/PmfsCrashWriter"
         ),
         .testTarget(
             name: "PMFSCoreTests",
             // The crash tests run the writer, so it is built before them.
             dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
         ),
+        // Builders of the FUSE messages the engine's tests send (shared by three test targets).
+        .target(name: "FUSETestSupport", dependencies: ["FUSEProtocol", "CFUSE"], path: "Tests/Support/FUSETestSupport"),
+        // A formatted pool and data file on /dev/shm served by a FileSystem (ServerTests, TransportTests).
+        .target(name: "FileSystemTestSupport", dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata"], path: "Tests/Support/FileSystemTestSupport"),
         // What pmfs's io_uring rings refuse (their restrictions), on the bare C shim.
         .testTarget(name: "RingTests", dependencies: ["CURing"]),
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(
             name: "ServerTests",
-            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSData", "PMFSMetadata"]
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",
@@ -232,7 +241,7 @@ let package = Package(
         // The metrics backend, names and --metrics parsing; the endpoint over real sockets.
         .testTarget(
             name: "MetricsTests",
-            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]
+            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", "FUSETestSupport", .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // pmfsd's configuration file: parsing, validation, what a reload changes.
         .testTarget(

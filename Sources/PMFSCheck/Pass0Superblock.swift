@@ -9,8 +9,31 @@ import PMFSMetadata
 extension CheckRun {
     func pass0Superblock() -> Bool {
         collectObjects()
-        guard fatal == nil else { return false }
+        guard fatal == nil, checkFormat() else { return false }
+        checkState()
+        checkGeometry()
+        seed = sb.pointee.hash_seed
 
+        let tableSize = MemoryLayout<pmfs_inode_table>.size
+        guard let tableOff = superblockReference(\.inode_table_off, PMFS_T_INODE_TABLE, minSize: tableSize,
+                                                 code: .superblockInodeTable, named: "inode table", object: "inode table") else { return false }
+        table = try? pool.pointer(tableOff)
+
+        let headerSize = MemoryLayout<pmfs_space_bitmap>.size
+        guard let bitmapOff = superblockReference(\.space_bitmap_off, PMFS_T_SPACE_BITMAP, minSize: headerSize,
+                                                  code: .superblockBitmap, named: "space bitmap", object: "bitmap") else { return false }
+        checkReserve()
+        guard let bm: UnsafeMutablePointer<pmfs_space_bitmap> = try? pool.pointer(bitmapOff) else { fatal = "space bitmap unreadable"; return false }
+        bitmap = bm
+        guard checkDeviceSize(bm, objectSize: objects[bitmapOff]?.size ?? 0) else { return false }
+        bitmapWords = (UnsafeMutableRawPointer(bm) + headerSize).assumingMemoryBound(to: UInt64.self)
+        checkReservedBlocks(bm)
+        return true
+    }
+
+    /// Magic, format version and feature flags: what says this fsck.pmfs can
+    /// read the pool at all. A version of 0 is damage, repaired to the current one.
+    private func checkFormat() -> Bool {
         let magic = sb.pointee.magic
         guard magic == PMFS_MAGIC else {
             fatal = "bad superblock magic 0x\(String(magic, radix: 16)) (expected 0x\(String(PMFS_MAGIC, radix: 16))): not a pmfs pool, or its superblock is destroyed"
@@ -30,6 +53,11 @@ extension CheckRun {
             fatal = "pool uses features this fsck.pmfs does not know (incompat 0x\(String(sb.pointee.incompat_features, radix: 16)), rocompat 0x\(String(sb.pointee.rocompat_features, radix: 16)))"
             return false
         }
+        return true
+    }
+
+    /// The clean/in-use state: anything else is repaired to clean.
+    private func checkState() {
         let state = sb.pointee.state
         if state != PMFS_STATE_CLEAN && state != PMFS_STATE_IN_USE {
             found(.superblockState, "superblock state is \(state), neither clean (1) nor in use (2)") {
@@ -38,63 +66,57 @@ extension CheckRun {
         } else if state == PMFS_STATE_IN_USE {
             progress("pool was not closed cleanly")
         }
-        if sb.pointee.block_size != 4096 || sb.pointee.inodes_per_chunk != PMFS_INODES_PER_CHUNK {
-            found(.superblockGeometry, "superblock block size \(sb.pointee.block_size), inodes per chunk \(sb.pointee.inodes_per_chunk)") {
-                try transaction { tx in
-                    try tx.snapshot(field(sb, \.block_size))
-                    try tx.snapshot(field(sb, \.inodes_per_chunk))
-                    sb.pointee.block_size = 4096
-                    sb.pointee.inodes_per_chunk = PMFS_INODES_PER_CHUNK
-                }
+    }
+
+    /// Block size and inodes per chunk are fixed in v1.
+    private func checkGeometry() {
+        guard sb.pointee.block_size != 4096 || sb.pointee.inodes_per_chunk != PMFS_INODES_PER_CHUNK else { return }
+        found(.superblockGeometry, "superblock block size \(sb.pointee.block_size), inodes per chunk \(sb.pointee.inodes_per_chunk)") {
+            try transaction { tx in
+                try tx.snapshot(field(sb, \.block_size))
+                try tx.snapshot(field(sb, \.inodes_per_chunk))
+                sb.pointee.block_size = 4096
+                sb.pointee.inodes_per_chunk = PMFS_INODES_PER_CHUNK
             }
         }
-        seed = sb.pointee.hash_seed
+    }
 
-        // The inode table.
-        let tableSize = MemoryLayout<pmfs_inode_table>.size
-        var tableOff = sb.pointee.inode_table_off
-        if let why = validate(tableOff, PMFS_T_INODE_TABLE, minSize: tableSize) {
-            guard let only = onlyObject(PMFS_T_INODE_TABLE, minSize: tableSize) else {
-                found(.superblockInodeTable, "superblock inode table reference: \(why), and no single inode table object to use instead")
-                fatal = "the inode table is lost"
-                return false
+    /// A pool-wide object the superblock names at `reference`, claimed for the
+    /// file system. A bad reference is repaired to the only object of the type,
+    /// if there is exactly one; otherwise the object is lost and the check stops (nil).
+    private func superblockReference(_ reference: WritableKeyPath<pmfs_superblock, UInt64>, _ type: pmfs_type_num, minSize: Int,
+                                     code: ProblemCode, named name: String, object: String) -> UInt64? {
+        var off = sb.pointee[keyPath: reference]
+        if let why = validate(off, type, minSize: minSize) {
+            guard let only = onlyObject(type, minSize: minSize) else {
+                found(code, "superblock \(name) reference: \(why), and no single \(object) object to use instead")
+                fatal = "the \(name) is lost"
+                return nil
             }
-            found(.superblockInodeTable, "superblock inode table reference: \(why); object at \(only) is the only inode table") {
-                try update(field(sb, \.inode_table_off)) { $0 = only }
+            found(code, "superblock \(name) reference: \(why); object at \(only) is the only \(name)") {
+                try update(field(sb, reference)) { $0 = only }
             }
-            tableOff = only
+            off = only
         }
-        _ = claim(tableOff, PMFS_T_INODE_TABLE, minSize: tableSize, owner: 0)
-        table = try? pool.pointer(tableOff)
+        _ = claim(off, type, minSize: minSize, owner: 0)
+        return off
+    }
 
-        // The space bitmap: header, then its agreement with the superblock.
-        let headerSize = MemoryLayout<pmfs_space_bitmap>.size
-        var bitmapOff = sb.pointee.space_bitmap_off
-        if let why = validate(bitmapOff, PMFS_T_SPACE_BITMAP, minSize: headerSize) {
-            guard let only = onlyObject(PMFS_T_SPACE_BITMAP, minSize: headerSize) else {
-                found(.superblockBitmap, "superblock space bitmap reference: \(why), and no single bitmap object to use instead")
-                fatal = "the space bitmap is lost"
-                return false
-            }
-            found(.superblockBitmap, "superblock space bitmap reference: \(why); object at \(only) is the only space bitmap") {
-                try update(field(sb, \.space_bitmap_off)) { $0 = only }
-            }
-            bitmapOff = only
-        }
-        _ = claim(bitmapOff, PMFS_T_SPACE_BITMAP, minSize: headerSize, owner: 0)
-
-        // The pool reserve: optional, any size.
+    /// The pool reserve: optional, any size; a bad reference is dropped.
+    private func checkReserve() {
         let reserveOff = sb.pointee.reserve_off
-        if reserveOff != 0 {
-            if let why = claim(reserveOff, PMFS_T_RESERVE, minSize: 1, owner: 0) {
-                found(.superblockReserve, "superblock pool reserve reference: \(why)") {
-                    try update(field(sb, \.reserve_off)) { $0 = 0 }
-                }
-            }
+        guard reserveOff != 0, let why = claim(reserveOff, PMFS_T_RESERVE, minSize: 1, owner: 0) else { return }
+        found(.superblockReserve, "superblock pool reserve reference: \(why)") {
+            try update(field(sb, \.reserve_off)) { $0 = 0 }
         }
-        guard let bm: UnsafeMutablePointer<pmfs_space_bitmap> = try? pool.pointer(bitmapOff) else { fatal = "space bitmap unreadable"; return false }
-        bitmap = bm
-        let objectSize = objects[bitmapOff]?.size ?? 0
+    }
+
+    /// The data device's size in blocks, from the space bitmap's header and the
+    /// superblock: where they disagree, the one the bitmap's object and bits
+    /// bear out is kept and the other repaired. Sets dataBlocks and wordCount;
+    /// false when neither count fits the bitmap object.
+    private func checkDeviceSize(_ bm: UnsafeMutablePointer<pmfs_space_bitmap>, objectSize: Int) -> Bool {
+        let headerSize = MemoryLayout<pmfs_space_bitmap>.size
         func fits(_ blocks: UInt64) -> Bool {
             blocks >= 16 && blocks < 1 << 40 && UInt64(headerSize) + (blocks + 63) / 64 * 8 <= UInt64(objectSize)
         }
@@ -130,16 +152,18 @@ extension CheckRun {
         }
         dataBlocks = headerConsistent ? trustedBlocks : superblockBlocks
         wordCount = Int((dataBlocks + 63) / 64)
-        bitmapWords = (UnsafeMutableRawPointer(bm) + headerSize).assumingMemoryBound(to: UInt64.self)
+        return true
+    }
+
+    /// v1 reserves exactly the header block; anything else is damage.
+    private func checkReservedBlocks(_ bm: UnsafeMutablePointer<pmfs_space_bitmap>) {
         let rb = bm.pointee.reserved_blocks
         if rb != 1 {
-            // v1 reserves exactly the header block; anything else is damage.
             found(.bitmapReserved, "space bitmap reserves \(rb) blocks, v1 reserves 1 (the data device header)") {
                 try update(field(bm, \.reserved_blocks)) { $0 = 1 }
             }
         }
         reservedBlocks = 1
-        return true
     }
 
     /// The superblock and a self-consistent bitmap header disagree on the device

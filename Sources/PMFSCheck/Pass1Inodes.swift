@@ -13,8 +13,18 @@ extension CheckRun {
     func pass1Inodes() -> Bool {
         guard let table else { fatal = "inode table unreadable"; return false }
         let offsets = cpmdk_inode_table_chunks(table)!
-        let maxChunks = Int(PMFS_MAX_INODE_CHUNKS)
+        let count = checkChunkCount(table, offsets)
+        claimChunks(offsets, count: count)
+        clearSlotsPastCount(offsets, count: count)
+        checkInodeSlots(chunkCount: count)
+        checkRoot()
+        return true
+    }
 
+    /// The table's chunk count, repaired when it is out of range or counts
+    /// slots past the last usable chunk.
+    private func checkChunkCount(_ table: UnsafeMutablePointer<pmfs_inode_table>, _ offsets: UnsafeMutablePointer<UInt64>) -> Int {
+        let maxChunks = Int(PMFS_MAX_INODE_CHUNKS)
         var count = Int(clamping: table.pointee.chunk_count)
         if count == 0 || count > maxChunks {
             // Keep the valid chunks at the front; at least chunk 0 (the root's).
@@ -37,6 +47,12 @@ extension CheckRun {
                 count = keep
             }
         }
+        return count
+    }
+
+    /// Claims the chunk each slot below `count` names; a bad slot gets back the
+    /// stray chunk that surely was its own, or else a new, empty chunk.
+    private func claimChunks(_ offsets: UnsafeMutablePointer<UInt64>, count: Int) {
         chunks = Array(repeating: nil, count: count)
         var bad: [(chunk: Int, why: ReferenceProblem)] = []
         for c in 0..<count {
@@ -69,12 +85,19 @@ extension CheckRun {
                 }
             }
         }
-        for c in count..<maxChunks where offsets[c] != 0 {
+    }
+
+    /// Slots past the count must be empty.
+    private func clearSlotsPastCount(_ offsets: UnsafeMutablePointer<UInt64>, count: Int) {
+        for c in count..<Int(PMFS_MAX_INODE_CHUNKS) where offsets[c] != 0 {
             found(.tableStaleChunk, "inode table slot \(c) beyond chunk_count \(count) holds offset \(offsets[c])") {
                 try update(offsets + c) { $0 = 0 }
             }
         }
+    }
 
+    /// Every inode slot: free ones must be clear, live ones are checked.
+    private func checkInodeSlots(chunkCount count: Int) {
         inodes = Array(repeating: InodeInfo(), count: count * Int(PMFS_INODES_PER_CHUNK))
         for ino in 0..<capacity {
             if ino % 100_000 == 0 && ino > 0 { progress("Pass 1: \(ino) of \(capacity) inode slots") }
@@ -94,8 +117,6 @@ extension CheckRun {
             }
             checkInode(ino, p)
         }
-        checkRoot()
-        return true
     }
 
     /// Inode-chunk objects no table slot names (after the slots claimed theirs).

@@ -13,7 +13,14 @@ extension CheckRun {
     static let plannedLostFound = UInt64.max
 
     func pass3Connectivity() {
-        // One entry per directory.
+        keepOneEntryPerDirectory()
+        reconnectUnreachableDirectories()
+        checkParentFields()
+        reconnectUnattachedInodes()
+    }
+
+    /// A directory named by several entries keeps the one its `parent` agrees with.
+    private func keepOneEntryPerDirectory() {
         for dir in parentEntries.keys.sorted() {
             guard let locations = parentEntries[dir], locations.count > 1 else { continue }
             let parentField = inode(dir)?.pointee.parent
@@ -25,8 +32,12 @@ extension CheckRun {
             }
             for loc in extra { forgetEntry(loc, naming: dir) }
         }
+    }
 
-        // Reachability from the root.
+    /// Every directory reachable from the root: an unreachable one is walked up
+    /// to the top of its chain (or the entry closing a loop, which goes) and
+    /// that top is linked into /lost+found.
+    private func reconnectUnreachableDirectories() {
         var reachable = [Bool](repeating: false, count: Int(capacity))
         func mark(_ start: UInt64) {
             var stack = [start]
@@ -38,25 +49,10 @@ extension CheckRun {
         }
         mark(PMFS_ROOT_INO)
         for ino in 2..<max(capacity, 2) where inodes[Int(ino)].type == .directory && !reachable[Int(ino)] && !inodes[Int(ino)].orphan {
-            // Walk up the entries that name it until one is named by nobody, or the walk loops.
-            var path = [ino]
-            var onPath: Set<UInt64> = [ino]
-            var top = ino
-            var cut: EntryLocation?
-            var attached = false
-            while let loc = parentEntries[top]?.first {
-                if onPath.contains(loc.directory) { cut = loc; break }
-                // Hung below a directory already reconnected (or /lost+found itself).
-                if loc.directory >= UInt64(reachable.count) || reachable[Int(loc.directory)] { attached = true; break }
-                top = loc.directory
-                path.append(top)
-                onPath.insert(top)
-            }
-            if attached {
+            switch chainTop(of: ino, reachable: reachable) {
+            case .attached(let top):
                 mark(top)
-                continue
-            }
-            if let cut {
+            case .loop(let top, let cut, let path):
                 let start = path.firstIndex(of: cut.directory) ?? 0
                 let cycle = path[start...].map(String.init).joined(separator: " -> ")
                 found(.directoryLoop, "directories \(cycle) -> \(cut.directory) name each other in a loop unreachable from the root; the entry for \(top) in \(cut.directory) goes") {
@@ -64,16 +60,46 @@ extension CheckRun {
                     try reconnect(top)
                 }
                 forgetEntry(cut, naming: top)
-            } else {
+                noteReconnected(top)
+                mark(top)
+            case .unnamed(let top):
                 found(.directoryUnreachable, "directory \(top) is not reachable from the root (no entry names it)") {
                     try reconnect(top)
                 }
+                noteReconnected(top)
+                mark(top)
             }
-            noteReconnected(top)
-            mark(top)
         }
+    }
 
-        // Parent fields.
+    /// Where the entries naming an unreachable directory lead, walked upwards.
+    private enum ChainTop {
+        /// Below a directory already reachable (reconnected, or /lost+found itself).
+        case attached(UInt64)
+        /// The walk came back to `path`: the entry `cut` for `top` closes the loop.
+        case loop(top: UInt64, cut: EntryLocation, path: [UInt64])
+        /// `top` is named by no entry.
+        case unnamed(UInt64)
+    }
+
+    /// Walks up the entries that name `ino` until one is named by nobody, one is
+    /// reachable, or the walk loops.
+    private func chainTop(of ino: UInt64, reachable: [Bool]) -> ChainTop {
+        var path = [ino]
+        var onPath: Set<UInt64> = [ino]
+        var top = ino
+        while let loc = parentEntries[top]?.first {
+            if onPath.contains(loc.directory) { return .loop(top: top, cut: loc, path: path) }
+            if loc.directory >= UInt64(reachable.count) || reachable[Int(loc.directory)] { return .attached(top) }
+            top = loc.directory
+            path.append(top)
+            onPath.insert(top)
+        }
+        return .unnamed(top)
+    }
+
+    /// Each directory's `parent` is the directory that names it (the root's is itself).
+    private func checkParentFields() {
         for ino in 1..<max(capacity, 1) where inodes[Int(ino)].type == .directory && !inodes[Int(ino)].orphan {
             let expected = ino == PMFS_ROOT_INO ? PMFS_ROOT_INO : parentEntries[ino]?.first?.directory
             guard let expected, expected != Self.plannedLostFound, let p = inode(ino) else { continue }
@@ -83,8 +109,10 @@ extension CheckRun {
                 }
             }
         }
+    }
 
-        // Inodes no entry names.
+    /// Inodes no entry names, other than orphans, go into /lost+found.
+    private func reconnectUnattachedInodes() {
         for ino in 2..<max(capacity, 2) {
             let info = inodes[Int(ino)]
             guard let type = info.type, type != .directory, info.references == 0, !info.orphan else { continue }

@@ -7,16 +7,26 @@ import PMFSMetadata
 /// differing words, a bounded number per transaction.
 extension CheckRun {
     func pass5SpaceMap() {
+        let expected = expectedBitmap()
+        let differing = (0..<wordCount).filter { bitmapWords[$0] != expected[$0] }
+        guard !differing.isEmpty else { return }
+        let (runs, tailWrong) = wrongRuns(differing, expected: expected)
+        var pending = reportRuns(runs)
+        if tailWrong {
+            pending.append(found(.bitmapTail, "bits past the last block (\(dataBlocks)) are not all set"))
+        }
+        fix(pending) { try rewriteWords(differing, from: expected) }
+    }
+
+    /// A block's bit wrong in the bitmap, gathered into runs of one kind.
+    private typealias WrongRun = (start: UInt64, end: UInt64, shouldBeUsed: Bool)
+
+    /// The bitmap as it should be: the reserved blocks, every kept extent, and
+    /// the bits past the device's end. Also counts the used blocks.
+    private func expectedBitmap() -> [UInt64] {
         var expected = [UInt64](repeating: 0, count: wordCount)
         func set(_ start: UInt64, _ length: UInt64) {
-            var b = start
-            let end = start + length
-            while b < end {
-                let bit = b % 64
-                let n = min(64 - bit, end - b)
-                expected[Int(b / 64)] |= n == 64 ? ~0 : ((1 << n) - 1) << bit
-                b += n
-            }
+            for (w, mask, _) in BitmapRun(start: start, length: length) { expected[w] |= mask }
         }
         set(0, reservedBlocks)
         var used: UInt64 = 0
@@ -28,16 +38,16 @@ extension CheckRun {
         }
         usedBlocks = used
         if dataBlocks % 64 != 0 { expected[wordCount - 1] |= ~((1 << (dataBlocks % 64)) - 1) }
+        return expected
+    }
 
-        // Runs of blocks whose bit is wrong, by kind.
-        var runs: [(start: UInt64, end: UInt64, shouldBeUsed: Bool)] = []
+    /// Runs of blocks whose bit is wrong in the `differing` words, by kind; and
+    /// whether any bit past the device's end is wrong.
+    private func wrongRuns(_ differing: [Int], expected: [UInt64]) -> (runs: [WrongRun], tailWrong: Bool) {
+        var runs: [WrongRun] = []
         var tailWrong = false
-        var differing: [Int] = []
-        for w in 0..<wordCount {
-            let actual = bitmapWords[w]
-            guard actual != expected[w] else { continue }
-            differing.append(w)
-            var diff = actual ^ expected[w]
+        for w in differing {
+            var diff = bitmapWords[w] ^ expected[w]
             while diff != 0 {
                 let bit = UInt64(diff.trailingZeroBitCount)
                 diff &= diff - 1
@@ -51,7 +61,11 @@ extension CheckRun {
                 }
             }
         }
-        guard !differing.isEmpty else { return }
+        return (runs, tailWrong)
+    }
+
+    /// One problem per run for the first 20 runs, one for the rest together.
+    private func reportRuns(_ runs: [WrongRun]) -> [Int] {
         var pending: [Int] = []
         let shown = 20
         for r in runs.prefix(shown) {
@@ -69,21 +83,21 @@ extension CheckRun {
             let code: ProblemCode = rest.contains { $0.shouldBeUsed } ? .bitmapUsedMarkedFree : .bitmapFreeMarkedUsed
             pending.append(found(code, "and \(rest.count) more runs (\(blocks) blocks) marked wrongly"))
         }
-        if tailWrong {
-            pending.append(found(.bitmapTail, "bits past the last block (\(dataBlocks)) are not all set"))
-        }
-        fix(pending) {
-            var i = 0
-            while i < differing.count {
-                let batch = differing[i..<min(i + 4096, differing.count)]
-                try transaction { tx in
-                    for w in batch {
-                        try tx.snapshot(bitmapWords + w)
-                        bitmapWords[w] = expected[w]
-                    }
+        return pending
+    }
+
+    /// Writes the expected value into each differing word, a bounded number per transaction.
+    private func rewriteWords(_ differing: [Int], from expected: [UInt64]) throws {
+        var i = 0
+        while i < differing.count {
+            let batch = differing[i..<min(i + 4096, differing.count)]
+            try transaction { tx in
+                for w in batch {
+                    try tx.snapshot(bitmapWords + w)
+                    bitmapWords[w] = expected[w]
                 }
-                i += batch.count
             }
+            i += batch.count
         }
     }
 

@@ -1,6 +1,28 @@
 import CPMDK
 import SystemPackage
 
+/// The bitmap words a run of blocks [start, start + length) covers, in order:
+/// each word's index, the mask of the run's bits in it (block b is bit b % 64
+/// of word b / 64), and the first block of the run in it. The caller has
+/// checked that the run lies on the device.
+package struct BitmapRun: Sequence, IteratorProtocol {
+    private var block: UInt64
+    private let end: UInt64
+
+    package init(start: UInt64, length: UInt64) {
+        block = start
+        end = start + length
+    }
+
+    package mutating func next() -> (word: Int, mask: UInt64, block: UInt64)? {
+        guard block < end else { return nil }
+        let first = block, bit = block % 64
+        let n = Swift.min(64 - bit, end - block)
+        block += n
+        return (Int(first / 64), n == 64 ? ~0 : ((1 << n) - 1) << bit, first)
+    }
+}
+
 /// The free-space map of the data device: a persistent bitmap (1 = in use),
 /// changed only inside transactions, with a DRAM summary of free blocks per
 /// group so allocation skips full regions. A transaction that touches the map
@@ -85,15 +107,7 @@ final class SpaceMap: @unchecked Sendable {
     /// file maps must be, or a later allocation would hand them out again (an
     /// extent map pointing into free space is damage). Bounds checked by the caller.
     func allUsed(_ start: UInt64, _ length: UInt64) -> Bool {
-        var b = start
-        let end = start + length
-        while b < end {
-            let w = Int(b / 64), bit = b % 64
-            let n = min(64 - bit, end - b)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
-            if words[w] & mask != mask { return false }
-            b += n
-        }
+        for (w, mask, _) in BitmapRun(start: start, length: length) where words[w] & mask != mask { return false }
         return true
     }
 
@@ -146,14 +160,8 @@ final class SpaceMap: @unchecked Sendable {
     }
 
     private func setClaimed(_ start: UInt64, _ length: UInt64, _ on: Bool) {
-        var b = start
-        let end = start + length
-        while b < end {
-            let w = Int(b / 64), bit = b % 64
-            let n = min(64 - bit, end - b)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
+        for (w, mask, _) in BitmapRun(start: start, length: length) {
             if on { claimed[w] |= mask } else { claimed[w] &= ~mask }
-            b += n
         }
     }
 
@@ -226,13 +234,7 @@ final class SpaceMap: @unchecked Sendable {
         }
         let firstWord = Int(start / 64), lastWord = Int((start + length - 1) / 64)
         try tx.snapshot(words + firstWord, count: lastWord - firstWord + 1)
-        var b = start
-        let end = start + length
-        while b < end {
-            let w = Int(b / 64)
-            let bit = b % 64
-            let n = min(64 - bit, end - b)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << n) - 1) << bit
+        for (w, mask, b) in BitmapRun(start: start, length: length) {
             if used {
                 guard words[w] & mask == 0 else { throw PoolError.corrupt("block \(b) allocated twice") }
                 words[w] |= mask
@@ -240,7 +242,6 @@ final class SpaceMap: @unchecked Sendable {
                 guard words[w] & mask == mask else { throw PoolError.corrupt("block \(b) freed twice") }
                 words[w] &= ~mask
             }
-            b += n
         }
         adjust(start, length, delta: used ? -1 : 1)
         tx.onAbort { [self] in adjust(start, length, delta: used ? 1 : -1) }

@@ -147,6 +147,10 @@ public struct RenameFlags: OptionSet, Sendable {
     public static let noReplace = RenameFlags(rawValue: 1)
     /// RENAME_EXCHANGE: swap the two entries atomically.
     public static let exchange = RenameFlags(rawValue: 2)
+    /// RENAME_WHITEOUT: leave a whiteout behind (for overlayfs); not supported.
+    public static let whiteout = RenameFlags(rawValue: 4)
+    /// The flags pmfs implements; others are refused with EINVAL.
+    public static let supported: RenameFlags = [.noReplace, .exchange]
 }
 
 public struct DirectoryEntry: Hashable, Sendable {

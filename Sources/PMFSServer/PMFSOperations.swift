@@ -191,8 +191,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     func countedEntry(_ a: InodeAttributes) throws -> FUSEEntry {
         // Read again after counting the reference: a change by another session
         // either shows here or finds the count and sends an invalidation.
-        let merged = a.type == .regular ? try fs.getattr(a.ino) : try metadata.getattr(a.ino)
-        return FUSEEntry(nodeid: export.nodeid(a.ino), generation: a.generation, attributes: attributes(merged),
+        return FUSEEntry(nodeid: export.nodeid(a.ino), generation: a.generation, attributes: attributes(try fs.getattr(a.ino)),
                          entryTimeout: entryTimeout, attributeTimeout: attributeTimeout)
     }
 
@@ -263,15 +262,12 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         return h
     }
 
-    /// Clears set-user-ID, and set-group-ID where group execute is set, as a
-    /// write or truncate by the owner does on a local file system.
+    /// Clears the set-ID bits a write or truncate clears on a local file system
+    /// (ModeBits.withoutSetID).
     func killPrivileges(_ ino: UInt64) throws {
-        let a = try metadata.getattr(ino)
-        var mode = a.mode & 0o7777
-        let before = mode
-        mode &= ~ModeBits.setUID
-        if mode & ModeBits.groupExecute != 0 { mode &= ~ModeBits.setGID }
-        if mode != before { _ = try metadata.setattr(ino, AttributeChanges(mode: mode)) }
+        let permissions = try metadata.getattr(ino).permissions
+        let mode = ModeBits.withoutSetID(permissions)
+        if mode != permissions { _ = try metadata.setattr(ino, AttributeChanges(mode: mode)) }
     }
 
     // MARK: session
@@ -341,9 +337,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             if (uid != nil && uid != current.uid) || (gid != nil && gid != current.gid) || c.killSuidGid {
                 // chown, and truncate/write with KILL_SUIDGID, clear set-ID bits of non-directories.
                 if current.type != .directory {
-                    var m = mode ?? current.permissions
-                    m &= ~ModeBits.setUID
-                    if m & ModeBits.groupExecute != 0 { m &= ~ModeBits.setGID }
+                    let m = ModeBits.withoutSetID(mode ?? current.permissions)
                     if m != current.permissions || mode != nil { mode = m }
                 }
             }
@@ -443,7 +437,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let parent = try reference(parent), newParent = try reference(newParent)
             try export.requireWritable()
             try requireInsideExport(parent, newParent)
-            guard flags & ~UInt32(3) == 0 else { throw FUSEError(EINVAL) }   // RENAME_WHITEOUT is for overlayfs
+            guard RenameFlags(rawValue: flags).isSubset(of: .supported) else { throw FUSEError(EINVAL) }
             let moved = inodeNamed(parent, name), replaced = inodeNamed(newParent, newName)
             try requireWritable(parent, newParent, moved, replaced)
             try metadata.rename(parent, try fileName(name), newParent, try fileName(newName), flags: RenameFlags(rawValue: flags))
@@ -690,8 +684,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let nodeid = try reference(nodeid)
             try requireWritable(nodeid)
             try export.requireXattrAllowed(name)
-            let mode: XattrSetMode = flags & UInt32(1) != 0 ? .create : (flags & UInt32(2) != 0 ? .replace : .any)
-            try metadata.setxattr(nodeid, name, Array(value), mode: mode)
+            try metadata.setxattr(nodeid, name, Array(value), mode: XattrFlags.mode(flags))
             changed([.attributes(nodeid)])
         }
     }
@@ -725,12 +718,12 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         try run {
             let nodeid = try reference(nodeid)
             let a = try metadata.getattr(nodeid)
-            let want = mask & 7
+            let want = mask & UInt32(R_OK | W_OK | X_OK)
             if want == 0 { return }
-            if want & 2 != 0 { try requireWritable(nodeid) }
+            if want & UInt32(W_OK) != 0 { try requireWritable(nodeid) }
             // The guest's root is root in its export; owners compare in host ids.
             if r.uid == 0 {
-                if want & 1 != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
+                if want & UInt32(X_OK) != 0 && a.type != .directory && a.mode & 0o111 == 0 { throw FUSEError(EACCES) }
                 return
             }
             let caller = export.hostCaller(uid: r.uid, gid: r.gid)
@@ -786,9 +779,9 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public func lseek(_ r: FUSERequest, nodeid: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws -> UInt64 {
         try run {
             let nodeid = try reference(nodeid)
-            switch Int32(bitPattern: whence) {
-            case 3: return try fs.seek(nodeid, from: offset, to: .data)   // SEEK_DATA
-            case 4: return try fs.seek(nodeid, from: offset, to: .hole)   // SEEK_HOLE
+            switch whence {
+            case SeekWhence.data: return try fs.seek(nodeid, from: offset, to: .data)
+            case SeekWhence.hole: return try fs.seek(nodeid, from: offset, to: .hole)
             default: throw FUSEError(EINVAL)
             }
         }
@@ -823,6 +816,35 @@ enum ModeBits {
     static let setUID: UInt32 = 0o4000
     static let setGID: UInt32 = 0o2000
     static let groupExecute: UInt32 = 0o0010
+
+    /// `permissions` after a write, truncate or chown of a non-directory:
+    /// set-user-ID cleared, and set-group-ID where group execute is set (without
+    /// it the bit marks mandatory locking, not privilege, and stays).
+    static func withoutSetID(_ permissions: UInt32) -> UInt32 {
+        var mode = permissions & ~setUID
+        if mode & groupExecute != 0 { mode &= ~setGID }
+        return mode
+    }
+}
+
+/// setxattr(2)'s flags (linux/xattr.h), as FUSE_SETXATTR carries them.
+enum XattrFlags {
+    /// XATTR_CREATE: fail with EEXIST if the attribute exists.
+    static let create: UInt32 = 1
+    /// XATTR_REPLACE: fail with ENODATA if it does not.
+    static let replace: UInt32 = 2
+
+    /// The engine's mode for `flags` (create wins if both are set).
+    static func mode(_ flags: UInt32) -> XattrSetMode {
+        flags & create != 0 ? .create : (flags & replace != 0 ? .replace : .any)
+    }
+}
+
+/// lseek(2)'s whence values that reach FUSE_LSEEK (the kernel answers
+/// SEEK_SET, SEEK_CUR and SEEK_END itself).
+enum SeekWhence {
+    static let data: UInt32 = 3   // SEEK_DATA
+    static let hole: UInt32 = 4   // SEEK_HOLE
 }
 
 /// Seconds since 1970 (CLOCK_REALTIME).

@@ -1,6 +1,7 @@
 import CFUSE
 import CoreMetrics
 import FUSEProtocol
+import FUSETestSupport
 import Glibc
 import Testing
 @testable import PMFSMetrics
@@ -56,15 +57,6 @@ final class GetattrOnly: FUSEOperations, @unchecked Sendable {
     }
 }
 
-func message(_ opcode: fuse_opcode, unique: UInt64, body: [UInt8]) -> [UInt8] {
-    var h = fuse_in_header()
-    h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
-    h.opcode = opcode.rawValue
-    h.unique = unique
-    h.nodeid = 1
-    return withUnsafeBytes(of: &h) { Array($0) } + body
-}
-
 /// The value of the sample `series` (name and labels exactly as written) in a text exposition.
 func sample(_ text: String, _ series: String) -> Double? {
     for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
@@ -77,13 +69,11 @@ func sample(_ text: String, _ series: String) -> Double? {
     @Test func requestsErrorsAndLatencyAreCountedPerSessionAndOpcode() {
         let registry = MetricsRegistry()
         let server = FUSEServer(operations: GetattrOnly(), metrics: FUSERequestMetrics(session: "vm\"1", factory: registry))
-        var i = fuse_init_in()
-        i.major = 7; i.minor = 38
         let replies = ReplyCount()
         func send(_ op: fuse_opcode, _ body: [UInt8]) {
-            message(op, unique: 1, body: body).withUnsafeBytes { server.handle($0) { _ in replies.add() } }
+            fuseMessage(op, unique: 1, body: body).withUnsafeBytes { server.handle($0) { _ in replies.add() } }
         }
-        send(FUSE_INIT, withUnsafeBytes(of: &i) { Array($0) })
+        send(FUSE_INIT, fuseInitArgument())
         for _ in 0..<3 { send(FUSE_GETATTR, [UInt8](repeating: 0, count: 16)) }
         send(FUSE_LOOKUP, Array("x".utf8) + [0])   // ENOSYS
         send(fuse_opcode(rawValue: 4000), [])         // unknown: "other", ENOSYS

@@ -1,6 +1,8 @@
 import FUSEDevice
 @testable import FUSEProtocol
 import CFUSE
+import FUSETestSupport
+import FileSystemTestSupport
 import Glibc
 import PMFSCore
 import PMFSData
@@ -14,10 +16,9 @@ import Testing
 /// and attributes for an hour here, so only the notifications can make it see
 /// the other session's changes.
 final class TwoSessions {
-    let pool: String, data: String
-    let metadata: MetadataStore
-    let device: DataDevice
-    let fs: FileSystem
+    let files: ShmFileSystem
+    var metadata: MetadataStore { files.metadata }
+    var fs: FileSystem { files.fs }
     let group = SessionGroup()
     let host: PMFSOperations
     let guest: PMFSOperations
@@ -26,24 +27,13 @@ final class TwoSessions {
     private var serving = pthread_t()
 
     init() throws {
-        setenv("PMEM_IS_PMEM_FORCE", "1", 1)
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        pool = "/dev/shm/pmfs-coherence-\(tag).pool"
-        data = "/dev/shm/pmfs-coherence-\(tag).data"
-        let blocks: UInt64 = 8192
-        let fd = open(data, O_CREAT | O_RDWR | O_TRUNC, 0o600)
-        precondition(fd >= 0)
-        ftruncate(fd, off_t(blocks * 4096))
-        close(fd)
-        metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: blocks))
-        try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: data)
-        device = try DataDevice(path: data, engine: .auto)
-        fs = try FileSystem(metadata: metadata, device: device, options: FileSystem.Options())
+        files = try ShmFileSystem(name: "coherence", dataBlocks: 8192)
+        let (metadata, fs) = (files.metadata, files.fs)
         host = PMFSOperations(metadata: metadata, fs: fs, group: group)
         host.entryTimeout = 3600
         host.attributeTimeout = 3600
         guest = PMFSOperations(metadata: metadata, fs: fs, group: group)
-        mountPoint = "/tmp/pmfs-coherence-\(tag)"
+        mountPoint = "/tmp/pmfs-coherence-\(files.tag)"
         mkdir(mountPoint, 0o755)
         mount = try FUSEMount(mountPoint: mountPoint, server: FUSEServer(operations: host), fsName: "pmfs-test")
         let m = mount
@@ -60,12 +50,7 @@ final class TwoSessions {
         mount.unmount()
         pthread_join(serving, nil)
         host.stopListening()
-        try? fs.shutdown()
-        device.close()
-        try? metadata.close()
         rmdir(mountPoint)
-        unlink(pool)
-        unlink(data)
     }
 
     let request = FUSERequest(unique: 1, nodeid: 1, uid: 0, gid: 0, pid: 1, opcode: 0)
@@ -205,7 +190,7 @@ final class TestMutex: @unchecked Sendable {
         var rd = fuse_read_in()
         rd.fh = o.handle; rd.offset = 333; rd.size = 20_000
         var writer = ReplyWriter(memory)
-        let outcome = message(FUSE_READ.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &rd) { Array($0) }, unique: 9).withUnsafeBytes {
+        let outcome = fuseMessage(FUSE_READ, unique: 9, nodeid: e.nodeid, body: bytes(of: rd)).withUnsafeBytes {
             var request = RequestCursor($0)
             return server.handle(&request, &writer) { _ in Issue.record("a READ is never deferred") }
         }
@@ -231,27 +216,6 @@ func served(_ server: FUSEServer, _ segments: [UnsafeRawBufferPointer]) -> [UInt
     return Array(UnsafeRawBufferPointer(rebasing: memory[0..<n]))
 }
 
-/// A FUSE request message as the kernel sends it.
-func message(_ opcode: UInt32, nodeid: UInt64, _ body: [UInt8], unique: UInt64 = 5) -> [UInt8] {
-    var h = fuse_in_header()
-    h.len = UInt32(MemoryLayout<fuse_in_header>.size + body.count)
-    h.opcode = opcode; h.unique = unique; h.nodeid = nodeid
-    return withUnsafeBytes(of: &h) { Array($0) } + body
-}
-
-/// A FUSE engine over `operations`, past INIT (protocol 7.38).
-func initializedServer(_ operations: FUSEOperations) -> FUSEServer {
-    let server = FUSEServer(operations: operations)
-    var i = fuse_init_in()
-    i.major = 7; i.minor = 38
-    message(FUSE_INIT.rawValue, nodeid: 0, withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
-    return server
-}
-
-final class Replies: @unchecked Sendable {
-    var all: [[UInt8]] = []
-}
-
 /// WRITE taken from a transport's scattered request, without gathering it.
 @Suite struct WriteInPlaceTests {
     @Test func scatteredWritesLandLikeContiguousOnes() throws {
@@ -265,7 +229,7 @@ final class Replies: @unchecked Sendable {
             let data = (0..<Int.random(in: 1...20_000, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             var w = fuse_write_in()
             w.fh = o.handle; w.offset = UInt64(offset); w.size = UInt32(data.count)
-            let m = message(FUSE_WRITE.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &w) { Array($0) } + data, unique: UInt64(round))
+            let m = fuseMessage(FUSE_WRITE, unique: UInt64(round), nodeid: e.nodeid, body: bytes(of: w) + data)
             // Cut the message at random points (inside the header too), as a descriptor chain may.
             var cuts = (0..<Int.random(in: 0...6, using: &rng)).map { _ in Int.random(in: 0...m.count, using: &rng) }
             cuts = ([0] + cuts + [m.count]).sorted()
@@ -285,7 +249,7 @@ final class Replies: @unchecked Sendable {
         // A WRITE claiming more data than it carries is refused, in pieces as whole.
         var w = fuse_write_in()
         w.fh = o.handle; w.size = 100
-        let short = message(FUSE_WRITE.rawValue, nodeid: e.nodeid, withUnsafeBytes(of: &w) { Array($0) } + [1, 2, 3])
+        let short = fuseMessage(FUSE_WRITE, unique: 5, nodeid: e.nodeid, body: bytes(of: w) + [1, 2, 3])
         let refused = short.withUnsafeBytes { whole in
             served(server, [UnsafeRawBufferPointer(rebasing: whole[0..<50]), UnsafeRawBufferPointer(rebasing: whole[50...])])
         }

@@ -1,5 +1,7 @@
 @testable import FUSEProtocol
 import CFUSE
+import FUSETestSupport
+import FileSystemTestSupport
 import Glibc
 import PMFSCore
 import PMFSData
@@ -10,35 +12,12 @@ import Testing
 /// A file system on a real pool with any number of sessions and no mount:
 /// each session is driven through a FUSE engine, as a guest's requests arrive.
 final class PoolSessions {
-    let pool: String, data: String
-    let metadata: MetadataStore
-    let device: DataDevice
-    let fs: FileSystem
+    let files: ShmFileSystem
+    var metadata: MetadataStore { files.metadata }
+    var fs: FileSystem { files.fs }
     let group = SessionGroup()
 
-    init() throws {
-        setenv("PMEM_IS_PMEM_FORCE", "1", 1)
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        pool = "/dev/shm/pmfs-hostile-\(tag).pool"
-        data = "/dev/shm/pmfs-hostile-\(tag).data"
-        let blocks: UInt64 = 4096
-        let fd = open(data, O_CREAT | O_RDWR | O_TRUNC, 0o600)
-        precondition(fd >= 0)
-        ftruncate(fd, off_t(blocks * 4096))
-        close(fd)
-        metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 32 << 20, dataBlocks: blocks))
-        try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: data)
-        device = try DataDevice(path: data, engine: .auto)
-        fs = try FileSystem(metadata: metadata, device: device, options: FileSystem.Options())
-    }
-
-    deinit {
-        try? fs.shutdown()
-        device.close()
-        try? metadata.close()
-        unlink(pool)
-        unlink(data)
-    }
+    init() throws { files = try ShmFileSystem(name: "hostile", dataBlocks: 4096, poolSize: 32 << 20) }
 
     func session() -> PMFSOperations { PMFSOperations(metadata: metadata, fs: fs, group: group) }
 }
@@ -56,7 +35,7 @@ struct Wire {
         var b = body
         let bytes = withUnsafeBytes(of: &b) { Array($0) } + extra
         let replies = Replies()
-        message(opcode.rawValue, nodeid: nodeid, bytes, unique: unique).withUnsafeBytes { server.handle($0) { replies.all.append($0) } }
+        fuseMessage(opcode, unique: unique, nodeid: nodeid, body: bytes).withUnsafeBytes { server.handle($0) { replies.all.append($0) } }
         guard let r = replies.all.first else { return (0, []) }   // no reply (yet)
         let h = r.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
         return (-h.error, Array(r.dropFirst(16)))

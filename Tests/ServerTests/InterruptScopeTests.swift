@@ -1,5 +1,6 @@
 import CFUSE
 @testable import FUSEProtocol
+import FUSETestSupport
 import Glibc
 import PMFSMetadata
 import Testing

@@ -1,4 +1,5 @@
 import CFUSE
+import FUSETestSupport
 import Glibc
 import Testing
 @testable import FUSEProtocol
@@ -24,19 +25,11 @@ import Testing
         }
     }
 
-    func served(_ operations: Operations) -> FUSEServer {
-        let server = FUSEServer(operations: operations)
-        var i = fuse_init_in()
-        i.major = 7; i.minor = 38
-        message(opcode: FUSE_INIT.rawValue, unique: 1, body: withUnsafeBytes(of: &i) { Array($0) }).withUnsafeBytes { server.handle($0) { _ in } }
-        return server
-    }
-
     /// Puts an FSYNC of `handle` in `group`; its reply goes to `sent`.
     func join(_ server: FUSEServer, _ group: FUSEFsyncGroup, unique: UInt64, handle: UInt64, sent: Sent) -> FUSEOutcome {
         var f = fuse_fsync_in()
         f.fh = handle
-        let m = message(opcode: FUSE_FSYNC.rawValue, unique: unique, body: withUnsafeBytes(of: &f) { Array($0) })
+        let m = fuseMessage(FUSE_FSYNC.rawValue, unique: unique, body: withUnsafeBytes(of: &f) { Array($0) })
         let reply = ReplyWriter(owning: 64)
         defer { reply.release() }
         var writer = reply
@@ -48,7 +41,7 @@ import Testing
 
     @Test func eachMemberGetsItsOwnReplyAtTheCommitAndTheGroupIsReused() {
         let operations = Operations()
-        let server = served(operations)
+        let server = initializedServer(operations)
         let group = FUSEFsyncGroup()
         let sent = Sent()
         for (unique, handle) in [(10, 11), (20, 13), (30, 12)] as [(UInt64, UInt64)] {
@@ -72,7 +65,7 @@ import Testing
 
     @Test func aGroupHandedOverKeepsItsMembers() {
         let operations = Operations()
-        let server = served(operations)
+        let server = initializedServer(operations)
         let group = FUSEFsyncGroup(), handed = FUSEFsyncGroup()
         let sent = Sent()
         _ = join(server, group, unique: 50, handle: 11, sent: sent)

@@ -1,4 +1,5 @@
 import CFUSE
+import FUSETestSupport
 import Glibc
 import Testing
 @testable import FUSEProtocol
@@ -15,15 +16,13 @@ final class GetattrOnly: FUSEOperations, @unchecked Sendable {
 @Suite struct OperationDefaultsTests {
     func errorOf(_ server: FUSEServer, opcode: fuse_opcode, unique: UInt64, body: [UInt8]) -> Int32? {
         let replies = Replies()
-        message(opcode: opcode.rawValue, unique: unique, body: body).withUnsafeBytes { server.handle($0) { replies.all.append($0) } }
+        fuseMessage(opcode, unique: unique, body: body).withUnsafeBytes { server.handle($0) { replies.all.append($0) } }
         return replies.all.first.map { $0.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self).error } }
     }
 
     @Test func whatIsNotImplementedAnswersENOSYS() {
         let server = FUSEServer(operations: GetattrOnly())
-        var i = fuse_init_in()
-        i.major = 7; i.minor = 38
-        #expect(errorOf(server, opcode: FUSE_INIT, unique: 1, body: withUnsafeBytes(of: &i) { Array($0) }) == 0)
+        #expect(errorOf(server, opcode: FUSE_INIT, unique: 1, body: fuseInitArgument()) == 0)
         #expect(errorOf(server, opcode: FUSE_GETATTR, unique: 2, body: [UInt8](repeating: 0, count: 16)) == 0)
         #expect(errorOf(server, opcode: FUSE_LOOKUP, unique: 3, body: Array("name".utf8) + [0]) == -ENOSYS)
         #expect(errorOf(server, opcode: FUSE_UNLINK, unique: 4, body: Array("name".utf8) + [0]) == -ENOSYS)

@@ -1,6 +1,7 @@
 import CFUSE
 @testable import FUSEDevice
 import FUSEProtocol
+import FileSystemTestSupport
 import Glibc
 import PMFSCore
 import PMFSData
@@ -13,31 +14,17 @@ import Testing
 /// io_uring: the kernel's requests come from the per-CPU rings, and the
 /// transport's counters prove it (no silent fallback to /dev/fuse).
 final class RingMount {
-    let pool: String, data: String, mountPoint: String
-    let metadata: MetadataStore
-    let device: DataDevice
-    let fs: FileSystem
+    let files: ShmFileSystem
+    let mountPoint: String
     let mount: FUSEMount
     let transport: String
     private var serving = pthread_t()
     private let served = Tally()
 
     init(_ choice: FUSETransportChoice = .uring) throws {
-        setenv("PMEM_IS_PMEM_FORCE", "1", 1)
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        pool = "/dev/shm/pmfs-ring-\(tag).pool"
-        data = "/dev/shm/pmfs-ring-\(tag).data"
-        let blocks: UInt64 = 16384
-        let fd = open(data, O_CREAT | O_RDWR | O_TRUNC, 0o600)
-        precondition(fd >= 0)
-        ftruncate(fd, off_t(blocks * 4096))
-        close(fd)
-        metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: blocks))
-        try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: data)
-        device = try DataDevice(path: data, engine: .auto)
-        fs = try FileSystem(metadata: metadata, device: device, options: FileSystem.Options())
-        let operations = PMFSOperations(metadata: metadata, fs: fs, group: SessionGroup())
-        mountPoint = "/tmp/pmfs-ring-\(tag)"
+        files = try ShmFileSystem(name: "ring", dataBlocks: 16384)
+        let operations = PMFSOperations(metadata: files.metadata, fs: files.fs, group: SessionGroup())
+        mountPoint = "/tmp/pmfs-ring-\(files.tag)"
         mkdir(mountPoint, 0o755)
         if choice != .device, FUSERingParameter.isEnabled() == false { _ = FUSERingParameter.enable() }
         let server = FUSEServer(operations: operations, offered: FUSEServer.defaultCapabilities | FUSEServer.overIOURing)
@@ -74,14 +61,7 @@ final class RingMount {
         return false
     }
 
-    deinit {
-        try? fs.shutdown()
-        device.close()
-        try? metadata.close()
-        rmdir(mountPoint)
-        unlink(pool)
-        unlink(data)
-    }
+    deinit { rmdir(mountPoint) }
 
     func path(_ name: String) -> String { mountPoint + "/" + name }
 }

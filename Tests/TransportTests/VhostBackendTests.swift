@@ -70,6 +70,23 @@ final class RunningBackend: @unchecked Sendable {
         #expect(ring.request(GuestRequests.getattrRoot()) == 0, sourceLocation: sourceLocation)
     }
 
+    /// Starts a guest thread that kicks once, then keeps the avail index `ahead`
+    /// of what came back; the function it returns stops the thread and waits for it.
+    func keepOffering(_ ring: SplitRing, ahead: UInt16) -> () -> Void {
+        let done = Flag()
+        let guestStopped = DispatchSemaphore(value: 0)
+        detachThread {
+            var one: UInt64 = 1
+            _ = write(ring.kick, &one, 8)
+            while !done.isSet { ring.availableIndex = ring.usedIndex &+ ahead }
+            guestStopped.signal()
+        }
+        return {
+            done.set()
+            guestStopped.wait()
+        }
+    }
+
     @Test func aSessionServesAndStops() throws {
         let s = try connected()
         expectServes(s, ringAt: 0)
@@ -83,18 +100,10 @@ final class RunningBackend: @unchecked Sendable {
         ring.place(GuestRequests.getattrRoot())
         // Every avail slot holds chain 0 (the memory is zeroed); the guest keeps
         // the avail index far ahead of what came back, so there is always more.
-        let done = Flag()
-        let guestStopped = DispatchSemaphore(value: 0)
-        detachThread {
-            var one: UInt64 = 1
-            _ = write(ring.kick, &one, 8)
-            while !done.isSet { ring.availableIndex = ring.usedIndex &+ 0x7fff }
-            guestStopped.signal()
-        }
+        let stopGuest = keepOffering(ring, ahead: 0x7fff)
         usleep(100_000)
         #expect(s.frontEnd.stopRing(1, timeout: 1) != nil)
-        done.set()
-        guestStopped.wait()
+        stopGuest()
         expectServes(s, ringAt: Self.ringSpacing)
         #expect(s.running.stop())
     }
@@ -108,21 +117,13 @@ final class RunningBackend: @unchecked Sendable {
         // this guest thread is descheduled on a busy machine, so the old hang
         // does not show every time; the racing guest above shows it always).
         ring.placeSlowly(GuestRequests.getattrRoot(), tableAt: 3 * Self.ringSpacing, padding: 1000)
-        let done = Flag()
-        let guestStopped = DispatchSemaphore(value: 0)
-        detachThread {
-            var one: UInt64 = 1
-            _ = write(ring.kick, &one, 8)
-            while !done.isSet { ring.availableIndex = ring.usedIndex &+ ring.size }
-            guestStopped.signal()
-        }
+        let stopGuest = keepOffering(ring, ahead: ring.size)
         // The worker is serving (up to 10 s on a loaded machine), then asked to stop.
         var waited = 0
         while ring.usedIndex == 0 && waited < 1000 { usleep(10_000); waited += 1 }
         #expect(ring.usedIndex > 0)
         #expect(s.frontEnd.stopRing(1, timeout: 1) != nil)
-        done.set()
-        guestStopped.wait()
+        stopGuest()
         expectServes(s, ringAt: Self.ringSpacing)
         #expect(s.running.stop())
     }
@@ -132,19 +133,11 @@ final class RunningBackend: @unchecked Sendable {
         let ring = SplitRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(ring, queue: 1))
         ring.placeSlowly(GuestRequests.getattrRoot(), tableAt: 3 * Self.ringSpacing, padding: 1000)
-        let done = Flag()
-        let guestStopped = DispatchSemaphore(value: 0)
-        detachThread {
-            var one: UInt64 = 1
-            _ = write(ring.kick, &one, 8)
-            while !done.isSet { ring.availableIndex = ring.usedIndex &+ ring.size }
-            guestStopped.signal()
-        }
+        let stopGuest = keepOffering(ring, ahead: ring.size)
         usleep(100_000)
         // The daemon's SIGTERM path: the connection ends, the device is reset.
         #expect(s.running.stop())
-        done.set()
-        guestStopped.wait()
+        stopGuest()
     }
 
     @Test func anAvailIndexFarAheadIsABrokenRing() throws {
@@ -307,8 +300,7 @@ final class RunningBackend: @unchecked Sendable {
 @Suite struct InFlightLimitTests {
     @Test func aChainOfferedAgainBeforeItCameBackBreaksTheRing() throws {
         let g = FakeGuest(queueSize: 4)
-        g.descriptor(0, address: g.data, length: 40, flags: Virtqueue.descriptorNext, next: 1)
-        g.descriptor(1, address: g.data + 4096, length: 100, flags: Virtqueue.descriptorWrite, next: 0)
+        g.placeRequestChain()
         // A ring's worth in flight is fine, and each one back makes room for one more.
         for _ in 0..<4 { g.offer(0); #expect(try g.queue.pop() != nil) }
         g.queue.push(0, length: 0)

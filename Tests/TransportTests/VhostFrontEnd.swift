@@ -1,6 +1,8 @@
 import CFUSE
 import CVhost
+import FUSETestSupport
 import Glibc
+import VhostUserFrontEnd
 
 /// A vhost-user front end for tests, playing QEMU and the guest at once: it
 /// speaks the wire protocol (u32 request, u32 flags, u32 size, payload; fds by
@@ -224,29 +226,25 @@ final class SplitRing: @unchecked Sendable {
     func carryOn(from other: SplitRing) {
         nextAvailable = other.nextAvailable
         availableIndex = other.availableIndex
-        at(usedOffset + 2).storeBytes(of: other.usedIndex, as: UInt16.self)
+        at(usedOffset + UInt64(SplitRingLayout.indexOffset)).storeBytes(of: other.usedIndex, as: UInt16.self)
     }
 
     private func at(_ offset: UInt64) -> UnsafeMutableRawPointer { memory.base + Int(offset) }
 
     func descriptor(_ i: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
-        let d = at(descriptorOffset + 16 * UInt64(i))
-        d.storeBytes(of: address, as: UInt64.self)
-        d.storeBytes(of: length, toByteOffset: 8, as: UInt32.self)
-        d.storeBytes(of: flags, toByteOffset: 12, as: UInt16.self)
-        d.storeBytes(of: next, toByteOffset: 14, as: UInt16.self)
+        SplitRingLayout.storeDescriptor(at(descriptorOffset), i, address: address, length: length, flags: flags, next: next)
     }
 
     var availableIndex: UInt16 {
-        get { at(availableOffset + 2).load(as: UInt16.self) }
-        set { at(availableOffset + 2).storeBytes(of: newValue, as: UInt16.self) }
+        get { at(availableOffset + UInt64(SplitRingLayout.indexOffset)).load(as: UInt16.self) }
+        set { at(availableOffset + UInt64(SplitRingLayout.indexOffset)).storeBytes(of: newValue, as: UInt16.self) }
     }
 
-    var usedIndex: UInt16 { at(usedOffset + 2).load(as: UInt16.self) }
+    var usedIndex: UInt16 { at(usedOffset + UInt64(SplitRingLayout.indexOffset)).load(as: UInt16.self) }
 
     /// Puts `head` in the next avail slot and publishes it (no kick).
     func offer(_ head: UInt16) {
-        at(availableOffset + 4 + 2 * UInt64(nextAvailable % size)).storeBytes(of: head, as: UInt16.self)
+        at(availableOffset + UInt64(SplitRingLayout.availableEntryOffset(nextAvailable, size: size))).storeBytes(of: head, as: UInt16.self)
         nextAvailable &+= 1
         atomicFence()
         availableIndex = nextAvailable
@@ -257,8 +255,8 @@ final class SplitRing: @unchecked Sendable {
     func place(_ message: [UInt8]) {
         message.withUnsafeBytes { at(requestAt).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         memset(at(replyAt), 0xff, 16)
-        descriptor(0, address: requestAt, length: UInt32(message.count), flags: 1, next: 1)
-        descriptor(1, address: replyAt, length: 0x8000, flags: 2, next: 0)
+        descriptor(0, address: requestAt, length: UInt32(message.count), flags: SplitRingLayout.next, next: 1)
+        descriptor(1, address: replyAt, length: 0x8000, flags: SplitRingLayout.write, next: 0)
     }
 
     /// Writes `message` as chain 0 through an indirect table at `tableAt`
@@ -268,16 +266,12 @@ final class SplitRing: @unchecked Sendable {
         place(message)
         let table = memory.base + Int(tableAt)
         func entry(_ i: Int, _ address: UInt64, _ length: UInt32, _ flags: UInt16) {
-            let d = table + 16 * i
-            d.storeBytes(of: address, as: UInt64.self)
-            d.storeBytes(of: length, toByteOffset: 8, as: UInt32.self)
-            d.storeBytes(of: flags, toByteOffset: 12, as: UInt16.self)
-            d.storeBytes(of: UInt16(i + 1), toByteOffset: 14, as: UInt16.self)
+            SplitRingLayout.storeDescriptor(table, i, address: address, length: length, flags: flags, next: UInt16(i + 1))
         }
-        for i in 0..<padding { entry(i, requestAt, 0, 1) }
-        entry(padding, requestAt, UInt32(message.count), 1)
-        entry(padding + 1, replyAt, 0x8000, 2)
-        descriptor(0, address: tableAt, length: UInt32(16 * (padding + 2)), flags: 4, next: 0)
+        for i in 0..<padding { entry(i, requestAt, 0, SplitRingLayout.next) }
+        entry(padding, requestAt, UInt32(message.count), SplitRingLayout.next)
+        entry(padding + 1, replyAt, 0x8000, SplitRingLayout.write)
+        descriptor(0, address: tableAt, length: UInt32(SplitRingLayout.descriptorSize * (padding + 2)), flags: SplitRingLayout.indirect, next: 0)
     }
 
     private var requestAt: UInt64 { dataOffset }
@@ -311,13 +305,11 @@ private func atomicFence() {
 /// FUSE_INIT and GETATTR of the root, as a guest's driver sends them first.
 enum GuestRequests {
     static func initialize(unique: UInt64 = 1) -> [UInt8] {
-        var i = fuse_init_in()
-        i.major = 7; i.minor = 38
-        return message(opcode: FUSE_INIT.rawValue, unique: unique, body: withUnsafeBytes(of: &i) { Array($0) })
+        fuseMessage(FUSE_INIT, unique: unique, body: fuseInitArgument())
     }
 
     static func getattrRoot(unique: UInt64 = 2) -> [UInt8] {
-        message(opcode: FUSE_GETATTR.rawValue, unique: unique, body: [UInt8](repeating: 0, count: 16))
+        fuseMessage(FUSE_GETATTR.rawValue, unique: unique, body: [UInt8](repeating: 0, count: 16))
     }
 }
 

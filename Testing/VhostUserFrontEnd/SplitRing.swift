@@ -1,6 +1,52 @@
 import CVhost
 import Glibc
 
+/// Where a split virtqueue's fields lie (virtio 1.1, section 2.7), as a
+/// driver writes and reads them; shared by this front end and the tests' guests.
+public enum SplitRingLayout {
+    /// A descriptor: address (u64), length (u32), flags (u16), next (u16).
+    public static let descriptorSize = 16
+    /// Descriptor flags: the chain goes on at `next`; the device writes the
+    /// buffer; the buffer is a table of descriptors.
+    public static let next: UInt16 = 1
+    public static let write: UInt16 = 2
+    public static let indirect: UInt16 = 4
+    /// Both rings start with flags (u16) and an index (u16); their entries follow.
+    public static let flagsOffset = 0
+    public static let indexOffset = 2
+    public static let entriesOffset = 4
+    /// An available entry is a head (u16); a used one a head and a length (u32 each).
+    public static let availableEntrySize = 2
+    public static let usedEntrySize = 8
+    /// The used ring's flag that asks the driver not to kick (VIRTQ_USED_F_NO_NOTIFY).
+    public static let usedNoNotify: UInt16 = 1
+
+    /// Writes descriptor `index` of the table at `table`.
+    public static func storeDescriptor(_ table: UnsafeMutableRawPointer, _ index: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
+        let d = table + descriptorSize * index
+        d.storeBytes(of: address, as: UInt64.self)
+        d.storeBytes(of: length, toByteOffset: 8, as: UInt32.self)
+        d.storeBytes(of: flags, toByteOffset: 12, as: UInt16.self)
+        d.storeBytes(of: next, toByteOffset: 14, as: UInt16.self)
+    }
+
+    /// The available entry that index `index` names in a ring of `size`.
+    public static func availableEntryOffset(_ index: UInt16, size: UInt16) -> Int {
+        entriesOffset + availableEntrySize * Int(index % size)
+    }
+
+    /// The used entry that index `index` names in a ring of `size`.
+    public static func usedEntryOffset(_ index: UInt16, size: UInt16) -> Int {
+        entriesOffset + usedEntrySize * Int(index % size)
+    }
+
+    /// avail_event, after the used ring's entries: the driver kicks once its
+    /// available index passes it (with VIRTIO_F_EVENT_IDX).
+    public static func availableEventOffset(size: UInt16) -> Int {
+        entriesOffset + usedEntrySize * Int(size)
+    }
+}
+
 /// One split virtqueue as a guest driver keeps it: the descriptor table, the
 /// available ring it writes and the used ring the back end writes, in shared
 /// memory, with a buffer pair per slot. Slot `s` owns descriptors `2s`
@@ -32,8 +78,8 @@ public final class SplitRing {
         self.slotBytes = slotBytes
         let base = memory + queue * VhostUserFrontEnd.GuestLayout.ringBytes
         descriptors = base
-        available = base + 16 * Int(size)
-        used = base + 16 * Int(size) + 4096
+        available = base + SplitRingLayout.descriptorSize * Int(size)
+        used = available + 4096
         buffers = memory + layout.rings + queue * layout.perQueueBuffers
         freeSlots = Array((0..<slots).reversed())
         let kick = cvhost_eventfd(), call = cvhost_eventfd()
@@ -55,18 +101,14 @@ public final class SplitRing {
 
     /// Writes one descriptor of the table.
     public func setDescriptor(_ index: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
-        let d = descriptors + 16 * index
-        d.storeBytes(of: address, as: UInt64.self)
-        d.storeBytes(of: length, toByteOffset: 8, as: UInt32.self)
-        d.storeBytes(of: flags, toByteOffset: 12, as: UInt16.self)
-        d.storeBytes(of: next, toByteOffset: 14, as: UInt16.self)
+        SplitRingLayout.storeDescriptor(descriptors, index, address: address, length: length, flags: flags, next: next)
     }
 
     /// Makes the chain at `head` available and kicks the back end.
     public func makeAvailable(head: UInt16, kick: Bool = true) {
-        (available + 4 + 2 * Int(availableIndex % size)).storeBytes(of: head, as: UInt16.self)
+        (available + SplitRingLayout.availableEntryOffset(availableIndex, size: size)).storeBytes(of: head, as: UInt16.self)
         availableIndex &+= 1
-        cvhost_store_release_u16((available + 2).assumingMemoryBound(to: UInt16.self), availableIndex)
+        cvhost_store_release_u16((available + SplitRingLayout.indexOffset).assumingMemoryBound(to: UInt16.self), availableIndex)
         cvhost_full_fence()
         if kick { self.kick() }
     }
@@ -74,7 +116,7 @@ public final class SplitRing {
     /// Sets the available index to any value (hostile tests: an index racing ahead).
     public func forceAvailableIndex(_ index: UInt16) {
         availableIndex = index
-        cvhost_store_release_u16((available + 2).assumingMemoryBound(to: UInt16.self), index)
+        cvhost_store_release_u16((available + SplitRingLayout.indexOffset).assumingMemoryBound(to: UInt16.self), index)
         cvhost_full_fence()
     }
 
@@ -85,8 +127,8 @@ public final class SplitRing {
         guard request.count <= slotBytes, replyCapacity <= slotBytes, let slot = freeSlots.popLast() else { return nil }
         let input = requestBuffer(slot), output = replyBuffer(slot)
         request.withUnsafeBytes { input.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        setDescriptor(2 * slot, address: guestAddress(input), length: UInt32(request.count), flags: 1, next: UInt16(2 * slot + 1))
-        setDescriptor(2 * slot + 1, address: guestAddress(output), length: UInt32(replyCapacity), flags: 2, next: 0)
+        setDescriptor(2 * slot, address: guestAddress(input), length: UInt32(request.count), flags: SplitRingLayout.next, next: UInt16(2 * slot + 1))
+        setDescriptor(2 * slot + 1, address: guestAddress(output), length: UInt32(replyCapacity), flags: SplitRingLayout.write, next: 0)
         self.replyCapacity[slot] = replyCapacity
         makeAvailable(head: UInt16(2 * slot), kick: kick)
         return slot
@@ -109,12 +151,12 @@ public final class SplitRing {
     }
 
     /// The used index the back end last published.
-    public var usedIndex: UInt16 { cvhost_load_acquire_u16((used + 2).assumingMemoryBound(to: UInt16.self)) }
+    public var usedIndex: UInt16 { cvhost_load_acquire_u16((used + SplitRingLayout.indexOffset).assumingMemoryBound(to: UInt16.self)) }
 
     private func collectUsed() {
         let end = usedIndex
         while lastUsed != end {
-            let element = used + 4 + 8 * Int(lastUsed % size)
+            let element = used + SplitRingLayout.usedEntryOffset(lastUsed, size: size)
             let head = Int(element.loadUnaligned(as: UInt32.self))
             let length = Int(element.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
             lastUsed &+= 1

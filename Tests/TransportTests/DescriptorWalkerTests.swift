@@ -1,0 +1,87 @@
+import Testing
+@testable import VhostUser
+
+/// Descriptor chains as a hostile guest may write them: walked within guest
+/// memory and the queue, or refused.
+@Suite struct DescriptorWalkerTests {
+    @Test func aWellFormedChainSplitsReadableAndWritable() throws {
+        let g = FakeGuest()
+        g.placeRequestChain()
+        g.offer(0)
+        let c = try #require(try g.queue.pop())
+        #expect(c.readableBytes == 40 && c.writableBytes == 100)
+        #expect(try g.queue.pop() == nil)
+        g.queue.push(c.head, length: 16)
+        #expect(g.usedIndex == 1)
+    }
+
+    @Test func hostileChainsAreRefused() throws {
+        // A loop.
+        var g = FakeGuest()
+        g.descriptor(0, address: g.data, length: 8, flags: Virtqueue.descriptorNext, next: 1)
+        g.descriptor(1, address: g.data, length: 8, flags: Virtqueue.descriptorNext, next: 0)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        // An address outside guest memory, and one that runs past its end.
+        g = FakeGuest()
+        g.descriptor(0, address: 0xdead_0000_0000, length: 8, flags: 0, next: 0)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        g = FakeGuest()
+        g.descriptor(0, address: FakeGuest.gpa + UInt64(g.size) - 4, length: 8, flags: 0, next: 0)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        // A next index beyond the table, a head beyond the queue.
+        g = FakeGuest()
+        g.descriptor(0, address: g.data, length: 8, flags: Virtqueue.descriptorNext, next: 200)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        g = FakeGuest()
+        g.offer(9)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        // Readable after writable.
+        g = FakeGuest()
+        g.descriptor(0, address: g.data, length: 8, flags: Virtqueue.descriptorWrite | Virtqueue.descriptorNext, next: 1)
+        g.descriptor(1, address: g.data, length: 8, flags: 0, next: 0)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        // Indirect: a table of odd length, a nested indirect, and a good one.
+        g = FakeGuest()
+        g.descriptor(0, address: g.data, length: 20, flags: Virtqueue.descriptorIndirect, next: 0)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        g = FakeGuest()
+        g.descriptor(0, address: g.data, length: 32, flags: Virtqueue.descriptorIndirect, next: 0)
+        g.descriptor(0, address: g.data + 8192, length: 32, flags: Virtqueue.descriptorIndirect, next: 0, table: FakeGuest.dataArea)
+        g.offer(0)
+        #expect(throws: Virtqueue.ChainError.self) { try g.queue.pop() }
+        g = FakeGuest()
+        g.descriptor(0, address: g.data, length: 32, flags: Virtqueue.descriptorIndirect, next: 0)
+        g.descriptor(0, address: g.data + 8192, length: 40, flags: Virtqueue.descriptorNext, next: 1, table: FakeGuest.dataArea)
+        g.descriptor(1, address: g.data + 12288, length: 64, flags: Virtqueue.descriptorWrite, next: 0, table: FakeGuest.dataArea)
+        g.offer(0)
+        let c = try #require(try g.queue.pop())
+        #expect(c.readableBytes == 40 && c.writableBytes == 64)
+    }
+
+    @Test func randomDescriptorTablesNeverCrash() throws {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let g = FakeGuest(queueSize: 16)
+            for i in 0..<16 {
+                let address = Bool.random(using: &rng) ? g.data + UInt64.random(in: 0..<600_000, using: &rng) : UInt64.random(in: 0...UInt64.max, using: &rng)
+                g.descriptor(i, address: address, length: UInt32.random(in: 0...70_000, using: &rng),
+                             flags: UInt16.random(in: 0...7, using: &rng), next: UInt16.random(in: 0...20, using: &rng))
+            }
+            for _ in 0..<4 { g.offer(UInt16.random(in: 0...17, using: &rng)) }
+            for _ in 0..<4 {
+                do {
+                    guard let c = try g.queue.pop() else { break }
+                    // Whatever was accepted lies inside the region.
+                    for r in c.readable { #expect(r.baseAddress! >= UnsafeRawPointer(g.buffer) && r.baseAddress! + r.count <= UnsafeRawPointer(g.buffer + g.size)) }
+                    for w in c.writable { #expect(UnsafeRawPointer(w.baseAddress!) >= UnsafeRawPointer(g.buffer) && UnsafeRawPointer(w.baseAddress! + w.count) <= UnsafeRawPointer(g.buffer + g.size)) }
+                } catch { break }
+            }
+        }
+    }
+}
