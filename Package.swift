@@ -31,6 +31,11 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
+        // Locks, conditions, threads and the monotonic clock every module uses
+        // (the bottom of the module graph: depends on nothing of pmfs).
+        .target(name: "PMFSConcurrency", dependencies: ["CPMFSConcurrency"]),
+        // Thread naming (GNU extensions Glibc's module lacks), for PMFSConcurrency only.
+        .target(name: "CPMFSConcurrency"),
         // C shims over libpmemobj and the on-media structures (fixed layout).
         .target(
             name: "CPMDK",
@@ -239,6 +244,8 @@ let package = Package(
             name: "ConfigTests",
             dependencies: ["Pmfsd", "PMFSServer"]
         ),
+        // The concurrency kit: exclusion under contention, timed waits, threads.
+        .testTarget(name: "ConcurrencyTests", dependencies: ["PMFSConcurrency", "CPMFSConcurrency"]),
         .testTarget(
             name: "PMFSCheckTests",
             dependencies: ["PMFSCheck", "PMFSMetadata", "CPMDK"]
