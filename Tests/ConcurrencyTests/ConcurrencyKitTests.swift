@@ -159,7 +159,8 @@ private func canTakeWriteLock(_ rw: ReadWriteLock) -> Bool {
             JoinableThread.spawn {
                 c.withLock {
                     waiting.value += 1
-                    c.signal()
+                    // Not signal: that could wake another waiter instead of the test.
+                    c.broadcast()
                     while go.value == 0 { c.wait() }
                 }
                 woke.wrappingAdd(1, ordering: .relaxed)
