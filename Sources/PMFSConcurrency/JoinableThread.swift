@@ -49,6 +49,14 @@ public final class JoinableThread: @unchecked Sendable {
         started = false
     }
 
+    /// Lets the thread go: no one will join it, and the system frees it when
+    /// its closure returns (a thread left unjoined keeps its stack until then).
+    public func detach() {
+        guard started else { return }
+        pthread_detach(thread)
+        started = false
+    }
+
     /// Thread names are for people (ps, top, gdb): a name refused is no error.
     private func setName(_ name: String) { _ = cpmfs_set_thread_name(name) }
 }

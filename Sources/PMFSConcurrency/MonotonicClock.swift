@@ -7,6 +7,12 @@ import Glibc
     return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
 }
 
+/// Nanoseconds since `start`, an earlier `monotonicNanoseconds()` (0 if it is later).
+@inlinable public func nanosecondsSince(_ start: UInt64) -> UInt64 {
+    let now = monotonicNanoseconds()
+    return now >= start ? now - start : 0
+}
+
 /// A point on the monotonic clock by which something should be done.
 public struct Deadline: Sendable, Comparable {
     /// Nanoseconds on the clock `monotonicNanoseconds()` reads.
