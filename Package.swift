@@ -115,7 +115,7 @@ let package = Package(
         .target(
             name: "PMFSMetadata",
             dependencies: [
-                "CPMDK",
+                "CPMDK", "PMFSConcurrency",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
