@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "PMFSData",
             dependencies: [
-                "CURing",
+                "CURing", "PMFSConcurrency",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
