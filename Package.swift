@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "PMFSCore",
             dependencies: [
-                "PMFSMetadata", "PMFSData",
+                "PMFSConcurrency", "PMFSMetadata", "PMFSData",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -216,7 +216,7 @@ let package = Package(
         .testTarget(
             name: "PMFSCoreTests",
             // The crash tests run the writer, so it is built before them.
-            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
+            dependencies: ["PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
         ),
         // What pmfs's io_uring rings refuse (their restrictions), on the bare C shim.
         .testTarget(name: "RingTests", dependencies: ["CURing"]),
