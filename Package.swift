@@ -69,7 +69,7 @@ let package = Package(
         // The FUSE kernel ABI (linux/fuse.h) and mount constants.
         .target(name: "CFUSE"),
         // The transport-independent FUSE engine: decode, dispatch, encode.
-        .target(name: "FUSEProtocol", dependencies: ["CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]),
+        .target(name: "FUSEProtocol", dependencies: ["CFUSE", "PMFSConcurrency", .product(name: "CoreMetrics", package: "swift-metrics")]),
         // pmfsd's metrics: the swift-metrics backend (swift-prometheus plus a
         // lock-free latency histogram) and the HTTP endpoint (swift-nio).
         .target(
