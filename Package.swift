@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "PMFSServer",
             dependencies: [
-                "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSMetadata",
+                "FUSEProtocol", "CFUSE", "PMFSConcurrency", "PMFSCore", "PMFSMetadata",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
