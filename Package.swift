@@ -94,7 +94,7 @@ let package = Package(
         // The host transport: /dev/fuse, mount(2), worker threads; FUSE over io_uring.
         .target(
             name: "FUSEDevice",
-            dependencies: ["FUSEProtocol", "CFUSE", "CURing", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["FUSEProtocol", "CFUSE", "CURing", "PMFSConcurrency", .product(name: "Logging", package: "swift-log")]
         ),
         // C helpers for vhost-user: SCM_RIGHTS, ring memory ordering, eventfd.
         .target(name: "CVhost"),
