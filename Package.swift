@@ -101,7 +101,7 @@ let package = Package(
         // The guest transport: a vhost-user-fs backend over split virtqueues.
         .target(
             name: "VhostUser",
-            dependencies: ["CVhost", "FUSEProtocol", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CVhost", "FUSEProtocol", "PMFSConcurrency", .product(name: "Logging", package: "swift-log")]
         ),
         // A vhost-user front end that plays QEMU and the guest (memfd memory,
         // split rings, eventfds): the daemon-side benchmark and transport tests.
