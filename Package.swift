@@ -137,7 +137,7 @@ let package = Package(
         .executableTarget(
             name: "Pmfsd",
             dependencies: [
-                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics", "CSandbox",
+                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics", "CSandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
