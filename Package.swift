@@ -105,11 +105,11 @@ let package = Package(
         ),
         // A vhost-user front end that plays QEMU and the guest (memfd memory,
         // split rings, eventfds): the daemon-side benchmark and transport tests.
-        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE"]),
+        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE", "PMFSConcurrency"]),
         // Per-request latency of a vhost-user-fs back end (pmfsd or virtiofsd): tools/bench/vhost.sh.
         .executableTarget(
             name: "PmfsVhostBench",
-            dependencies: ["VhostUserFrontEnd", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["VhostUserFrontEnd", "CFUSE", "PMFSConcurrency", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
@@ -148,7 +148,7 @@ let package = Package(
         .executableTarget(
             name: "MkfsPmfs",
             dependencies: [
-                "PMFSMetadata",
+                "PMFSConcurrency", "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -165,7 +165,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsDamageFuzz",
             dependencies: [
-                "PMFSMetadata", "PMFSCore", "PMFSData", "FUSEDevice", "CFUSE", "CPMDK", "CLinux",
+                "PMFSConcurrency", "PMFSMetadata", "PMFSCore", "PMFSData", "FUSEDevice", "CFUSE", "CPMDK", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -182,7 +182,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsTorture",
             dependencies: [
-                "PMFSMetadata",
+                "PMFSConcurrency", "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -201,7 +201,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsDataBench",
             dependencies: [
-                "PMFSCore", "PMFSData", "PMFSMetadata",
+                "PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
