@@ -223,12 +223,12 @@ let package = Package(
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSConcurrency", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(
             name: "ServerTests",
-            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSData", "PMFSMetadata"]
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",
@@ -237,7 +237,7 @@ let package = Package(
         // The metrics backend, names and --metrics parsing; the endpoint over real sockets.
         .testTarget(
             name: "MetricsTests",
-            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]
+            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", "PMFSConcurrency", .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // pmfsd's configuration file: parsing, validation, what a reload changes.
         .testTarget(
@@ -248,7 +248,7 @@ let package = Package(
         .testTarget(name: "ConcurrencyTests", dependencies: ["PMFSConcurrency", "CPMFSConcurrency"]),
         .testTarget(
             name: "PMFSCheckTests",
-            dependencies: ["PMFSCheck", "PMFSMetadata", "CPMDK"]
+            dependencies: ["PMFSCheck", "PMFSConcurrency", "PMFSMetadata", "CPMDK"]
         ),
         // Runs the built mkfs.pmfs and pmfs-inspect; depending on them gets them built first.
         .testTarget(

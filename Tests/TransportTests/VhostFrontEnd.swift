@@ -1,6 +1,7 @@
 import CFUSE
 import CVhost
 import Glibc
+import Synchronization
 
 /// A vhost-user front end for tests, playing QEMU and the guest at once: it
 /// speaks the wire protocol (u32 request, u32 flags, u32 size, payload; fds by
@@ -302,11 +303,7 @@ final class SplitRing: @unchecked Sendable {
     }
 }
 
-private func atomicFence() {
-    // A lock round trip is a full barrier: enough for a test guest.
-    var m = pthread_mutex_t()
-    pthread_mutex_init(&m, nil); pthread_mutex_lock(&m); pthread_mutex_unlock(&m); pthread_mutex_destroy(&m)
-}
+private func atomicFence() { atomicMemoryFence(ordering: .sequentiallyConsistent) }
 
 /// FUSE_INIT and GETATTR of the root, as a guest's driver sends them first.
 enum GuestRequests {
