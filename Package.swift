@@ -31,6 +31,11 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
+        // Locks, conditions, threads and the monotonic clock every module uses
+        // (the bottom of the module graph: depends on nothing of pmfs).
+        .target(name: "PMFSConcurrency", dependencies: ["CPMFSConcurrency"]),
+        // Thread naming (GNU extensions Glibc's module lacks), for PMFSConcurrency only.
+        .target(name: "CPMFSConcurrency"),
         // C shims over libpmemobj and the on-media structures (fixed layout).
         .target(
             name: "CPMDK",
@@ -45,7 +50,7 @@ let package = Package(
         .target(
             name: "PMFSData",
             dependencies: [
-                "CURing",
+                "CURing", "PMFSConcurrency",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
@@ -55,7 +60,7 @@ let package = Package(
         .target(
             name: "PMFSCore",
             dependencies: [
-                "PMFSMetadata", "PMFSData",
+                "PMFSConcurrency", "PMFSMetadata", "PMFSData",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -64,7 +69,7 @@ let package = Package(
         // The FUSE kernel ABI (linux/fuse.h) and mount constants.
         .target(name: "CFUSE"),
         // The transport-independent FUSE engine: decode, dispatch, encode.
-        .target(name: "FUSEProtocol", dependencies: ["CFUSE", .product(name: "CoreMetrics", package: "swift-metrics")]),
+        .target(name: "FUSEProtocol", dependencies: ["CFUSE", "PMFSConcurrency", .product(name: "CoreMetrics", package: "swift-metrics")]),
         // pmfsd's metrics: the swift-metrics backend (swift-prometheus plus a
         // lock-free latency histogram) and the HTTP endpoint (swift-nio).
         .target(
@@ -81,7 +86,7 @@ let package = Package(
         .target(
             name: "PMFSServer",
             dependencies: [
-                "FUSEProtocol", "CFUSE", "PMFSCore", "PMFSMetadata",
+                "FUSEProtocol", "CFUSE", "PMFSConcurrency", "PMFSCore", "PMFSMetadata",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -89,29 +94,29 @@ let package = Package(
         // The host transport: /dev/fuse, mount(2), worker threads; FUSE over io_uring.
         .target(
             name: "FUSEDevice",
-            dependencies: ["FUSEProtocol", "CFUSE", "CURing", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["FUSEProtocol", "CFUSE", "CURing", "PMFSConcurrency", .product(name: "Logging", package: "swift-log")]
         ),
         // C helpers for vhost-user: SCM_RIGHTS, ring memory ordering, eventfd.
         .target(name: "CVhost"),
         // The guest transport: a vhost-user-fs backend over split virtqueues.
         .target(
             name: "VhostUser",
-            dependencies: ["CVhost", "FUSEProtocol", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CVhost", "FUSEProtocol", "PMFSConcurrency", .product(name: "Logging", package: "swift-log")]
         ),
         // A vhost-user front end that plays QEMU and the guest (memfd memory,
         // split rings, eventfds): the daemon-side benchmark and transport tests.
-        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE"], path: "Testing/VhostUserFrontEnd"),
+        .target(name: "VhostUserFrontEnd", dependencies: ["CVhost", "CFUSE", "PMFSConcurrency"], path: "Testing/VhostUserFrontEnd"),
         // Per-request latency of a vhost-user-fs back end (pmfsd or virtiofsd): tools/bench/vhost.sh.
         .executableTarget(
             name: "PmfsVhostBench",
-            dependencies: ["VhostUserFrontEnd", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["VhostUserFrontEnd", "CFUSE", "PMFSConcurrency", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks/PmfsVhostBench"
         ),
         // The persistent-memory metadata engine: inodes, directories, extents, free space.
         .target(
             name: "PMFSMetadata",
             dependencies: [
-                "CPMDK",
+                "CPMDK", "PMFSConcurrency",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -133,7 +138,7 @@ let package = Package(
         .executableTarget(
             name: "Pmfsd",
             dependencies: [
-                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics", "CSandbox",
+                "PMFSServer", "FUSEDevice", "VhostUser", "FUSEProtocol", "PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSControl", "PMFSMetrics", "CSandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
@@ -144,7 +149,7 @@ let package = Package(
         .executableTarget(
             name: "MkfsPmfs",
             dependencies: [
-                "PMFSMetadata",
+                "PMFSConcurrency", "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -161,7 +166,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsDamageFuzz",
             dependencies: [
-                "PMFSMetadata", "PMFSCore", "PMFSData", "FUSEDevice", "CFUSE", "CPMDK", "CLinux",
+                "PMFSConcurrency", "PMFSMetadata", "PMFSCore", "PMFSData", "FUSEDevice", "CFUSE", "CPMDK", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -179,7 +184,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsTorture",
             dependencies: [
-                "PMFSMetadata",
+                "PMFSConcurrency", "PMFSMetadata",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
@@ -199,7 +204,7 @@ let package = Package(
         .executableTarget(
             name: "PmfsDataBench",
             dependencies: [
-                "PMFSCore", "PMFSData", "PMFSMetadata",
+                "PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/PmfsDataBench"
@@ -216,7 +221,7 @@ let package = Package(
         .testTarget(
             name: "PMFSCoreTests",
             // The crash tests run the writer, so it is built before them.
-            dependencies: ["PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
+            dependencies: ["PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata", "PMFSCheck", "PmfsCrashWriter"]
         ),
         // Builders of the FUSE messages the engine's tests send (shared by three test targets).
         .target(name: "FUSETestSupport", dependencies: ["FUSEProtocol", "CFUSE"], path: "Tests/Support/FUSETestSupport"),
@@ -227,12 +232,12 @@ let package = Package(
         // Malformed FUSE messages and hostile descriptor chains; the host mount over FUSE io_uring.
         .testTarget(
             name: "TransportTests",
-            dependencies: ["FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
+            dependencies: ["FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "VhostUser", "VhostUserFrontEnd", "FUSEDevice", "PMFSConcurrency", "PMFSServer", "PMFSCore", "PMFSData", "PMFSMetadata", "Pmfsd", "PmfsCtl", "MkfsPmfs"]
         ),
         // Host mount and a second session on one file system (real /dev/fuse).
         .testTarget(
             name: "ServerTests",
-            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "PMFSCore", "PMFSData", "PMFSMetadata"]
+            dependencies: ["PMFSServer", "FUSEDevice", "FUSEProtocol", "CFUSE", "FUSETestSupport", "FileSystemTestSupport", "PMFSConcurrency", "PMFSCore", "PMFSData", "PMFSMetadata"]
         ),
         .testTarget(
             name: "PMFSMetadataTests",
@@ -241,16 +246,18 @@ let package = Package(
         // The metrics backend, names and --metrics parsing; the endpoint over real sockets.
         .testTarget(
             name: "MetricsTests",
-            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", "FUSETestSupport", .product(name: "CoreMetrics", package: "swift-metrics")]
+            dependencies: ["PMFSMetrics", "FUSEProtocol", "CFUSE", "FUSETestSupport", "PMFSConcurrency", .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // pmfsd's configuration file: parsing, validation, what a reload changes.
         .testTarget(
             name: "ConfigTests",
             dependencies: ["Pmfsd", "PMFSServer"]
         ),
+        // The concurrency kit: exclusion under contention, timed waits, threads.
+        .testTarget(name: "ConcurrencyTests", dependencies: ["PMFSConcurrency", "CPMFSConcurrency"]),
         .testTarget(
             name: "PMFSCheckTests",
-            dependencies: ["PMFSCheck", "PMFSMetadata", "CPMDK"]
+            dependencies: ["PMFSCheck", "PMFSConcurrency", "PMFSMetadata", "CPMDK"]
         ),
         // Runs the built mkfs.pmfs and pmfs-inspect; depending on them gets them built first.
         .testTarget(

@@ -7,6 +7,7 @@
 import Dispatch
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSCore
 import PMFSData
 import PMFSMetadata
@@ -25,11 +26,7 @@ let dataPath = "\(directory)/pmfs-bench-\(tag).data"
 let ext4Path = "\(directory)/pmfs-bench-\(tag).ext4"
 defer { unlink(poolPath); unlink(dataPath); unlink(ext4Path) }
 
-func now() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+func now() -> UInt64 { monotonicNanoseconds() }
 
 func percentile(_ sorted: [UInt64], _ p: Double) -> Double {
     Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000

@@ -2,6 +2,7 @@ import ArgumentParser
 import CFUSE
 import CVhost
 import Glibc
+import PMFSConcurrency
 import VhostUserFrontEnd
 
 /// Per-request latency of a vhost-user-fs back end, measured from the front
@@ -83,7 +84,7 @@ struct Result {
     var opsPerSecond: Double
 }
 
-func now() -> UInt64 { cvhost_monotonic_ns() }
+func now() -> UInt64 { monotonicNanoseconds() }
 
 /// Latency samples in ns → percentiles in µs.
 func summarize(_ samples: [UInt64], operations: Int, elapsed: UInt64) -> Result {

@@ -60,7 +60,8 @@ long cvhost_send(int sock, const void *buf, size_t length) {
     return (long)done;
 }
 
-uint64_t cvhost_monotonic_ns(void) {
+/* For cvhost_wait2's own deadline. */
+static uint64_t cvhost_monotonic_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;

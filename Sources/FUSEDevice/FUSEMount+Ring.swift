@@ -3,6 +3,7 @@ import CURing
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSConcurrency
 
 extension FUSEServer {
     /// FUSE_OVER_IO_URING, to add to what a server offers when the host mount
@@ -134,17 +135,7 @@ extension FUSEMount {
             made.append(try FUSERingQueue(qid: qid, depth: depth, fd: fd, server: server, payloadSize: payload,
                                           counters: counters, pool: pool, logger: logger))
         }
-        var threads: [pthread_t] = []
-        for q in made {
-            let box = Unmanaged.passRetained(q)
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { arg in
-                let q = Unmanaged<FUSERingQueue>.fromOpaque(arg!).takeRetainedValue()
-                q.run()
-                return nil
-            }, box.toOpaque())
-            if rc == 0 { threads.append(thread) } else { box.release() }
-        }
+        let threads = made.compactMap { q in JoinableThread.spawn { q.run() } }
         queues = made
         queueThreads = threads
         var waited = 0
@@ -163,7 +154,7 @@ extension FUSEMount {
     /// Stops and joins the queue threads (the kernel then keeps using /dev/fuse).
     func stopQueues() {
         queues.forEach { $0.stop() }
-        for t in queueThreads { pthread_join(t, nil) }
+        for t in queueThreads { t.join() }
         queueThreads = []
         queues = []
         ringPool?.stop()

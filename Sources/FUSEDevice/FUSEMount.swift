@@ -2,6 +2,7 @@ import CFUSE
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSConcurrency
 import Synchronization
 
 public enum FUSEMountError: Error, CustomStringConvertible {
@@ -55,7 +56,7 @@ public final class FUSEMount: @unchecked Sendable {
     /// Requests per transport (io_uring or /dev/fuse).
     public let counters = FUSETransportCounters()
     var queues: [FUSERingQueue] = []
-    var queueThreads: [pthread_t] = []
+    var queueThreads: [JoinableThread] = []
     /// Threads for ring requests that may block while others wait behind them.
     var ringPool: RequestPool?
     /// True once requests are served from io_uring queues.
@@ -137,22 +138,12 @@ public final class FUSEMount: @unchecked Sendable {
         // Without `negotiate` no rings are made: INIT must not promise them
         // (the kernel would hold every request for queues that never come).
         if !server.initialized { server.withhold(FUSEServer.overIOURing) }
-        var threads: [pthread_t] = []
-        for _ in 0..<max(1, workers) {
-            let box = Unmanaged.passRetained(self)
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { arg in
-                let mount = Unmanaged<FUSEMount>.fromOpaque(arg!).takeRetainedValue()
-                mount.workerLoop()
-                return nil
-            }, box.toOpaque())
-            if rc == 0 { threads.append(thread) } else { box.release() }
-        }
-        for t in threads { pthread_join(t, nil) }
+        let threads = (0..<max(1, workers)).compactMap { _ in JoinableThread.spawn { [self] in workerLoop() } }
+        for t in threads { t.join() }
         // The connection is gone (unmounted): the rings' entries have ended or
         // end now; a queue still waiting is told to stop.
         queues.forEach { $0.stop() }
-        for t in queueThreads { pthread_join(t, nil) }
+        for t in queueThreads { t.join() }
         queueThreads = []
         ringPool?.stop()
         ringPool = nil
@@ -255,9 +246,9 @@ public final class FUSEMount: @unchecked Sendable {
     @discardableResult
     public func stop(grace: Duration = FUSEMount.stopGrace) -> Bool {
         unmount()
-        let deadline = ContinuousClock.now + grace
+        let deadline = Deadline.after(grace)
         while !served.load(ordering: .acquiring) {
-            guard ContinuousClock.now < deadline else {
+            guard !deadline.hasPassed else {
                 logger.warning("\(mountPoint) is still in use \(grace) after its unmount (a process holds a file or its working directory there): ending the FUSE connection, its users get ENOTCONN")
                 abortConnection()
                 return false

@@ -1,5 +1,6 @@
 import CFUSE
 import Glibc
+import PMFSConcurrency
 
 /// One FSYNC of a group: who asked, what, and where its reply goes.
 public struct FUSEFsync: Sendable {
@@ -32,7 +33,7 @@ public final class FUSEFsyncGroup: @unchecked Sendable {
     /// in an array of closures it would be wrapped in an allocated thunk.
     struct PendingReply {
         let sink: FUSEReplySink
-        let start: Int64
+        let start: UInt64
     }
 
     public init() {}
@@ -40,7 +41,7 @@ public final class FUSEFsyncGroup: @unchecked Sendable {
     public var isEmpty: Bool { members.isEmpty }
     public var count: Int { members.count }
 
-    func add(_ member: FUSEFsync, reply: @escaping FUSEReplySink, start: Int64) {
+    func add(_ member: FUSEFsync, reply: @escaping FUSEReplySink, start: UInt64) {
         members.append(member)
         replies.append(PendingReply(sink: reply, start: start))
     }
@@ -111,7 +112,7 @@ extension FUSEServer {
         let member = group.members[i], error = i < group.errors.count ? group.errors[i] : EIO
         if let metrics {
             if error != 0 { metrics.failed(member.request.opcode, errno: error) }
-            metrics.finished(member.request.opcode, nanoseconds: monotonicNanoseconds() &- group.replies[i].start)
+            metrics.finished(member.request.opcode, since: group.replies[i].start)
         }
         let header = fuse_out_header(len: UInt32(MemoryLayout<fuse_out_header>.size), error: -error, unique: member.request.unique)
         group.replyBytes.withUnsafeMutableBytes { $0.storeBytes(of: header, as: fuse_out_header.self) }

@@ -1,6 +1,7 @@
 import CFUSE
 import CoreMetrics
 import Glibc
+import PMFSConcurrency
 
 /// What one FUSE session (the host mount, or one guest's socket) counts per
 /// request, through swift-metrics. Every handle is made here, once: the
@@ -56,9 +57,10 @@ public final class FUSERequestMetrics: Sendable {
 
     /// One request taken, `nanoseconds` after it arrived at the engine.
     @inline(__always)
-    func finished(_ opcode: UInt32, nanoseconds: Int64) {
+    /// One request answered; `start` is when it was taken (`monotonicNanoseconds()`).
+    func finished(_ opcode: UInt32, since start: UInt64) {
         requests[Self.slot(opcode)].increment()
-        if let c = LatencyClass(opcode) { latency[c.rawValue].recordNanoseconds(nanoseconds) }
+        if let c = LatencyClass(opcode) { latency[c.rawValue].recordNanoseconds(Int64(clamping: nanosecondsSince(start))) }
     }
 
     @inline(__always)
@@ -129,12 +131,4 @@ public enum LatencyClass: Int, CaseIterable, Sendable {
         default: self = .metadata
         }
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (a vDSO call: no system call, no allocation).
-@inline(__always)
-func monotonicNanoseconds() -> Int64 {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Int64(t.tv_sec) &* 1_000_000_000 &+ Int64(t.tv_nsec)
 }

@@ -1,5 +1,6 @@
 import CFUSE
 import Glibc
+import PMFSConcurrency
 import Synchronization
 
 /// The transport-independent FUSE engine: decodes a request, calls the
@@ -113,7 +114,7 @@ public final class FUSEServer: @unchecked Sendable {
             let joined = group?.count ?? 0
             outcome = serve(header, &request, &reply, later: later, group: group)
             // A grouped FSYNC is timed until its reply, by commit.
-            if (group?.count ?? 0) == joined { metrics.finished(header.opcode, nanoseconds: monotonicNanoseconds() &- start) }
+            if (group?.count ?? 0) == joined { metrics.finished(header.opcode, since: start) }
         } else {
             outcome = serve(header, &request, &reply, later: later, group: group)
         }

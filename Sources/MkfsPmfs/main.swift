@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import PMFSConcurrency
 import PMFSMetadata
 
 /// mkfs.pmfs: creates the metadata pool and writes the header of the data device.
@@ -348,20 +349,19 @@ MkfsPmfs.main()
 struct ZeroingProgress {
     let total: UInt64
     let shown: Bool
-    private var last = timespec()
+    /// When the line was last shown (monotonic ns).
+    private var last: UInt64 = 0
 
     init(total: UInt64, shown: Bool) {
         self.total = total
         self.shown = shown && total > 0
-        clock_gettime(CLOCK_MONOTONIC, &last)
+        last = monotonicNanoseconds()
     }
 
     mutating func update(_ done: UInt64) {
         guard shown else { return }
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let elapsedMs = (now.tv_sec - last.tv_sec) * 1000 + (now.tv_nsec - last.tv_nsec) / 1_000_000
-        guard elapsedMs >= 500 || done >= total else { return }
+        let now = monotonicNanoseconds()
+        guard now &- last >= 500_000_000 || done >= total else { return }
         last = now
         let gib = { (b: UInt64) in "\(b >> 30).\(((b & ((1 << 30) - 1)) * 10) >> 30)" }
         let percent = Int(Double(done) / Double(total) * 100)

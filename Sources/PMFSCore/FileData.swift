@@ -1,3 +1,4 @@
+import PMFSConcurrency
 import PMFSMetadata
 
 /// DRAM state of one regular file's data: its cached pages and what write-back
@@ -7,7 +8,7 @@ final class FileData: @unchecked Sendable {
     /// The inode's generation when this state was made: the number alone may
     /// name a newer file once this one is freed.
     let generation: UInt64
-    let lock = ConditionLock()
+    let lock = Lock()
 
     /// Operations using this state now (guarded by the file-system's files lock).
     var users = 0

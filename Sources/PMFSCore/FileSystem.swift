@@ -2,6 +2,7 @@ import CoreMetrics
 import Dispatch
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSData
 import PMFSMetadata
 import Synchronization
@@ -46,7 +47,7 @@ public final class FileSystem: @unchecked Sendable {
     let options: Options
     let logger: Logger
     let blockSize: UInt64
-    private let filesLock = ConditionLock()
+    private let filesLock = Lock()
     private var files: [UInt64: FileData] = [:]
     /// States of freed inodes whose pages are still to be dropped.
     private var deadFiles: [FileData] = []

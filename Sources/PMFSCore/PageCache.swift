@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 import PMFSData
 
 /// The DRAM write-back cache: a fixed arena of 4 KiB frames (the hard memory
@@ -185,6 +186,6 @@ final class PageCache: @unchecked Sendable {
 
     /// Waits a little for frames to come free (another thread writing back).
     func waitForFrames() {
-        lock.withLock { lock.wait(milliseconds: 10) }
+        lock.withLock { _ = lock.wait(milliseconds: 10) }
     }
 }

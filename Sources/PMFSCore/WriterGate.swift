@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 
 /// Keeps changes out while a snapshot copies a tree. Every request that
 /// changes the file system passes through the gate (`pass`); `closed` waits

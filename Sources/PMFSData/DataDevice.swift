@@ -2,6 +2,7 @@ import CoreMetrics
 import CURing
 import Dispatch
 import Glibc
+import PMFSConcurrency
 import Synchronization
 import Logging
 
@@ -92,11 +93,11 @@ extension DataDevice {
     /// Makes every completed write durable, sharing the flush with concurrent callers.
     public func flushShared() throws {
         try groupFlush.flush {
-            let start = DispatchTime.now().uptimeNanoseconds
+            let start = monotonicNanoseconds()
             try engine.flush()
             flushCount.add(1, ordering: .relaxed)
             counters.flushes.increment()
-            counters.flushDuration.recordNanoseconds(Int64(truncatingIfNeeded: DispatchTime.now().uptimeNanoseconds &- start))
+            counters.flushDuration.recordNanoseconds(Int64(truncatingIfNeeded: monotonicNanoseconds() &- start))
         }
     }
 

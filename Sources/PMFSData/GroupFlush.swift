@@ -1,4 +1,4 @@
-import Glibc
+import PMFSConcurrency
 
 /// Group commit for device flushes: concurrent fsyncs share one flush, as a
 /// journal's batch commit does. A caller whose writes have completed needs a
@@ -7,8 +7,7 @@ import Glibc
 /// for it to end and then the next flush, started by one of the waiters,
 /// covers every caller that arrived meanwhile.
 public final class GroupFlush: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let lock = ConditionLock()
     private var started: UInt64 = 0
     private var completed: UInt64 = 0
     private var running = false
@@ -18,49 +17,40 @@ public final class GroupFlush: @unchecked Sendable {
     /// How many callers the flushes served, for the figure "fsyncs per flush".
     public private(set) var callers: UInt64 = 0
 
-    public init() {
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition); condition.deallocate()
-        pthread_mutex_destroy(mutex); mutex.deallocate()
-    }
+    public init() {}
 
     /// Flushes started so far (each served one or more callers).
     public var flushes: UInt64 {
-        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
-        return started
+        lock.withLock { started }
     }
 
     /// Returns once a flush that started after this call has completed;
     /// `flush` is the device flush, run by whichever caller leads.
     public func flush(_ flush: () throws -> Void) throws {
-        pthread_mutex_lock(mutex)
+        lock.lock()
         callers &+= 1
         // A running flush may have started before our writes completed: the next one counts.
         let needed = started + 1
         while completed < needed {
             if running {
-                pthread_cond_wait(condition, mutex)
+                lock.wait()
                 continue
             }
             running = true
             started += 1
             let mine = started
-            pthread_mutex_unlock(mutex)
+            lock.unlock()
             var error: Error?
             do { try flush() } catch let e { error = e }
-            pthread_mutex_lock(mutex)
+            lock.lock()
             if let error { failed = mine; failure = error }
             completed = mine
             running = false
-            pthread_cond_broadcast(condition)
+            lock.broadcast()
         }
         // Conservative: a failure of any flush since ours was needed is reported.
         let error = failed >= needed ? failure : nil
-        pthread_mutex_unlock(mutex)
+        lock.unlock()
         if let error { throw error }
     }
 }

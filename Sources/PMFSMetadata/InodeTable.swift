@@ -1,4 +1,5 @@
 import CPMDK
+import PMFSConcurrency
 import SystemPackage
 
 /// The inode table: O(1) lookup of an inode by number (chunk, then slot), and
@@ -8,9 +9,9 @@ final class InodeTable: @unchecked Sendable {
     private let table: UnsafeMutablePointer<pmfs_inode_table>
     /// Free inode numbers, popped by allocation; pushed only after a free commits.
     private var freeNumbers: [UInt64] = []
-    private let freeListLock = Mutex()
+    private let freeListLock = Lock()
     /// Held by a transaction that grows the table, until it ends.
-    let growthLock = Mutex()
+    let growthLock = Lock()
     private var live: UInt64 = 0
     /// Called when a freed inode's transaction commits, before its number is
     /// reusable. It runs with engine locks held: it must not block on them.

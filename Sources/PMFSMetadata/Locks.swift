@@ -1,56 +1,4 @@
-import Glibc
-
-/// A reader-writer lock over pthread_rwlock_t, heap-allocated so it never moves.
-final class ReadWriteLock: @unchecked Sendable {
-    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
-
-    init() {
-        lock = .allocate(capacity: 1)
-        pthread_rwlock_init(lock, nil)
-    }
-
-    deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
-    }
-
-    func lockShared() { pthread_rwlock_rdlock(lock) }
-    func lockExclusive() { pthread_rwlock_wrlock(lock) }
-    func unlock() { pthread_rwlock_unlock(lock) }
-
-    func withShared<T>(_ body: () throws -> T) rethrows -> T {
-        lockShared(); defer { unlock() }
-        return try body()
-    }
-
-    func withExclusive<T>(_ body: () throws -> T) rethrows -> T {
-        lockExclusive(); defer { unlock() }
-        return try body()
-    }
-}
-
-/// A plain mutex for short DRAM critical sections.
-final class Mutex: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
-
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock(); defer { unlock() }
-        return try body()
-    }
-}
+import PMFSConcurrency
 
 /// Inode locks, striped: inode n is guarded by stripe n mod count. Operations on
 /// several inodes lock their stripes in ascending stripe order, so two operations
@@ -75,13 +23,13 @@ final class InodeLockTable: @unchecked Sendable {
     /// Damage found while working on one inode is reported naming it
     /// (`PoolError.damagedInode`), so the log says which file fsck.pmfs mends.
     func withShared<T>(_ ino: UInt64, _ body: () throws -> T) rethrows -> T {
-        do { return try stripes[stripeIndex(ino)].withShared(body) } catch PoolError.corrupt(let what) {
+        do { return try stripes[stripeIndex(ino)].withReadLock(body) } catch PoolError.corrupt(let what) {
             throw PoolError.damagedInode(ino, what)
         }
     }
 
     func withExclusive<T>(_ ino: UInt64, _ body: () throws -> T) rethrows -> T {
-        do { return try stripes[stripeIndex(ino)].withExclusive(body) } catch PoolError.corrupt(let what) {
+        do { return try stripes[stripeIndex(ino)].withWriteLock(body) } catch PoolError.corrupt(let what) {
             throw PoolError.damagedInode(ino, what)
         }
     }
@@ -110,8 +58,8 @@ final class InodeLockTable: @unchecked Sendable {
     private func withStripes<T>(_ a: UInt64, _ b: UInt64, exclusive: Bool, _ body: () throws -> T) rethrows -> T {
         let i = stripeIndex(a), j = stripeIndex(b)
         let low = min(i, j), high = max(i, j)
-        if exclusive { stripes[low].lockExclusive() } else { stripes[low].lockShared() }
-        if high != low { if exclusive { stripes[high].lockExclusive() } else { stripes[high].lockShared() } }
+        if exclusive { stripes[low].lockForWriting() } else { stripes[low].lockForReading() }
+        if high != low { if exclusive { stripes[high].lockForWriting() } else { stripes[high].lockForReading() } }
         defer {
             if high != low { stripes[high].unlock() }
             stripes[low].unlock()
@@ -122,7 +70,7 @@ final class InodeLockTable: @unchecked Sendable {
     /// Locks every stripe exclusively, in ascending order (a snapshot: no
     /// inode changes or is read meanwhile).
     func withAllExclusive<T>(_ body: () throws -> T) rethrows -> T {
-        for s in stripes { s.lockExclusive() }
+        for s in stripes { s.lockForWriting() }
         defer { for s in stripes.reversed() { s.unlock() } }
         return try body()
     }
@@ -134,7 +82,7 @@ final class InodeLockTable: @unchecked Sendable {
         unique.reserveCapacity(indices.count)
         for i in indices where unique.last != i { unique.append(i) }
         for i in unique {
-            if exclusive { stripes[i].lockExclusive() } else { stripes[i].lockShared() }
+            if exclusive { stripes[i].lockForWriting() } else { stripes[i].lockForReading() }
         }
         defer { for i in unique.reversed() { stripes[i].unlock() } }
         return try body()

@@ -1,6 +1,7 @@
 import CPMDK
 import Glibc
 import Logging
+import PMFSConcurrency
 import SystemPackage
 
 /// The persistent-memory metadata engine: every inode, directory, extent map,
@@ -41,14 +42,14 @@ public final class MetadataStore: @unchecked Sendable {
     let locks = InodeLockTable()
     /// Serializes renames between directories, so the check that a directory
     /// is not moved into its own subtree cannot race another such rename.
-    let renameLock = Mutex()
-    let orphanLock = Mutex()
+    let renameLock = Lock()
+    let orphanLock = Lock()
     /// Guards the pool reserve (superblock.reserve_off).
-    let reserveLock = Mutex()
+    let reserveLock = Lock()
     let seed: UInt64
     let mode: OpenMode
     private var pins: [UInt64: Int] = [:]
-    private let pinLock = Mutex()
+    private let pinLock = Lock()
     let logger: Logger
 
     /// The pool was not marked clean when opened (the last user crashed).

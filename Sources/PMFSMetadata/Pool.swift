@@ -1,5 +1,6 @@
 import CPMDK
 import Glibc
+import PMFSConcurrency
 import SystemPackage
 import Synchronization
 
@@ -22,7 +23,7 @@ package final class PersistentPool: @unchecked Sendable {
     /// given and crashes (SIGSEGV, SIGFPE) on one that starts no object, so a
     /// reference read from the pool is checked here before it is freed.
     private var liveObjects = Set<UInt64>()
-    private let liveObjectsLock = Mutex()
+    private let liveObjectsLock = Lock()
     /// Usable bytes of the live objects: summed at open, then moved by each
     /// committed transaction (for the metrics and `pmfsctl df`).
     private let liveObjectBytes = Atomic<Int64>(0)
@@ -203,7 +204,7 @@ package final class Transaction {
     package let pool: PersistentPool
     private var commitActions: [() -> Void] = []
     private var abortActions: [() -> Void] = []
-    private var heldLocks: [(GlobalLockRank, Mutex)] = []
+    private var heldLocks: [(GlobalLockRank, Lock)] = []
     /// Objects this transaction allocated, and live ones it took to free.
     private var allocated = Set<UInt64>()
     private var freedLive: [UInt64] = []
@@ -252,7 +253,7 @@ package final class Transaction {
     func onAbort(_ action: @escaping () -> Void) { abortActions.append(action) }
 
     /// Takes a pool-wide lock until the transaction ends. Ranks must ascend.
-    func hold(_ rank: GlobalLockRank, _ lock: Mutex) {
+    func hold(_ rank: GlobalLockRank, _ lock: Lock) {
         if heldLocks.contains(where: { $0.0 == rank }) { return }
         precondition(heldLocks.last.map { $0.0 < rank } ?? true, "global locks taken out of rank order")
         lock.lock()
@@ -278,15 +279,9 @@ package final class Transaction {
 /// while other threads open pools (the test suites do) starts them inside
 /// `withSpawnLock`, so no child can be made in that window and inherit the lock.
 public enum PoolDescriptors {
-    nonisolated(unsafe) private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
-        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-        pthread_mutex_init(m, nil)
-        return m
-    }()
+    private static let lock = Lock()
 
     public static func withSpawnLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return try body()
+        try lock.withLock(body)
     }
 }

@@ -1,4 +1,5 @@
 import CPMDK
+import PMFSConcurrency
 import SystemPackage
 
 /// Reference counts of data blocks shared by more than one extent (clones).
@@ -16,7 +17,7 @@ import SystemPackage
 /// lookup.
 final class SharedBlocks: @unchecked Sendable {
     let tree: ExtentTree
-    let lock: Mutex
+    let lock: Lock
     /// A block may have at most this many owners (the record's 32-bit count).
     static let maxOwners = UInt64(UInt32.max)
 
@@ -26,7 +27,7 @@ final class SharedBlocks: @unchecked Sendable {
         var owners: UInt64
     }
 
-    init(pool: PersistentPool, superblock sb: UnsafeMutablePointer<pmfs_superblock>, dataArea: Range<UInt64>, lock: Mutex) {
+    init(pool: PersistentPool, superblock sb: UnsafeMutablePointer<pmfs_superblock>, dataArea: Range<UInt64>, lock: Lock) {
         self.lock = lock
         tree = ExtentTree(pool: pool, root: field(sb, \.refcount_root), count: field(sb, \.refcount_records),
                           dataArea: dataArea, nodeType: PMFS_T_REFCOUNT_NODE)

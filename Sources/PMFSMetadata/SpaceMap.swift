@@ -1,4 +1,5 @@
 import CPMDK
+import PMFSConcurrency
 import SystemPackage
 
 /// The bitmap words a run of blocks [start, start + length) covers, in order:
@@ -33,7 +34,7 @@ final class SpaceMap: @unchecked Sendable {
     private let words: UnsafeMutablePointer<UInt64>
     let blockCount: UInt64
     let reservedBlocks: UInt64
-    let lock = Mutex()
+    let lock = Lock()
 
     /// Blocks per summary group (a 4 KiB stretch of bitmap).
     static let groupBlocks: UInt64 = 32768

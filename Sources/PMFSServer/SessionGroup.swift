@@ -1,5 +1,6 @@
 import FUSEProtocol
 import Glibc
+import PMFSConcurrency
 import Synchronization
 
 /// The sessions serving one file system: the host mount and each guest. They
@@ -73,32 +74,19 @@ final class InvalidationQueue: @unchecked Sendable {
     private let sink: InvalidationSink
     /// Whether that session's kernel holds the inode (a lookup count > 0).
     private let holds: @Sendable (UInt64) -> Bool
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Guards the pending list; its condition wakes the thread.
+    private let lock = ConditionLock()
     private var pending: [CacheInvalidation] = []
     private var queued: Set<CacheInvalidation> = []
     private var stopping = false
-    private var thread = pthread_t()
-    private var running = false
+    private var thread: JoinableThread?
 
     init(session: UInt64, sink: InvalidationSink, holds: @escaping @Sendable (UInt64) -> Bool) {
         self.session = session
         self.sink = sink
         self.holds = holds
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
-        let box = Unmanaged.passRetained(self)
-        running = pthread_create(&thread, nil, { arg in
-            let q = Unmanaged<InvalidationQueue>.fromOpaque(arg!).takeRetainedValue()
-            q.run()
-            return nil
-        }, box.toOpaque()) == 0
-        if !running { box.release() }
-    }
-
-    deinit {
-        pthread_cond_destroy(condition); condition.deallocate()
-        pthread_mutex_destroy(mutex); mutex.deallocate()
+        // The thread keeps the queue alive until `stop` ends it.
+        thread = JoinableThread.spawn { [self] in run() }
     }
 
     func enqueue(_ items: [CacheInvalidation]) {
@@ -109,30 +97,31 @@ final class InvalidationQueue: @unchecked Sendable {
             }
         }
         guard !wanted.isEmpty else { return }
-        pthread_mutex_lock(mutex)
-        for item in wanted where queued.insert(item).inserted { pending.append(item) }
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            for item in wanted where queued.insert(item).inserted { pending.append(item) }
+            lock.signal()
+        }
     }
 
     /// Stops the thread once the queue is drained.
     func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
-        if running { pthread_join(thread, nil); running = false }
+        lock.withLock {
+            stopping = true
+            lock.signal()
+        }
+        thread?.join()
+        thread = nil
     }
 
     private func run() {
         while true {
-            pthread_mutex_lock(mutex)
-            while pending.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
-            let batch = pending
-            pending.removeAll(keepingCapacity: true)
-            queued.removeAll(keepingCapacity: true)
-            let done = stopping && batch.isEmpty
-            pthread_mutex_unlock(mutex)
+            let (batch, done) = lock.withLock {
+                while pending.isEmpty && !stopping { lock.wait() }
+                let batch = pending
+                pending.removeAll(keepingCapacity: true)
+                queued.removeAll(keepingCapacity: true)
+                return (batch, stopping && batch.isEmpty)
+            }
             if done { return }
             for item in batch { sink.deliver(item) }
         }

@@ -3,6 +3,7 @@
 import FUSEDevice
 import FUSEProtocol
 import Glibc
+import PMFSConcurrency
 import PMFSControl
 import PMFSMetrics
 import PMFSServer
@@ -76,13 +77,13 @@ final class ControlCommands: ControlHandler, @unchecked Sendable {
     /// Writes back every cached change and flushes the device, as syncfs would.
     private func flush() -> ControlResponse {
         let dirty = UInt64(guests.fs.cacheUsage.dirty) * UInt64(guests.fs.metadata.blockSize)
-        let started = monotonicSeconds()
+        let started = monotonicNanoseconds()
         do {
             try guests.fs.syncAll()
         } catch {
             return .failure("flush: \(error)")
         }
-        return ControlResponse(ok: true, flush: FlushInfo(dirtyBytes: dirty, milliseconds: (monotonicSeconds() - started) * 1000))
+        return ControlResponse(ok: true, flush: FlushInfo(dirtyBytes: dirty, milliseconds: milliseconds(since: started)))
     }
 
     /// Ends a guest's session; its listener stays.

@@ -5,6 +5,7 @@
 import CVhost
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSControl
 import Synchronization
 
@@ -42,7 +43,7 @@ final class ControlServer: @unchecked Sendable {
     private let logger: Logger
     private var connections: [Connection] = []
     /// The polling thread until stop() took it (stop may be called twice, from two threads).
-    private let thread = Mutex<Thread?>(nil)
+    private let thread = Mutex<JoinableThread?>(nil)
 
     init(path: String, handler: ControlHandler, logger: Logger) throws {
         self.path = path
@@ -90,7 +91,7 @@ final class ControlServer: @unchecked Sendable {
     }
 
     func start() {
-        let t = Thread { [self] in run() }
+        let t = JoinableThread { [self] in run() }
         thread.withLock { $0 = t }
         t.start()
     }
@@ -143,7 +144,7 @@ final class ControlServer: @unchecked Sendable {
         // A client that does not read its responses must not stall this thread.
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        connections.append(Connection(fd: fd, peer: peer, lastRequest: cvhost_monotonic_ns()))
+        connections.append(Connection(fd: fd, peer: peer, lastRequest: monotonicNanoseconds()))
         return true
     }
 
@@ -171,7 +172,7 @@ final class ControlServer: @unchecked Sendable {
 
     /// Answers one line; false when the connection must close (not a request at all).
     private func answer(_ i: Int, _ line: [UInt8]) -> Bool {
-        connections[i].lastRequest = cvhost_monotonic_ns()
+        connections[i].lastRequest = monotonicNanoseconds()
         let fd = connections[i].passed
         connections[i].passed = -1
         guard line.count <= ControlProtocol.maxRequestBytes else {
@@ -211,7 +212,7 @@ final class ControlServer: @unchecked Sendable {
     }
 
     private func closeIdle() {
-        let now = cvhost_monotonic_ns()
+        let now = monotonicNanoseconds()
         let limit = Self.idleSeconds * 1_000_000_000
         for i in connections.indices.reversed() where connections[i].held.isEmpty && now &- connections[i].lastRequest > limit {
             logger.info("control socket: pid \(connections[i].peer.pid) idle for \(Self.idleSeconds) s; disconnected")

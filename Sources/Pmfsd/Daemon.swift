@@ -8,6 +8,7 @@ import FUSEProtocol
 import Glibc
 import Logging
 import PMFSCore
+import PMFSConcurrency
 import PMFSData
 import PMFSMetadata
 import PMFSMetrics
@@ -212,7 +213,7 @@ extension Pmfsd {
         let done = DispatchSemaphore(value: 0)
         let notifier = ServiceNotifier()
         var signals = signals
-        let signalThread = Thread {
+        let signalThread = JoinableThread {
             var which: Int32 = 0
             while sigwait(&signals, &which) == 0 && which == SIGHUP {
                 guard let reloader else {

@@ -4,6 +4,7 @@
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSControl
 import PMFSCore
 import PMFSMetadata
@@ -32,7 +33,7 @@ final class GuestListener: @unchecked Sendable {
     let export: Export
     let backend: VhostUserBackend
     let operations: PMFSOperations
-    let thread: Thread
+    let thread: JoinableThread
     let origin: String
     let cache: PMFSOperations.CachePolicy
     let locks: String
@@ -55,7 +56,7 @@ final class GuestListener: @unchecked Sendable {
         } else {
             name = backend.socketPath
         }
-        thread = Thread { backend.serve() }
+        thread = JoinableThread { backend.serve() }
     }
 }
 
@@ -166,7 +167,7 @@ final class Guests: @unchecked Sendable {
         guest.backend.stop()
         // Joined on a thread of its own: the control socket's thread must not wait for a session to end.
         reapers.add(1, ordering: .sequentiallyConsistent)
-        Thread { [self] in
+        JoinableThread { [self] in
             guest.thread.join()
             if guest.export.confined {
                 do { try metadata.unpin(guest.export.root, count: 1) } catch { logger.debug("unpin export \(guest.export.root): \(error)") }

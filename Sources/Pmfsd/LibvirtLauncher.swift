@@ -8,6 +8,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSControl
 
 struct LibvirtLauncher {
@@ -57,7 +58,7 @@ struct LibvirtLauncher {
             // The daemon has its own copy: when it closes it, no one listens on the socket any more.
             close(fd)
             logger.notice("pmfsd \(info.pid) serves \(source) (export \(export)) on listener \(reply.listener ?? 0) until this process stops")
-            Thread {
+            JoinableThread {
                 var which: Int32 = 0
                 sigwait(&stopSignals, &which)
                 logger.notice("signal \(which): the daemon stops serving \(source)")

@@ -4,6 +4,7 @@
 // here rather than linking libsystemd.
 import Glibc
 import Logging
+import PMFSConcurrency
 
 /// Tells the service manager that pmfsd is ready, stopping, or alive. Does
 /// nothing when NOTIFY_SOCKET is not set (not started by systemd).
@@ -55,15 +56,13 @@ final class ServiceNotifier: @unchecked Sendable {
     /// A reload begins (READY=1 again when it is done); systemd wants the
     /// monotonic clock with it (sd_notify(3), RELOADING=1).
     func reloading() {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        send("RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=\(Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000)")
+        send("RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)")
     }
 
     /// Pings the watchdog from a thread of its own while `alive()` holds.
     func startWatchdog(alive: @escaping @Sendable () -> Bool) {
         guard let interval = watchdogInterval else { return }
-        Thread { [self] in
+        JoinableThread { [self] in
             while true {
                 usleep(interval)
                 guard alive() else { return }

@@ -1,6 +1,7 @@
 // The control socket's snapshot command: a copy of a directory tree whose
 // files share their blocks with the source's (PMFSCore's FileSystem.snapshot).
 import Glibc
+import PMFSConcurrency
 import PMFSControl
 import PMFSCore
 import PMFSMetadata
@@ -23,7 +24,7 @@ struct SnapshotCommand {
         var targetNames = try paths.components(target)
         guard let name = targetNames.popLast() else { throw ControlError("snapshot target \(target) is the root") }
         let parent = try paths.directory(at: targetNames, path: target)
-        let started = monotonicSeconds()
+        let started = monotonicNanoseconds()
         let made: SnapshotSummary
         do {
             made = try fs.snapshot(sourceIno, into: parent, name: name, readOnly: readOnly)
@@ -32,13 +33,9 @@ struct SnapshotCommand {
         }
         sessions.announce([.entry(parent: parent, name: name.bytes), .attributes(parent)])
         return SnapshotInfo(root: made.root, inodes: made.inodes, directories: made.directories, files: made.regularFiles,
-                            sharedBlocks: made.sharedBlocks, readOnly: readOnly, milliseconds: (monotonicSeconds() - started) * 1000)
+                            sharedBlocks: made.sharedBlocks, readOnly: readOnly, milliseconds: milliseconds(since: started))
     }
 }
 
-/// Seconds on the monotonic clock, for the durations control commands report.
-func monotonicSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
-}
+/// Milliseconds since `start` (a `monotonicNanoseconds()`), for the durations control commands report.
+func milliseconds(since start: UInt64) -> Double { Double(nanosecondsSince(start)) / 1e6 }

@@ -7,6 +7,7 @@ import FUSEDevice
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSControl
 import PMFSCore
 import PMFSData
@@ -234,21 +235,3 @@ enum Listener {
 }
 
 Pmfsd.main()
-
-/// A joinable thread running a closure.
-final class Thread: @unchecked Sendable {
-    private let body: () -> Void
-    private var thread = pthread_t()
-    private var started = false
-    init(_ body: @escaping () -> Void) { self.body = body }
-    func start() {
-        let box = Unmanaged.passRetained(self)
-        started = pthread_create(&thread, nil, { arg in
-            let t = Unmanaged<Thread>.fromOpaque(arg!).takeRetainedValue()
-            t.body()
-            return nil
-        }, box.toOpaque()) == 0
-        if !started { box.release() }
-    }
-    func join() { if started { pthread_join(thread, nil); started = false } }
-}

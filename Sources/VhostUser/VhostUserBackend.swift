@@ -2,6 +2,7 @@ import CVhost
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSConcurrency
 import Synchronization
 
 /// The vhost-user-fs backend: QEMU's vhost-user-fs-pci device connects to our
@@ -55,7 +56,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// mappings: host pointers taken before are stale from then on.
     var memoryEpoch: UInt64 = 0
     var queues: [Virtqueue]
-    var workers: [Int: (thread: pthread_t, stop: Int32)] = [:] {
+    var workers: [Int: (thread: JoinableThread, stop: Int32)] = [:] {
         didSet { runningQueueCount.store(workers.count, ordering: .relaxed) }
     }
     private let runningQueueCount = Atomic<Int>(0)
@@ -72,14 +73,14 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// A worker may take it shared twice (a request the full pool hands back
     /// runs on the worker): glibc's default rwlock prefers readers, so that
     /// does not wait behind a writer.
-    let memoryLock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+    let memoryLock = ReadWriteLock()
     private var listenFD: Int32 = -1
     /// False for an inherited socket (`--fd`): its path belongs to whoever made it.
     private var ownsSocketPath = true
     /// The connected front end's socket, -1 between front ends. Under a lock:
     /// `stop` and `disconnect` shut it down from other threads, and must not
     /// reach a descriptor number that was closed and reused.
-    private let connection = Synchronization.Mutex<Int32>(-1)
+    private let connection = Mutex<Int32>(-1)
     /// Front-end sessions ended so far (a disconnect waits for the next).
     private let sessionsEnded = Atomic<Int>(0)
     private var stopping = false
@@ -93,7 +94,6 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.requestQueues = max(1, requestQueues)
         self.logger = logger
         queues = (0...max(1, requestQueues)).map { [queueDepths] in Virtqueue(index: $0, depths: queueDepths) }
-        pthread_rwlock_init(memoryLock, nil)
         guard memoryShrankFD >= 0 else { throw VhostError.socket("eventfd: \(String(cString: strerror(errno)))") }
         try listen()
     }
@@ -112,7 +112,6 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.requestQueues = max(1, requestQueues)
         self.logger = logger
         queues = (0...max(1, requestQueues)).map { [queueDepths] in Virtqueue(index: $0, depths: queueDepths) }
-        pthread_rwlock_init(memoryLock, nil)
         guard memoryShrankFD >= 0 else { throw VhostError.socket("eventfd: \(String(cString: strerror(errno)))") }
         listenFD = fd
     }
@@ -196,9 +195,9 @@ public final class VhostUserBackend: @unchecked Sendable {
             return true
         }
         guard connected else { return .notConnected }
-        let deadline = ContinuousClock.now + timeout
+        let deadline = Deadline.after(timeout)
         while sessionsEnded.load(ordering: .acquiring) == ended {
-            guard ContinuousClock.now < deadline else { return .stillEnding }
+            guard !deadline.hasPassed else { return .stillEnding }
             usleep(10_000)
         }
         return .ended
@@ -437,10 +436,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         startWorkerIfReady(q)
     }
 
-    private func readLocked<T>(_ body: () -> T) -> T {
-        pthread_rwlock_rdlock(memoryLock); defer { pthread_rwlock_unlock(memoryLock) }
-        return body()
-    }
+    private func readLocked<T>(_ body: () -> T) -> T { memoryLock.withReadLock(body) }
 
     /// SET_MEM_TABLE: u32 count, u32 padding, then per region guest address,
     /// size, front-end address, mmap offset; one fd per region.
@@ -465,12 +461,13 @@ public final class VhostUserBackend: @unchecked Sendable {
             }
         }
         let new = GuestMemory(regions: regions)
-        pthread_rwlock_wrlock(memoryLock)
-        let old = memory
-        memory = new
-        memoryEpoch &+= 1
-        for q in queues { detachIfUncovered(q, by: new) }
-        pthread_rwlock_unlock(memoryLock)
+        let old = memoryLock.withWriteLock {
+            let old = memory
+            memory = new
+            memoryEpoch &+= 1
+            for q in queues { detachIfUncovered(q, by: new) }
+            return old
+        }
         old.unmapAll()
         return true
     }
@@ -502,14 +499,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             logger.error("cannot start the worker of queue \(q.index): eventfd: \(String(cString: strerror(errno)))")
             return
         }
-        let context = Unmanaged.passRetained(WorkerContext(backend: self, queue: q, stop: stop))
-        var thread = pthread_t()
-        guard pthread_create(&thread, nil, { arg in
-            let ctx = Unmanaged<WorkerContext>.fromOpaque(arg!).takeRetainedValue()
-            ctx.backend.workerLoop(ctx.queue, stop: ctx.stop)
-            return nil
-        }, context.toOpaque()) == 0 else {
-            context.release()
+        guard let thread = JoinableThread.spawn({ [self] in workerLoop(q, stop: stop) }) else {
             close(stop)
             logger.error("cannot start the worker of queue \(q.index)")
             return
@@ -522,7 +512,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         // The flag stops a worker between chains; the eventfd wakes a sleeping one.
         queues[index].stopRequested = true
         _ = cvhost_eventfd_signal(w.stop)
-        pthread_join(w.thread, nil)
+        w.thread.join()
         queues[index].stopRequested = false
         close(w.stop)
         pool?.waitIdle()
@@ -530,27 +520,20 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     private func resetDevice() {
         for i in workers.keys { stopWorker(i) }
-        pthread_rwlock_wrlock(memoryLock)
-        memory.unmapAll()
-        memory = .empty
-        for q in queues {
-            for fd in [q.kickFD, q.errorFD] where fd >= 0 { close(fd) }
-            q.lock.withLock { if q.callFD >= 0 { close(q.callFD) }; q.callFD = -1 }
-            q.kickFD = -1; q.errorFD = -1
-            q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
-            q.descriptors = nil; q.available = nil; q.used = nil; q.memory = .empty; q.generation &+= 1
-            q.depths.set(q.index, 0)
+        memoryLock.withWriteLock {
+            memory.unmapAll()
+            memory = .empty
+            for q in queues {
+                for fd in [q.kickFD, q.errorFD] where fd >= 0 { close(fd) }
+                q.lock.withLock { if q.callFD >= 0 { close(q.callFD) }; q.callFD = -1 }
+                q.kickFD = -1; q.errorFD = -1
+                q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
+                q.descriptors = nil; q.available = nil; q.used = nil; q.memory = .empty; q.generation &+= 1
+                q.depths.set(q.index, 0)
+            }
         }
-        pthread_rwlock_unlock(memoryLock)
         ackedFeatures = 0
         ackedProtocol = 0
-    }
-
-    final class WorkerContext {
-        let backend: VhostUserBackend
-        let queue: Virtqueue
-        let stop: Int32
-        init(backend: VhostUserBackend, queue: Virtqueue, stop: Int32) { self.backend = backend; self.queue = queue; self.stop = stop }
     }
 
     private func workerLoop(_ q: Virtqueue, stop: Int32) {
@@ -559,16 +542,16 @@ public final class VhostUserBackend: @unchecked Sendable {
             let ready = cvhost_wait2(q.kickFD, stop, 1000)
             if ready & 2 != 0 || q.stopRequested { return }
             if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
-            poll.wokeUp(at: cvhost_monotonic_ns())
+            poll.wokeUp(at: monotonicNanoseconds())
             // Process everything available, poll a while if the window says so,
             // then ask the guest for kicks again and re-check (a request may
             // have slipped in before the kicks were back on).
             while true {
-                pthread_rwlock_rdlock(memoryLock)
-                processAvailable(q)
-                if poll.window > 0 { q.setKicks(enabled: false) }
-                pthread_rwlock_unlock(memoryLock)
-                if poll.limit > 0 { poll.answered(at: cvhost_monotonic_ns()) }
+                memoryLock.withReadLock {
+                    processAvailable(q)
+                    if poll.window > 0 { q.setKicks(enabled: false) }
+                }
+                if poll.limit > 0 { poll.answered(at: monotonicNanoseconds()) }
                 if q.stopRequested { return }
                 if poll.window > 0 {
                     let came = pollForMore(q, nanoseconds: poll.window)
@@ -590,8 +573,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// turn yields the CPU: a guest's vCPU thread (or the front end) that
     /// shares it runs at once instead of waiting out the window.
     private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
-        let deadline = cvhost_monotonic_ns() + nanoseconds
-        while cvhost_monotonic_ns() < deadline {
+        let deadline = monotonicNanoseconds() + nanoseconds
+        while monotonicNanoseconds() < deadline {
             if readLocked({ q.hasMore && !q.broken }) || q.stopRequested { return true }
             sched_yield()
         }
@@ -627,14 +610,14 @@ public final class VhostUserBackend: @unchecked Sendable {
             } else if let pool, Self.mayBlock(chain), q.hasMore {
                 let generation = q.generation, epoch = memoryEpoch
                 pool.submit { [self] in
-                    pthread_rwlock_rdlock(memoryLock)
-                    defer { pthread_rwlock_unlock(memoryLock) }
-                    // After a device reset the chain's memory may be gone: drop it.
-                    guard q.generation == generation else { return }
-                    // After a new memory table, find its buffers in the new mappings.
-                    guard let current = epoch == memoryEpoch ? chain : rewalk(chain.head, on: q) else { return }
-                    handle(current, on: q)
-                    if q.memory.shrank { memoryShrank(on: q) }
+                    memoryLock.withReadLock {
+                        // After a device reset the chain's memory may be gone: drop it.
+                        guard q.generation == generation else { return }
+                        // After a new memory table, find its buffers in the new mappings.
+                        guard let current = epoch == memoryEpoch ? chain : rewalk(chain.head, on: q) else { return }
+                        handle(current, on: q)
+                        if q.memory.shrank { memoryShrank(on: q) }
+                    }
                 }
             } else {
                 handle(chain, on: q)
@@ -698,19 +681,19 @@ public final class VhostUserBackend: @unchecked Sendable {
         let epoch = memoryEpoch
         return { [self] reply in
             // After a reset the chain is gone: drop the reply.
-            pthread_rwlock_rdlock(memoryLock)
-            defer { pthread_rwlock_unlock(memoryLock) }
-            guard q.generation == generation else { return }
-            // After a new memory table the buffers are found again in the new mappings.
-            var buffers = writable.buffers
-            if epoch != memoryEpoch {
-                guard let current = rewalk(head, on: q) else { return }
-                buffers = current.writable
+            memoryLock.withReadLock {
+                guard q.generation == generation else { return }
+                // After a new memory table the buffers are found again in the new mappings.
+                var buffers = writable.buffers
+                if epoch != memoryEpoch {
+                    guard let current = rewalk(head, on: q) else { return }
+                    buffers = current.writable
+                }
+                var out = ReplyWriter(buffers)
+                defer { if q.memory.shrank { memoryShrank(on: q) } }
+                guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(head, length: 0) }
+                q.push(head, length: out.written)
             }
-            var out = ReplyWriter(buffers)
-            defer { if q.memory.shrank { memoryShrank(on: q) } }
-            guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(head, length: 0) }
-            q.push(head, length: out.written)
         }
     }
 }
@@ -751,11 +734,10 @@ final class WritableBuffers: @unchecked Sendable {
 }
 
 /// Set once, read by the thread that handed out the closure.
-final class Flag: @unchecked Sendable {
-    private var value = false
-    private let lock = Mutex()
-    func set() { lock.withLock { value = true } }
-    var isSet: Bool { lock.withLock { value } }
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
 
 public enum VhostError: Error, CustomStringConvertible {

@@ -1,6 +1,7 @@
 import CVhost
 import FUSEProtocol
 import Glibc
+import PMFSConcurrency
 
 /// A split virtqueue shared with the guest. The descriptor walker checks every
 /// index, length, flag and address; a chain that breaks a rule is refused
@@ -33,7 +34,7 @@ final class Virtqueue: @unchecked Sendable {
     var used: UnsafeMutableRawPointer?
     var memory: GuestMemory = .empty
     /// Serializes used-ring updates (deferred replies come from other threads).
-    let lock = Mutex()
+    let lock = Lock()
     /// The most bytes one chain may describe (request plus reply buffers):
     /// the backend sets it from the FUSE server's negotiated sizes.
     var chainLimit = 1 << 26
@@ -224,18 +225,6 @@ final class Virtqueue: @unchecked Sendable {
     }
 
     var hasMore: Bool { available != nil && lastAvailable != availableIndex() }
-}
-
-/// A small pthread mutex (this module avoids Synchronization's noncopyable Mutex
-/// for state shared with C callbacks).
-final class Mutex: @unchecked Sendable {
-    private let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    init() { pthread_mutex_init(m, nil) }
-    deinit { pthread_mutex_destroy(m); m.deallocate() }
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(m); defer { pthread_mutex_unlock(m) }
-        return try body()
-    }
 }
 
 /// How many requests each queue of a device holds that its worker has not

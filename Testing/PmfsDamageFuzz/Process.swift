@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 
 /// How a child ended.
 enum ChildEnd: Equatable, CustomStringConvertible {
@@ -54,11 +55,8 @@ func wait(_ pid: pid_t, timeout: Double, killing: Bool) -> ChildEnd {
     return signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
 }
 
-func now() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
+/// Seconds on the monotonic clock.
+func now() -> Double { Double(monotonicNanoseconds()) / 1e9 }
 
 func selfExecutable() -> String {
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

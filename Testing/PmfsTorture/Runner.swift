@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 import PMFSMetadata
 import SystemPackage
 
@@ -308,13 +309,12 @@ struct TortureRunner {
     /// SIGKILL to this process from another thread after `delay` µs: a kill
     /// point inside the operation now starting (or, if it ends first, a later one).
     static func killSelf(afterMicroseconds delay: UInt32) {
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            usleep(UInt32(truncatingIfNeeded: UInt(bitPattern: arg)))
+        // Never joined: the kill ends the process.
+        let killer = JoinableThread.spawn {
+            usleep(delay)
             kill(getpid(), SIGKILL)
-            return nil
-        }, UnsafeMutableRawPointer(bitPattern: UInt(delay)))
-        if rc != 0 { kill(getpid(), SIGKILL) }
+        }
+        if killer == nil { kill(getpid(), SIGKILL) }
     }
 
     /// The pool side of the data tier's write-back (FileSystem.planWrites and
@@ -375,10 +375,10 @@ struct TortureRunner {
             // Applied in place: on a mismatch the run ends anyway, and a copy per operation costs O(tree).
             let expected = model.apply(op)
             let actual: Errno?
-            let started = ContinuousClock.now
+            let started = monotonicNanoseconds()
             do {
                 actual = try execute(op)
-                counts.time(op, ContinuousClock.now - started)
+                counts.time(op, .nanoseconds(Int64(clamping: nanosecondsSince(started))))
             } catch {
                 log.write("ERROR \(n) \(error)")
                 return "op \(n) (\(op.line)): \(error)"

@@ -1,5 +1,6 @@
 import CVhost
 import Glibc
+import PMFSConcurrency
 
 /// A vhost-user front end that sets a device up as QEMU's vhost-user-fs-pci
 /// does: a Unix socket, guest memory in a memfd shared with SET_MEM_TABLE,
@@ -93,7 +94,7 @@ public final class VhostUserFrontEnd {
     /// A connected Unix stream socket to `path`, waiting up to `timeout`
     /// seconds for a listener to appear there.
     public static func connect(_ path: String, timeout: Double) throws -> Int32 {
-        let deadline = Double(cvhost_monotonic_ns()) / 1e9 + timeout
+        let deadline = Deadline.after(.seconds(timeout))
         while true {
             let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw Failure.system("socket", errno) }
@@ -108,7 +109,7 @@ public final class VhostUserFrontEnd {
             if rc == 0 { return fd }
             let e = errno
             close(fd)
-            guard e == ENOENT || e == ECONNREFUSED, Double(cvhost_monotonic_ns()) / 1e9 < deadline else {
+            guard e == ENOENT || e == ECONNREFUSED, !deadline.hasPassed else {
                 throw Failure.system("connect \(path)", e)
             }
             usleep(20_000)

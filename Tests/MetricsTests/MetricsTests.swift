@@ -3,6 +3,8 @@ import CoreMetrics
 import FUSEProtocol
 import FUSETestSupport
 import Glibc
+import PMFSConcurrency
+import Synchronization
 import Testing
 @testable import PMFSMetrics
 
@@ -128,12 +130,10 @@ func sample(_ text: String, _ series: String) -> Double? {
     }
 }
 
-final class ReplyCount: @unchecked Sendable {
-    private var n = 0
-    private var lock = pthread_mutex_t()
-    init() { pthread_mutex_init(&lock, nil) }
-    func add() { pthread_mutex_lock(&lock); n += 1; pthread_mutex_unlock(&lock) }
-    var count: Int { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return n }
+final class ReplyCount: Sendable {
+    private let n = Mutex(0)
+    func add() { n.withLock { $0 += 1 } }
+    var count: Int { n.withLock { $0 } }
 }
 
 /// One HTTP exchange over a real TCP socket: sends `request`, returns all it got until the server closed.
@@ -211,18 +211,12 @@ func exchange(_ port: Int, _ request: [UInt8]) -> String {
         let endpoint = try MetricsEndpoint(at: try MetricsAddress.parse("127.0.0.1:0"), limits: limits) { Array("x\n".utf8) }
         defer { endpoint.stop() }
         // A request that never ends, trickled well inside the idle timeout: cut off after about a second.
-        let started = monotonicSeconds()
+        let started = monotonicNanoseconds()
         let got = exchange(endpoint.address.port, Array("GET /metrics HTTP/1.1\r\nX: a".utf8))
-        let took = monotonicSeconds() - started
+        let took = Double(nanosecondsSince(started)) / 1e9
         #expect(got == "")
         #expect(took >= 0.9 && took < 4.5, "closed after \(took) s")
     }
-}
-
-func monotonicSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }
 
 @Suite struct SampleTests {

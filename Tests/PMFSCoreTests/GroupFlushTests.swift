@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 import PMFSData
 import Synchronization
 import Testing
@@ -25,10 +26,9 @@ import Testing
         let startedAtArrivals = Mutex<[Int]>([])
         let uncovered = Atomic<Int>(0)
         let callers = 8, rounds = 50
-        var threads: [pthread_t] = []
-        final class Box: @unchecked Sendable { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+        var threads: [JoinableThread] = []
         for _ in 0..<callers {
-            let box = Unmanaged.passRetained(Box {
+            let thread = JoinableThread.spawn {
                 for _ in 0..<rounds {
                     let me = arrivals.add(1, ordering: .sequentiallyConsistent).newValue
                     try? group.flush {
@@ -38,15 +38,11 @@ import Testing
                     let coveredBy = startedAtArrivals.withLock { $0.contains { $0 >= me } }
                     if !coveredBy { uncovered.add(1, ordering: .relaxed) }
                 }
-            })
-            var t = pthread_t()
-            #expect(pthread_create(&t, nil, { arg in
-                Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-                return nil
-            }, box.toOpaque()) == 0)
-            threads.append(t)
+            }
+            #expect(thread != nil)
+            if let thread { threads.append(thread) }
         }
-        for t in threads { pthread_join(t, nil) }
+        for t in threads { t.join() }
         #expect(uncovered.load(ordering: .relaxed) == 0)
         #expect(group.callers == UInt64(callers * rounds))
         // Shared: clearly fewer flushes than callers (one per caller would be 400).

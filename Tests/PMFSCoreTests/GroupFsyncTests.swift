@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 import PMFSData
 import Synchronization
 import Testing
@@ -44,18 +45,16 @@ import Testing
             init(_ f: FileData) { self.f = f }
         }
         let box = Box(f)
-        var thread = pthread_t()
-        #expect(pthread_create(&thread, nil, { arg in
-            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        let thread = JoinableThread.spawn {
             box.f.lock.lock()
             box.locked.store(true, ordering: .sequentiallyConsistent)
             usleep(50_000)
             box.f.lock.unlock()
-            return nil
-        }, Unmanaged.passRetained(box).toOpaque()) == 0)
+        }
+        #expect(thread != nil)
         while !box.locked.load(ordering: .sequentiallyConsistent) { usleep(100) }
         let results = t.fs.fsync(group: [(a, false), (b, false)])
-        pthread_join(thread, nil)
+        thread?.join()
         #expect(results.allSatisfy { $0 == nil })
         try t.crashAndReopen()
         #expect(try t.read(a, 0, 4096) == [UInt8](repeating: 0xA1, count: 4096))

@@ -1,7 +1,6 @@
-import Dispatch
-import Foundation
 import Glibc
 import PMFSCheck
+import PMFSConcurrency
 import Synchronization
 import Testing
 @testable import PMFSCore
@@ -23,27 +22,25 @@ import Testing
         let fs = t.fs!
         // A thread of its own: a global queue's worker may not start while the
         // other suites keep the pool busy, and then nothing races.
-        let finished = DispatchSemaphore(value: 0)
-        let writer = Thread {
+        let writer = JoinableThread {
             while !stop.load(ordering: .relaxed) {
                 try? fs.syncAll()
                 writeBacks.add(1, ordering: .relaxed)
             }
-            finished.signal()
         }
         writer.start()
-        defer { if !stop.exchange(true, ordering: .relaxed) { finished.wait() } }
+        defer { if !stop.exchange(true, ordering: .relaxed) { writer.join() } }
         while writeBacks.load(ordering: .relaxed) == 0 { usleep(1000) }
 
         var rng = SplitMix64(seed: 7)
         var small: [(ino: UInt64, generation: UInt64, bytes: [UInt8])] = []
         var reused = 0
-        let deadline = DispatchTime.now().uptimeNanoseconds + 2_000_000_000
+        let deadline = Deadline.after(.seconds(2))
         var round = 0
         // At most `maxRounds`: each round keeps a one-block file, and a fast
         // machine filled the fixture's 16,384 blocks within the two seconds.
         let maxRounds = 4000
-        while (DispatchTime.now().uptimeNanoseconds < deadline || round < 50) && round < maxRounds {
+        while (!deadline.hasPassed || round < 50) && round < maxRounds {
             round += 1
             let big = try t.metadata.create(1, try FileName("big-\(round)"), NewInode(mode: UInt32(S_IFREG) | 0o644), pin: true)
             let bigBytes = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 4096 * Int.random(in: 2...20, using: &rng) + 40)
@@ -58,7 +55,7 @@ import Testing
             small.append((next.ino, next.generation, bytes))
         }
         stop.store(true, ordering: .relaxed)
-        finished.wait()
+        writer.join()
         #expect(reused > small.count / 2, "numbers were not reused: the test did not test")
         #expect(writeBacks.load(ordering: .relaxed) > 10)
         try t.fs.syncAll()

@@ -1,6 +1,7 @@
 import CPMDK
 import Glibc
 import PMFSCheck
+import PMFSConcurrency
 import PMFSData
 import SystemPackage
 import Testing
@@ -239,7 +240,7 @@ import Testing
         let entered = GateCounter(0)
         let release = ConditionLock()
         var open = false
-        let first = GateTestThread {
+        let first = JoinableThread.spawn {
             gate.pass {
                 entered.add(1)
                 release.withLock { while !open { release.wait(milliseconds: 10) } }
@@ -247,38 +248,20 @@ import Testing
         }
         while entered.load() == 0 { usleep(1000) }
         var closedRan = false
-        let closer = GateTestThread { gate.closed { closedRan = true } }
+        let closer = JoinableThread.spawn { gate.closed { closedRan = true } }
         usleep(50_000)
         #expect(!closedRan)                       // waits for the change in flight
         release.withLock { open = true; release.broadcast() }
-        closer.join()
-        first.join()
+        closer?.join()
+        first?.join()
         #expect(closedRan)
     }
-}
-
-/// A joinable thread for the gate test.
-final class GateTestThread: @unchecked Sendable {
-    private var handle = pthread_t()
-    private let body: () -> Void
-
-    init(_ body: @escaping () -> Void) {
-        self.body = body
-        let box = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&handle, nil, { raw in
-            let me = Unmanaged<GateTestThread>.fromOpaque(raw!).takeRetainedValue()
-            me.body()
-            return nil
-        }, box)
-    }
-
-    func join() { pthread_join(handle, nil) }
 }
 
 /// A counter threads share.
 final class GateCounter: @unchecked Sendable {
     private var value: Int
-    private let lock = ConditionLock()
+    private let lock = Lock()
     init(_ v: Int) { value = v }
     func add(_ n: Int) { lock.withLock { value += n } }
     func load() -> Int { lock.withLock { value } }

@@ -4,9 +4,11 @@ import CFUSE
 import FUSETestSupport
 import FileSystemTestSupport
 import Glibc
+import PMFSConcurrency
 import PMFSCore
 import PMFSData
 import PMFSMetadata
+import Synchronization
 import Testing
 @testable import PMFSServer
 
@@ -24,7 +26,7 @@ final class TwoSessions {
     let guest: PMFSOperations
     let mount: FUSEMount
     let mountPoint: String
-    private var serving = pthread_t()
+    private var serving: JoinableThread?
 
     init() throws {
         files = try ShmFileSystem(name: "coherence", dataBlocks: 8192)
@@ -38,17 +40,12 @@ final class TwoSessions {
         mount = try FUSEMount(mountPoint: mountPoint, server: FUSEServer(operations: host), fsName: "pmfs-test")
         let m = mount
         host.listen(FUSENotificationSink { m.notify($0) })
-        let box = Unmanaged.passRetained(m)
-        pthread_create(&serving, nil, { arg in
-            let m = Unmanaged<FUSEMount>.fromOpaque(arg!).takeRetainedValue()
-            m.serve(workers: 2)
-            return nil
-        }, box.toOpaque())
+        serving = JoinableThread.spawn { m.serve(workers: 2) }
     }
 
     deinit {
         mount.unmount()
-        pthread_join(serving, nil)
+        serving?.join()
         host.stopListening()
         rmdir(mountPoint)
     }
@@ -140,10 +137,9 @@ final class TwoSessions {
     /// A session is not told of its own changes, and nothing is queued for
     /// inodes a listener's kernel does not hold.
     @Test func invalidationsGoOnlyToOtherSessionsThatHoldTheInode() throws {
-        final class Recorder: InvalidationSink, @unchecked Sendable {
-            var seen: [CacheInvalidation] = []
-            let lock = TestMutex()
-            func deliver(_ i: CacheInvalidation) { lock.locked { seen.append(i) } }
+        final class Recorder: InvalidationSink, Sendable {
+            let seen = Mutex<[CacheInvalidation]>([])
+            func deliver(_ i: CacheInvalidation) { seen.withLock { $0.append(i) } }
         }
         let s = try TwoSessions()
         s.host.stopListening()
@@ -159,19 +155,12 @@ final class TwoSessions {
         let dir = try s.guest.mkdir(r, parent: 1, name: Array("hidden".utf8), mode: 0o755, umask: 0)
         _ = try s.guest.create(r, parent: dir.nodeid, name: Array("b".utf8), mode: 0o644, flags: 0, umask: 0)
         s.host.stopListening()   // drains the queue
-        let seen = recorder.lock.locked { recorder.seen }
+        let seen = recorder.seen.withLock { $0 }
         #expect(seen.contains(.contents(e.nodeid)))
         #expect(seen.contains(.entry(parent: 1, name: Array("hidden".utf8))))
         #expect(!seen.contains(.entry(parent: 1, name: Array("a".utf8))))
         #expect(!seen.contains { if case .entry(dir.nodeid, _) = $0 { return true } else { return false } })
     }
-}
-
-/// A pthread mutex for the recorder.
-final class TestMutex: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    init() { pthread_mutex_init(&m, nil) }
-    func locked<T>(_ body: () -> T) -> T { pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }; return body() }
 }
 
 /// READ through the FUSE engine straight into a transport's scattered memory.

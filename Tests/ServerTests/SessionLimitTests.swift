@@ -1,6 +1,7 @@
 import CFUSE
 @testable import FUSEProtocol
 import Glibc
+import Synchronization
 import Testing
 @testable import PMFSServer
 
@@ -9,11 +10,10 @@ import Testing
 @Suite struct SessionLimitTests {
     let root = FUSERequest(unique: 1, nodeid: 1, uid: 0, gid: 0, pid: 1, opcode: 0)
 
-    final class Answers: @unchecked Sendable {
-        private let lock = TestMutex()
-        private var list: [Int32] = []
-        func add(_ e: Int32) { lock.locked { list.append(e) } }
-        var all: [Int32] { lock.locked { list } }
+    final class Answers: Sendable {
+        private let list = Mutex<[Int32]>([])
+        func add(_ e: Int32) { list.withLock { $0.append(e) } }
+        var all: [Int32] { list.withLock { $0 } }
     }
 
     func lock(_ ops: PMFSOperations, _ ino: UInt64, owner: UInt64, _ start: UInt64, _ end: UInt64, type: Int32 = F_WRLCK,

@@ -3,6 +3,7 @@ import CFUSE
 import FUSEProtocol
 import FileSystemTestSupport
 import Glibc
+import PMFSConcurrency
 import PMFSCore
 import PMFSData
 import PMFSMetadata
@@ -18,7 +19,7 @@ final class RingMount {
     let mountPoint: String
     let mount: FUSEMount
     let transport: String
-    private var serving = pthread_t()
+    private var serving: JoinableThread?
     private let served = Tally()
 
     init(_ choice: FUSETransportChoice = .uring) throws {
@@ -35,17 +36,12 @@ final class RingMount {
             mount.unmount()
             throw error
         }
-        final class Serve: @unchecked Sendable {
-            let mount: FUSEMount, served: Tally
-            init(_ mount: FUSEMount, _ served: Tally) { self.mount = mount; self.served = served }
+        // The thread holds the mount and the tally, not this fixture.
+        let m = mount, done = served
+        serving = JoinableThread.spawn {
+            m.serve(workers: 2)
+            done.count.store(1, ordering: .releasing)
         }
-        let box = Unmanaged.passRetained(Serve(mount, served))
-        pthread_create(&serving, nil, { arg in
-            let s = Unmanaged<Serve>.fromOpaque(arg!).takeRetainedValue()
-            s.mount.serve(workers: 2)
-            s.served.count.store(1, ordering: .releasing)
-            return nil
-        }, box.toOpaque())
     }
 
     /// Unmounts and waits for `serve` to return: true if it did within 10 s.
@@ -53,7 +49,7 @@ final class RingMount {
         mount.unmount()
         for _ in 0..<1000 {
             if served.count.load(ordering: .acquiring) == 1 {
-                pthread_join(serving, nil)
+                serving?.join()
                 return true
             }
             usleep(10_000)
@@ -114,7 +110,7 @@ final class Tally: Sendable {
         let m = try RingMount()
         let writers = 6, rounds = 40
         let failures = Tally()
-        var threads: [pthread_t] = []
+        var threads: [JoinableThread] = []
         final class Job: @unchecked Sendable {
             let path: String, seed: UInt8, rounds: Int, failures: Tally
             init(path: String, seed: UInt8, rounds: Int, failures: Tally) {
@@ -134,15 +130,9 @@ final class Tally: Sendable {
         }
         for w in 0..<writers {
             let job = Job(path: m.path("w\(w)"), seed: UInt8(w + 1), rounds: rounds, failures: failures)
-            let box = Unmanaged.passRetained(job)
-            var t = pthread_t()
-            try #require(pthread_create(&t, nil, { arg in
-                Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue().run()
-                return nil
-            }, box.toOpaque()) == 0)
-            threads.append(t)
+            threads.append(try #require(JoinableThread.spawn { job.run() }))
         }
-        for t in threads { pthread_join(t, nil) }
+        for t in threads { t.join() }
         #expect(failures.count.load(ordering: .relaxed) == 0)
         for w in 0..<writers {
             let fd = open(m.path("w\(w)"), O_RDONLY)
@@ -178,21 +168,13 @@ final class Tally: Sendable {
         #expect(holder >= 0 && waiter >= 0)
         #expect(flock(holder, LOCK_EX) == 0)
         let granted = Tally()
-        final class Wait: @unchecked Sendable {
-            let fd: Int32, granted: Tally
-            init(fd: Int32, granted: Tally) { self.fd = fd; self.granted = granted }
-        }
-        var t = pthread_t()
-        let box = Unmanaged.passRetained(Wait(fd: waiter, granted: granted))
-        try #require(pthread_create(&t, nil, { arg in
-            let w = Unmanaged<Wait>.fromOpaque(arg!).takeRetainedValue()
-            if flock(w.fd, LOCK_EX) == 0 { w.granted.count.add(1, ordering: .relaxed) }
-            return nil
-        }, box.toOpaque()) == 0)
+        let t = try #require(JoinableThread.spawn {
+            if flock(waiter, LOCK_EX) == 0 { granted.count.add(1, ordering: .relaxed) }
+        })
         usleep(200_000)
         #expect(granted.count.load(ordering: .relaxed) == 0)
         #expect(flock(holder, LOCK_UN) == 0)
-        pthread_join(t, nil)
+        t.join()
         #expect(granted.count.load(ordering: .relaxed) == 1)
         close(holder)
         close(waiter)

@@ -1,6 +1,7 @@
 import CVhost
 import Dispatch
 import Glibc
+import PMFSConcurrency
 import Testing
 @testable import FUSEProtocol
 @testable import VhostUser
@@ -8,15 +9,8 @@ import Testing
 /// Runs `body` on a thread of its own (a blocking loop must not wait for a
 /// free thread in Dispatch's pool, which has as many as there are cores).
 func detachThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
-    var thread = pthread_t()
-    let box = Unmanaged.passRetained(Box(body))
-    let rc = pthread_create(&thread, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box.toOpaque())
-    precondition(rc == 0, "pthread_create")
-    pthread_detach(thread)
+    guard let thread = JoinableThread.spawn(body) else { preconditionFailure("cannot start a thread") }
+    thread.detach()
 }
 
 /// A backend serving on a fresh socket path from a background thread.

@@ -2,6 +2,7 @@ import CFUSE
 import CVhost
 import FUSETestSupport
 import Glibc
+import Synchronization
 import VhostUserFrontEnd
 
 /// A vhost-user front end for tests, playing QEMU and the guest at once: it
@@ -296,11 +297,7 @@ final class SplitRing: @unchecked Sendable {
     }
 }
 
-private func atomicFence() {
-    // A lock round trip is a full barrier: enough for a test guest.
-    var m = pthread_mutex_t()
-    pthread_mutex_init(&m, nil); pthread_mutex_lock(&m); pthread_mutex_unlock(&m); pthread_mutex_destroy(&m)
-}
+private func atomicFence() { atomicMemoryFence(ordering: .sequentiallyConsistent) }
 
 /// FUSE_INIT and GETATTR of the root, as a guest's driver sends them first.
 enum GuestRequests {

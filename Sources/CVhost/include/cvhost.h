@@ -25,8 +25,7 @@ static inline int32_t cvhost_load_acquire_i32(const volatile int32_t *p) { retur
 static inline void cvhost_store_release_i32(volatile int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void cvhost_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
-/* For the polling option: a monotonic clock and a spin-wait hint. */
-uint64_t cvhost_monotonic_ns(void);
+/* For the polling option: a spin-wait hint (Swift reads the clock through PMFSConcurrency). */
 static inline void cvhost_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
