@@ -20,6 +20,7 @@ import FUSEProtocol
 import Foundation
 import Glibc
 import Logging
+import PMFSConcurrency
 import PMFSCore
 import PMFSData
 import PMFSMetadata
@@ -54,7 +55,7 @@ private func startWatchdog() {
         while true {
             usleep(100_000)
             let start = livenessStart.load(ordering: .relaxed)
-            guard start != 0, !dumped, cvhost_monotonic_ns() - start > 3_000_000_000 else { continue }
+            guard start != 0, !dumped, monotonicNanoseconds() - start > 3_000_000_000 else { continue }
             dumped = true
             ("fuzz-vhost: the liveness check has waited 3 s; stacks now:\n").utf8CString.withUnsafeBufferPointer { _ = write(2, $0.baseAddress, $0.count - 1) }
             _ = system("gdb -p \(getpid()) -batch -ex 'thread apply all bt' >&2 2>/dev/null")
@@ -113,7 +114,7 @@ final class Daemon: @unchecked Sendable {
         o.queueSize = 16
         o.slotsPerQueue = 2
         o.slotBytes = 8192
-        livenessStart.store(cvhost_monotonic_ns(), ordering: .relaxed)
+        livenessStart.store(monotonicNanoseconds(), ordering: .relaxed)
         defer { livenessStart.store(0, ordering: .relaxed) }
         do {
             let frontEnd = try VhostUserFrontEnd(socketPath: socketPath, options: o, connectTimeout: 5)
