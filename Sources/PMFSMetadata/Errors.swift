@@ -14,6 +14,8 @@ public enum PoolError: Error, CustomStringConvertible, Equatable {
     case corrupt(String)
     /// Damage met while serving one inode: EIO for requests on it, the rest serves on.
     case damagedInode(UInt64, String)
+    /// rocompat bits this version does not know: reading is safe, writing is not.
+    case unknownWriteFeatures(UInt64)
     case invalidArgument(String)
 
     public var description: String {
@@ -25,6 +27,8 @@ public enum PoolError: Error, CustomStringConvertible, Equatable {
             return "pool format version \(found) is newer than this pmfs understands (\(supported))"
         case .unknownFeatures(let bits):
             return "pool uses incompatible features this pmfs does not know (0x\(String(bits, radix: 16)))"
+        case .unknownWriteFeatures(let bits):
+            return "pool uses features this pmfs cannot write without breaking them (rocompat 0x\(String(bits, radix: 16))); inspect it read-only or serve it with a newer pmfs"
         case .alreadyFormatted(let path): return "\(path) already holds a pmfs file system (use --force to overwrite)"
         case .dataDeviceMismatch(let why): return "wrong data device: \(why)"
         case .dataDevice(let path, let reason): return "data device \(path): \(reason)"

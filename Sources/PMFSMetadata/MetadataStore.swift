@@ -82,6 +82,10 @@ public final class MetadataStore: @unchecked Sendable {
         guard sb.pointee.incompat_features & ~PMFS_INCOMPAT_KNOWN == 0 else {
             throw PoolError.unknownFeatures(sb.pointee.incompat_features)
         }
+        // A writer that does not know a rocompat feature would break it; inspecting is safe.
+        guard mode != .readWrite || sb.pointee.rocompat_features & ~UInt64(PMFS_ROCOMPAT_KNOWN) == 0 else {
+            throw PoolError.unknownWriteFeatures(sb.pointee.rocompat_features & ~UInt64(PMFS_ROCOMPAT_KNOWN))
+        }
         guard sb.pointee.block_size == 4096, sb.pointee.inodes_per_chunk == PMFS_INODES_PER_CHUNK else {
             throw PoolError.corrupt("superblock block size \(sb.pointee.block_size) / inodes per chunk \(sb.pointee.inodes_per_chunk)")
         }
