@@ -11,28 +11,6 @@ import Synchronization
 /// high-priority queue (FORGET, INTERRUPT); queues 1...N carry requests. Each
 /// queue has a worker thread woken by its kick eventfd.
 public final class VhostUserBackend: @unchecked Sendable {
-    // Message types (docs/interop/vhost-user.rst).
-    enum Request: UInt32 {
-        case getFeatures = 1, setFeatures, setOwner, resetOwner, setMemTable, setLogBase, setLogFD
-        case setVringNum, setVringAddr, setVringBase, getVringBase, setVringKick, setVringCall, setVringErr
-        case getProtocolFeatures, setProtocolFeatures, getQueueNum, setVringEnable, sendRARP, netSetMTU
-        case setBackendReqFD, iotlbMessage, setVringEndian, getConfig, setConfig
-        case resetDevice = 34
-        case getMaxMemSlots = 36
-    }
-
-    static let versionFlag: UInt32 = 0x1
-    static let replyFlag: UInt32 = 0x4
-    static let needReplyFlag: UInt32 = 0x8
-
-    static let featureVersion1: UInt64 = 1 << 32
-    static let featureIndirect: UInt64 = 1 << 28
-    static let featureEventIndex: UInt64 = 1 << 29
-    static let featureProtocol: UInt64 = 1 << 30
-    static let protocolMQ: UInt64 = 1 << 0
-    static let protocolReplyAck: UInt64 = 1 << 3
-    static let protocolResetDevice: UInt64 = 1 << 13
-
     public let socketPath: String
     public let server: FUSEServer
     public let requestQueues: Int
@@ -42,7 +20,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     public var pollMicroseconds = 0
     /// Threads for requests that may block (0: every request on its queue's worker).
     public var requestThreads = 4
-    private var pool: RequestPool?
+    var pool: RequestPool?
     let logger: Logger
     /// Called when the front end goes away or resets: the guest's FUSE session is over.
     public var onSessionEnd: (@Sendable () -> Void)?
@@ -68,7 +46,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Requests the guest has queued that no worker has taken yet (as each
     /// queue's worker last saw its ring).
     public var queuedRequests: Int { queueDepths.total }
-    private let queueDepths = QueueDepths(count: VhostUserBackend.queueLimit)
+    let queueDepths = QueueDepths(count: VhostUserBackend.queueLimit)
     /// Workers read guest memory under this lock (shared); a new memory table takes it exclusively.
     /// A worker may take it shared twice (a request the full pool hands back
     /// runs on the worker): glibc's default rwlock prefers readers, so that
@@ -86,7 +64,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     private var stopping = false
     /// Signalled by whichever thread finds that the front end's memory shrank
     /// under its mapping; the control loop waits on it beside the socket.
-    private let memoryShrankFD = cvhost_eventfd()
+    let memoryShrankFD = cvhost_eventfd()
 
     public init(socketPath: String, server: FUSEServer, requestQueues: Int = 1, logger: Logger = Logger(label: "pmfs.vhost")) throws {
         self.socketPath = socketPath
@@ -207,63 +185,73 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     // MARK: messages
 
-    private func handleConnection(_ conn: Int32) {
-        var header = [UInt8](repeating: 0, count: 12)
+    /// The buffers one connection receives its messages into.
+    private struct ReceiveBuffers {
+        var header = [UInt8](repeating: 0, count: VhostUserHeader.size)
         var payload = [UInt8](repeating: 0, count: 4096)
         var fds = [Int32](repeating: -1, count: 8)
+    }
+
+    private func handleConnection(_ conn: Int32) {
+        var buffers = ReceiveBuffers()
         _ = cvhost_eventfd_drain(memoryShrankFD)   // left by the last front end's workers
         while true {
             // Between messages: a worker may have found the memory shrunk.
             let ready = cvhost_wait2(conn, memoryShrankFD, -1)
             if ready < 0 || ready & 2 != 0 || memory.shrank { return closingForShrunkMemory() }
-            var nfds: Int32 = 0
-            let n = header.withUnsafeMutableBytes { h in fds.withUnsafeMutableBufferPointer { cvhost_recv_with_fds(conn, h.baseAddress, 12, $0.baseAddress, 8, &nfds) } }
-            if n <= 0 { return }
-            let received = Array(fds.prefix(Int(nfds)))
-            guard n == 12 || (n < 12 && header.withUnsafeMutableBytes({ cvhost_recv_exact(conn, $0.baseAddress! + n, 12 - n) }) == 12 - n) else {
-                received.forEach { close($0) }
-                return
-            }
-            let request = header.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
-            let flags = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }
-            let size = Int(header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) })
-            guard size <= payload.count else {
-                logger.error("vhost-user message \(request) claims \(size) bytes; closing the connection")
-                received.forEach { close($0) }
-                return
-            }
-            if size > 0 {
-                guard payload.withUnsafeMutableBytes({ cvhost_recv_exact(conn, $0.baseAddress, size) }) == size else {
-                    received.forEach { close($0) }
-                    return
-                }
-            }
-            let body = Array(payload.prefix(size))
-            let result = handleMessage(request, body, received)
+            guard let (header, body, received) = receiveMessage(conn, &buffers) else { return }
+            let result = handleMessage(header.request, body, received)
             // This thread reads the rings too (starting a worker).
             if memory.shrank { return closingForShrunkMemory() }
-            var reply: [UInt8]? = nil
-            switch result {
-            case .reply(let bytes): reply = bytes
-            case .ack(let ok):
-                if ackedProtocol & Self.protocolReplyAck != 0 && flags & Self.needReplyFlag != 0 {
-                    reply = withUnsafeBytes(of: UInt64(ok ? 0 : 1)) { Array($0) }
-                }
-            case .close:
-                return
-            }
-            if let reply {
-                var out: [UInt8] = []
-                withUnsafeBytes(of: request) { out += $0 }
-                withUnsafeBytes(of: Self.versionFlag | Self.replyFlag) { out += $0 }
-                withUnsafeBytes(of: UInt32(reply.count)) { out += $0 }
-                out += reply
-                if out.withUnsafeBytes({ cvhost_send(conn, $0.baseAddress, $0.count) }) < 0 { return }
-            }
+            guard let reply = replyPayload(result, flags: header.flags) else { return }
+            if let reply, !send(VhostUserReply.frame(for: header.request, payload: reply), on: conn) { return }
         }
     }
 
-    enum Outcome { case reply([UInt8]), ack(Bool), close }
+    /// The next message's header, body and fds; nil when the front end went
+    /// away, sent a short message or claims a body larger than any message
+    /// (the fds that came are closed then).
+    private func receiveMessage(_ conn: Int32, _ buffers: inout ReceiveBuffers) -> (VhostUserHeader, [UInt8], [Int32])? {
+        var nfds: Int32 = 0
+        let n = buffers.header.withUnsafeMutableBytes { h in
+            buffers.fds.withUnsafeMutableBufferPointer { cvhost_recv_with_fds(conn, h.baseAddress, 12, $0.baseAddress, 8, &nfds) }
+        }
+        if n <= 0 { return nil }
+        let received = Array(buffers.fds.prefix(Int(nfds)))
+        guard n == 12 || (n < 12 && buffers.header.withUnsafeMutableBytes({ cvhost_recv_exact(conn, $0.baseAddress! + n, 12 - n) }) == 12 - n),
+              let header = VhostUserHeader(buffers.header) else {
+            received.forEach { close($0) }
+            return nil
+        }
+        guard header.size <= buffers.payload.count else {
+            logger.error("vhost-user message \(header.request) claims \(header.size) bytes; closing the connection")
+            received.forEach { close($0) }
+            return nil
+        }
+        if header.size > 0 {
+            guard buffers.payload.withUnsafeMutableBytes({ cvhost_recv_exact(conn, $0.baseAddress, header.size) }) == header.size else {
+                received.forEach { close($0) }
+                return nil
+            }
+        }
+        return (header, Array(buffers.payload.prefix(header.size)), received)
+    }
+
+    /// What a handled message answers: `.some(nil)` for nothing (an ack the
+    /// front end did not ask for), nil to close the connection.
+    private func replyPayload(_ result: Outcome, flags: UInt32) -> [UInt8]?? {
+        switch result {
+        case .reply(let bytes): return .some(bytes)
+        case .ack(let ok):
+            guard ackedProtocol & Self.protocolReplyAck != 0 && flags & Self.needReplyFlag != 0 else { return .some(nil) }
+            return .some(VhostUserReply.ack(ok))
+        case .close: return nil
+        }
+    }
+
+    private func send(_ frame: [UInt8], on conn: Int32) -> Bool {
+        frame.withUnsafeBytes({ cvhost_send(conn, $0.baseAddress, $0.count) }) >= 0
+    }
 
     /// A fatal front-end error: what it shared is gone, so is the connection
     /// (the caller returns; the device is reset and the next front end served).
@@ -271,466 +259,6 @@ public final class VhostUserBackend: @unchecked Sendable {
         guard memory.shrank else { return }   // the socket's own end or error
         logger.error("front end on \(socketPath): guest memory shrank under its mapping; closing the connection")
     }
-
-    /// Called by a thread that found the memory shrunk: that queue stops at
-    /// once and the control loop drops the connection.
-    private func memoryShrank(on q: Virtqueue) {
-        q.broken = true
-        _ = cvhost_eventfd_signal(memoryShrankFD)
-    }
-
-    private func u64(_ v: UInt64) -> Outcome { .reply(withUnsafeBytes(of: v) { Array($0) }) }
-
-    /// The most queues a front end may use (hiprio + 64 request queues).
-    static let queueLimit = 65
-
-    /// The queue a message names. QEMU does not check the device's
-    /// num-request-queues against GET_QUEUE_NUM, so a front end configured
-    /// with more queues than offered gets them (up to the limit) rather than a
-    /// device that hangs: the extra queues work like the others.
-    private func queue(_ index: UInt32) -> Virtqueue? {
-        let i = Int(index)
-        guard i < Self.queueLimit else { return nil }
-        if i >= queues.count {
-            logger.notice("the front end uses queue \(i) (\(queues.count - 1) request queue(s) offered): serving it too")
-            let eventIndex = ackedFeatures & Self.featureEventIndex != 0
-            queues += (queues.count...i).map { let q = Virtqueue(index: $0, depths: queueDepths); q.eventIndex = eventIndex; return q }
-        }
-        return queues[i]
-    }
-
-    private func handleMessage(_ code: UInt32, _ body: [UInt8], _ fds: [Int32]) -> Outcome {
-        func load<T>(_ offset: Int, _ type: T.Type) -> T? {
-            guard offset + MemoryLayout<T>.size <= body.count else { return nil }
-            return body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: T.self) }
-        }
-        func closeFDs() { fds.forEach { close($0) } }
-        guard let request = Request(rawValue: code) else {
-            logger.warning("unsupported vhost-user message \(code)")
-            closeFDs()
-            return .ack(false)
-        }
-        // Every fd received is kept or closed: those of a message that takes none now.
-        if !Self.takesFDs(request) { closeFDs() }
-        switch request {
-        case .getFeatures:
-            return u64(offeredFeatures)
-        case .setFeatures:
-            guard let f = load(0, UInt64.self), f & ~offeredFeatures == 0 else { return .ack(false) }
-            ackedFeatures = f
-            let eventIndex = f & Self.featureEventIndex != 0
-            for q in queues where q.eventIndex != eventIndex { reconfigure(q) { q.eventIndex = eventIndex } }
-            return .ack(true)
-        case .getProtocolFeatures:
-            return u64(offeredProtocol)
-        case .setProtocolFeatures:
-            guard let f = load(0, UInt64.self) else { return .ack(false) }
-            ackedProtocol = f & offeredProtocol
-            return .ack(true)
-        case .setOwner:
-            return .ack(true)
-        case .resetOwner, .resetDevice:
-            resetDevice()
-            onSessionEnd?()
-            return .ack(true)
-        case .getQueueNum:
-            return u64(UInt64(queues.count))
-        case .setMemTable:
-            return .ack(setMemoryTable(body, fds))
-        case .setVringNum:
-            guard let i = load(0, UInt32.self), let num = load(4, UInt32.self), let q = queue(i),
-                  num > 0, num <= 32768, num & (num - 1) == 0 else { return .ack(false) }
-            reconfigure(q) { q.size = UInt16(truncatingIfNeeded: num) }
-            return .ack(true)
-        case .setVringAddr:
-            guard let i = load(0, UInt32.self), let q = queue(i), let d = load(8, UInt64.self), let u = load(16, UInt64.self),
-                  let a = load(24, UInt64.self) else { return .ack(false) }
-            reconfigure(q) { q.descriptorAddress = d; q.usedAddress = u; q.availableAddress = a }
-            return .ack(true)
-        case .setVringBase:
-            guard let i = load(0, UInt32.self), let base = load(4, UInt32.self), let q = queue(i) else { return .ack(false) }
-            reconfigure(q) {
-                q.lastAvailable = UInt16(truncatingIfNeeded: base)
-                q.usedIndex = UInt16(truncatingIfNeeded: base)
-            }
-            return .ack(true)
-        case .getVringBase:
-            guard let i = load(0, UInt32.self) else {
-                // Owed a reply that cannot be given: the front end is broken.
-                logger.error("GET_VRING_BASE without a queue index; closing the connection")
-                return .close
-            }
-            guard let q = queue(i) else {
-                // Always owed a reply: the front end blocks on it.
-                logger.error("GET_VRING_BASE for queue \(i), beyond any queue: answering 0")
-                return .reply(withUnsafeBytes(of: (i, UInt32(0))) { Array($0) })
-            }
-            stopWorker(Int(i))
-            var state = [UInt8]()
-            withUnsafeBytes(of: i) { state += $0 }
-            withUnsafeBytes(of: UInt32(q.lastAvailable)) { state += $0 }
-            if q.kickFD >= 0 { close(q.kickFD); q.kickFD = -1 }
-            return .reply(state)
-        case .setVringKick, .setVringCall, .setVringErr:
-            guard let v = load(0, UInt64.self), let q = queue(UInt32(v & 0xff)) else { closeFDs(); return .ack(false) }
-            let fd: Int32 = v & 0x100 != 0 ? -1 : (fds.first ?? -1)
-            for other in fds where other != fd { close(other) }
-            guard fd < 0 || acceptsEventFD(fd, for: request) else { close(fd); return .ack(false) }
-            switch request {
-            case .setVringKick:
-                stopWorker(q.index)
-                if q.kickFD >= 0 { close(q.kickFD) }
-                q.kickFD = fd
-                // Without protocol features a ring starts when it gets its kick.
-                if ackedFeatures & Self.featureProtocol == 0 { q.enabled = true }
-                startWorkerIfReady(q)
-            case .setVringCall:
-                q.lock.withLock {
-                    if q.callFD >= 0 { close(q.callFD) }
-                    q.callFD = fd
-                }
-            default:
-                if q.errorFD >= 0 { close(q.errorFD) }
-                q.errorFD = fd
-            }
-            return .ack(true)
-        case .setVringEnable:
-            guard let i = load(0, UInt32.self), let on = load(4, UInt32.self), let q = queue(i) else { return .ack(false) }
-            q.enabled = on != 0
-            if q.enabled { startWorkerIfReady(q) } else { stopWorker(q.index) }
-            return .ack(true)
-        case .setBackendReqFD:
-            return .ack(true)
-        case .getMaxMemSlots:
-            return u64(8)
-        default:
-            logger.warning("vhost-user message \(request) is not supported")
-            return .ack(false)
-        }
-    }
-
-    /// The messages whose fds are kept (or closed) by their handlers.
-    static func takesFDs(_ request: Request) -> Bool {
-        [.setMemTable, .setVringKick, .setVringCall, .setVringErr].contains(request)
-    }
-
-    /// A kick, call or error fd must be an eventfd, written without blocking:
-    /// a pipe's reader could stop reading (the worker would block) or go away
-    /// (SIGPIPE), and a front end can fill an eventfd's counter.
-    private func acceptsEventFD(_ fd: Int32, for request: Request) -> Bool {
-        guard cvhost_is_eventfd(fd) != 0, cvhost_set_nonblocking(fd) == 0 else {
-            logger.error("vhost-user \(request): descriptor \(fd) is not an eventfd; refused")
-            return false
-        }
-        return true
-    }
-
-    /// Changes a ring's size, addresses or indices: never under a running
-    /// worker (it walks the ring with them), and the ring is checked against
-    /// the memory table again before its worker starts again (if it is
-    /// enabled and kicked, as any ring with a worker is).
-    private func reconfigure(_ q: Virtqueue, _ change: () -> Void) {
-        stopWorker(q.index)
-        change()
-        readLocked { _ = q.attach(memory) }
-        startWorkerIfReady(q)
-    }
-
-    private func readLocked<T>(_ body: () -> T) -> T { memoryLock.withReadLock(body) }
-
-    /// SET_MEM_TABLE: u32 count, u32 padding, then per region guest address,
-    /// size, front-end address, mmap offset; one fd per region.
-    private func setMemoryTable(_ body: [UInt8], _ fds: [Int32]) -> Bool {
-        defer { fds.forEach { close($0) } }   // the mappings keep what they need
-        guard body.count >= 8 else { return false }
-        let count = Int(body.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
-        guard count > 0, count <= 8, count == fds.count, body.count >= 8 + 32 * count else { return false }
-        var regions: [GuestMemory.Region] = []
-        for i in 0..<count {
-            let base = 8 + 32 * i
-            let (gpa, size, user, offset) = body.withUnsafeBytes {
-                ($0.loadUnaligned(fromByteOffset: base, as: UInt64.self), $0.loadUnaligned(fromByteOffset: base + 8, as: UInt64.self),
-                 $0.loadUnaligned(fromByteOffset: base + 16, as: UInt64.self), $0.loadUnaligned(fromByteOffset: base + 24, as: UInt64.self))
-            }
-            do {
-                regions.append(try GuestMemory.map(fd: fds[i], guestPhysical: gpa, size: size, userAddress: user, mmapOffset: offset))
-            } catch {
-                logger.error("cannot map guest memory region \(i) (\(size) bytes): \(error)")
-                GuestMemory(regions: regions).unmapAll()
-                return false
-            }
-        }
-        let new = GuestMemory(regions: regions)
-        let old = memoryLock.withWriteLock {
-            let old = memory
-            memory = new
-            memoryEpoch &+= 1
-            for q in queues { detachIfUncovered(q, by: new) }
-            return old
-        }
-        old.unmapAll()
-        return true
-    }
-
-    /// Every ring is resolved in a new memory table (none may keep the old
-    /// one's pointers); a running ring it no longer covers is broken until
-    /// the front end sets it up again (memory lock held exclusively).
-    private func detachIfUncovered(_ q: Virtqueue, by memory: GuestMemory) {
-        if !q.attach(memory) && workers[q.index] != nil {
-            logger.error("queue \(q.index): the new memory table does not cover the ring; the queue is stopped")
-            q.broken = true
-            if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
-        }
-    }
-
-    // MARK: workers
-
-    private func startWorkerIfReady(_ q: Virtqueue) {
-        guard workers[q.index] == nil, q.enabled, q.kickFD >= 0 else { return }
-        let ready = readLocked { q.attach(memory) }
-        guard ready else { return }
-        // The used index in the ring is where the guest expects us to continue.
-        if let used = q.used { q.usedIndex = cvhost_load_u16((used + 2).assumingMemoryBound(to: UInt16.self)) }
-        q.broken = false
-        q.chainLimit = 2 * server.maxRequestSize
-        let stop = cvhost_eventfd()
-        guard stop >= 0 else {
-            // A worker nobody could stop must not start.
-            logger.error("cannot start the worker of queue \(q.index): eventfd: \(String(cString: strerror(errno)))")
-            return
-        }
-        guard let thread = JoinableThread.spawn({ [self] in workerLoop(q, stop: stop) }) else {
-            close(stop)
-            logger.error("cannot start the worker of queue \(q.index)")
-            return
-        }
-        workers[q.index] = (thread, stop)
-    }
-
-    private func stopWorker(_ index: Int) {
-        guard let w = workers.removeValue(forKey: index) else { return }
-        // The flag stops a worker between chains; the eventfd wakes a sleeping one.
-        queues[index].stopRequested = true
-        _ = cvhost_eventfd_signal(w.stop)
-        w.thread.join()
-        queues[index].stopRequested = false
-        close(w.stop)
-        pool?.waitIdle()
-    }
-
-    private func resetDevice() {
-        for i in workers.keys { stopWorker(i) }
-        memoryLock.withWriteLock {
-            memory.unmapAll()
-            memory = .empty
-            for q in queues {
-                for fd in [q.kickFD, q.errorFD] where fd >= 0 { close(fd) }
-                q.lock.withLock { if q.callFD >= 0 { close(q.callFD) }; q.callFD = -1 }
-                q.kickFD = -1; q.errorFD = -1
-                q.enabled = false; q.size = 0; q.lastAvailable = 0; q.usedIndex = 0
-                q.descriptors = nil; q.available = nil; q.used = nil; q.memory = .empty; q.generation &+= 1
-                q.depths.set(q.index, 0)
-            }
-        }
-        ackedFeatures = 0
-        ackedProtocol = 0
-    }
-
-    private func workerLoop(_ q: Virtqueue, stop: Int32) {
-        var poll = PollWindow(limit: UInt64(pollMicroseconds) * 1000)
-        while true {
-            let ready = cvhost_wait2(q.kickFD, stop, 1000)
-            if ready & 2 != 0 || q.stopRequested { return }
-            if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
-            poll.wokeUp(at: monotonicNanoseconds())
-            // Process everything available, poll a while if the window says so,
-            // then ask the guest for kicks again and re-check (a request may
-            // have slipped in before the kicks were back on).
-            while true {
-                memoryLock.withReadLock {
-                    processAvailable(q)
-                    if poll.window > 0 { q.setKicks(enabled: false) }
-                }
-                if poll.limit > 0 { poll.answered(at: monotonicNanoseconds()) }
-                if q.stopRequested { return }
-                if poll.window > 0 {
-                    let came = pollForMore(q, nanoseconds: poll.window)
-                    poll.polled(success: came)
-                    if came { continue }
-                }
-                let more = readLocked { () -> Bool in
-                    q.setKicks(enabled: true)
-                    let more = q.hasMore
-                    if q.memory.shrank { memoryShrank(on: q) }
-                    return more && !q.broken
-                }
-                if !more { break }
-            }
-        }
-    }
-
-    /// Spins up to `nanoseconds` for a new request; true if one came. Each
-    /// turn yields the CPU: a guest's vCPU thread (or the front end) that
-    /// shares it runs at once instead of waiting out the window.
-    private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
-        let deadline = monotonicNanoseconds() + nanoseconds
-        while monotonicNanoseconds() < deadline {
-            if readLocked({ q.hasMore && !q.broken }) || q.stopRequested { return true }
-            sched_yield()
-        }
-        return false
-    }
-
-    /// Handles every chain the guest made available (memory lock held shared).
-    /// FSYNCs of the pass are collected and made durable together at its end
-    /// (one device flush for all of them).
-    private func processAvailable(_ q: Virtqueue) {
-        var budget = Int(q.size)
-        // A relaxed load per chain (see GuestMemory.shrank); the pass stops at the first.
-        defer { if q.memory.shrank { memoryShrank(on: q) } }
-        let group = q.fsyncGroup
-        defer { commit(group, on: q) }
-        while !q.memory.shrank, q.mayTakeAnother(&budget) {
-            let chain: Virtqueue.Chain
-            do {
-                guard let c = try q.pop() else { return }
-                chain = c
-            } catch {
-                if q.memory.shrank { return }   // zero pages where the ring was: said once, by the control loop
-                logger.error("queue \(q.index): bad descriptor chain (\(error)); the queue is stopped until the device is reset")
-                q.broken = true
-                if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
-                return
-            }
-            // Run to completion here unless another request is already waiting
-            // behind one that may block: a hand-over costs two wake-ups, more
-            // than a whole fsync on RAM media. FSYNCs wait for the pass's end.
-            if Self.joinsFsyncGroup(chain) {
-                handle(chain, on: q, group: group)
-            } else if let pool, Self.mayBlock(chain), q.hasMore {
-                let generation = q.generation, epoch = memoryEpoch
-                pool.submit { [self] in
-                    memoryLock.withReadLock {
-                        // After a device reset the chain's memory may be gone: drop it.
-                        guard q.generation == generation else { return }
-                        // After a new memory table, find its buffers in the new mappings.
-                        guard let current = epoch == memoryEpoch ? chain : rewalk(chain.head, on: q) else { return }
-                        handle(current, on: q)
-                        if q.memory.shrank { memoryShrank(on: q) }
-                    }
-                }
-            } else {
-                handle(chain, on: q)
-            }
-        }
-    }
-
-    /// A chain in flight, walked again over the current memory table; nil (and
-    /// the queue stopped, as for any bad chain) if it no longer checks out.
-    private func rewalk(_ head: UInt16, on q: Virtqueue) -> Virtqueue.Chain? {
-        do { return try q.walk(head) } catch {
-            logger.error("queue \(q.index): chain \(head) no longer valid after a new memory table (\(error)); the queue is stopped")
-            q.broken = true
-            if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
-            return nil
-        }
-    }
-
-    /// Commits a pass's FSYNCs: here when nothing waits on the ring, else
-    /// on the pool as one task, so requests that came meanwhile are not held
-    /// up by the device flush.
-    private func commit(_ group: FUSEFsyncGroup, on q: Virtqueue) {
-        server.commit(group, handingTo: pool, busy: q.hasMore)
-    }
-
-    static func joinsFsyncGroup(_ chain: Virtqueue.Chain) -> Bool {
-        chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.joinsFsyncGroup($0) }
-    }
-
-    /// Whether a chain's request may block (FUSEServer decides from its first bytes).
-    static func mayBlock(_ chain: Virtqueue.Chain) -> Bool {
-        chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.mayBlock($0) }
-    }
-
-    /// Serves one chain (memory lock held shared): the readable buffers hold
-    /// the request, the writable ones receive the reply. A WRITE's data is
-    /// taken from the guest's buffers and a READ's put into them, with no copy
-    /// through ours.
-    private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue, group: FUSEFsyncGroup? = nil) {
-        let generation = q.generation
-        let head = chain.head
-        var request = RequestCursor(chain.readable)
-        var reply = ReplyWriter(chain.writable)
-        let outcome = server.handle(&request, &reply, later: deferredReply(chain, on: q, generation: generation), group: group)
-        switch outcome {
-        case .replied(let length):
-            guard q.generation == generation else { return }
-            q.push(head, length: length)
-        case .noReply:
-            q.push(head, length: 0)   // FORGET, INTERRUPT, undecodable: the buffers still go back
-        case .deferred:
-            break                     // a waiting SETLKW answers later
-        }
-    }
-
-    /// Where a deferred reply (SETLKW) goes: copied into the chain's writable
-    /// buffers, which may have moved by then.
-    private func deferredReply(_ chain: Virtqueue.Chain, on q: Virtqueue, generation: UInt64) -> FUSEReplySink {
-        let writable = WritableBuffers(chain.writable)
-        let head = chain.head
-        let epoch = memoryEpoch
-        return { [self] reply in
-            // After a reset the chain is gone: drop the reply.
-            memoryLock.withReadLock {
-                guard q.generation == generation else { return }
-                // After a new memory table the buffers are found again in the new mappings.
-                var buffers = writable.buffers
-                if epoch != memoryEpoch {
-                    guard let current = rewalk(head, on: q) else { return }
-                    buffers = current.writable
-                }
-                var out = ReplyWriter(buffers)
-                defer { if q.memory.shrank { memoryShrank(on: q) } }
-                guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(head, length: 0) }
-                q.push(head, length: out.written)
-            }
-        }
-    }
-}
-
-/// How long a queue worker polls before it sleeps, adapted as KVM adapts its
-/// halt polling: a wake-up soon after going to sleep (the guest's next request
-/// came just too late) widens the window to cover that gap; a poll that finds
-/// nothing halves it. So a guest issuing requests back to back is served
-/// without wake-ups, and an idle or slow one costs no spinning. Never wider
-/// than `limit` (0: no polling).
-struct PollWindow {
-    let limit: UInt64
-    private(set) var window: UInt64 = 0
-    private var lastAnswered: UInt64 = 0
-    static let smallest: UInt64 = 2_000
-
-    init(limit: UInt64) { self.limit = limit }
-
-    /// After a burst was answered (and before polling).
-    mutating func answered(at now: UInt64) { lastAnswered = now }
-
-    /// Woken by a kick: had the window covered the gap, no wake-up was needed.
-    mutating func wokeUp(at now: UInt64) {
-        guard limit > 0, lastAnswered > 0 else { return }
-        let gap = now &- lastAnswered
-        if gap <= limit { window = min(limit, max(window * 2, gap + gap / 4, Self.smallest)) }
-    }
-
-    mutating func polled(success: Bool) {
-        if !success { window = window / 2 < Self.smallest ? 0 : window / 2 }
-    }
-}
-
-/// A chain's writable guest buffers, valid until the chain is pushed back.
-final class WritableBuffers: @unchecked Sendable {
-    let buffers: [UnsafeMutableRawBufferPointer]
-    init(_ buffers: [UnsafeMutableRawBufferPointer]) { self.buffers = buffers }
 }
 
 /// Set once, read by the thread that handed out the closure.

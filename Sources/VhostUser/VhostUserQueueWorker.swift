@@ -1,0 +1,247 @@
+import CVhost
+import FUSEProtocol
+import Glibc
+import PMFSConcurrency
+
+// The queue workers: one thread per running queue, woken by its kick eventfd
+// (or polling a while, see PollWindow), taking the chains the guest made
+// available, serving them here or on the request pool, and copying replies
+// back, deferred ones included.
+
+extension VhostUserBackend {
+    /// Called by a thread that found the memory shrunk: that queue stops at
+    /// once and the control loop drops the connection.
+    private func memoryShrank(on q: Virtqueue) {
+        q.broken = true
+        _ = cvhost_eventfd_signal(memoryShrankFD)
+    }
+
+    func startWorkerIfReady(_ q: Virtqueue) {
+        guard workers[q.index] == nil, q.enabled, q.kickFD >= 0 else { return }
+        let ready = readLocked { q.attach(memory) }
+        guard ready else { return }
+        // The used index in the ring is where the guest expects us to continue.
+        if let used = q.used { q.usedIndex = cvhost_load_u16((used + 2).assumingMemoryBound(to: UInt16.self)) }
+        q.broken = false
+        q.chainLimit = 2 * server.maxRequestSize
+        let stop = cvhost_eventfd()
+        guard stop >= 0 else {
+            // A worker nobody could stop must not start.
+            logger.error("cannot start the worker of queue \(q.index): eventfd: \(String(cString: strerror(errno)))")
+            return
+        }
+        guard let thread = JoinableThread.spawn({ [self] in workerLoop(q, stop: stop) }) else {
+            close(stop)
+            logger.error("cannot start the worker of queue \(q.index)")
+            return
+        }
+        workers[q.index] = (thread, stop)
+    }
+
+    func stopWorker(_ index: Int) {
+        guard let w = workers.removeValue(forKey: index) else { return }
+        // The flag stops a worker between chains; the eventfd wakes a sleeping one.
+        queues[index].stopRequested = true
+        _ = cvhost_eventfd_signal(w.stop)
+        w.thread.join()
+        queues[index].stopRequested = false
+        close(w.stop)
+        pool?.waitIdle()
+    }
+
+    private func workerLoop(_ q: Virtqueue, stop: Int32) {
+        var poll = PollWindow(limit: UInt64(pollMicroseconds) * 1000)
+        while true {
+            let ready = cvhost_wait2(q.kickFD, stop, 1000)
+            if ready & 2 != 0 || q.stopRequested { return }
+            if ready & 1 != 0 { _ = cvhost_eventfd_drain(q.kickFD) }
+            poll.wokeUp(at: monotonicNanoseconds())
+            // Process everything available, poll a while if the window says so,
+            // then ask the guest for kicks again and re-check (a request may
+            // have slipped in before the kicks were back on).
+            while true {
+                memoryLock.withReadLock {
+                    processAvailable(q)
+                    if poll.window > 0 { q.setKicks(enabled: false) }
+                }
+                if poll.limit > 0 { poll.answered(at: monotonicNanoseconds()) }
+                if q.stopRequested { return }
+                if poll.window > 0 {
+                    let came = pollForMore(q, nanoseconds: poll.window)
+                    poll.polled(success: came)
+                    if came { continue }
+                }
+                let more = readLocked { () -> Bool in
+                    q.setKicks(enabled: true)
+                    let more = q.hasMore
+                    if q.memory.shrank { memoryShrank(on: q) }
+                    return more && !q.broken
+                }
+                if !more { break }
+            }
+        }
+    }
+
+    /// Spins up to `nanoseconds` for a new request; true if one came. Each
+    /// turn yields the CPU: a guest's vCPU thread (or the front end) that
+    /// shares it runs at once instead of waiting out the window.
+    private func pollForMore(_ q: Virtqueue, nanoseconds: UInt64) -> Bool {
+        let deadline = monotonicNanoseconds() + nanoseconds
+        while monotonicNanoseconds() < deadline {
+            if readLocked({ q.hasMore && !q.broken }) || q.stopRequested { return true }
+            sched_yield()
+        }
+        return false
+    }
+
+    /// Handles every chain the guest made available (memory lock held shared).
+    /// FSYNCs of the pass are collected and made durable together at its end
+    /// (one device flush for all of them).
+    private func processAvailable(_ q: Virtqueue) {
+        var budget = Int(q.size)
+        // A relaxed load per chain (see GuestMemory.shrank); the pass stops at the first.
+        defer { if q.memory.shrank { memoryShrank(on: q) } }
+        let group = q.fsyncGroup
+        defer { commit(group, on: q) }
+        while !q.memory.shrank, q.mayTakeAnother(&budget) {
+            let chain: Virtqueue.Chain
+            do {
+                guard let c = try q.pop() else { return }
+                chain = c
+            } catch {
+                if q.memory.shrank { return }   // zero pages where the ring was: said once, by the control loop
+                logger.error("queue \(q.index): bad descriptor chain (\(error)); the queue is stopped until the device is reset")
+                q.broken = true
+                if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
+                return
+            }
+            // Run to completion here unless another request is already waiting
+            // behind one that may block: a hand-over costs two wake-ups, more
+            // than a whole fsync on RAM media. FSYNCs wait for the pass's end.
+            if Self.joinsFsyncGroup(chain) {
+                handle(chain, on: q, group: group)
+            } else if let pool, Self.mayBlock(chain), q.hasMore {
+                let generation = q.generation, epoch = memoryEpoch
+                pool.submit { [self] in
+                    memoryLock.withReadLock {
+                        // After a device reset the chain's memory may be gone: drop it.
+                        guard q.generation == generation else { return }
+                        // After a new memory table, find its buffers in the new mappings.
+                        guard let current = epoch == memoryEpoch ? chain : rewalk(chain.head, on: q) else { return }
+                        handle(current, on: q)
+                        if q.memory.shrank { memoryShrank(on: q) }
+                    }
+                }
+            } else {
+                handle(chain, on: q)
+            }
+        }
+    }
+
+    /// A chain in flight, walked again over the current memory table; nil (and
+    /// the queue stopped, as for any bad chain) if it no longer checks out.
+    private func rewalk(_ head: UInt16, on q: Virtqueue) -> Virtqueue.Chain? {
+        do { return try q.walk(head) } catch {
+            logger.error("queue \(q.index): chain \(head) no longer valid after a new memory table (\(error)); the queue is stopped")
+            q.broken = true
+            if q.errorFD >= 0 { _ = cvhost_eventfd_signal(q.errorFD) }
+            return nil
+        }
+    }
+
+    /// Commits a pass's FSYNCs: here when nothing waits on the ring, else
+    /// on the pool as one task, so requests that came meanwhile are not held
+    /// up by the device flush.
+    private func commit(_ group: FUSEFsyncGroup, on q: Virtqueue) {
+        server.commit(group, handingTo: pool, busy: q.hasMore)
+    }
+
+    static func joinsFsyncGroup(_ chain: Virtqueue.Chain) -> Bool {
+        chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.joinsFsyncGroup($0) }
+    }
+
+    /// Whether a chain's request may block (FUSEServer decides from its first bytes).
+    static func mayBlock(_ chain: Virtqueue.Chain) -> Bool {
+        chain.withPrefix(FUSEServer.blockingCheckBytes) { FUSEServer.mayBlock($0) }
+    }
+
+    /// Serves one chain (memory lock held shared): the readable buffers hold
+    /// the request, the writable ones receive the reply. A WRITE's data is
+    /// taken from the guest's buffers and a READ's put into them, with no copy
+    /// through ours.
+    private func handle(_ chain: Virtqueue.Chain, on q: Virtqueue, group: FUSEFsyncGroup? = nil) {
+        let generation = q.generation
+        let head = chain.head
+        var request = RequestCursor(chain.readable)
+        var reply = ReplyWriter(chain.writable)
+        let outcome = server.handle(&request, &reply, later: deferredReply(chain, on: q, generation: generation), group: group)
+        switch outcome {
+        case .replied(let length):
+            guard q.generation == generation else { return }
+            q.push(head, length: length)
+        case .noReply:
+            q.push(head, length: 0)   // FORGET, INTERRUPT, undecodable: the buffers still go back
+        case .deferred:
+            break                     // a waiting SETLKW answers later
+        }
+    }
+
+    /// Where a deferred reply (SETLKW) goes: copied into the chain's writable
+    /// buffers, which may have moved by then.
+    private func deferredReply(_ chain: Virtqueue.Chain, on q: Virtqueue, generation: UInt64) -> FUSEReplySink {
+        let writable = WritableBuffers(chain.writable)
+        let head = chain.head
+        let epoch = memoryEpoch
+        return { [self] reply in
+            // After a reset the chain is gone: drop the reply.
+            memoryLock.withReadLock {
+                guard q.generation == generation else { return }
+                // After a new memory table the buffers are found again in the new mappings.
+                var buffers = writable.buffers
+                if epoch != memoryEpoch {
+                    guard let current = rewalk(head, on: q) else { return }
+                    buffers = current.writable
+                }
+                var out = ReplyWriter(buffers)
+                defer { if q.memory.shrank { memoryShrank(on: q) } }
+                guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(head, length: 0) }
+                q.push(head, length: out.written)
+            }
+        }
+    }
+}
+
+/// How long a queue worker polls before it sleeps, adapted as KVM adapts its
+/// halt polling: a wake-up soon after going to sleep (the guest's next request
+/// came just too late) widens the window to cover that gap; a poll that finds
+/// nothing halves it. So a guest issuing requests back to back is served
+/// without wake-ups, and an idle or slow one costs no spinning. Never wider
+/// than `limit` (0: no polling).
+struct PollWindow {
+    let limit: UInt64
+    private(set) var window: UInt64 = 0
+    private var lastAnswered: UInt64 = 0
+    static let smallest: UInt64 = 2_000
+
+    init(limit: UInt64) { self.limit = limit }
+
+    /// After a burst was answered (and before polling).
+    mutating func answered(at now: UInt64) { lastAnswered = now }
+
+    /// Woken by a kick: had the window covered the gap, no wake-up was needed.
+    mutating func wokeUp(at now: UInt64) {
+        guard limit > 0, lastAnswered > 0 else { return }
+        let gap = now &- lastAnswered
+        if gap <= limit { window = min(limit, max(window * 2, gap + gap / 4, Self.smallest)) }
+    }
+
+    mutating func polled(success: Bool) {
+        if !success { window = window / 2 < Self.smallest ? 0 : window / 2 }
+    }
+}
+
+/// A chain's writable guest buffers, valid until the chain is pushed back.
+final class WritableBuffers: @unchecked Sendable {
+    let buffers: [UnsafeMutableRawBufferPointer]
+    init(_ buffers: [UnsafeMutableRawBufferPointer]) { self.buffers = buffers }
+}
