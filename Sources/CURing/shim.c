@@ -99,6 +99,12 @@ int curing_submit_and_wait(struct io_uring *ring, unsigned wait_for) {
     return io_uring_submit_and_wait(ring, wait_for);
 }
 
+bool curing_work_pending(struct io_uring *ring) {
+    /* With COOP_TASKRUN a request the kernel handed us may still sit in task
+     * work, posted as a completion only when we next enter: the flag says so. */
+    return io_uring_cq_ready(ring) > 0 || (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN);
+}
+
 unsigned curing_reap(struct io_uring *ring, uint64_t *tags, int32_t *results, unsigned max) {
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;

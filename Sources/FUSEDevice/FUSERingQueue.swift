@@ -380,7 +380,7 @@ final class FUSERingQueue: @unchecked Sendable {
         counters.ringFsyncGroups.add(1, ordering: .relaxed)
         counters.ringGroupedFsyncs.add(members, ordering: .relaxed)
         committingInline = true
-        let handed = server.commit(fsyncGroup, handingTo: pool, busy: io_uring_cq_ready(&ring) > 0)
+        let handed = server.commit(fsyncGroup, handingTo: pool, busy: { curing_work_pending(&ring) })
         committingInline = false
         if handed { counters.ringOffloaded.add(members, ordering: .relaxed) } else { deliverMailbox(&ring) }
     }

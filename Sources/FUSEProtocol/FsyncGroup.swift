@@ -1,6 +1,7 @@
 import CFUSE
 import Glibc
 import PMFSConcurrency
+import Synchronization
 
 /// One FSYNC of a group: who asked, what, and where its reply goes.
 public struct FUSEFsync: Sendable {
@@ -79,15 +80,51 @@ extension FUSEOperations {
     }
 }
 
+/// When a transport's thread should hand its FSYNC group to the pool even
+/// though nothing waits yet: after a commit made on the thread took long
+/// (a disk flush) and requests had piled up behind it by its end. Then the
+/// next groups go to the pool too, so the thread keeps taking the WRITEs and
+/// FSYNCs that come during a flush, until a few hand-overs in a row find
+/// nothing waiting (one writer again: a commit on the thread is cheaper).
+struct CommitHandOver: ~Copyable {
+    /// A commit on the thread this long is worth a hand-over (two wake-ups).
+    static let slowCommitNanoseconds: UInt64 = 30_000
+    /// Hand-overs made on that evidence before a commit on the thread is tried again.
+    static let handOversPerEvidence = 16
+    let remaining = Atomic<Int>(0)
+
+    /// Whether this group goes to the pool without requests waiting.
+    func shouldHandOver(busy: Bool) -> Bool {
+        let left = remaining.load(ordering: .relaxed)
+        guard left > 0 else { return false }
+        if !busy { remaining.store(left - 1, ordering: .relaxed) }
+        return true
+    }
+
+    /// A commit on the thread took `nanoseconds`; `busy`: requests waited at its end.
+    func committedHere(nanoseconds: UInt64, busy: Bool) {
+        if nanoseconds >= Self.slowCommitNanoseconds && busy { remaining.store(Self.handOversPerEvidence, ordering: .relaxed) }
+    }
+}
+
 extension FUSEServer {
-    /// Commits a transport's group here, or, when `busy` (requests already
-    /// wait behind it) and there is a pool, on the pool as one task, so those
-    /// requests are not held up by the device flush. True if it was handed over.
+    /// Commits a transport's group here, or on the pool as one task, so the
+    /// requests that come meanwhile are not held up by the device flush: when
+    /// `busy()` (requests already wait behind it), or when slow commits made
+    /// here have kept requests waiting (`CommitHandOver`). True if handed over.
     @discardableResult
-    public func commit(_ group: FUSEFsyncGroup, handingTo pool: RequestPool?, busy: Bool) -> Bool {
+    public func commit(_ group: FUSEFsyncGroup, handingTo pool: RequestPool?, busy: () -> Bool) -> Bool {
         guard !group.isEmpty else { return false }
-        guard let pool, busy else {
+        guard let pool else {
             commit(group)
+            return false
+        }
+        let waiting = busy()
+        guard waiting || handOver.shouldHandOver(busy: false) else {
+            let start = monotonicNanoseconds()
+            // Asked before the replies go out: a lone writer's next request,
+            // sent on its reply, is not one the commit held up.
+            commit(group) { handOver.committedHere(nanoseconds: nanosecondsSince(start), busy: busy()) }
             return false
         }
         let handed = FUSEFsyncGroup()
@@ -98,12 +135,13 @@ extension FUSEServer {
 
     /// Makes a group's FSYNCs durable and sends each its reply (an out-header
     /// with its error); the group is empty afterwards.
-    public func commit(_ group: FUSEFsyncGroup) {
+    public func commit(_ group: FUSEFsyncGroup, beforeReplies: () -> Void = {}) {
         guard !group.isEmpty else { return }
         defer { group.removeAll() }
         // EIO for any member the operations leave unanswered.
         group.errors.append(contentsOf: repeatElement(EIO, count: group.count))
         operations.fsync(group: group.members, errors: &group.errors)
+        beforeReplies()
         for i in group.members.indices { reply(to: group, i) }
     }
 

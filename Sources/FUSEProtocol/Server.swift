@@ -21,6 +21,8 @@ public final class FUSEServer: @unchecked Sendable {
     /// Requests answered (or ended without an answer) so far; a deferred one
     /// counts when its answer goes out.
     let answered = Atomic<UInt64>(0)
+    /// Whether FSYNC groups go to the pool without requests waiting (see CommitHandOver).
+    let handOver = CommitHandOver()
     /// Requests taken so far (`pmfsctl sessions`), metrics on or off.
     public var requestsTaken: UInt64 { taken.load(ordering: .relaxed) }
     /// Requests taken and not answered yet (waiting SETLKWs, FSYNCs in a group, those being served).

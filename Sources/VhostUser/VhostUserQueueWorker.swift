@@ -153,7 +153,7 @@ extension VhostUserBackend {
     /// on the pool as one task, so requests that came meanwhile are not held
     /// up by the device flush.
     private func commit(_ group: FUSEFsyncGroup, on q: Virtqueue) {
-        server.commit(group, handingTo: pool, busy: q.hasMore)
+        server.commit(group, handingTo: pool, busy: { q.hasMore })
     }
 
     static func joinsFsyncGroup(_ chain: Virtqueue.Chain) -> Bool {

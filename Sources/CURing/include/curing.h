@@ -5,6 +5,7 @@
 #define CURING_H
 
 #include <features.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
 #include <liburing.h>
@@ -28,6 +29,8 @@ int curing_queue_fsync_after_all(struct io_uring *ring, int fd, int fixed_file, 
 /* Submits what is queued and waits until at least `wait_for` completions are
  * ready; returns submitted count or -errno. */
 int curing_submit_and_wait(struct io_uring *ring, unsigned wait_for);
+/* Whether completions are ready or about to be (task work pending). */
+bool curing_work_pending(struct io_uring *ring);
 /* Copies out up to `max` ready completions without a syscall; returns how many. */
 unsigned curing_reap(struct io_uring *ring, uint64_t *tags, int32_t *results, unsigned max);
 
