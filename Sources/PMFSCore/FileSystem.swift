@@ -890,7 +890,7 @@ public final class FileSystem: @unchecked Sendable {
             locked.append(f)
         }
         func fail(_ ino: UInt64, _ error: Error) { for i in wanted[ino]!.items { results[i] = error } }
-        // Writes, file by file.
+        // Every file's writes planned, then done as one batch.
         var pending: [PendingWriteBack] = []
         var flushing: [UInt64] = []
         for f in locked {
@@ -898,18 +898,13 @@ public final class FileSystem: @unchecked Sendable {
             if wanted[f.ino]!.dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize { flushing.append(f.ino); continue }
             do {
                 guard let w = try beginWriteBack(f) else { flushing.append(f.ino); continue }
-                do {
-                    try device.perform(w.requests)
-                    pending.append(w)
-                    flushing.append(f.ino)
-                } catch {
-                    fail(f.ino, failWriteBack(w, error))
-                    endWriteBack(w)
-                }
+                pending.append(w)
             } catch {
                 fail(f.ino, error)
             }
         }
+        pending = performWrites(of: pending, failing: fail)
+        flushing += pending.map { $0.file.ino }
         // One flush for every file whose writes completed, then the transactions.
         var flushError: Error?
         if !flushing.isEmpty {
@@ -929,6 +924,28 @@ public final class FileSystem: @unchecked Sendable {
             do { try fsyncAlone(ino, dataOnly: wanted[ino]!.dataOnly) } catch { fail(ino, error) }
         }
         return results
+    }
+
+    /// Performs the write-backs' transfers in one batch, so the device works
+    /// on every file of a group at once (one submission, one wait, instead
+    /// of one write after another). Returns the write-backs whose writes
+    /// completed; a failed one is failed and ended here.
+    private func performWrites(of pending: [PendingWriteBack], failing fail: (UInt64, Error) -> Void) -> [PendingWriteBack] {
+        if pending.count > 1, (try? device.perform(pending.flatMap { $0.requests })) != nil { return pending }
+        // One by one: a failed batch does not say whose write failed. Writing
+        // again is harmless: the files are locked, so each transfer carries
+        // the same bytes for the same blocks.
+        var written: [PendingWriteBack] = []
+        for w in pending {
+            do {
+                try device.perform(w.requests)
+                written.append(w)
+            } catch {
+                fail(w.file.ino, failWriteBack(w, error))
+                endWriteBack(w)
+            }
+        }
+        return written
     }
 
     /// The write-back cache's frames: all of them, those holding a block, and

@@ -21,8 +21,15 @@ public final class DataDevice: @unchecked Sendable {
     private let flushCount = Atomic<UInt64>(0)
     public var flushesDone: UInt64 { flushCount.load(ordering: .relaxed) }
 
-    public init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data"),
-                metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
+    public convenience init(path: String, engine choice: IOEngineChoice = .auto, logger: Logger = Logger(label: "pmfs.data"),
+                            metrics: MetricsFactory = NOOPMetricsHandler.instance) throws {
+        try self.init(path: path, logger: logger, metrics: metrics) { fd in try Self.engine(choice, fd: fd, logger: logger) }
+    }
+
+    /// The device served by the engine `makeEngine` makes for its descriptor
+    /// (tests give one that fails on purpose).
+    package init(path: String, logger: Logger = Logger(label: "pmfs.data"), metrics: MetricsFactory = NOOPMetricsHandler.instance,
+                 makeEngine: (Int32) throws -> BlockIOEngine) throws {
         counters = DeviceCounters(metrics)
         self.path = path
         var fd = Glibc.open(path, O_RDWR | O_CLOEXEC | curing_O_DIRECT)
@@ -43,20 +50,27 @@ public final class DataDevice: @unchecked Sendable {
         } else {
             size = UInt64(st.st_size)
         }
-        switch choice {
-        case .threads:
-            engine = ThreadPoolEngine(fd: fd)
-        case .iouring:
-            engine = try IOUringEngine(fd: fd)
-        case .auto:
-            do {
-                engine = try IOUringEngine(fd: fd)
-            } catch {
-                logger.warning("\(error); falling back to the thread-pool engine")
-                engine = ThreadPoolEngine(fd: fd)
-            }
+        do { engine = try makeEngine(fd) } catch {
+            Glibc.close(fd)
+            throw error
         }
         logger.info("data device \(path): \(size) bytes, \(direct ? "O_DIRECT" : "buffered"), engine \(engine.name)")
+    }
+
+    private static func engine(_ choice: IOEngineChoice, fd: Int32, logger: Logger) throws -> BlockIOEngine {
+        switch choice {
+        case .threads:
+            return ThreadPoolEngine(fd: fd)
+        case .iouring:
+            return try IOUringEngine(fd: fd)
+        case .auto:
+            do {
+                return try IOUringEngine(fd: fd)
+            } catch {
+                logger.warning("\(error); falling back to the thread-pool engine")
+                return ThreadPoolEngine(fd: fd)
+            }
+        }
     }
 
     public func close() {

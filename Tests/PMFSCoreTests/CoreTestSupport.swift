@@ -15,7 +15,12 @@ final class CoreFixture {
     let options: FileSystem.Options
     let engine: IOEngineChoice
 
-    init(dataBlocks: UInt64 = 16384, options: FileSystem.Options = FileSystem.Options(), engine: IOEngineChoice = .auto) throws {
+    /// Makes the device's engine instead of `engine` (a faulty one), if given.
+    let engineMaker: ((Int32) throws -> BlockIOEngine)?
+
+    init(dataBlocks: UInt64 = 16384, options: FileSystem.Options = FileSystem.Options(), engine: IOEngineChoice = .auto,
+         engineMaker: ((Int32) throws -> BlockIOEngine)? = nil) throws {
+        self.engineMaker = engineMaker
         setenv("PMEM_IS_PMEM_FORCE", "1", 1)
         setenv("PMEMOBJ_CONF", "sds.at_create=0", 1)
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -31,8 +36,13 @@ final class CoreFixture {
         fo.label = "core-test"
         metadata = try MetadataStore.format(poolPath: poolPath, options: fo)
         try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: dataPath)
-        device = try DataDevice(path: dataPath, engine: engine)
+        device = try makeDevice()
         fs = try FileSystem(metadata: metadata, device: device, options: options)
+    }
+
+    private func makeDevice() throws -> DataDevice {
+        guard let engineMaker else { return try DataDevice(path: dataPath, engine: engine) }
+        return try DataDevice(path: dataPath, makeEngine: engineMaker)
     }
 
     /// A clean stop and start: everything written back, pool closed and reopened.
@@ -56,7 +66,7 @@ final class CoreFixture {
 
     private func reopen() throws {
         metadata = try MetadataStore.open(poolPath: poolPath, dataDevice: try DataDeviceHeader.read(from: dataPath))
-        device = try DataDevice(path: dataPath, engine: engine)
+        device = try makeDevice()
         fs = try FileSystem(metadata: metadata, device: device, options: options)
     }
 
