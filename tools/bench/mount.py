@@ -3,7 +3,7 @@
 with tmpfs, an ext4 loop mount and native ext4, in one run. Run as root after a build:
     python3 tools/bench/mount.py [--files N] [--syncs N] [--fuse-transport uring,device] [--ram]
                                  [--writers 8] [--seconds 2]
-pmfs: pool on /dev/shm with PMEM_IS_PMEM_FORCE=1, data file on /var/tmp (disk), or on /dev/shm with --ram.
+pmfs: pool on /dev/shm with PMEM_IS_PMEM_FORCE=1, data file (mkfs.pmfs --zero-data) on /var/tmp (disk), or on /dev/shm with --ram.
 ext4 (loop): an image on the same media as pmfs's data; ext4 (native): /var/tmp itself (the root disk).
 --fuse-transport: one pmfsd per transport given (auto, uring, device), each measured in its own column.
 Group commit: fsyncs/s of one writer thread, then of --writers threads at once (each overwrites
@@ -103,7 +103,9 @@ def fsync_rate(d, writers, seconds):
     return sum(counts) / elapsed
 
 def start_pmfsd(bins, env, pool, data, mnt, transport, log_path):
-    subprocess.run([os.path.join(bins, "mkfs.pmfs"), "--pool", pool, "--data", data, "--data-size", "2G", "-q"],
+    # --zero-data: the data file written once, as README says to run on a host
+    # file system (fsyncs into preallocated, unwritten blocks commit its journal).
+    subprocess.run([os.path.join(bins, "mkfs.pmfs"), "--pool", pool, "--data", data, "--data-size", "2G", "--zero-data", "-q"],
                    check=True, env=env)
     log = open(log_path, "w")
     daemon = subprocess.Popen([os.path.join(bins, "pmfsd"), "--pool", pool, "--data", data, "--mount", mnt,
@@ -171,8 +173,8 @@ def main():
         r = [results[n][key] for n in names]
         ratios = ["%.2f" % (results[n][key] / results[ref][key]) for n in pmfs_names]
         print("| %s | %s | %s |" % (label, " | ".join(fmt % v for v in r), " | ".join(ratios)))
-    print("\n%d files, %d fsyncs; pmfs binaries from %s; pool on /dev/shm (PMEM_IS_PMEM_FORCE=1), pmfs data and the "
-          "ext4 loop image on %s; ext4 (native) is /var/tmp" % (args.files, args.syncs, bins,
+    print("\n%d files, %d fsyncs; pmfs binaries from %s; pool on /dev/shm (PMEM_IS_PMEM_FORCE=1), pmfs data (written once, "
+          "--zero-data) and the ext4 loop image on %s; ext4 (native) is /var/tmp" % (args.files, args.syncs, bins,
                                                                "/dev/shm (RAM)" if args.ram else "/var/tmp (disk)"))
     for n in pmfs_names:
         print("%s: transport %s" % (n, how[n]))
