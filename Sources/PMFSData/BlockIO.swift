@@ -68,14 +68,27 @@ public final class AlignedBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
     public let count: Int
 
+    /// Whether the memory came from mmap (large buffers) rather than malloc.
+    private let mapped: Bool
+    /// From this size on, the buffer is mapped: its pages are zero and take
+    /// memory only once touched (a cache of 256 MiB costs nothing until used).
+    static let mappedFrom = 1 << 20
+
     public init(count: Int, alignment: Int = 4096) {
-        var p: UnsafeMutableRawPointer? = nil
-        let rounded = (count + alignment - 1) / alignment * alignment
-        precondition(posix_memalign(&p, alignment, max(rounded, alignment)) == 0, "out of memory")
-        pointer = p!
+        let rounded = max((count + alignment - 1) / alignment * alignment, alignment)
         self.count = rounded
+        if rounded >= Self.mappedFrom && alignment <= 4096,
+           let m = mmap(nil, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED {
+            pointer = m
+            mapped = true
+            return
+        }
+        var p: UnsafeMutableRawPointer? = nil
+        precondition(posix_memalign(&p, alignment, rounded) == 0, "out of memory")
+        pointer = p!
+        mapped = false
         memset(pointer, 0, rounded)
     }
 
-    deinit { free(pointer) }
+    deinit { if mapped { munmap(pointer, count) } else { free(pointer) } }
 }
