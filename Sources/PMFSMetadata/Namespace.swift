@@ -313,87 +313,124 @@ extension MetadataStore {
         }
     }
 
+    /// The two ends of a rename, read under the entries' locks: where the
+    /// name is (its directory and slot, the inode it names) and where it goes
+    /// (the slot and inode already there, if any).
+    private struct RenameEnds {
+        let oldParent: UInt64, oldDirInode: UnsafeMutablePointer<pmfs_inode>, oldDir: DirectoryIndex
+        let srcSlot: UInt64, src: UInt64, srcInode: UnsafeMutablePointer<pmfs_inode>, srcType: FileType
+        let newParent: UInt64, newDirInode: UnsafeMutablePointer<pmfs_inode>, newDir: DirectoryIndex
+        let dstSlot: UInt64?, dst: UInt64?
+        let newName: FileName, crossDirectory: Bool
+        var srcIsDir: Bool { srcType == .directory }
+    }
+
     private func renameLocked(_ oldParent: UInt64, _ oldDirInode: UnsafeMutablePointer<pmfs_inode>, _ oldDir: DirectoryIndex,
                               _ srcSlot: UInt64, _ src: UInt64,
                               _ newParent: UInt64, _ newDirInode: UnsafeMutablePointer<pmfs_inode>, _ newDir: DirectoryIndex,
                               _ dstSlot: UInt64?, _ dst: UInt64?,
                               _ newName: FileName, crossDirectory: Bool, flags: RenameFlags) throws {
         let srcInode = try inodes.inode(src)
-        let srcType = FileType(mode: srcInode.pointee.mode)
-        let srcIsDir = srcType == .directory
+        let ends = RenameEnds(oldParent: oldParent, oldDirInode: oldDirInode, oldDir: oldDir, srcSlot: srcSlot, src: src,
+                              srcInode: srcInode, srcType: FileType(mode: srcInode.pointee.mode),
+                              newParent: newParent, newDirInode: newDirInode, newDir: newDir, dstSlot: dstSlot, dst: dst,
+                              newName: newName, crossDirectory: crossDirectory)
+        if flags.contains(.exchange) { try exchangeLocked(ends) } else { try moveLocked(ends, noReplace: flags.contains(.noReplace)) }
+    }
 
-        if flags.contains(.exchange) {
-            guard let dst, let dstSlot else { throw Errno.noSuchFileOrDirectory }
-            if dst == src { return }
-            let dstInode = try inodes.inode(dst)
-            let dstType = FileType(mode: dstInode.pointee.mode)
-            let dstIsDir = dstType == .directory
-            if crossDirectory {
-                if srcIsDir, try isAncestor(src, of: newParent) { throw Errno.invalidArgument }
-                if dstIsDir, try isAncestor(dst, of: oldParent) { throw Errno.invalidArgument }
-            }
-            try pool.transaction { tx in
-                let now = Timestamp.now().persistent
-                try oldDir.retarget(slot: srcSlot, ino: dst, type: dstType, in: tx)
-                try newDir.retarget(slot: dstSlot, ino: src, type: srcType, in: tx)
-                if crossDirectory && srcIsDir != dstIsDir {
-                    try tx.snapshot(field(oldDirInode, \.nlink))
-                    try tx.snapshot(field(newDirInode, \.nlink))
-                    if srcIsDir { oldDirInode.pointee.nlink.decrementSaturating(); newDirInode.pointee.nlink.incrementSaturating() }
-                    else { oldDirInode.pointee.nlink.incrementSaturating(); newDirInode.pointee.nlink.decrementSaturating() }
-                }
-                if crossDirectory {
-                    if srcIsDir { try tx.snapshot(field(srcInode, \.parent)); srcInode.pointee.parent = newParent }
-                    if dstIsDir { try tx.snapshot(field(dstInode, \.parent)); dstInode.pointee.parent = oldParent }
-                }
-                try Self.touch(oldDirInode, tx, now)
-                if crossDirectory { try Self.touch(newDirInode, tx, now) }
-                try Self.touch(srcInode, tx, mtime: false, now)
-                try Self.touch(dstInode, tx, mtime: false, now)
-            }
-            return
+    /// RENAME_EXCHANGE: the two names swap inodes.
+    private func exchangeLocked(_ r: RenameEnds) throws {
+        guard let dst = r.dst, let dstSlot = r.dstSlot else { throw Errno.noSuchFileOrDirectory }
+        if dst == r.src { return }
+        let dstInode = try inodes.inode(dst)
+        let dstType = FileType(mode: dstInode.pointee.mode)
+        let dstIsDir = dstType == .directory
+        if r.crossDirectory {
+            // Neither directory may move under itself.
+            if r.srcIsDir, try isAncestor(r.src, of: r.newParent) { throw Errno.invalidArgument }
+            if dstIsDir, try isAncestor(dst, of: r.oldParent) { throw Errno.invalidArgument }
         }
-
-        var dstInode: UnsafeMutablePointer<pmfs_inode>? = nil
-        if let dst {
-            if flags.contains(.noReplace) { throw Errno.fileExists }
-            // Two names of one file: POSIX says do nothing.
-            if dst == src { return }
-            let d = try inodes.inode(dst)
-            let dstIsDir = FileType(mode: d.pointee.mode) == .directory
-            if srcIsDir && !dstIsDir { throw Errno.notDirectory }
-            if !srcIsDir && dstIsDir { throw Errno.isDirectory }
-            if dstIsDir, try directory(d).entryCount != 0 { throw Errno.directoryNotEmpty }
-            dstInode = d
-        }
-        if srcIsDir && crossDirectory, try isAncestor(src, of: newParent) { throw Errno.invalidArgument }
-
         try pool.transaction { tx in
             let now = Timestamp.now().persistent
-            if let dstSlot, let dst, let dstInode {
+            try r.oldDir.retarget(slot: r.srcSlot, ino: dst, type: dstType, in: tx)
+            try r.newDir.retarget(slot: dstSlot, ino: r.src, type: r.srcType, in: tx)
+            if r.crossDirectory {
+                if r.srcIsDir != dstIsDir {
+                    // A subdirectory changed sides: its ".." link moves with it.
+                    let (losing, gaining) = r.srcIsDir ? (r.oldDirInode, r.newDirInode) : (r.newDirInode, r.oldDirInode)
+                    try moveDirectoryLink(from: losing, to: gaining, tx)
+                }
+                if r.srcIsDir { try setParent(r.srcInode, r.newParent, tx) }
+                if dstIsDir { try setParent(dstInode, r.oldParent, tx) }
+            }
+            try touchDirectories(r, tx, now)
+            try Self.touch(r.srcInode, tx, mtime: false, now)
+            try Self.touch(dstInode, tx, mtime: false, now)
+        }
+    }
+
+    /// A plain rename: the name moves, replacing what the new name named (unless `noReplace`).
+    private func moveLocked(_ r: RenameEnds, noReplace: Bool) throws {
+        var dstInode: UnsafeMutablePointer<pmfs_inode>? = nil
+        if let dst = r.dst {
+            if noReplace { throw Errno.fileExists }
+            // Two names of one file: POSIX says do nothing.
+            if dst == r.src { return }
+            dstInode = try replaceableInode(dst, by: r.srcIsDir)
+        }
+        if r.srcIsDir && r.crossDirectory, try isAncestor(r.src, of: r.newParent) { throw Errno.invalidArgument }
+        try pool.transaction { tx in
+            let now = Timestamp.now().persistent
+            if let dstSlot = r.dstSlot, let dst = r.dst, let dstInode {
                 let dstIsDir = FileType(mode: dstInode.pointee.mode) == .directory
-                try newDir.retarget(slot: dstSlot, ino: src, type: srcType, in: tx)
+                try r.newDir.retarget(slot: dstSlot, ino: r.src, type: r.srcType, in: tx)
                 if dstIsDir {
-                    try tx.snapshot(field(newDirInode, \.nlink))
-                    newDirInode.pointee.nlink.decrementSaturating()
+                    try tx.snapshot(field(r.newDirInode, \.nlink))
+                    r.newDirInode.pointee.nlink.decrementSaturating()
                 }
                 try dropLink(dst, dstInode, isDirectory: dstIsDir, tx, now)
             } else {
-                try newDir.insert(newName, ino: src, type: srcType, in: tx)
+                try r.newDir.insert(r.newName, ino: r.src, type: r.srcType, in: tx)
             }
             // Slots never move, so srcSlot is still valid after the insert above.
-            try oldDir.remove(slot: srcSlot, in: tx)
-            if srcIsDir && crossDirectory {
-                try tx.snapshot(field(srcInode, \.parent))
-                srcInode.pointee.parent = newParent
-                try tx.snapshot(field(oldDirInode, \.nlink))
-                try tx.snapshot(field(newDirInode, \.nlink))
-                oldDirInode.pointee.nlink.decrementSaturating()
-                newDirInode.pointee.nlink.incrementSaturating()
+            try r.oldDir.remove(slot: r.srcSlot, in: tx)
+            if r.srcIsDir && r.crossDirectory {
+                try setParent(r.srcInode, r.newParent, tx)
+                try moveDirectoryLink(from: r.oldDirInode, to: r.newDirInode, tx)
             }
-            try Self.touch(oldDirInode, tx, now)
-            if crossDirectory { try Self.touch(newDirInode, tx, now) }
-            try Self.touch(srcInode, tx, mtime: false, now)
+            try touchDirectories(r, tx, now)
+            try Self.touch(r.srcInode, tx, mtime: false, now)
         }
+    }
+
+    /// The inode `dst` if a rename of a directory (`byDirectory`) or of a
+    /// non-directory may replace it: same kind, and an empty directory.
+    private func replaceableInode(_ dst: UInt64, by byDirectory: Bool) throws -> UnsafeMutablePointer<pmfs_inode> {
+        let d = try inodes.inode(dst)
+        let dstIsDir = FileType(mode: d.pointee.mode) == .directory
+        if byDirectory && !dstIsDir { throw Errno.notDirectory }
+        if !byDirectory && dstIsDir { throw Errno.isDirectory }
+        if dstIsDir, try directory(d).entryCount != 0 { throw Errno.directoryNotEmpty }
+        return d
+    }
+
+    /// A subdirectory's ".." counts as a link of its parent: one moves from `losing` to `gaining`.
+    private func moveDirectoryLink(from losing: UnsafeMutablePointer<pmfs_inode>, to gaining: UnsafeMutablePointer<pmfs_inode>,
+                                   _ tx: Transaction) throws {
+        try tx.snapshot(field(losing, \.nlink))
+        try tx.snapshot(field(gaining, \.nlink))
+        losing.pointee.nlink.decrementSaturating()
+        gaining.pointee.nlink.incrementSaturating()
+    }
+
+    private func setParent(_ inode: UnsafeMutablePointer<pmfs_inode>, _ parent: UInt64, _ tx: Transaction) throws {
+        try tx.snapshot(field(inode, \.parent))
+        inode.pointee.parent = parent
+    }
+
+    /// mtime and ctime of the directories a rename changed.
+    private func touchDirectories(_ r: RenameEnds, _ tx: Transaction, _ now: pmfs_timespec) throws {
+        try Self.touch(r.oldDirInode, tx, now)
+        if r.crossDirectory { try Self.touch(r.newDirInode, tx, now) }
     }
 }
