@@ -41,6 +41,15 @@ public final class JoinableThread: @unchecked Sendable {
         return started
     }
 
+    /// Starts a thread no one joins: one that ends on its own, or waits until
+    /// the process ends. False if it could not be made.
+    @discardableResult
+    public static func detached(name: String? = nil, _ body: @escaping () -> Void) -> Bool {
+        guard let t = spawn(name: name, body) else { return false }
+        t.detach()
+        return true
+    }
+
     /// Waits for the closure to return; at once if the thread never started
     /// or was joined already.
     public func join() {

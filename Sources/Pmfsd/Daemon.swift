@@ -213,7 +213,9 @@ extension Pmfsd {
         let done = DispatchSemaphore(value: 0)
         let notifier = ServiceNotifier()
         var signals = signals
-        let signalThread = JoinableThread {
+        // It waits for a signal until the process ends (an outside umount ends
+        // the daemon without one), so no one joins it.
+        let signalThread = JoinableThread.detached {
             var which: Int32 = 0
             while sigwait(&signals, &which) == 0 && which == SIGHUP {
                 guard let reloader else {
@@ -231,7 +233,11 @@ extension Pmfsd {
             guests.stopAll()
             done.signal()
         }
-        signalThread.start()
+        guard signalThread else {
+            logger.error("cannot start the signal thread: stopping")
+            host?.stop(); controlServer?.stop(); guests.stopAll()
+            return
+        }
         // The mount exists and every guest socket listens: clients may come.
         notifier?.ready(status: status)
         // Alive means the engine answers: a deadlock on its lock stops the pings.

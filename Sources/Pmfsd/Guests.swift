@@ -165,15 +165,21 @@ final class Guests: @unchecked Sendable {
         guard let guest = running.withLock({ $0.table.removeValue(forKey: id) }) else { return }
         logger.notice("listener \(id) (\(guest.name)): no longer served")
         guest.backend.stop()
-        // Joined on a thread of its own: the control socket's thread must not wait for a session to end.
+        // Joined on a thread of its own: the control socket's thread must not
+        // wait for a session to end. That thread is counted (`stopAll` waits
+        // for the count), not joined.
         reapers.add(1, ordering: .sequentiallyConsistent)
-        JoinableThread { [self] in
+        let started = JoinableThread.detached { [self] in
             guest.thread.join()
             if guest.export.confined {
                 do { try metadata.unpin(guest.export.root, count: 1) } catch { logger.debug("unpin export \(guest.export.root): \(error)") }
             }
             reapers.subtract(1, ordering: .sequentiallyConsistent)
-        }.start()
+        }
+        if !started {
+            guest.thread.join()
+            reapers.subtract(1, ordering: .sequentiallyConsistent)
+        }
     }
 
     /// Ends the session of listener `id`'s connected guest, as its going away

@@ -58,12 +58,13 @@ struct LibvirtLauncher {
             // The daemon has its own copy: when it closes it, no one listens on the socket any more.
             close(fd)
             logger.notice("pmfsd \(info.pid) serves \(source) (export \(export)) on listener \(reply.listener ?? 0) until this process stops")
-            JoinableThread {
+            // Waits for a stop signal until the process ends, so no one joins it.
+            JoinableThread.detached {
                 var which: Int32 = 0
                 sigwait(&stopSignals, &which)
                 logger.notice("signal \(which): the daemon stops serving \(source)")
                 exit(0)
-            }.start()
+            }
             client.waitUntilClosed()
             throw ControlError("the pmfsd at \(path) closed the connection (stopped?): \(source) is no longer served")
         } catch let e as ControlError {

@@ -62,13 +62,14 @@ final class ServiceNotifier: @unchecked Sendable {
     /// Pings the watchdog from a thread of its own while `alive()` holds.
     func startWatchdog(alive: @escaping @Sendable () -> Bool) {
         guard let interval = watchdogInterval else { return }
-        JoinableThread { [self] in
+        // Ends once `alive()` fails, or with the process: no one joins it.
+        JoinableThread.detached { [self] in
             while true {
                 usleep(interval)
                 guard alive() else { return }
                 send("WATCHDOG=1")
             }
-        }.start()
+        }
     }
 }
 
