@@ -59,9 +59,9 @@ fo.label = "bench"
 var metadata = try MetadataStore.format(poolPath: poolPath, options: fo)
 try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: dataPath)
 var device = try DataDevice(path: dataPath)
-var fsOptions = FileSystem.Options()
+var fsOptions = FileDataTier.Options()
 fsOptions.cacheBytes = 256 << 20
-var fs = try FileSystem(metadata: metadata, device: device, options: fsOptions)
+var fs = try FileDataTier(metadata: metadata, device: device, options: fsOptions)
 let ino = try metadata.create(1, try FileName("bench"), NewInode(mode: UInt32(S_IFREG) | 0o644)).ino
 
 // The ext4 side: an empty file, written by the benchmark like pmfs's file.
@@ -91,9 +91,9 @@ fdatasync(ext4)
 let ext4SeqW = Double(fileSize) / Double(now() - t0) * 1e9 / 1e6
 row("1 MiB sequential write + fsync (MB/s)", String(format0: pmfsSeqW), String(format0: ext4SeqW), String(format2: pmfsSeqW / ext4SeqW))
 
-// 2. Sequential read, 1 MiB reads, caches dropped (pmfs: a fresh FileSystem; ext4: fadvise DONTNEED).
+// 2. Sequential read, 1 MiB reads, caches dropped (pmfs: a fresh FileDataTier; ext4: fadvise DONTNEED).
 try fs.shutdown()
-fs = try FileSystem(metadata: metadata, device: device, options: fsOptions)
+fs = try FileDataTier(metadata: metadata, device: device, options: fsOptions)
 let readBuffer = AlignedBuffer(count: 1 << 20)
 let readInto = UnsafeMutableRawBufferPointer(start: readBuffer.pointer, count: 1 << 20)
 t0 = now()
@@ -159,7 +159,7 @@ row("4 KiB random write, fsync at end (IOPS)", String(format0: pmfsRW), String(f
 
 // 6. 4 KiB random reads, cold: pmfs with a fresh cache, ext4 through O_DIRECT (both from the disk).
 try fs.shutdown()
-fs = try FileSystem(metadata: metadata, device: device, options: fsOptions)
+fs = try FileDataTier(metadata: metadata, device: device, options: fsOptions)
 let readOps = 20_000
 t0 = now()
 for _ in 0..<readOps {
@@ -217,7 +217,7 @@ try metadata.close()
     precondition(cloned == length, "cloned \(cloned) of \(length) bytes")
     // Nothing cached: both kinds of write start from a block only on the device.
     try fs.shutdown()
-    fs = try FileSystem(metadata: metadata, device: device, options: fsOptions)
+    fs = try FileDataTier(metadata: metadata, device: device, options: fsOptions)
 
     func expectBlock(_ ino: UInt64, _ block: UInt64, shared: Bool) throws {
         let map = try metadata.mapBlocks(ino, start: block, count: 1)

@@ -26,7 +26,7 @@ final class Served: @unchecked Sendable {
     /// The metrics backend, when metrics are on.
     let registry: MetricsRegistry?
     var metadata: MetadataStore!
-    var fs: FileSystem!
+    var fs: FileDataTier!
     var server: FUSEServer!
     var node: UInt64 = 0
     var handle: UInt64 = 0
@@ -55,7 +55,7 @@ final class Served: @unchecked Sendable {
         metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: 64 << 20, dataBlocks: blocks))
         try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: file)
         let factory: MetricsFactory = registry ?? NOOPMetricsHandler.instance
-        fs = try FileSystem(metadata: metadata, device: try DataDevice(path: file, metrics: factory), options: FileSystem.Options(),
+        fs = try FileDataTier(metadata: metadata, device: try DataDevice(path: file, metrics: factory), options: FileDataTier.Options(),
                             metrics: factory)
         server = FUSEServer(operations: PMFSOperations(metadata: metadata, fs: fs),
                             metrics: registry.map { FUSERequestMetrics(session: "bench", factory: $0) })

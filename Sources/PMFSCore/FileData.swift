@@ -37,7 +37,7 @@ final class FileData: @unchecked Sendable {
     /// reused so that mapping allocates nothing once it has grown.
     var mapping: [ExtentSegment] = []
     /// The record of this file's write-back, reused by each (file lock holder only).
-    lazy var pendingWriteBack = FileSystem.PendingWriteBack(self)
+    lazy var pendingWriteBack = FileDataTier.PendingWriteBack(self)
 
     init(ino: UInt64, generation: UInt64, size: UInt64) {
         self.ino = ino

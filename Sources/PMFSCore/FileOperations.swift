@@ -4,7 +4,7 @@ import PMFSMetadata
 import SystemPackage
 
 /// truncate, fallocate, lseek(SEEK_DATA/SEEK_HOLE) and copy_file_range.
-extension FileSystem {
+extension FileDataTier {
     public struct FallocateMode: OptionSet, Sendable {
         public let rawValue: Int32
         public init(rawValue: Int32) { self.rawValue = rawValue }

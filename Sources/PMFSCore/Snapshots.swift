@@ -1,7 +1,7 @@
 import PMFSMetadata
 import SystemPackage
 
-extension FileSystem {
+extension FileDataTier {
     /// Makes `name` in `parent` a snapshot of the tree at `source`: the writer
     /// gate is closed (changes in flight finish, new ones wait), the cached
     /// dirty data of the tree's files is written back, so the copy holds every

@@ -18,7 +18,7 @@ import SystemPackage
 /// write, truncate and chown (handle_killpriv_v2), and ACCESS for peers that ask.
 public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     public let metadata: MetadataStore
-    public let fs: FileSystem
+    public let fs: FileDataTier
     let logger: Logger
     let locks: LockManager
     /// Cache lifetime of names and attributes in the kernel. Short, because
@@ -91,7 +91,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     /// `group` is shared by every session serving the same file system (the
     /// host mount and each guest): their locks conflict as they should and
     /// their kernels hear of each other's changes.
-    public init(metadata: MetadataStore, fs: FileSystem, group: SessionGroup = SessionGroup(), limits: Limits = Limits(),
+    public init(metadata: MetadataStore, fs: FileDataTier, group: SessionGroup = SessionGroup(), limits: Limits = Limits(),
                 export: Export = .wholeTree, logger: Logger = Logger(label: "pmfs.fuse")) {
         self.limits = limits
         self.export = export
@@ -571,13 +571,13 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
     }
 
     /// WRITE's checks around `body`, which writes the data (in one piece or several) to inode `ino`.
-    private func write(nodeid: UInt64, handle: UInt64, flags: UInt32, _ body: (UInt64, FileSystem.SyncMode) throws -> Int) throws -> Int {
+    private func write(nodeid: UInt64, handle: UInt64, flags: UInt32, _ body: (UInt64, FileDataTier.SyncMode) throws -> Int) throws -> Int {
         try run(changes: true) {
             let nodeid = export.inode(nodeid)
             try export.requireWritable()
             let openFlags = Int32(bitPattern: try openFile(handle, on: nodeid, for: .write).flags)
             if flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0 { try killPrivileges(nodeid) }
-            let sync: FileSystem.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
+            let sync: FileDataTier.SyncMode = openFlags & O_SYNC == O_SYNC ? .all : (openFlags & O_DSYNC != 0 ? .data : .none)
             let n = try body(nodeid, sync)
             changed([.contents(nodeid)])
             return n
@@ -600,7 +600,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
         try run { try fs.fsync(reference(nodeid), dataOnly: dataOnly) }
     }
 
-    /// FSYNCs that arrived together: one device flush for all (FileSystem.fsync(group:)).
+    /// FSYNCs that arrived together: one device flush for all (FileDataTier.fsync(group:)).
     /// A lone one (the common case) goes straight to its file, with no tables.
     public func fsync(group: [FUSEFsync], errors: inout [Int32]) {
         if group.count == 1 {
@@ -771,7 +771,7 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             let nodeid = export.inode(nodeid)
             try export.requireWritable()
             _ = try openFile(handle, on: nodeid, for: .write)
-            try fs.fallocate(nodeid, mode: FileSystem.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length)
+            try fs.fallocate(nodeid, mode: FileDataTier.FallocateMode(rawValue: Int32(bitPattern: mode)), offset: offset, length: length)
             changed([.contents(nodeid)])
         }
     }

@@ -20,7 +20,7 @@ struct OpenedFileSystem {
     let metadata: MetadataStore
     let exports: [Export]
     let device: DataDevice
-    let fs: FileSystem
+    let fs: FileDataTier
 }
 
 /// The host's FUSE mount and the operations behind it.
@@ -171,18 +171,18 @@ extension Pmfsd {
             throw failure(error)
         }
         let device = try DataDevice(path: settings.data, engine: settings.ioEngine, metrics: metrics.factory)
-        var options = FileSystem.Options()
+        var options = FileDataTier.Options()
         options.cacheBytes = settings.cacheBytes
         options.writeBack = !settings.writeThrough
         options.backgroundWriterLater = true   // started after the sandbox
-        let fs = try FileSystem(metadata: metadata, device: device, options: options, metrics: metrics.factory)
+        let fs = try FileDataTier(metadata: metadata, device: device, options: options, metrics: metrics.factory)
         if let registry = metrics.registry { collectFileSystemGauges(fs, into: registry) }
         return OpenedFileSystem(metadata: metadata, exports: exports, device: device, fs: fs)
     }
 
     /// The host mount, its transport negotiated; the host kernel hears of the
     /// guests' changes at once (FUSE notifications).
-    static func mountHost(at mountPoint: String, _ fs: FileSystem, sessions: SessionGroup, settings: DaemonSettings, metrics: MetricsSetup,
+    static func mountHost(at mountPoint: String, _ fs: FileDataTier, sessions: SessionGroup, settings: DaemonSettings, metrics: MetricsSetup,
                           logger: Logger) throws -> HostMount {
         DeadMount.detach(at: mountPoint, logger: logger)
         let operations = PMFSOperations(metadata: fs.metadata, fs: fs, group: sessions)
@@ -208,7 +208,7 @@ extension Pmfsd {
     /// Serves until SIGTERM/SIGINT (or, with a host mount, until it is
     /// unmounted); SIGHUP reads the configuration again meanwhile. Returns with
     /// the host mount, the control socket and every guest socket stopped.
-    static func serveUntilStopped(host: FUSEMount?, controlServer: ControlServer?, guests: Guests, reloader: ConfigReloader?, fs: FileSystem,
+    static func serveUntilStopped(host: FUSEMount?, controlServer: ControlServer?, guests: Guests, reloader: ConfigReloader?, fs: FileDataTier,
                                   status: String, workers: Int, signals: sigset_t, logger: Logger) {
         let done = DispatchSemaphore(value: 0)
         let notifier = ServiceNotifier()

@@ -79,7 +79,7 @@ extension GuestListener {
 
 final class Guests: @unchecked Sendable {
     let metadata: MetadataStore
-    let fs: FileSystem
+    let fs: FileDataTier
     let sessions: SessionGroup
     private let defaultSettings: Mutex<GuestSettings>
     /// How a socket given over the control socket is served (a reload may change it).
@@ -98,7 +98,7 @@ final class Guests: @unchecked Sendable {
     /// The most listeners at once (each has threads, queues, a session): serve-fd refuses beyond.
     static let maxListeners = 256
 
-    init(metadata: MetadataStore, fs: FileSystem, sessions: SessionGroup, settings: GuestSettings, metrics: MetricsRegistry?,
+    init(metadata: MetadataStore, fs: FileDataTier, sessions: SessionGroup, settings: GuestSettings, metrics: MetricsRegistry?,
          logger: Logger) {
         self.metrics = metrics
         self.metadata = metadata; self.fs = fs; self.sessions = sessions; self.logger = logger

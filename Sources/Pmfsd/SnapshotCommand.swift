@@ -1,5 +1,5 @@
 // The control socket's snapshot command: a copy of a directory tree whose
-// files share their blocks with the source's (PMFSCore's FileSystem.snapshot).
+// files share their blocks with the source's (PMFSCore's FileDataTier.snapshot).
 import Glibc
 import PMFSConcurrency
 import PMFSControl
@@ -8,7 +8,7 @@ import PMFSMetadata
 import PMFSServer
 
 struct SnapshotCommand {
-    let fs: FileSystem
+    let fs: FileDataTier
     /// Told of the new entry, so the host mount's kernel drops a cached "no such name".
     let sessions: SessionGroup
     /// pmfsd's host mount, under which absolute paths are accepted.

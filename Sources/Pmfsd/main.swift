@@ -111,7 +111,7 @@ struct Pmfsd: ParsableCommand {
 
 /// Gauges read when the metrics are scraped, never on the request path.
 extension Pmfsd {
-    static func collectFileSystemGauges(_ fs: FileSystem, into registry: MetricsRegistry) {
+    static func collectFileSystemGauges(_ fs: FileDataTier, into registry: MetricsRegistry) {
         func gauge(_ name: String) -> Gauge { Gauge(label: name, factory: registry) }
         let frames = gauge("pmfs_cache_frames"), used = gauge("pmfs_cache_frames_used"), dirty = gauge("pmfs_cache_frames_dirty")
         let inodes = gauge("pmfs_inodes"), freeInodes = gauge("pmfs_inodes_free")

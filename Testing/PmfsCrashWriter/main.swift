@@ -41,10 +41,10 @@ do {
     LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
     let metadata = try MetadataStore.open(poolPath: poolPath, dataDevice: try DataDeviceHeader.read(from: dataPath))
     let device = try DataDevice(path: dataPath)
-    var options = FileSystem.Options()
+    var options = FileDataTier.Options()
     options.cacheBytes = 1 << 20                // small, so throttling write-back happens too
     options.writeBackAgeMilliseconds = 30       // and background write-back
-    let fs = try FileSystem(metadata: metadata, device: device, options: options)
+    let fs = try FileDataTier(metadata: metadata, device: device, options: options)
     var inos: [UInt64] = []
     for i in 0..<3 {
         let name = try FileName("file\(i)")

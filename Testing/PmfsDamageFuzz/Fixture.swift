@@ -25,9 +25,9 @@ struct Fixture {
         let metadata = try MetadataStore.format(poolPath: f.poolPath, options: .init(poolSize: poolSize, dataBlocks: dataBlocks), logger: quiet)
         try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: f.dataPath)
         let device = try DataDevice(path: f.dataPath, engine: .threads, logger: quiet)
-        var options = FileSystem.Options()
+        var options = FileDataTier.Options()
         options.cacheBytes = 4 << 20
-        let fs = try FileSystem(metadata: metadata, device: device, options: options, logger: quiet)
+        let fs = try FileDataTier(metadata: metadata, device: device, options: options, logger: quiet)
         try populate(metadata, fs)
         try fs.shutdown()
         device.close()
@@ -35,7 +35,7 @@ struct Fixture {
         return f
     }
 
-    private static func populate(_ m: MetadataStore, _ fs: FileSystem) throws {
+    private static func populate(_ m: MetadataStore, _ fs: FileDataTier) throws {
         let file = NewInode(mode: UInt32(S_IFREG) | 0o644, uid: 1000, gid: 1000)
         let dir = NewInode(mode: UInt32(S_IFDIR) | 0o755, uid: 1000, gid: 1000)
         func write(_ ino: UInt64, _ offset: UInt64, _ count: Int, _ byte: UInt8) throws {

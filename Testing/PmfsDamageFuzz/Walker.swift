@@ -14,7 +14,7 @@ import SystemPackage
 /// failure, and the parent sees those from outside.
 final class Walker {
     let metadata: MetadataStore
-    let fs: FileSystem
+    let fs: FileDataTier
     /// Part of the names this walk creates, so a later walk's do not collide.
     let tag: String
     var entries = 0
@@ -22,7 +22,7 @@ final class Walker {
     var firstErrors: [String] = []
     var visited = Set<UInt64>()
 
-    init(metadata: MetadataStore, fs: FileSystem, tag: String) {
+    init(metadata: MetadataStore, fs: FileDataTier, tag: String) {
         self.metadata = metadata
         self.fs = fs
         self.tag = tag
@@ -116,9 +116,9 @@ final class Walker {
         guard let header = try DataDeviceHeader.read(from: data) else { throw FuzzError("no data device header") }
         let metadata = try MetadataStore.open(poolPath: pool, dataDevice: header, logger: quiet)
         let device = try DataDevice(path: data, engine: .auto, logger: quiet)
-        var options = FileSystem.Options()
+        var options = FileDataTier.Options()
         options.cacheBytes = 4 << 20
-        let fs = try FileSystem(metadata: metadata, device: device, options: options, logger: quiet)
+        let fs = try FileDataTier(metadata: metadata, device: device, options: options, logger: quiet)
         let walker = Walker(metadata: metadata, fs: fs, tag: tag)
         walker.walk(1, depth: 0)
         _ = walker.attempt("statistics") { metadata.statistics() }

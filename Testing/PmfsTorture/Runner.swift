@@ -317,7 +317,7 @@ struct TortureRunner {
         if killer == nil { kill(getpid(), SIGKILL) }
     }
 
-    /// The pool side of the data tier's write-back (FileSystem.planWrites and
+    /// The pool side of the data tier's write-back (FileDataTier.planWrites and
     /// commitWriteBack) for file blocks [start, +count), the data itself left
     /// out: holes and shared blocks get new blocks, reserved and claimed in
     /// DRAM, then mapped in one transaction that drops the shared blocks'

@@ -5,20 +5,20 @@ import Testing
 @testable import PMFSCore
 @testable import PMFSMetadata
 
-/// A formatted pool plus data file on /dev/shm, served by a FileSystem.
+/// A formatted pool plus data file on /dev/shm, served by a FileDataTier.
 final class CoreFixture {
     let poolPath: String
     let dataPath: String
     var metadata: MetadataStore!
     var device: DataDevice!
-    var fs: FileSystem!
-    let options: FileSystem.Options
+    var fs: FileDataTier!
+    let options: FileDataTier.Options
     let engine: IOEngineChoice
 
     /// Makes the device's engine instead of `engine` (a faulty one), if given.
     let engineMaker: ((Int32) throws -> BlockIOEngine)?
 
-    init(dataBlocks: UInt64 = 16384, options: FileSystem.Options = FileSystem.Options(), engine: IOEngineChoice = .auto,
+    init(dataBlocks: UInt64 = 16384, options: FileDataTier.Options = FileDataTier.Options(), engine: IOEngineChoice = .auto,
          engineMaker: ((Int32) throws -> BlockIOEngine)? = nil) throws {
         self.engineMaker = engineMaker
         setenv("PMEM_IS_PMEM_FORCE", "1", 1)
@@ -37,7 +37,7 @@ final class CoreFixture {
         metadata = try MetadataStore.format(poolPath: poolPath, options: fo)
         try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: dataPath)
         device = try makeDevice()
-        fs = try FileSystem(metadata: metadata, device: device, options: options)
+        fs = try FileDataTier(metadata: metadata, device: device, options: options)
     }
 
     private func makeDevice() throws -> DataDevice {
@@ -67,7 +67,7 @@ final class CoreFixture {
     private func reopen() throws {
         metadata = try MetadataStore.open(poolPath: poolPath, dataDevice: try DataDeviceHeader.read(from: dataPath))
         device = try makeDevice()
-        fs = try FileSystem(metadata: metadata, device: device, options: options)
+        fs = try FileDataTier(metadata: metadata, device: device, options: options)
     }
 
     deinit {
@@ -82,7 +82,7 @@ final class CoreFixture {
         try metadata.create(1, try FileName(n), NewInode(mode: UInt32(S_IFREG) | 0o644)).ino
     }
 
-    func write(_ ino: UInt64, _ offset: UInt64, _ bytes: [UInt8], sync: FileSystem.SyncMode = .none) throws -> Int {
+    func write(_ ino: UInt64, _ offset: UInt64, _ bytes: [UInt8], sync: FileDataTier.SyncMode = .none) throws -> Int {
         try bytes.withUnsafeBytes { try fs.write(ino, offset: offset, from: $0, sync: sync) }
     }
 

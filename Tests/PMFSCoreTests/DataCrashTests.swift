@@ -87,7 +87,7 @@ import Testing
             let header = try DataDeviceHeader.read(from: t.dataPath)
             let metadata = try MetadataStore.open(poolPath: t.poolPath, dataDevice: header)
             let device = try DataDevice(path: t.dataPath)
-            let fs = try FileSystem(metadata: metadata, device: device)
+            let fs = try FileDataTier(metadata: metadata, device: device)
             var usedByFiles: UInt64 = 0
             for file in 0..<3 {
                 guard let ino = try? metadata.lookup(1, try FileName("file\(file)")).ino else { continue }

@@ -223,7 +223,7 @@ import Testing
     }
 
     @Test func tinyCacheEvictsAndThrottles() throws {
-        var o = FileSystem.Options()
+        var o = FileDataTier.Options()
         o.cacheBytes = 16 * 4096
         let t = try CoreFixture(options: o)
         let files = try (0..<4).map { try t.newFile("f\($0)") }
@@ -258,7 +258,7 @@ import Testing
     }
 
     @Test func writeThroughWritesAtOnce() throws {
-        var o = FileSystem.Options()
+        var o = FileDataTier.Options()
         o.writeBack = false
         let t = try CoreFixture(options: o)
         let ino = try t.newFile("f")

@@ -20,7 +20,7 @@ import Testing
 
     @Test(arguments: CacheMode.allCases, seeds)
     func randomOperationsMatchTheModel(mode: CacheMode, seed: UInt64) throws {
-        var options = FileSystem.Options()
+        var options = FileDataTier.Options()
         switch mode {
         case .writeBack: break
         case .writeThrough: options.writeBack = false

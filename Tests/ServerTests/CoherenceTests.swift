@@ -20,7 +20,7 @@ import Testing
 final class TwoSessions {
     let files: ShmFileSystem
     var metadata: MetadataStore { files.metadata }
-    var fs: FileSystem { files.fs }
+    var fs: FileDataTier { files.fs }
     let group = SessionGroup()
     let host: PMFSOperations
     let guest: PMFSOperations

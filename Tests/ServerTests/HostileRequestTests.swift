@@ -14,7 +14,7 @@ import Testing
 final class PoolSessions {
     let files: ShmFileSystem
     var metadata: MetadataStore { files.metadata }
-    var fs: FileSystem { files.fs }
+    var fs: FileDataTier { files.fs }
     let group = SessionGroup()
 
     init() throws { files = try ShmFileSystem(name: "hostile", dataBlocks: 4096, poolSize: 32 << 20) }

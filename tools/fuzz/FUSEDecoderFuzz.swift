@@ -1,6 +1,6 @@
 // libFuzzer target: the FUSE engine (FUSEServer.handle: decode, dispatch,
 // encode) in front of the real pmfs operations (PMFSOperations over a
-// MetadataStore pool and a FileSystem on /dev/shm). Built and run by
+// MetadataStore pool and a FileDataTier on /dev/shm). Built and run by
 // tools/fuzz/run.sh; see tools/fuzz/README.md.
 //
 // One input is one FUSE session: the harness sends a valid INIT, then the
@@ -47,17 +47,17 @@ private func traceLine(_ s: String) {
 
 // MARK: the file system under test
 
-/// A pool and data file on /dev/shm, served by a FileSystem; shut down, checked
+/// A pool and data file on /dev/shm, served by a FileDataTier; shut down, checked
 /// and reopened every `checkEvery` inputs.
 final class Backing {
     let poolPath: String
     let dataPath: String
     var metadata: MetadataStore
     var device: DataDevice
-    var fs: FileSystem
+    var fs: FileDataTier
     var inputsSinceCheck: [[UInt8]] = []
-    static let options: FileSystem.Options = {
-        var o = FileSystem.Options()
+    static let options: FileDataTier.Options = {
+        var o = FileDataTier.Options()
         o.cacheBytes = 4 << 20
         return o
     }()
@@ -81,7 +81,7 @@ final class Backing {
         metadata = try MetadataStore.format(poolPath: poolPath, options: fo)
         try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: dataPath)
         device = try DataDevice(path: dataPath)
-        fs = try FileSystem(metadata: metadata, device: device, options: Self.options)
+        fs = try FileDataTier(metadata: metadata, device: device, options: Self.options)
         atexit { if let b = backing { unlink(b.poolPath); unlink(b.dataPath) } }
     }
 
@@ -158,7 +158,7 @@ final class Backing {
         do {
             metadata = try MetadataStore.open(poolPath: poolPath, dataDevice: try DataDeviceHeader.read(from: dataPath))
             device = try DataDevice(path: dataPath)
-            fs = try FileSystem(metadata: metadata, device: device, options: Self.options)
+            fs = try FileDataTier(metadata: metadata, device: device, options: Self.options)
         } catch {
             saveInputs(artifactDirectory, reason: "reopening the pool failed: \(error)")
         }

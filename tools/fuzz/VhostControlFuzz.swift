@@ -66,7 +66,7 @@ private func startWatchdog() {
 // MARK: the daemon under test
 
 /// pmfsd's guest side in one process: a pool and a data file on /dev/shm, a
-/// FileSystem, one session's operations and a vhost-user back end serving
+/// FileDataTier, one session's operations and a vhost-user back end serving
 /// one front end after the other on its own thread.
 final class Daemon: @unchecked Sendable {
     let socketPath: String
@@ -89,9 +89,9 @@ final class Daemon: @unchecked Sendable {
         close(fd)
         let metadata = try MetadataStore.format(poolPath: poolPath, options: MetadataStore.FormatOptions(poolSize: 16 << 20, dataBlocks: blocks))
         try DataDeviceHeader(blockSize: 4096, blockCount: blocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: dataPath)
-        var options = FileSystem.Options()
+        var options = FileDataTier.Options()
         options.cacheBytes = 1 << 20
-        let fs = try FileSystem(metadata: metadata, device: try DataDevice(path: dataPath), options: options)
+        let fs = try FileDataTier(metadata: metadata, device: try DataDevice(path: dataPath), options: options)
         let operations = PMFSOperations(metadata: metadata, fs: fs)
         backend = try VhostUserBackend(socketPath: socketPath, server: FUSEServer(operations: operations), requestQueues: 2)
         backend.requestThreads = 2

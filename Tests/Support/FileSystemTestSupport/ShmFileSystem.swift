@@ -4,7 +4,7 @@ import PMFSData
 import PMFSMetadata
 
 /// A freshly formatted pool and data file on /dev/shm, served by a
-/// FileSystem: where tests of whole sessions and mounts start. Deinit shuts
+/// FileDataTier: where tests of whole sessions and mounts start. Deinit shuts
 /// the file system down and removes both files.
 public final class ShmFileSystem {
     public let pool: String, data: String
@@ -12,7 +12,7 @@ public final class ShmFileSystem {
     public let tag: String
     public let metadata: MetadataStore
     public let device: DataDevice
-    public let fs: FileSystem
+    public let fs: FileDataTier
 
     /// Files named /dev/shm/pmfs-`name`-PID-RANDOM.{pool,data}.
     public init(name: String, dataBlocks: UInt64, poolSize: UInt64 = 64 << 20) throws {
@@ -27,7 +27,7 @@ public final class ShmFileSystem {
         metadata = try MetadataStore.format(poolPath: pool, options: MetadataStore.FormatOptions(poolSize: poolSize, dataBlocks: dataBlocks))
         try DataDeviceHeader(blockSize: 4096, blockCount: dataBlocks, fsUUID: metadata.uuid, dataUUID: metadata.dataUUID).write(to: data)
         device = try DataDevice(path: data, engine: .auto)
-        fs = try FileSystem(metadata: metadata, device: device, options: FileSystem.Options())
+        fs = try FileDataTier(metadata: metadata, device: device, options: FileDataTier.Options())
     }
 
     deinit {

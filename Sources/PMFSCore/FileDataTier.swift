@@ -8,7 +8,9 @@ import PMFSMetadata
 import Synchronization
 import SystemPackage
 
-/// The file-system core: file data over the metadata engine and the data tier.
+/// The file-data tier: file contents (the write-back cache, write-back,
+/// fsync and its groups) over the metadata store and the data device, and
+/// the one door to a file's attributes (a cached size and mtime win).
 ///
 /// Writes land in the write-back cache; a write into a hole reserves device
 /// space at once (ENOSPC is reported then, never after the write was
@@ -18,7 +20,7 @@ import SystemPackage
 /// committed, and then commits the extent map, size and mtime in one pmemobj
 /// transaction. fsync therefore costs the data writes, one device flush and one
 /// transaction. See design/architecture.md for what survives a crash.
-public final class FileSystem: @unchecked Sendable {
+public final class FileDataTier: @unchecked Sendable {
     public struct Options: Sendable {
         /// Hard limit of cached file data.
         public var cacheBytes: Int = 256 << 20
@@ -54,7 +56,7 @@ public final class FileSystem: @unchecked Sendable {
     /// Freed inodes counted by bucket of inode number (files lock), so a state
     /// is never made from the attributes of a file freed meanwhile.
     private static let releaseBuckets = 64
-    private var releases = [UInt64](repeating: 0, count: FileSystem.releaseBuckets)
+    private var releases = [UInt64](repeating: 0, count: FileDataTier.releaseBuckets)
     private var flusher: DispatchSourceTimer?
     private let flusherQueue = DispatchQueue(label: "pmfs.writeback")
     private let fsyncs: CoreMetrics.Counter
