@@ -424,13 +424,40 @@ public final class FileDataTier: @unchecked Sendable {
     private func loadBlocks(_ f: FileData, from: UInt64, to: UInt64, readAheadTo: UInt64,
                             into frames: UnsafeMutableBufferPointer<Int32>) throws {
         precondition(frames.count == Int(to - from))
+        let missing = lookUpCached(f, from: from, into: frames)
+        let aheadStart = to
+        if missing == nil && readAheadTo <= aheadStart { return }
+        var plan = ReadPlan()
+        do {
+            let spanStart = missing?.lowerBound ?? aheadStart
+            let spanEnd = max(missing?.upperBound ?? 0, readAheadTo)
+            try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart, into: &f.mapping)
+            for seg in f.mapping {
+                guard let dev = seg.deviceBlock, !seg.unwritten else { continue }
+                try planReads(f, seg, device: dev, from: from, aheadStart: aheadStart, frames: frames, into: &plan)
+            }
+            try device.perform(plan.requests)
+            for (b, fr) in plan.readFrames {
+                if b < to { frames[Int(b - from)] = fr } else { cache.unpin(fr) }
+            }
+        } catch {
+            dropFailedReads(f, from: from, frames: frames, pinned: plan.pinned)
+            throw readFailure(f.ino, error)
+        }
+    }
+
+    /// Fills `frames` with the cached (pinned) frames of blocks `from...`, -1
+    /// for the missing ones; returns the span from the first missing block to
+    /// past the last, nil if all are cached.
+    private func lookUpCached(_ f: FileData, from: UInt64, into frames: UnsafeMutableBufferPointer<Int32>) -> Range<UInt64>? {
         var firstMissing: UInt64?, lastMissing: UInt64 = 0
         var misses = 0
-        for b in from..<to {
+        for i in frames.indices {
+            let b = from + UInt64(i)
             if let fr = cache.lookup(f, b) {
-                frames[Int(b - from)] = fr
+                frames[i] = fr
             } else {
-                frames[Int(b - from)] = -1
+                frames[i] = -1
                 if firstMissing == nil { firstMissing = b }
                 lastMissing = b
                 misses += 1
@@ -438,63 +465,39 @@ public final class FileDataTier: @unchecked Sendable {
         }
         if misses < frames.count { cacheCounters.hits.increment(by: frames.count - misses) }
         if misses > 0 { cacheCounters.misses.increment(by: misses) }
-        let aheadStart = to
-        if firstMissing == nil && readAheadTo <= aheadStart { return }
-        var pinned: [Int32] = []
-        do {
-            var requests: [BlockIORequest] = []
-            var readFrames: [(UInt64, Int32)] = []
-            let spanStart = firstMissing ?? aheadStart
-            let spanEnd = max(firstMissing == nil ? 0 : lastMissing + 1, readAheadTo)
-            try metadata.mapBlocks(f.ino, start: spanStart, count: spanEnd - spanStart, into: &f.mapping)
-            for seg in f.mapping {
-                guard let dev = seg.deviceBlock, !seg.unwritten else { continue }
-                var current: (start: UInt64, device: UInt64, iov: [iovec])? = nil
-                for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
-                    let isAhead = b >= aheadStart
-                    guard isAhead || frames[Int(b - from)] == -1 else {
-                        if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)); current = nil }
-                        continue
-                    }
-                    // Read-ahead never waits for frames: it stops when the cache is full.
-                    let fr: Int32
-                    if isAhead {
-                        // Cached already (or no frame free): nothing to read ahead here.
-                        guard let got = cache.insert(f, b, onlyIfAbsent: true) else {
-                            if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)); current = nil }
-                            continue
-                        }
-                        fr = got
-                    } else {
-                        fr = try frame(f, b, forWrite: false)
-                    }
-                    pinned.append(fr)
-                    readFrames.append((b, fr))
-                    let devBlock = dev + (b - seg.fileBlock)
-                    let v = iovec(iov_base: cache.memory(fr), iov_len: Int(blockSize))
-                    if let c = current, c.start + UInt64(c.iov.count) == b, c.iov.count < 256 {
-                        current!.iov.append(v)
-                    } else {
-                        if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)) }
-                        current = (b, devBlock, [v])
-                    }
-                }
-                if let c = current { requests.append(BlockIORequest(kind: .read, segments: c.iov, offset: c.device * blockSize)) }
+        return firstMissing.map { $0..<(lastMissing + 1) }
+    }
+
+    /// The reads of one mapped extent: its missing blocks, and those past
+    /// `aheadStart` (read-ahead), as runs of at most 256 device-contiguous pages.
+    private func planReads(_ f: FileData, _ seg: ExtentSegment, device dev: UInt64, from: UInt64, aheadStart: UInt64,
+                           frames: UnsafeMutableBufferPointer<Int32>, into plan: inout ReadPlan) throws {
+        for b in seg.fileBlock..<(seg.fileBlock + seg.length) {
+            let isAhead = b >= aheadStart
+            guard isAhead || frames[Int(b - from)] == -1 else { plan.endRun(blockSize); continue }
+            let fr: Int32
+            if isAhead {
+                // Read-ahead never waits for frames: a block cached already, or
+                // no frame free, ends it here.
+                guard let got = cache.insert(f, b, onlyIfAbsent: true) else { plan.endRun(blockSize); continue }
+                fr = got
+            } else {
+                fr = try frame(f, b, forWrite: false)
             }
-            try device.perform(requests)
-            for (b, fr) in readFrames {
-                if b < to { frames[Int(b - from)] = fr } else { cache.unpin(fr) }
-            }
-        } catch {
-            // Pages whose read failed must not stay cached with garbage in them.
-            for fr in pinned { cache.unpin(fr) }
-            for (i, fr) in frames.enumerated() where fr == -1 {
-                let b = from + UInt64(i)
-                if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
-            }
-            for fr in frames where fr >= 0 { cache.unpin(fr) }
-            throw readFailure(f.ino, error)
+            plan.add(block: b, device: dev + (b - seg.fileBlock), frame: fr, memory: cache.memory(fr), blockSize: blockSize)
         }
+        plan.endRun(blockSize)
+    }
+
+    /// After a failed read: pages whose read failed must not stay cached with
+    /// garbage in them, and every pin is let go.
+    private func dropFailedReads(_ f: FileData, from: UInt64, frames: UnsafeMutableBufferPointer<Int32>, pinned: [Int32]) {
+        for fr in pinned { cache.unpin(fr) }
+        for (i, fr) in frames.enumerated() where fr == -1 {
+            let b = from + UInt64(i)
+            if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
+        }
+        for fr in frames where fr >= 0 { cache.unpin(fr) }
     }
 
     private func dropClean(_ f: FileData) {
@@ -959,5 +962,34 @@ public final class FileDataTier: @unchecked Sendable {
         let all = filesLock.withLock { Array(files.values) }
         for f in all { try f.lock.withLock { try writeBack(f, flushDevice: false) } }
         try flushDeviceOrThrow()
+    }
+}
+
+/// The device reads of one `loadBlocks`: requests made so far, the run being
+/// built, and every frame pinned for them (let go if the reads fail).
+private struct ReadPlan {
+    var requests: [BlockIORequest] = []
+    var readFrames: [(block: UInt64, frame: Int32)] = []
+    var pinned: [Int32] = []
+    private var run: (start: UInt64, device: UInt64, iov: [iovec])?
+
+    /// Adds file block `block` (device block `device`) read into `frame`,
+    /// extending the run when both are contiguous with it.
+    mutating func add(block: UInt64, device: UInt64, frame: Int32, memory: UnsafeMutableRawPointer, blockSize: UInt64) {
+        pinned.append(frame)
+        readFrames.append((block, frame))
+        let v = iovec(iov_base: memory, iov_len: Int(blockSize))
+        if let r = run, r.start + UInt64(r.iov.count) == block, r.iov.count < 256 {
+            run!.iov.append(v)
+        } else {
+            endRun(blockSize)
+            run = (block, device, [v])
+        }
+    }
+
+    mutating func endRun(_ blockSize: UInt64) {
+        guard let r = run else { return }
+        requests.append(BlockIORequest(kind: .read, segments: r.iov, offset: r.device * blockSize))
+        run = nil
     }
 }
