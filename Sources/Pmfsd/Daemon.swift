@@ -111,7 +111,7 @@ extension Pmfsd {
             try Self.mountHost(at: $0, opened.fs, sessions: sessions, settings: settings, metrics: metrics, logger: logger)
         }
         // One back end per socket: each VM is a FUSE session of its own.
-        let guestDefaults = try settings.guestSettings(listeners: planned.count, reloadable: config != nil)
+        let guestDefaults = settings.guestSettings(listeners: planned.count, reloadable: config != nil)
         let guests = Guests(metadata: opened.metadata, fs: opened.fs, sessions: sessions, settings: guestDefaults, metrics: metrics.registry,
                             logger: logger)
         for (p, export) in zip(planned, opened.exports) {

@@ -23,18 +23,16 @@ struct DaemonSettings {
     var control: String?
     // Applied by a reload.
     var logLevel: Logger.Level
-    var tag: String
-    var queues: Int
-    var cache: PMFSOperations.CachePolicy
-    /// auto, shared or local (auto is settled per listener set, see `guestLocks`).
-    var locks: String
-    var writeback: Bool
-    var pollMicroseconds: Int
+    /// How guests are served unless their options say otherwise. Its locks
+    /// may be auto (settled per listener set, see `guestSettings`); its
+    /// workers are set from `workers` there too.
+    var guest: GuestSettings
     /// The longest a queue worker polls by default: the window adapts (as
     /// KVM's halt polling, whose default ceiling is 200 µs) and stays 0 for a
     /// guest that is idle or slower than this. Measured (tools/bench/vhost.sh):
     /// a wake-up costs ~50 µs here, so back-to-back requests gain most.
     static let defaultPollMicroseconds = 50
+    /// The listeners' group as given (`guest.socketGID` is its number).
     var socketGroup: String?
     /// The guest listeners of the file, then those of --socket and --fd (which win over the file's for one target).
     var guests: [ConfiguredGuest]
@@ -108,15 +106,18 @@ extension DaemonSettings {
             ioEngine: engine, writeThrough: source.bool("write-through", flags.writeThrough, default: false),
             workers: try source.int("workers", flags.workers, default: 4, 1...256),
             metrics: source.optionalString("metrics", flags.metrics), control: source.optionalString("control", flags.control),
-            logLevel: level, tag: try source.string("tag", flags.tag, default: "pmfs", "1-36 bytes (virtio-fs tag)") { (1...36).contains($0.utf8.count) },
-            queues: try source.int("queues", flags.queues, default: 1, 1...64), cache: cache, locks: locks,
-            writeback: source.bool("writeback", flags.writeback, default: false),
-            pollMicroseconds: try source.int("poll-microseconds", flags.pollMicroseconds, default: Self.defaultPollMicroseconds, 0...1_000_000),
+            logLevel: level,
+            guest: GuestSettings(
+                tag: try source.string("tag", flags.tag, default: "pmfs", "1-36 bytes (virtio-fs tag)") { (1...36).contains($0.utf8.count) },
+                queues: try source.int("queues", flags.queues, default: 1, 1...64), cache: cache, locks: locks,
+                writeback: source.bool("writeback", flags.writeback, default: false),
+                pollMicroseconds: try source.int("poll-microseconds", flags.pollMicroseconds, default: Self.defaultPollMicroseconds, 0...1_000_000),
+                workers: 0, socketGID: nil),
             socketGroup: source.optionalString("socket-group", flags.socketGroup), guests: [])
         if flags.socketGroup == nil, let file, settings.socketGroup != nil, (try? settings.socketGID()) == nil {
             throw file.error("socket-group", "no group \(settings.socketGroup!)")
         }
-        _ = try settings.socketGID()
+        settings.guest.socketGID = try settings.socketGID()
         let named = Set(flags.fd.compactMap { Int32($0.prefix { $0 != "," }) })
             .union((file?.guests ?? []).compactMap { if case .descriptor(let n) = $0.listener { n } else { nil } })
         let fds = flags.fd + activated.filter { !named.contains($0) }.map { String($0) }
@@ -150,13 +151,15 @@ extension DaemonSettings {
     /// client and must stay so (no host mount, control socket or file whose
     /// reload could add another), where its kernel sees every lock there is.
     func guestLocks(listeners: Int, reloadable: Bool) -> String {
-        guard locks == "auto" else { return locks }
+        guard guest.locks == "auto" else { return guest.locks }
         return mount == nil && listeners == 1 && control == nil && !reloadable ? "local" : "shared"
     }
 
     /// How guests are served unless their options say otherwise.
-    func guestSettings(listeners: Int, reloadable: Bool) throws -> GuestSettings {
-        GuestSettings(tag: tag, queues: queues, cache: cache, locks: guestLocks(listeners: listeners, reloadable: reloadable), writeback: writeback,
-                      pollMicroseconds: pollMicroseconds, workers: workers, socketGID: try socketGID())
+    func guestSettings(listeners: Int, reloadable: Bool) -> GuestSettings {
+        var settled = guest
+        settled.locks = guestLocks(listeners: listeners, reloadable: reloadable)
+        settled.workers = workers
+        return settled
     }
 }

@@ -13,12 +13,14 @@ import PMFSServer
 import Synchronization
 import VhostUser
 
-/// How every guest is served unless its listener's options say otherwise.
+/// How every guest is served unless its listener's options say otherwise:
+/// the daemon's defaults (DaemonSettings.guest), settled for the listeners
+/// there are (`DaemonSettings.guestSettings`).
 struct GuestSettings: Equatable {
     var tag: String
     var queues: Int
     var cache: PMFSOperations.CachePolicy
-    /// "shared" or "local".
+    /// "shared" or "local" once settled ("auto" only in DaemonSettings.guest).
     var locks: String
     var writeback: Bool
     var pollMicroseconds: Int

@@ -38,7 +38,7 @@ extension DaemonSettings {
     func plan(others: [GuestListenerSpec], reloadable: Bool) throws -> [PlannedGuest] {
         var specs = guests.map(\.spec) + others
         GuestListenerSpec.settleSharing(&specs)
-        let served = try guestSettings(listeners: guests.count, reloadable: reloadable)
+        let served = guestSettings(listeners: guests.count, reloadable: reloadable)
         return zip(guests, specs).map { PlannedGuest(guest: $0, spec: $1, settings: served) }
     }
 }
@@ -146,7 +146,7 @@ final class ConfigReloader: @unchecked Sendable {
             logger.notice("\(line)")
             levels.level = next.logLevel
         }
-        guests.settings = (try? next.guestSettings(listeners: next.guests.count, reloadable: true)) ?? guests.settings
+        guests.settings = next.guestSettings(listeners: next.guests.count, reloadable: true)
         running = next
         let applied = "configuration \(path) applied: \(guests.listeners.count) guest socket(s)"
         logger.notice("\(applied)")

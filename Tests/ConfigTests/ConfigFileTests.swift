@@ -107,8 +107,8 @@ struct ConfigFileTests {
 
     @Test func flagsOverrideTheFileAndDefaultsFillIn() throws {
         let s = try settings(["--queues", "3", "--no-writeback", "--socket", "/run/pmfs/tools.sock,export=/other"], Self.full)
-        #expect(s.queues == 3 && !s.writeback && s.pool == "/dev/shm/p.pool" && s.fuseTransport == .device && s.cacheBytes == 1 << 30)
-        #expect(s.workers == 4 && s.tag == "pmfs" && s.logLevel == .debug)
+        #expect(s.guest.queues == 3 && !s.guest.writeback && s.pool == "/dev/shm/p.pool" && s.fuseTransport == .device && s.cacheBytes == 1 << 30)
+        #expect(s.workers == 4 && s.guest.tag == "pmfs" && s.logLevel == .debug)
         // The flag's socket replaces the file's guest on that path.
         let tools = s.guests.filter { $0.listener == .path("/run/pmfs/tools.sock") }
         #expect(tools.count == 1 && tools[0].spec.policy.path == "/other" && tools[0].origin == "command line")
