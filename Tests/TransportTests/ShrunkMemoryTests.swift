@@ -35,11 +35,11 @@ import Testing
 
     /// A new front end on `running` with its own memory answers INIT and GETATTR.
     func expectServesANewFrontEnd(_ running: RunningBackend, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let frontEnd = try #require(VhostFrontEnd.connect(to: running.path), sourceLocation: sourceLocation)
+        let frontEnd = try #require(ScriptedFrontEnd.connect(to: running.path), sourceLocation: sourceLocation)
         let ram = try #require(GuestRAM(memfdSize: Self.ramSize, sealedAgainstShrinking: false), sourceLocation: sourceLocation)
         #expect(frontEnd.negotiate(), sourceLocation: sourceLocation)
         #expect(frontEnd.setMemoryTable([(ram, 0, UInt64(Self.ramSize), 0)]), sourceLocation: sourceLocation)
-        let ring = SplitRing(in: ram, at: 0)
+        let ring = HandLaidRing(in: ram, at: 0)
         #expect(frontEnd.start(ring, queue: 1), sourceLocation: sourceLocation)
         #expect(ring.request(GuestRequests.initialize()) == 0, sourceLocation: sourceLocation)
         #expect(ring.request(GuestRequests.getattrRoot()) == 0, sourceLocation: sourceLocation)
@@ -67,11 +67,11 @@ import Testing
     func expectShrinkDropsOnlyThatFrontEnd(_ ram: GuestRAM, ringAt: UInt64, to newSize: off_t, offerAfter: Bool = false) throws {
         let hostile = try RunningBackend()
         let other = try RunningBackend()
-        let frontEnd = try #require(VhostFrontEnd.connect(to: hostile.path))
+        let frontEnd = try #require(ScriptedFrontEnd.connect(to: hostile.path))
         try #require(frontEnd.negotiate())
         try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(ram.size), 0)]))
         #expect(hostile.backend.memory.regions.allSatisfy { $0.guardSlot >= 0 })   // an unsealed memfd can shrink
-        let ring = SplitRing(in: ram, at: ringAt)
+        let ring = HandLaidRing(in: ram, at: ringAt)
         try #require(frontEnd.start(ring, queue: 1))
         #expect(ring.request(GuestRequests.initialize()) == 0)
         // The next request is written while the memory is whole; from the
@@ -94,14 +94,14 @@ import Testing
 
     @Test func aMemfdSealedAgainstShrinkingIsNotGuarded() throws {
         let running = try RunningBackend()
-        let frontEnd = try #require(VhostFrontEnd.connect(to: running.path))
+        let frontEnd = try #require(ScriptedFrontEnd.connect(to: running.path))
         let ram = try #require(GuestRAM(memfdSize: Self.ramSize, sealedAgainstShrinking: true))
         try #require(frontEnd.negotiate())
         try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(Self.ramSize), 0)]))
         #expect(running.backend.memory.regions.map(\.guardSlot) == [-1])
         // The kernel refuses the shrink, so nothing can fault.
         #expect(ftruncate(ram.fd, 0) == -1 && errno == EPERM)
-        let ring = SplitRing(in: ram, at: 0)
+        let ring = HandLaidRing(in: ram, at: 0)
         #expect(frontEnd.start(ring, queue: 1))
         #expect(ring.request(GuestRequests.initialize()) == 0)
         #expect(ring.request(GuestRequests.getattrRoot()) == 0)
@@ -110,7 +110,7 @@ import Testing
 
     @Test func guardsComeOffWithTheMemoryTable() throws {
         let running = try RunningBackend()
-        let frontEnd = try #require(VhostFrontEnd.connect(to: running.path))
+        let frontEnd = try #require(ScriptedFrontEnd.connect(to: running.path))
         let ram = try #require(GuestRAM(memfdSize: Self.ramSize, sealedAgainstShrinking: false))
         try #require(frontEnd.negotiate())
         try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(Self.ramSize), 0)]))

@@ -43,13 +43,13 @@ final class RunningBackend: @unchecked Sendable {
 
     struct Session {
         let running: RunningBackend
-        let frontEnd: VhostFrontEnd
+        let frontEnd: ScriptedFrontEnd
         let ram: GuestRAM
     }
 
     func connected() throws -> Session {
         let running = try RunningBackend()
-        let frontEnd = try #require(VhostFrontEnd.connect(to: running.path))
+        let frontEnd = try #require(ScriptedFrontEnd.connect(to: running.path))
         let ram = try #require(GuestRAM(size: Self.ramSize))
         try #require(frontEnd.negotiate())
         try #require(frontEnd.setMemoryTable([(ram, 0, UInt64(Self.ramSize), 0)]))
@@ -58,7 +58,7 @@ final class RunningBackend: @unchecked Sendable {
 
     /// A fresh ring at `offset` on queue 1 answers INIT and GETATTR of the root.
     func expectServes(_ s: Session, ringAt offset: UInt64, sourceLocation: SourceLocation = #_sourceLocation) {
-        let ring = SplitRing(in: s.ram, at: offset)
+        let ring = HandLaidRing(in: s.ram, at: offset)
         #expect(s.frontEnd.start(ring, queue: 1), sourceLocation: sourceLocation)
         #expect(ring.request(GuestRequests.initialize()) == 0, sourceLocation: sourceLocation)
         #expect(ring.request(GuestRequests.getattrRoot()) == 0, sourceLocation: sourceLocation)
@@ -66,7 +66,7 @@ final class RunningBackend: @unchecked Sendable {
 
     /// Starts a guest thread that kicks once, then keeps the avail index `ahead`
     /// of what came back; the function it returns stops the thread and waits for it.
-    func keepOffering(_ ring: SplitRing, ahead: UInt16) -> () -> Void {
+    func keepOffering(_ ring: HandLaidRing, ahead: UInt16) -> () -> Void {
         let done = Flag()
         let guestStopped = DispatchSemaphore(value: 0)
         detachThread {
@@ -89,7 +89,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func aGuestRacingAheadCannotHoldUpGetVringBase() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 0)
+        let ring = HandLaidRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(ring, queue: 1))
         ring.place(GuestRequests.getattrRoot())
         // Every avail slot holds chain 0 (the memory is zeroed); the guest keeps
@@ -104,7 +104,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func aGuestKeepingItsRingFullCannotHoldUpGetVringBase() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 0)
+        let ring = HandLaidRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(ring, queue: 1))
         // Valid chains that are slow to walk, a full ring of them offered
         // again as soon as any comes back: the worker never runs out (unless
@@ -124,7 +124,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func aGuestKeepingItsRingFullCannotHoldUpShutdown() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 0)
+        let ring = HandLaidRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(ring, queue: 1))
         ring.placeSlowly(GuestRequests.getattrRoot(), tableAt: 3 * Self.ringSpacing, padding: 1000)
         let stopGuest = keepOffering(ring, ahead: ring.size)
@@ -136,7 +136,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func anAvailIndexFarAheadIsABrokenRing() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 0)
+        let ring = HandLaidRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(ring, queue: 1))
         ring.place(GuestRequests.getattrRoot())
         ring.availableIndex = 1000
@@ -151,7 +151,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func aMemoryTableThatNoLongerCoversTheRingDetachesIt() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 2 * Self.ringSpacing)
+        let ring = HandLaidRing(in: s.ram, at: 2 * Self.ringSpacing)
         try #require(s.frontEnd.start(ring, queue: 1))
         #expect(ring.request(GuestRequests.initialize()) == 0)
         // Only the first half of the RAM from now on: the running ring is outside it.
@@ -164,7 +164,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func ringSizeChangedOnARunningRingIsCheckedAgain() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 3 * Self.ringSpacing)
+        let ring = HandLaidRing(in: s.ram, at: 3 * Self.ringSpacing)
         try #require(s.frontEnd.start(ring, queue: 1))
         #expect(ring.request(GuestRequests.initialize()) == 0)
         // 32768 entries from here run past the end of guest memory: the ring
@@ -181,10 +181,10 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func ringMovedOnARunningRingIsServedAtItsNewPlace() throws {
         let s = try connected()
-        let first = SplitRing(in: s.ram, at: 0)
+        let first = HandLaidRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(first, queue: 1))
         #expect(first.request(GuestRequests.initialize()) == 0)
-        let moved = SplitRing(in: s.ram, at: Self.ringSpacing)
+        let moved = HandLaidRing(in: s.ram, at: Self.ringSpacing)
         moved.carryOn(from: first)
         #expect(s.frontEnd.setAddress(moved, queue: 1))
         #expect(moved.request(GuestRequests.getattrRoot(), kick: first.kick) == 0)
@@ -199,7 +199,7 @@ final class RunningBackend: @unchecked Sendable {
         #expect(!s.frontEnd.setMemoryTable([(small, 0, UInt64(Self.ramSize), 0)]))
         #expect(!s.frontEnd.setMemoryTable([(small, 0, UInt64(small.size), 0x1000)]))
         #expect(s.frontEnd.setMemoryTable([(small, 0, UInt64(small.size), 0)]))
-        let ring = SplitRing(in: small, at: 0)
+        let ring = HandLaidRing(in: small, at: 0)
         #expect(s.frontEnd.start(ring, queue: 1))
         #expect(ring.request(GuestRequests.initialize()) == 0)
         #expect(s.running.stop())
@@ -213,7 +213,7 @@ final class RunningBackend: @unchecked Sendable {
 
     @Test func fdsOnMessagesThatTakeNoneAreClosed() throws {
         let s = try connected()
-        for (request, payload) in [(VhostFrontEnd.Request.setFeatures, bytes(VhostFrontEnd.protocolFeatures)),
+        for (request, payload) in [(ScriptedFrontEnd.Request.setFeatures, bytes(ScriptedFrontEnd.featureProtocol)),
                                    (.setVringNum, bytes(UInt32(1), UInt32(8))), (.setVringEnable, bytes(UInt32(1), UInt32(0)))] {
             var ends: [Int32] = [-1, -1]
             try #require(pipe(&ends) == 0)
@@ -225,9 +225,9 @@ final class RunningBackend: @unchecked Sendable {
         // An unknown request, and a kick with an extra fd.
         var ends: [Int32] = [-1, -1]
         try #require(pipe(&ends) == 0)
-        s.frontEnd.send(99, flags: VhostFrontEnd.versionFlag | VhostFrontEnd.needReplyFlag, fds: [ends[1]])
+        s.frontEnd.send(99, flags: ScriptedFrontEnd.versionFlag | ScriptedFrontEnd.needReplyFlag, fds: [ends[1]])
         _ = s.frontEnd.receive()
-        let ring = SplitRing(in: s.ram, at: 0)
+        let ring = HandLaidRing(in: s.ram, at: 0)
         s.frontEnd.ask(.setVringKick, bytes(UInt64(1)), fds: [ring.kick, ends[1]])
         close(ends[1])
         #expect(writeEndClosed(ends[0]))
@@ -239,16 +239,16 @@ final class RunningBackend: @unchecked Sendable {
     /// ends rather than leave the front end waiting, and the next one is served.
     @Test func getVringBaseWithoutAnIndexEndsTheConnection() throws {
         let s = try connected()
-        s.frontEnd.send(VhostFrontEnd.Request.getVringBase.rawValue)
+        s.frontEnd.send(ScriptedFrontEnd.Request.getVringBase.rawValue)
         #expect(s.frontEnd.receive() == nil)
-        let next = try #require(VhostFrontEnd.connect(to: s.running.path))
+        let next = try #require(ScriptedFrontEnd.connect(to: s.running.path))
         #expect(next.negotiate())
         #expect(s.running.stop())
     }
 
     @Test func aCallFdThatCannotBeWrittenDoesNotBlockTheQueue() throws {
         let s = try connected()
-        let ring = SplitRing(in: s.ram, at: 0)
+        let ring = HandLaidRing(in: s.ram, at: 0)
         try #require(s.frontEnd.start(ring, queue: 1))
         // A pipe could block the worker (full) or raise SIGPIPE (no reader): refused.
         var ends: [Int32] = [-1, -1]

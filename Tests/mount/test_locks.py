@@ -188,33 +188,57 @@ def test_own_locks_never_conflict_and_split(d):
         os.close(fd)
 
 
+def waiting_child(p, open_flags, wait):
+    """A child that blocks in `wait(fd)` (a libc call: Python's own wrappers
+    retry after EINTR, PEP 475) on its own open file of `p`, a SIGALRM handler
+    installed so that the signal interrupts it. It says "rc=R errno=E" when
+    the wait returns, then waits to be told "bye". Returned once it is about
+    to wait."""
+    def body(c):
+        fd2 = os.open(p, open_flags)
+        signal.signal(signal.SIGALRM, lambda *a: None)
+        c.say("waiting")
+        rc = wait(fd2)
+        c.say(f"rc={rc} errno={ctypes.get_errno() if rc < 0 else 0}")
+        c.wait_for()
+        os.close(fd2)
+    child = Child(body)
+    assert child.hear() == "waiting"
+    return child
+
+
+def setlkw(fd2):
+    return libc.fcntl(fd2, fcntl.F_SETLKW, ctypes.create_string_buffer(flock_struct(fcntl.F_WRLCK), 32))
+
+
+def flock_ex(fd2):
+    return libc.flock(fd2, fcntl.LOCK_EX)
+
+
+def interrupt(child):
+    time.sleep(0.3)
+    os.kill(child.pid, signal.SIGALRM)
+    assert child.hear(timeout=10) == f"rc=-1 errno={errno.EINTR}"
+
+
 def test_setlkw_waits_until_released(d):
     p = os.path.join(d, "f")
     write_file(p, b"x")
     fd = os.open(p, os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX)
-
-    def body(c):
-        fd2 = os.open(p, os.O_RDWR)
-        c.say("waiting")
-        fcntl.fcntl(fd2, fcntl.F_SETLKW, flock_struct(fcntl.F_WRLCK))
-        c.say("got it")
-        c.wait_for()
-        os.close(fd2)
-    child = Child(body)
     try:
-        assert child.hear() == "waiting"
+        child = waiting_child(p, os.O_RDWR, setlkw)
         assert child.quiet_for(0.5), "SETLKW returned while the lock was held"
         t, _, _, pid = getlk_other(p)
         assert t == fcntl.F_WRLCK
         fcntl.lockf(fd, fcntl.LOCK_UN)
-        assert child.hear(timeout=10) == "got it"
+        assert child.hear(timeout=10) == "rc=0 errno=0"
         t, _, _, pid = getlk(fd, fcntl.F_WRLCK)
         assert t == fcntl.F_WRLCK and pid == child.pid
         child.tell("bye")
+        assert child.join() == 0
     finally:
         os.close(fd)
-        assert child.join() == 0
 
 
 def getlk_other(p):
@@ -237,33 +261,17 @@ def test_setlkw_interrupted_by_signal(d):
     write_file(p, b"x")
     fd = os.open(p, os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX)
-
-    def body(c):
-        fd2 = os.open(p, os.O_RDWR)
-        got = []
-        signal.signal(signal.SIGALRM, lambda *a: got.append("alarm"))
-        lk = ctypes.create_string_buffer(flock_struct(fcntl.F_WRLCK), 32)
-        c.say("waiting")
-        # libc fcntl directly: Python's fcntl would retry after EINTR (PEP 475).
-        rc = libc.fcntl(fd2, fcntl.F_SETLKW, lk)
-        e = ctypes.get_errno()
-        c.say(f"rc={rc} errno={e}")
-        c.wait_for()
-        os.close(fd2)
-    child = Child(body)
     try:
-        assert child.hear() == "waiting"
-        time.sleep(0.3)
-        os.kill(child.pid, signal.SIGALRM)
-        assert child.hear(timeout=10) == f"rc=-1 errno={errno.EINTR}"
+        child = waiting_child(p, os.O_RDWR, setlkw)
+        interrupt(child)
         # The interrupted waiter holds nothing and left nothing queued: unlock, relock from a third process.
         fcntl.lockf(fd, fcntl.LOCK_UN)
         t, _, _, _ = getlk_other(p)
         assert t == fcntl.F_UNLCK
         child.tell("bye")
+        assert child.join() == 0
     finally:
         os.close(fd)
-        assert child.join() == 0
 
 
 def test_setlkw_deadlock_detection_or_wait(d):
@@ -350,22 +358,15 @@ def test_flock_wait_between_processes(d):
     write_file(p, b"x")
     fd = os.open(p, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def body(c):
-        fd2 = os.open(p, os.O_RDONLY)
-        c.say("waiting")
-        fcntl.flock(fd2, fcntl.LOCK_EX)
-        c.say("got it")
-        os.close(fd2)
-    child = Child(body)
     try:
-        assert child.hear() == "waiting"
-        assert child.quiet_for(0.4)
+        child = waiting_child(p, os.O_RDONLY, flock_ex)
+        assert child.quiet_for(0.5), "flock returned while the lock was held"
         fcntl.flock(fd, fcntl.LOCK_UN)
-        assert child.hear() == "got it"
+        assert child.hear() == "rc=0 errno=0"
+        child.tell("bye")
+        assert child.join() == 0
     finally:
         os.close(fd)
-        assert child.join() == 0
 
 
 def test_posix_lock_released_when_process_dies(d):
@@ -480,21 +481,9 @@ def test_flock_wait_interrupted_by_signal(d):
     write_file(p, b"x")
     fd = os.open(p, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def body(c):
-        fd2 = os.open(p, os.O_RDONLY)
-        signal.signal(signal.SIGALRM, lambda *a: None)
-        c.say("waiting")
-        rc = libc.flock(fd2, fcntl.LOCK_EX)
-        c.say(f"rc={rc} errno={ctypes.get_errno()}")
-        c.wait_for()
-        os.close(fd2)
-    child = Child(body)
     try:
-        assert child.hear() == "waiting"
-        time.sleep(0.3)
-        os.kill(child.pid, signal.SIGALRM)
-        assert child.hear(timeout=10) == f"rc=-1 errno={errno.EINTR}"
+        child = waiting_child(p, os.O_RDONLY, flock_ex)
+        interrupt(child)
         fcntl.flock(fd, fcntl.LOCK_UN)
         # Nothing was left queued for the interrupted waiter: a new open file gets the lock at once.
         other = os.open(p, os.O_RDONLY)
@@ -503,9 +492,9 @@ def test_flock_wait_interrupted_by_signal(d):
         finally:
             os.close(other)
         child.tell("bye")
+        assert child.join() == 0
     finally:
         os.close(fd)
-        assert child.join() == 0
 
 
 def test_flock_free_as_soon_as_close_returns(d):

@@ -5,22 +5,19 @@ import Glibc
 import Synchronization
 import VhostUserFrontEnd
 
-/// A vhost-user front end for tests, playing QEMU and the guest at once: it
-/// speaks the wire protocol (u32 request, u32 flags, u32 size, payload; fds by
-/// SCM_RIGHTS) over a real Unix socket, shares guest memory from a shared
-/// memory file, and lays out split rings in it. It does only what a test
-/// tells it, so it can also say what no honest front end would.
-final class VhostFrontEnd {
-    enum Request: UInt32 {
-        case getFeatures = 1, setFeatures = 2, setMemTable = 5, setVringNum = 8, setVringAddr = 9, setVringBase = 10
-        case getVringBase = 11, setVringKick = 12, setVringCall = 13, getProtocolFeatures = 15, setProtocolFeatures = 16
-        case setVringEnable = 18
-    }
+/// A vhost-user front end that does only what a test tells it, playing QEMU
+/// and the guest at once. It shares the wire codec and the socket calls of
+/// `VhostUserFrontEnd` (Testing/VhostUserFrontEnd), which sets a whole device
+/// up as QEMU does; this one stays separate because the hostile tests need
+/// what that one must not do: messages in any order or left out, memory
+/// tables of several regions or of regions larger than their file, rings
+/// moved or resized while live, and replies read whatever they are.
+final class ScriptedFrontEnd {
+    typealias Request = VhostUserMessage.Request
 
-    static let versionFlag: UInt32 = 0x1
-    static let needReplyFlag: UInt32 = 0x8
-    static let protocolFeatures: UInt64 = 1 << 30
-    static let replyAck: UInt64 = 1 << 3
+    static let versionFlag = VhostUserMessage.version
+    static let needReplyFlag = VhostUserMessage.needReply
+    static let featureProtocol = VhostUserFrontEnd.featureProtocol
 
     let socket: Int32
 
@@ -28,59 +25,23 @@ final class VhostFrontEnd {
 
     deinit { close(socket) }
 
-    /// Connects to a backend listening on `path` (retrying while it starts up).
-    static func connect(to path: String) -> VhostFrontEnd? {
-        for _ in 0..<200 {
-            let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            if rc == 0 { return VhostFrontEnd(socket: fd) }
-            close(fd)
-            usleep(10_000)
-        }
-        return nil
+    /// Connects to a backend listening on `path` (waiting up to two seconds for it to start).
+    static func connect(to path: String) -> ScriptedFrontEnd? {
+        (try? VhostUserFrontEnd.connect(path, timeout: 2)).map(ScriptedFrontEnd.init(socket:))
     }
 
     // MARK: wire format
 
     /// Sends one message; the fds go along as SCM_RIGHTS (they stay ours too).
     func send(_ request: UInt32, flags: UInt32 = versionFlag, payload: [UInt8] = [], fds: [Int32] = []) {
-        var bytes: [UInt8] = []
-        withUnsafeBytes(of: request) { bytes += $0 }
-        withUnsafeBytes(of: flags) { bytes += $0 }
-        withUnsafeBytes(of: UInt32(payload.count)) { bytes += $0 }
-        bytes += payload
-        // cmsghdr on Linux: size_t length, int level, int type, then the fds (8-byte aligned).
-        let header = MemoryLayout<Int>.size + 8
-        var control = [UInt8](repeating: 0, count: fds.isEmpty ? 0 : header + (fds.count * 4 + 7) / 8 * 8)
-        if !fds.isEmpty {
-            control.withUnsafeMutableBytes { c in
-                c.storeBytes(of: header + 4 * fds.count, as: Int.self)
-                c.storeBytes(of: Int32(SOL_SOCKET), toByteOffset: MemoryLayout<Int>.size, as: Int32.self)
-                c.storeBytes(of: Int32(SCM_RIGHTS), toByteOffset: MemoryLayout<Int>.size + 4, as: Int32.self)
-                for (i, fd) in fds.enumerated() { c.storeBytes(of: fd, toByteOffset: header + 4 * i, as: Int32.self) }
-            }
-        }
-        bytes.withUnsafeMutableBytes { b in
-            control.withUnsafeMutableBytes { c in
-                var iov = iovec(iov_base: b.baseAddress, iov_len: b.count)
-                withUnsafeMutablePointer(to: &iov) { iovp in
-                    var m = msghdr()
-                    m.msg_iov = iovp
-                    m.msg_iovlen = 1
-                    m.msg_control = fds.isEmpty ? nil : c.baseAddress
-                    m.msg_controllen = fds.isEmpty ? 0 : c.count
-                    _ = sendmsg(socket, &m, Int32(MSG_NOSIGNAL))
-                }
-            }
+        let message = VhostUserMessage.header(request, flags: flags, size: UInt32(payload.count)) + payload
+        _ = message.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { cvhost_send_with_fds(socket, b.baseAddress, b.count, $0.baseAddress, Int32($0.count)) }
         }
     }
 
-    /// The next reply's payload, or nil if none comes within `timeout` seconds.
+    /// The next reply's payload, whatever message it answers, or nil if none
+    /// comes within `timeout` seconds.
     func receive(timeout: Double = 2) -> [UInt8]? {
         guard let header = receiveExactly(12, timeout: timeout) else { return nil }
         let size = Int(header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) })
@@ -88,16 +49,10 @@ final class VhostFrontEnd {
     }
 
     private func receiveExactly(_ count: Int, timeout: Double) -> [UInt8]? {
+        guard cvhost_wait2(socket, -1, Int32(timeout * 1000)) > 0 else { return nil }
         var out = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, Int32(timeout * 1000)) == 1 else { return nil }
-            let n = out.withUnsafeMutableBytes { recv(socket, $0.baseAddress! + done, count - done, 0) }
-            guard n > 0 else { return nil }
-            done += n
-        }
-        return out
+        let n = out.withUnsafeMutableBytes { cvhost_recv_exact(socket, $0.baseAddress, count) }
+        return n == count ? out : nil
     }
 
     /// Sends with NEED_REPLY (REPLY_ACK negotiated) and returns whether the backend said yes.
@@ -117,8 +72,8 @@ final class VhostFrontEnd {
     /// Features with protocol features and REPLY_ACK, so every message can be acknowledged.
     func negotiate() -> Bool {
         guard get(.getFeatures) != nil, get(.getProtocolFeatures) != nil else { return false }
-        send(Request.setProtocolFeatures.rawValue, payload: bytes(Self.replyAck))
-        return ask(.setFeatures, bytes(Self.protocolFeatures | 1 << 32))
+        send(Request.setProtocolFeatures.rawValue, payload: bytes(VhostUserFrontEnd.protocolReplyAck))
+        return ask(.setFeatures, bytes(Self.featureProtocol | VhostUserFrontEnd.featureVersion1))
     }
 
     func setMemoryTable(_ regions: [(memory: GuestRAM, guestPhysical: UInt64, size: UInt64, offset: UInt64)]) -> Bool {
@@ -128,7 +83,7 @@ final class VhostFrontEnd {
     }
 
     /// NUM, BASE, ADDR, KICK, CALL, ENABLE: the ring is live afterwards.
-    func start(_ ring: SplitRing, queue: UInt32) -> Bool {
+    func start(_ ring: HandLaidRing, queue: UInt32) -> Bool {
         ask(.setVringNum, bytes(queue, UInt32(ring.size)))
             && ask(.setVringBase, bytes(queue, UInt32(0)))
             && setAddress(ring, queue: queue)
@@ -137,10 +92,10 @@ final class VhostFrontEnd {
             && ask(.setVringEnable, bytes(queue, UInt32(1)))
     }
 
-    func setAddress(_ ring: SplitRing, queue: UInt32) -> Bool {
+    func setAddress(_ ring: HandLaidRing, queue: UInt32) -> Bool {
         let base = ring.memory.userAddress
-        return ask(.setVringAddr, bytes(queue, UInt32(0)) + bytes(base + ring.descriptorOffset, base + ring.usedOffset,
-                                                                 base + ring.availableOffset, UInt64(0)))
+        return ask(.setVringAddr, VhostUserMessage.ringAddresses(queue, descriptors: base + ring.descriptorOffset,
+                                                                 used: base + ring.usedOffset, available: base + ring.availableOffset))
     }
 
     /// GET_VRING_BASE: the ring stops; nil if the answer does not come in time.
@@ -201,9 +156,11 @@ final class GuestRAM {
     deinit { munmap(base, size); close(fd) }
 }
 
-/// A split ring laid out in guest memory (descriptor table, avail ring, used
-/// ring, a page apart) with a data area after it, and its kick and call eventfds.
-final class SplitRing: @unchecked Sendable {
+/// A split ring laid out by hand in guest memory (descriptor table, avail
+/// ring, used ring, 64 KiB apart) with a data area after it, and its kick and
+/// call eventfds. Unlike `VhostUserFrontEnd`'s `SplitRing`, which hands out
+/// slots, a test writes its chains here descriptor by descriptor.
+final class HandLaidRing: @unchecked Sendable {
     let memory: GuestRAM
     let size: UInt16
     let descriptorOffset: UInt64
@@ -224,7 +181,7 @@ final class SplitRing: @unchecked Sendable {
     deinit { close(kick); close(call) }
 
     /// Takes over another ring's indices, as a ring moved elsewhere in guest memory would.
-    func carryOn(from other: SplitRing) {
+    func carryOn(from other: HandLaidRing) {
         nextAvailable = other.nextAvailable
         availableIndex = other.availableIndex
         at(usedOffset + UInt64(SplitRingLayout.indexOffset)).storeBytes(of: other.usedIndex, as: UInt16.self)
