@@ -30,11 +30,15 @@ if [[ -d Tests/mount ]]; then
     # (auto): FUSE over io_uring on a kernel that has it, asserted (uring makes
     # every pmfsd prove requests came through the rings); /dev/fuse read/write,
     # the fallback on older kernels, gets the I/O, name and lock tests
-    # (about a minute more). Without io_uring in the kernel, all on /dev/fuse.
+    # (about a minute more), with the data on the inline engine (the suite's
+    # data files are in /var/tmp, where auto picks io_uring; inline is what
+    # memory-backed media get).
+    # Without io_uring in the kernel, all on /dev/fuse.
     modprobe -q fuse 2>/dev/null || true
     if [[ -e /sys/module/fuse/parameters/enable_uring ]]; then
         PMFS_FUSE_TRANSPORT=uring python3 -m pytest -q Tests/mount
-        PMFS_FUSE_TRANSPORT=device python3 -m pytest -q Tests/mount/test_io.py Tests/mount/test_names.py Tests/mount/test_locks.py
+        PMFS_FUSE_TRANSPORT=device PMFSD_ARGS="${PMFSD_ARGS:-} --io-engine inline" \
+            python3 -m pytest -q Tests/mount/test_io.py Tests/mount/test_names.py Tests/mount/test_locks.py
     else
         echo "test.sh: this kernel has no FUSE over io_uring: mount tests on /dev/fuse only"
         PMFS_FUSE_TRANSPORT=device python3 -m pytest -q Tests/mount

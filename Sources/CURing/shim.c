@@ -5,8 +5,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <sys/sysinfo.h>
+#include <sys/vfs.h>
 #include <errno.h>
 #include <string.h>
+
+long curing_file_system_type(int fd) {
+    struct statfs s;
+    return fstatfs(fd, &s) == 0 ? (long)s.f_type : -errno;
+}
 
 int curing_init(struct io_uring *ring, unsigned entries) {
     return io_uring_queue_init(entries, ring, 0);

@@ -37,7 +37,14 @@ public final class FUSEFsyncGroup: @unchecked Sendable {
         let start: UInt64
     }
 
-    public init() {}
+    /// How the transport sends a burst of replies (the vhost queue holds its
+    /// call notification until the last); by default one after the other.
+    public typealias ReplyBurst = (() -> Void) -> Void
+    let sendingReplies: ReplyBurst
+
+    public init(sendingReplies: @escaping ReplyBurst = { $0() }) {
+        self.sendingReplies = sendingReplies
+    }
 
     public var isEmpty: Bool { members.isEmpty }
     public var count: Int { members.count }
@@ -127,7 +134,7 @@ extension FUSEServer {
             commit(group) { handOver.committedHere(nanoseconds: nanosecondsSince(start), busy: busy()) }
             return false
         }
-        let handed = FUSEFsyncGroup()
+        let handed = FUSEFsyncGroup(sendingReplies: group.sendingReplies)
         handed.take(from: group)
         pool.submit { [self] in commit(handed) }
         return true
@@ -142,7 +149,7 @@ extension FUSEServer {
         group.errors.append(contentsOf: repeatElement(EIO, count: group.count))
         operations.fsync(group: group.members, errors: &group.errors)
         beforeReplies()
-        for i in group.members.indices { reply(to: group, i) }
+        group.sendingReplies { for i in group.members.indices { reply(to: group, i) } }
     }
 
     /// Member `i`'s reply, through its sink.

@@ -23,9 +23,10 @@ public struct BlockIORequest: @unchecked Sendable {
 }
 
 /// How the data tier moves blocks: a batch of requests submitted together and
-/// waited for together, and a device flush. io_uring is the production engine;
-/// the thread engine is the fallback where io_uring is unavailable. An SPDK
-/// NVMe driver would be a third.
+/// waited for together, and a device flush. io_uring is the production engine
+/// for devices; memory-backed media get the inline engine; the thread engine
+/// is the fallback where io_uring is unavailable. An SPDK NVMe driver would be
+/// another.
 public protocol BlockIOEngine: AnyObject, Sendable {
     var name: String { get }
     /// Performs every request; throws the first error (short transfers are errors).
@@ -35,8 +36,9 @@ public protocol BlockIOEngine: AnyObject, Sendable {
     func close()
 }
 
+/// `auto`: inline on memory-backed media, else io_uring, else threads.
 public enum IOEngineChoice: String, Sendable, CaseIterable {
-    case auto, iouring = "io_uring", threads
+    case auto, iouring = "io_uring", threads, inline
 }
 
 public enum DataDeviceError: Error, CustomStringConvertible {

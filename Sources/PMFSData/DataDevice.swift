@@ -63,7 +63,10 @@ public final class DataDevice: @unchecked Sendable {
             return ThreadPoolEngine(fd: fd)
         case .iouring:
             return try IOUringEngine(fd: fd)
+        case .inline:
+            return InlineEngine(fd: fd)
         case .auto:
+            if MemoryBackedMedia.holds(fd) { return InlineEngine(fd: fd) }
             do {
                 return try IOUringEngine(fd: fd)
             } catch {

@@ -95,7 +95,7 @@ extension DaemonSettings {
             return Int(size)
         }
         let engine = try source.value("io-engine", flag: flags.ioEngine, file: { $0.string("io-engine") }, default: "auto",
-                                      "must be auto, io_uring or threads") { IOEngineChoice(rawValue: $0) }
+                                      "must be auto, io_uring, threads or inline") { IOEngineChoice(rawValue: $0) }
         let cache = try source.value("cache", flag: flags.cache, file: { $0.string("cache") }, default: "auto",
                                      "must be none, auto or always") { PMFSOperations.CachePolicy(rawValue: $0) }
         let locks = try source.string("locks", flags.locks, default: "auto", "must be auto, shared or local") { ["auto", "shared", "local"].contains($0) }

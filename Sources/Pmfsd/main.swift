@@ -70,7 +70,7 @@ struct Pmfsd: ParsableCommand {
     @Option(help: "Write-back cache size, with K/M/G suffix (default 256M).")
     var cacheSize: String?
 
-    @Option(help: "I/O engine: auto (default), io_uring or threads.")
+    @Option(help: "I/O engine: auto (default: inline on memory-backed media, else io_uring), io_uring, threads or inline.")
     var ioEngine: String?
 
     @Option(help: "Worker threads: readers of /dev/fuse, and per guest the threads for requests that may block (default 4).")

@@ -26,8 +26,13 @@ final class Virtqueue: @unchecked Sendable {
     var eventIndex = false
     /// Bumped on reset, so late (deferred) replies to an old ring are dropped.
     var generation: UInt64 = 0
-    /// The FSYNCs of the worker's current pass (its thread only).
-    let fsyncGroup = FUSEFsyncGroup()
+    /// The FSYNCs of the worker's current pass (its thread only); their
+    /// replies go out under one call notification.
+    private(set) lazy var fsyncGroup = FUSEFsyncGroup { [unowned self] replies in holdingNotifications(replies) }
+    /// Pushes that may not signal the guest yet, and the used index when the
+    /// outermost hold began (both under `lock`).
+    private var notificationHolds = 0
+    private var usedIndexAtHold: UInt16 = 0
 
     var descriptors: UnsafeMutableRawPointer?
     var available: UnsafeMutableRawPointer?
@@ -194,8 +199,29 @@ final class Virtqueue: @unchecked Sendable {
             usedIndex &+= 1
             cvhost_store_release_u16((used + 2).assumingMemoryBound(to: UInt16.self), usedIndex)
             cvhost_full_fence()
-            if shouldNotify(old: old, new: usedIndex), callFD >= 0 { _ = cvhost_eventfd_signal(callFD) }
+            if notificationHolds == 0 { notifyIfAsked(old: old) }
         }
+    }
+
+    /// Runs `body` (pushes from any thread) and signals the guest once at its
+    /// end, if it asked to be told of any used entry added meanwhile: a group's
+    /// replies wake the driver once, not once each. Others' pushes during the
+    /// hold wait for it too; a hold is only ever a burst of replies.
+    func holdingNotifications(_ body: () -> Void) {
+        lock.withLock {
+            if notificationHolds == 0 { usedIndexAtHold = usedIndex }
+            notificationHolds += 1
+        }
+        body()
+        lock.withLock {
+            notificationHolds -= 1
+            if notificationHolds == 0 && usedIndex != usedIndexAtHold { notifyIfAsked(old: usedIndexAtHold) }
+        }
+    }
+
+    /// Signals the call eventfd if the guest asked for used entries from `old` on (lock held).
+    private func notifyIfAsked(old: UInt16) {
+        if used != nil, shouldNotify(old: old, new: usedIndex), callFD >= 0 { _ = cvhost_eventfd_signal(callFD) }
     }
 
     private func shouldNotify(old: UInt16, new: UInt16) -> Bool {

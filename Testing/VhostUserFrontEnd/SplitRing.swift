@@ -171,6 +171,16 @@ public final class SplitRing {
     public func waitForCall(timeoutMilliseconds: Int32) throws {
         let ready = cvhost_wait2(callFD, -1, timeoutMilliseconds)
         guard ready > 0 else { throw VhostUserFrontEnd.Failure.timeout("queue \(queue): no reply") }
-        _ = cvhost_eventfd_drain(callFD)
+        callsSeen += cvhost_eventfd_drain(callFD)
+    }
+
+    /// Call notifications consumed by `waitForCall` since the last `takeCalls`.
+    private var callsSeen: UInt64 = 0
+
+    /// How many times the back end signalled the call eventfd since the last
+    /// call of this (each signal adds one to the eventfd's counter).
+    public func takeCalls() -> UInt64 {
+        defer { callsSeen = 0 }
+        return callsSeen + cvhost_eventfd_drain(callFD)
     }
 }

@@ -6,10 +6,10 @@ import Testing
 @testable import PMFSMetadata
 
 @Suite struct DataPathTests {
-    @Test(arguments: [IOEngineChoice.iouring, .threads])
+    @Test(arguments: [IOEngineChoice.iouring, .threads, .inline])
     func writeReadAnyOffset(engine: IOEngineChoice) throws {
         let t = try CoreFixture(engine: engine)
-        #expect(t.device.engine.name == (engine == .threads ? "threads" : "io_uring"))
+        #expect(t.device.engine.name == engine.rawValue)
         let ino = try t.newFile("f")
         let a = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         #expect(try t.write(ino, 1234, a) == a.count)

@@ -63,6 +63,31 @@ import Testing
         #expect(sent.replies.count == 4)
     }
 
+    /// The transport's burst wraps every reply of a commit, once per commit,
+    /// and a group handed to the pool keeps it.
+    @Test func aCommitSendsItsRepliesInOneBurst() {
+        final class Bursts: @unchecked Sendable { var count = 0; var repliesInside = 0 }
+        let server = initializedServer(Operations())
+        let bursts = Bursts(), sent = Sent()
+        let group = FUSEFsyncGroup { replies in
+            let before = sent.replies.count
+            replies()
+            bursts.count += 1
+            bursts.repliesInside += sent.replies.count - before
+        }
+        for unique in [70, 80, 90] as [UInt64] { _ = join(server, group, unique: unique, handle: 11, sent: sent) }
+        server.commit(group)
+        #expect(bursts.count == 1 && bursts.repliesInside == 3)
+        // Handed over: the pool's commit sends through the same burst.
+        let pool = RequestPool(threads: 1)
+        defer { pool.stop() }
+        _ = join(server, group, unique: 100, handle: 12, sent: sent)
+        #expect(server.commit(group, handingTo: pool, busy: { true }))
+        pool.waitIdle()
+        #expect(bursts.count == 2 && bursts.repliesInside == 4)
+        #expect(sent.headers.map(\.unique) == [70, 80, 90, 100])
+    }
+
     @Test func aGroupHandedOverKeepsItsMembers() {
         let operations = Operations()
         let server = initializedServer(operations)

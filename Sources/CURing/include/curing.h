@@ -13,6 +13,10 @@
 /* Swift's Glibc does not export O_DIRECT. */
 static const int curing_O_DIRECT = __O_DIRECT;
 
+/* The f_type of the file system under `fd` (fstatfs; Swift's Glibc lacks
+ * sys/vfs.h), or -errno. */
+long curing_file_system_type(int fd);
+
 /* Creates a ring with `entries` submission slots; 0 or -errno. */
 int curing_init(struct io_uring *ring, unsigned entries);
 void curing_exit(struct io_uring *ring);
