@@ -106,7 +106,10 @@ extension VhostUserBackend {
         while !q.memory.shrank, q.mayTakeAnother(&budget) {
             let chain: Virtqueue.Chain
             do {
-                guard let c = try q.pop() else { return }
+                guard let c = try q.pop() else {
+                    if companyComes(for: group, on: q) { continue }
+                    return
+                }
                 chain = c
             } catch {
                 if q.memory.shrank { return }   // zero pages where the ring was: said once, by the control loop
@@ -149,10 +152,26 @@ extension VhostUserBackend {
         }
     }
 
+    /// Whether another request comes within a short linger, when FSYNCs
+    /// wait in the group and the last group had company (fsyncs from several
+    /// writers): they then share one commit instead of one each. A lone
+    /// writer's group of one never lingers.
+    private func companyComes(for group: FUSEFsyncGroup, on q: Virtqueue) -> Bool {
+        guard !group.isEmpty, q.lastFsyncGroupSize > 1 else { return false }
+        let deadline = monotonicNanoseconds() + Self.fsyncLingerNanoseconds
+        while monotonicNanoseconds() < deadline {
+            if q.hasMore { return true }
+        }
+        return false
+    }
+
+    static let fsyncLingerNanoseconds: UInt64 = 3_000
+
     /// Commits a pass's FSYNCs: here when nothing waits on the ring, else
     /// on the pool as one task, so requests that came meanwhile are not held
     /// up by the device flush.
     private func commit(_ group: FUSEFsyncGroup, on q: Virtqueue) {
+        if !group.isEmpty { q.lastFsyncGroupSize = group.count }
         server.commit(group, handingTo: pool, busy: { q.hasMore })
     }
 

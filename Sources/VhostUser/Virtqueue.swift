@@ -29,6 +29,8 @@ final class Virtqueue: @unchecked Sendable {
     /// The FSYNCs of the worker's current pass (its thread only); their
     /// replies go out under one call notification.
     private(set) lazy var fsyncGroup = FUSEFsyncGroup { [unowned self] replies in holdingNotifications(replies) }
+    /// Members of the last FSYNC group committed (the worker's thread only).
+    var lastFsyncGroupSize = 0
     /// Pushes that may not signal the guest yet, and the used index when the
     /// outermost hold began (both under `lock`).
     private var notificationHolds = 0
