@@ -27,8 +27,12 @@ final class Virtqueue: @unchecked Sendable {
     /// Bumped on reset, so late (deferred) replies to an old ring are dropped.
     var generation: UInt64 = 0
     /// The FSYNCs of the worker's current pass (its thread only); their
-    /// replies go out under one call notification.
-    private(set) lazy var fsyncGroup = FUSEFsyncGroup { [unowned self] replies in holdingNotifications(replies) }
+    /// replies go out under one call notification. Weak: a group handed to
+    /// the pool may outlive the queue (then its replies go nowhere anyway).
+    private(set) lazy var fsyncGroup = FUSEFsyncGroup { [weak self] replies in
+        guard let self else { return replies() }
+        holdingNotifications(replies)
+    }
     /// Members of the last FSYNC group committed (the worker's thread only).
     var lastFsyncGroupSize = 0
     /// Pushes that may not signal the guest yet, and the used index when the
