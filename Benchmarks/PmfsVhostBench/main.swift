@@ -21,8 +21,8 @@ struct PmfsVhostBench: ParsableCommand {
     @Option(help: "Warm-up requests per workload (not measured).") var warmup = 200
     @Option(help: "Writers for the parallel fsync workloads (each a file; all in flight at once).") var writers = 8
     @Option(help: "Name prefix for the files it makes (in the root of the export).") var prefix = "vbench"
-    @Option(help: "Workloads, comma-separated (getattr, lookup, create, unlink, write-fsync, fsync-1, fsync-N).")
-    var workloads = "getattr,lookup,create,unlink,write-fsync,fsync-1,fsync-N"
+    @Option(help: "Workloads, comma-separated (getattr, lookup, create, unlink, write-fsync, write-fdatasync, fsync-1, fsync-N).")
+    var workloads = "getattr,lookup,create,unlink,write-fsync,write-fdatasync,fsync-1,fsync-N"
     @Option(help: ArgumentHelp("Instead of benchmarking: look up this path from the export's root (names separated by /, '..' allowed), print the file's first 60 KiB and exit (2 with the errno on stderr if a request fails).", valueName: "path"))
     var cat: String?
     @Option(help: "With --cat: keep the session and the file open this many seconds before exiting.")
@@ -108,6 +108,7 @@ struct Workloads {
         case "create": return try create()
         case "unlink": return try unlink()
         case "write-fsync": return try writeFsync()
+        case "write-fdatasync": return try writeFsync(dataOnly: true)
         case "fsync-1": return try parallelFsync(writers: 1)
         case "fsync-N": return try parallelFsync(writers: writers)
         default: throw ValidationError("unknown workload \(name)")
@@ -155,15 +156,17 @@ struct Workloads {
         return (e, h)
     }
 
-    /// A durable 4 KiB overwrite: WRITE then FSYNC, one after the other, as a database's commit.
-    private func writeFsync() throws -> Result {
-        let (entry, handle) = try createOrOpen("\(prefix)-fsync")
+    /// A durable 4 KiB overwrite: WRITE then FSYNC, one after the other, as a
+    /// database's commit; `dataOnly`: the FSYNC is an fdatasync (SQLite's and
+    /// PostgreSQL's WAL default on Linux).
+    private func writeFsync(dataOnly: Bool = false) throws -> Result {
+        let (entry, handle) = try createOrOpen("\(prefix)-\(dataOnly ? "fdatasync" : "fsync")")
         let block = [UInt8](repeating: 0x5a, count: 4096)
         for i in 0..<256 { try client.write(entry.nodeid, handle: handle, offset: UInt64(i) * 4096, block) }
         try client.fsync(entry.nodeid, handle: handle)
         let result = try timed { i in
             try client.write(entry.nodeid, handle: handle, offset: UInt64((i & 255) * 4096), block)
-            try client.fsync(entry.nodeid, handle: handle)
+            try client.fsync(entry.nodeid, handle: handle, dataOnly: dataOnly)
         }
         try client.release(entry.nodeid, handle: handle)
         return result

@@ -598,7 +598,7 @@ public final class FileDataTier: @unchecked Sendable {
         if updateSize && end > f.size { f.size = end }
         f.pendingMtime = Timestamp.now()
         if sync != .none || !options.writeBack {
-            try writeBack(f, flushDevice: sync != .none)
+            try writeBack(f, flushDevice: sync != .none, dataOnly: sync == .data)
             if !options.writeBack { dropClean(f) }
         }
         return written
@@ -608,16 +608,17 @@ public final class FileDataTier: @unchecked Sendable {
 
     /// Writes every dirty page of `f` to the device and commits what the pool
     /// must learn (new extents, written unwritten ranges, size, mtime) in one
-    /// transaction, after a device flush. File lock held.
-    func writeBack(_ f: FileData, flushDevice: Bool) throws {
-        guard let w = try beginWriteBack(f) else {
+    /// transaction, after a device flush. `dataOnly` (fdatasync, O_DSYNC): a
+    /// pending mtime alone is no reason for a transaction. File lock held.
+    func writeBack(_ f: FileData, flushDevice: Bool, dataOnly: Bool = false) throws {
+        guard let w = try beginWriteBack(f, dataOnly: dataOnly) else {
             if flushDevice { try flushDeviceOrThrow() }
             return
         }
         defer { endWriteBack(w) }
         do {
             // New blocks must be on stable storage before the pool points at them.
-            if w.commit || flushDevice {
+            if w.exposesWrites || flushDevice {
                 try device.writeDurably(w.requests)
             } else {
                 try device.perform(w.requests)
@@ -648,8 +649,15 @@ public final class FileDataTier: @unchecked Sendable {
         var consumedReservations: [UInt64] = []
         /// Between `beginWriteBack` and `endWriteBack`.
         var inUse = false
-        /// Whether a transaction must follow the writes (then a flush comes first).
-        var commit: Bool { !mappings.isEmpty || !writtenRanges.isEmpty || file.needsCommit }
+        /// For an fdatasync: the mtime may wait for a later transaction.
+        var dataOnly = false
+        /// Whether the transaction makes the pool point at what was just
+        /// written (new extents, written unwritten ranges, a new size): then
+        /// the writes must be on stable storage before it.
+        var exposesWrites: Bool { !mappings.isEmpty || !writtenRanges.isEmpty || file.size != file.persistedSize }
+        /// Whether a transaction must follow the writes: it carries the pending
+        /// mtime too, which alone needs one unless this is an fdatasync's.
+        var commit: Bool { exposesWrites || (file.pendingMtime != nil && !dataOnly) }
         init(_ file: FileData) { self.file = file }
 
         /// Empties everything for the next write-back, keeping the storage.
@@ -680,7 +688,7 @@ public final class FileDataTier: @unchecked Sendable {
     /// nothing to write or commit (or the file is gone). Every pending
     /// write-back ends with `endWriteBack`, after `commitWriteBack` or
     /// `failWriteBack`.
-    func beginWriteBack(_ f: FileData) throws -> PendingWriteBack? {
+    func beginWriteBack(_ f: FileData, dataOnly: Bool = false) throws -> PendingWriteBack? {
         if filesLock.withLock({ f.dead }) { return nil }
         if f.dirtyBlocks.isEmpty && !f.needsCommit { return nil }
         // The pin keeps the inode from being freed (its number reused) while its
@@ -694,6 +702,7 @@ public final class FileDataTier: @unchecked Sendable {
         precondition(!w.inUse, "a second write-back of inode \(f.ino) while one is pending")
         w.inUse = true
         w.reset()
+        w.dataOnly = dataOnly
         cache.pinDirty(f, into: &w.dirty)
         do {
             try planWrites(w)
@@ -861,7 +870,7 @@ public final class FileDataTier: @unchecked Sendable {
                 try flushDeviceOrThrow()
                 return
             }
-            try writeBack(f, flushDevice: true)
+            try writeBack(f, flushDevice: true, dataOnly: dataOnly)
         }
     }
 
@@ -902,7 +911,7 @@ public final class FileDataTier: @unchecked Sendable {
             // fdatasync may skip a commit that only changes mtime.
             if wanted[f.ino]!.dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize { flushing.append(f.ino); continue }
             do {
-                guard let w = try beginWriteBack(f) else { flushing.append(f.ino); continue }
+                guard let w = try beginWriteBack(f, dataOnly: wanted[f.ino]!.dataOnly) else { flushing.append(f.ino); continue }
                 pending.append(w)
             } catch {
                 fail(f.ino, error)

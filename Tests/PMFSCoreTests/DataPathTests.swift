@@ -1,4 +1,5 @@
 import Glibc
+import PMFSConcurrency
 import PMFSData
 import SystemPackage
 import Testing
@@ -278,6 +279,69 @@ import Testing
         #expect(try t.metadata.getattr(ino).size == 4096 * 4)
         #expect(try t.read(ino, 0, 4096 * 5) == [UInt8](repeating: 1, count: 4096 * 4))
         #expect(try t.metadata.statistics().freeBlocks == t.metadata.statistics().totalBlocks - 4)
+    }
+
+    /// An fdatasync (alone, in a group, or an O_DSYNC write) of blocks
+    /// overwritten in place with the size unchanged is the writes and one
+    /// flush, no transaction: the new mtime waits in DRAM (stat shows it), and
+    /// a later fsync or the background writer commits it. The data is durable
+    /// either way. An append still commits (the size), mtime included.
+    @Test func fdatasyncOfAnOverwriteCommitsNoTransaction() throws {
+        var options = FileDataTier.Options()
+        options.backgroundWriterLater = true   // no timer tick commits the mtime behind the counts
+        let t = try CoreFixture(options: options)
+        let a = try t.newFile("a"), b = try t.newFile("b")
+        for ino in [a, b] {
+            _ = try t.write(ino, 0, [UInt8](repeating: 1, count: 8192))
+            try t.fs.fsync(ino)
+        }
+        let committed = try t.metadata.getattr(a).mtime
+        usleep(2000)
+        func expectNoTransaction(_ what: String, _ body: () throws -> Void) throws {
+            let transactions = t.metadata.transactionCounts.committed, flushes = t.device.groupFlush.flushes
+            try body()
+            #expect(t.metadata.transactionCounts.committed == transactions, "\(what)")
+            #expect(t.device.groupFlush.flushes == flushes + 1, "\(what)")
+        }
+        _ = try t.write(a, 4096, [UInt8](repeating: 2, count: 4096))
+        try expectNoTransaction("fdatasync") { try t.fs.fsync(a, dataOnly: true) }
+        #expect(try t.metadata.getattr(a).mtime == committed)
+        #expect(try t.fs.getattr(a).mtime > committed)
+        for ino in [a, b] { _ = try t.write(ino, 0, [UInt8](repeating: 3, count: 4096)) }
+        try expectNoTransaction("a group of fdatasyncs") {
+            #expect(t.fs.fsync(group: [(a, true), (b, true)]).allSatisfy { $0 == nil })
+        }
+        try expectNoTransaction("an O_DSYNC write") { _ = try t.write(b, 4096, [UInt8](repeating: 4, count: 4096), sync: .data) }
+        try t.crashAndReopen()
+        #expect(try t.read(a, 0, 8192) == [UInt8](repeating: 3, count: 4096) + [UInt8](repeating: 2, count: 4096))
+        #expect(try t.read(b, 0, 8192) == [UInt8](repeating: 3, count: 4096) + [UInt8](repeating: 4, count: 4096))
+        #expect(try t.metadata.getattr(a).mtime == committed)
+
+        // fsync commits the mtime; so does an fdatasync that changes the size.
+        _ = try t.write(a, 0, [5])
+        let transactions = t.metadata.transactionCounts.committed
+        try t.fs.fsync(a)
+        #expect(t.metadata.transactionCounts.committed == transactions + 1)
+        let synced = try t.metadata.getattr(a).mtime
+        #expect(synced > committed)
+        usleep(2000)
+        _ = try t.write(a, 8192, [6])
+        try t.fs.fsync(a, dataOnly: true)
+        #expect(try t.metadata.getattr(a).size == 8193)
+        #expect(try t.metadata.getattr(a).mtime > synced)
+
+        // The background writer commits a pending mtime, with no flush.
+        usleep(2000)
+        _ = try t.write(a, 0, [7])
+        try t.fs.fsync(a, dataOnly: true)
+        let pending = try t.fs.getattr(a).mtime
+        #expect(try t.metadata.getattr(a).mtime < pending)
+        let flushes = t.device.groupFlush.flushes
+        t.fs.startBackgroundWriter()
+        let deadline = Deadline.after(.seconds(10))
+        while try t.metadata.getattr(a).mtime != pending && !deadline.hasPassed { usleep(10_000) }
+        #expect(try t.metadata.getattr(a).mtime == pending)
+        #expect(t.device.groupFlush.flushes == flushes)
     }
 
     @Test func syncWritesAreDurableOnReturn() throws {

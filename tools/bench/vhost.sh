@@ -21,7 +21,7 @@ n=${1:-2000}
 media_list=${PMFS_BENCH_MEDIA:-ram disk}
 disk_parent=${PMFS_BENCH_DISK_DIR:-/var/tmp}
 virtiofsd=${PMFS_VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
-workloads=${PMFS_BENCH_WORKLOADS:-getattr,lookup,create,unlink,write-fsync,fsync-1,fsync-N}
+workloads=${PMFS_BENCH_WORKLOADS:-getattr,lookup,create,unlink,write-fsync,write-fdatasync,fsync-1,fsync-N}
 export PMEM_IS_PMEM_FORCE=1
 if [[ -z ${PMFS_BIN:-} ]]; then
     command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
