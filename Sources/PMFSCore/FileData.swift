@@ -39,6 +39,14 @@ final class FileData: @unchecked Sendable {
     /// The record of this file's write-back, reused by each (file lock holder only).
     lazy var pendingWriteBack = FileDataTier.PendingWriteBack(self)
 
+    // Guarded by `writeBackEnd`.
+    /// A write-back started under `lock` whose device I/O and transaction run
+    /// on the background writer without it (`FileDataTier.startWriteBack`).
+    var writeBackInFlight = false
+    /// It committed; the next holder of `lock` applies that to the fields above.
+    var writeBackToSettle = false
+    let writeBackEnd = ConditionLock()
+
     init(ino: UInt64, generation: UInt64, size: UInt64) {
         self.ino = ino
         self.generation = generation

@@ -30,6 +30,9 @@ public final class FileDataTier: @unchecked Sendable {
         public var writeBackAgeMilliseconds: Int = 5000
         /// Background write-back starts above this share of dirty frames.
         public var dirtyRatio: Double = 0.5
+        /// Above the dirty ratio, a writer with this many dirty pages (1 MiB)
+        /// starts their write-back, which goes on while it writes on.
+        public var writeBackStartPages = 256
         /// Largest read-ahead window, in blocks.
         public var maxReadAheadBlocks: UInt64 = 256
         /// The write-back timer waits for `startBackgroundWriter()`: pmfsd starts
@@ -63,6 +66,11 @@ public final class FileDataTier: @unchecked Sendable {
     private let cacheCounters: CacheCounters
     /// fsyncs asked for, counted with the metrics registry on or off (pmfsctl stats).
     private let fsyncCount = Atomic<UInt64>(0)
+    /// Set while the background writer's queue may be used (after
+    /// `startBackgroundWriter`, until `stopBackgroundWriter`).
+    private let backgroundWriterStarted = Atomic<Bool>(false)
+    /// Write-backs started with their I/O off the file lock (`startWriteBack`), for the tests.
+    let writeBacksStartedInFlight = Atomic<Int>(0)
     /// The most blocks one pass of a read pins (the largest FUSE read, 1 MiB,
     /// in one pass unless unaligned); its frame numbers live on the stack.
     static let readChunkBlocks = 256
@@ -89,6 +97,7 @@ public final class FileDataTier: @unchecked Sendable {
         timer.setEventHandler { [weak self] in self?.backgroundWriteBack() }
         timer.resume()
         flusher = timer
+        backgroundWriterStarted.store(true, ordering: .releasing)
     }
 
     /// Writes everything back and stops the background writer.
@@ -99,9 +108,10 @@ public final class FileDataTier: @unchecked Sendable {
     }
 
     func stopBackgroundWriter() {
+        backgroundWriterStarted.store(false, ordering: .releasing)
         flusher?.cancel()
         flusher = nil
-        flusherQueue.sync {}
+        flusherQueue.sync {}   // and every write-back in flight has ended
     }
 
     func takeAllFiles() -> [FileData] {
@@ -175,7 +185,7 @@ public final class FileDataTier: @unchecked Sendable {
         let idle = filesLock.withLock { files.values.filter { $0.users == 0 } }
         for f in idle {
             guard f.lock.tryLock() else { continue }
-            let empty = !cache.holdsPages(f) && !f.needsCommit && f.reserved.isEmpty
+            let empty = settleWriteBack(f, waiting: false) && !cache.holdsPages(f) && !f.needsCommit && f.reserved.isEmpty
             f.lock.unlock()
             guard empty else { continue }
             filesLock.withLock {
@@ -221,6 +231,7 @@ public final class FileDataTier: @unchecked Sendable {
         var busy: [FileData] = []
         for f in dead {
             if waiting { f.lock.lock() } else if !f.lock.tryLock() { busy.append(f); continue }
+            guard settleWriteBack(f, waiting: waiting) else { f.lock.unlock(); busy.append(f); continue }
             for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) }
             metadata.unreserveBlocks(UInt64(f.reserved.count))
             f.reserved.removeAll()
@@ -245,6 +256,7 @@ public final class FileDataTier: @unchecked Sendable {
         var a = try metadata.getattr(ino)
         if a.type == .regular, let f = filesLock.withLock({ files[ino] }) {
             f.lock.withLock {
+                settleWriteBack(f, waiting: false)
                 a.size = f.size
                 if let m = f.pendingMtime { a.mtime = m; a.ctime = max(a.ctime, m) }
                 a.blocks = a.blocks.addingClamped(UInt64(f.reserved.count) * (blockSize / 512))
@@ -263,7 +275,7 @@ public final class FileDataTier: @unchecked Sendable {
         if rest.mode != nil || rest.uid != nil || rest.gid != nil || rest.atime != nil || rest.mtime != nil || rest.ctime != nil || rest.flags != nil {
             if rest.mtime != nil, let f = filesLock.withLock({ files[ino] }) {
                 // An explicit mtime wins over one a pending write-back would commit.
-                f.lock.withLock { f.pendingMtime = nil }
+                locked(f) { f.pendingMtime = nil }
             }
             _ = try metadata.setattr(ino, rest)
         }
@@ -282,7 +294,12 @@ public final class FileDataTier: @unchecked Sendable {
         while true {
             if attempts > 0, let frame = cache.insert(f, block) { return frame }
             attempts += 1
-            if !f.dirtyBlocks.isEmpty && attempts == 1 {
+            // A write-back of this file in flight frees frames when it ends.
+            if attempts == 1 && !settleWriteBack(f, waiting: false) {
+                settleWriteBack(f, waiting: true)
+                continue
+            }
+            if !f.dirtyBlocks.isEmpty && attempts <= 2 {
                 try writeBack(f, flushDevice: false)
                 continue
             }
@@ -308,6 +325,8 @@ public final class FileDataTier: @unchecked Sendable {
     private func read(_ ino: UInt64, offset: UInt64, into destination: ScatterWriter) throws -> Int {
         let capacity = destination.count
         return try withFile(ino) { f in try f.lock.withLock {
+            // Beside a write-back in flight: its pages are cached and do not change.
+            settleWriteBack(f, waiting: false)
             guard offset < f.size, capacity > 0 else { return 0 }
             var out = destination
             let end = min(f.size, offset + UInt64(capacity))
@@ -495,13 +514,15 @@ public final class FileDataTier: @unchecked Sendable {
         for fr in pinned { cache.unpin(fr) }
         for (i, fr) in frames.enumerated() where fr == -1 {
             let b = from + UInt64(i)
-            if f.pages[b] != nil, !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
+            if f.pages[b] != nil, !cache.isDirty(f, b) { cache.drop(f, b) }
         }
         for fr in frames where fr >= 0 { cache.unpin(fr) }
     }
 
+    /// Write-through: drops the file's clean pages (none may be in flight).
     private func dropClean(_ f: FileData) {
-        for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) where !f.dirtyBlocks.contains(b) { cache.drop(f, b) }
+        settleWriteBack(f, waiting: true)
+        for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) where !cache.isDirty(f, b) { cache.drop(f, b) }
     }
 
     // MARK: write
@@ -538,6 +559,9 @@ public final class FileDataTier: @unchecked Sendable {
         var written = 0
         do {
             let firstBlock = offset / blockSize, lastBlock = (end - 1) / blockSize
+            // Pages of a write-back in flight must not change under its I/O;
+            // none can start meanwhile (that takes the file lock).
+            waitForWriteBack(of: f, touching: firstBlock...lastBlock)
             try metadata.mapBlocks(ino, start: firstBlock, count: lastBlock - firstBlock + 1, into: &f.mapping)
             var position = offset
             for seg in f.mapping {
@@ -548,7 +572,7 @@ public final class FileDataTier: @unchecked Sendable {
                     // A write into a hole or a shared block (copied on write) needs
                     // space promised before it is accepted.
                     let needsReservation = (seg.deviceBlock == nil || seg.shared) && !f.reserved.contains(b)
-                        && !(f.dirtyBlocks.contains(b) && !seg.shared)
+                        && !(!seg.shared && cache.isDirty(f, b))
                     if needsReservation {
                         do { try reserveBlock() } catch {
                             if written > 0 { return try finishWrite(f, written: written, end: position, sync: sync, updateSize: updateSize) }
@@ -582,8 +606,7 @@ public final class FileDataTier: @unchecked Sendable {
                     }
                     source.take(into: cache.memory(fr) + within, n)
                     if needsReservation { f.reserved.insert(b) }
-                    if f.dirtyBlocks.isEmpty { f.dirtySince = monotonicNanoseconds() }
-                    cache.markDirty(fr)
+                    if cache.markDirty(fr) { f.dirtySince = monotonicNanoseconds() }
                     cache.unpin(fr)
                     written += n
                     position += UInt64(n)
@@ -600,6 +623,10 @@ public final class FileDataTier: @unchecked Sendable {
         if sync != .none || !options.writeBack {
             try writeBack(f, flushDevice: sync != .none, dataOnly: sync == .data)
             if !options.writeBack { dropClean(f) }
+        } else if cache.dirtyBeyond(options.dirtyRatio, andAtLeast: options.writeBackStartPages, of: f) {
+            // Above the dirty ratio: the file's pages start for the device now,
+            // while the writer goes on (the timer would come up to 200 ms late).
+            startWriteBack(f)
         }
         return written
     }
@@ -651,13 +678,21 @@ public final class FileDataTier: @unchecked Sendable {
         var inUse = false
         /// For an fdatasync: the mtime may wait for a later transaction.
         var dataOnly = false
+        /// The file's size and pending mtime when the write-back began: what
+        /// it commits (writes may change the file's while its I/O runs).
+        var size: UInt64 = 0
+        var mtime: Timestamp?
+        var sizeChanged = false
+        /// The file blocks whose frames it pinned (none outside), for writers
+        /// that run while it is in flight.
+        var blocks: ClosedRange<UInt64>?
         /// Whether the transaction makes the pool point at what was just
         /// written (new extents, written unwritten ranges, a new size): then
         /// the writes must be on stable storage before it.
-        var exposesWrites: Bool { !mappings.isEmpty || !writtenRanges.isEmpty || file.size != file.persistedSize }
+        var exposesWrites: Bool { !mappings.isEmpty || !writtenRanges.isEmpty || sizeChanged }
         /// Whether a transaction must follow the writes: it carries the pending
         /// mtime too, which alone needs one unless this is an fdatasync's.
-        var commit: Bool { exposesWrites || (file.pendingMtime != nil && !dataOnly) }
+        var commit: Bool { exposesWrites || (mtime != nil && !dataOnly) }
         init(_ file: FileData) { self.file = file }
 
         /// Empties everything for the next write-back, keeping the storage.
@@ -689,6 +724,7 @@ public final class FileDataTier: @unchecked Sendable {
     /// write-back ends with `endWriteBack`, after `commitWriteBack` or
     /// `failWriteBack`.
     func beginWriteBack(_ f: FileData, dataOnly: Bool = false) throws -> PendingWriteBack? {
+        settleWriteBack(f, waiting: true)
         if filesLock.withLock({ f.dead }) { return nil }
         if f.dirtyBlocks.isEmpty && !f.needsCommit { return nil }
         // The pin keeps the inode from being freed (its number reused) while its
@@ -703,7 +739,11 @@ public final class FileDataTier: @unchecked Sendable {
         w.inUse = true
         w.reset()
         w.dataOnly = dataOnly
+        w.size = f.size
+        w.mtime = f.pendingMtime
+        w.sizeChanged = f.size != f.persistedSize
         cache.pinDirty(f, into: &w.dirty)
+        w.blocks = w.dirty.isEmpty ? nil : w.dirty[0].block...w.dirty[w.dirty.count - 1].block
         do {
             try planWrites(w)
         } catch {
@@ -772,18 +812,107 @@ public final class FileDataTier: @unchecked Sendable {
     /// Last phase, once the writes are on the device (and flushed if new
     /// blocks or a size are committed): the transaction, then the pages are clean.
     func commitWriteBack(_ w: PendingWriteBack) throws {
+        try commitToPool(w)
+        applyToFile(w)
+    }
+
+    /// The transaction and the pages made clean: nothing of the file's
+    /// fields, so it may run without the file lock (`startWriteBack`).
+    private func commitToPool(_ w: PendingWriteBack) throws {
+        if w.commit {
+            try metadata.commitWrites(w.file.ino, mappings: w.mappings, written: w.writtenRanges, size: w.size, mtime: w.mtime)
+        }
+        for d in w.dirty { cache.markClean(d.frame) }
+        if !w.dirty.isEmpty { cacheCounters.writtenBackBytes.increment(by: w.dirty.count * Int(blockSize)) }
+    }
+
+    /// What a committed write-back changes in the file's fields (file lock held).
+    private func applyToFile(_ w: PendingWriteBack) {
         let f = w.file
         if w.commit {
-            try metadata.commitWrites(f.ino, mappings: w.mappings, written: w.writtenRanges, size: f.size, mtime: f.pendingMtime)
-            f.persistedSize = f.size
-            f.pendingMtime = nil
+            f.persistedSize = w.size
+            // A write made while it was in flight keeps its newer mtime pending.
+            if f.pendingMtime == w.mtime { f.pendingMtime = nil }
         }
         for b in w.consumedReservations { f.reserved.remove(b) }
         for b in w.redundantReservations { f.reserved.remove(b) }
         metadata.unreserveBlocks(UInt64(w.redundantReservations.count))
-        for d in w.dirty { cache.markClean(d.frame) }
-        if !w.dirty.isEmpty { cacheCounters.writtenBackBytes.increment(by: w.dirty.count * Int(blockSize)) }
-        f.dirtySince = 0
+        if !cache.holdsDirtyPages(f) { f.dirtySince = 0 }
+    }
+
+    // MARK: write-back in flight
+
+    /// Starts a write-back of `f` whose device I/O and transaction run on the
+    /// background writer's queue, without the file lock, so writes to other
+    /// blocks, reads and stat go on meanwhile (file lock held; returns at once).
+    /// Its frames stay pinned and its results reach the file's fields through
+    /// `settleWriteBack`; anything that changes the mapping or writes back
+    /// waits for it there. False when none was started.
+    @discardableResult
+    func startWriteBack(_ f: FileData) -> Bool {
+        guard backgroundWriterStarted.load(ordering: .acquiring), settleWriteBack(f, waiting: false) else { return false }
+        let w: PendingWriteBack
+        do {
+            guard let begun = try beginWriteBack(f) else { return false }
+            w = begun
+        } catch {
+            logger.error("write-back of inode \(f.ino): \(error)")
+            return false
+        }
+        f.writeBackEnd.withLock { f.writeBackInFlight = true }
+        writeBacksStartedInFlight.add(1, ordering: .relaxed)
+        // The file's record goes with it; the writer-back in flight is its only user.
+        flusherQueue.async { [self] in finishInFlight(f) }
+        return true
+    }
+
+    /// The in-flight part of `startWriteBack`, on the background writer's queue.
+    private func finishInFlight(_ f: FileData) {
+        let w = f.pendingWriteBack
+        var committed = false
+        do {
+            if w.exposesWrites { try device.writeDurably(w.requests) } else { try device.perform(w.requests) }
+            try commitToPool(w)
+            committed = true
+        } catch {
+            _ = failWriteBack(w, error)   // the pages stay dirty, for the next write-back
+        }
+        endWriteBack(w)
+        f.writeBackEnd.withLock {
+            f.writeBackInFlight = false
+            f.writeBackToSettle = committed
+            f.writeBackEnd.broadcast()
+        }
+    }
+
+    /// With the file lock held: applies a finished in-flight write-back to the
+    /// file's fields, first waiting for it if `waiting`. False if one is still
+    /// in flight (only when not waiting).
+    @discardableResult
+    func settleWriteBack(_ f: FileData, waiting: Bool) -> Bool {
+        let (ended, toSettle) = f.writeBackEnd.withLock { () -> (Bool, Bool) in
+            if waiting { while f.writeBackInFlight { f.writeBackEnd.wait() } }
+            defer { if !f.writeBackInFlight { f.writeBackToSettle = false } }
+            return (!f.writeBackInFlight, f.writeBackToSettle)
+        }
+        if toSettle { applyToFile(f.pendingWriteBack) }
+        return ended
+    }
+
+    /// The file lock, once no write-back of `f` is in flight and the last is
+    /// settled: for whatever changes the mapping, drops pages or writes back.
+    func locked<T>(_ f: FileData, _ body: () throws -> T) rethrows -> T {
+        try f.lock.withLock {
+            settleWriteBack(f, waiting: true)
+            return try body()
+        }
+    }
+
+    /// With the file lock held: waits for an in-flight write-back whose pages
+    /// a write to `blocks` would touch (they must not change under its I/O).
+    private func waitForWriteBack(of f: FileData, touching blocks: ClosedRange<UInt64>) {
+        guard !settleWriteBack(f, waiting: false), let busy = f.pendingWriteBack.blocks, busy.overlaps(blocks) else { return }
+        settleWriteBack(f, waiting: true)
     }
 
     /// Undoes the claims of a write-back that failed (the pages stay dirty, to
@@ -816,15 +945,17 @@ public final class FileDataTier: @unchecked Sendable {
         for f in candidates {
             guard f.lock.tryLock() else { continue }
             defer { f.lock.unlock() }
-            // dirtyBlocks only changes under the file lock, so it is read here.
-            guard !f.dirtyBlocks.isEmpty else { continue }
+            // Settled, no write-back is in flight: dirtyBlocks changes only under the file lock.
+            guard settleWriteBack(f, waiting: false), !f.dirtyBlocks.isEmpty else { continue }
             if (try? writeBack(f, flushDevice: false)) != nil { progressed = true }
         }
         return progressed
     }
 
+    /// On the background writer's queue, so it never waits for a write-back
+    /// in flight: that one ends on this queue, after this pass.
     private func backgroundWriteBack() {
-        reapDeadFiles()
+        reapDeadFiles(waiting: false)
         defer { pruneIdleFiles() }
         let now = monotonicNanoseconds()
         let age = UInt64(options.writeBackAgeMilliseconds) * 1_000_000
@@ -833,9 +964,10 @@ public final class FileDataTier: @unchecked Sendable {
         for f in candidates {
             guard f.lock.tryLock() else { continue }
             defer { f.lock.unlock() }
+            guard settleWriteBack(f, waiting: false) else { continue }
             let old = f.dirtySince != 0 && now >= f.dirtySince + age
             if (pressure && !f.dirtyBlocks.isEmpty) || old || (f.dirtyBlocks.isEmpty && f.needsCommit) {
-                try? writeBack(f, flushDevice: false)
+                startWriteBack(f)   // finished on this queue, after this pass
             }
         }
     }
@@ -864,7 +996,7 @@ public final class FileDataTier: @unchecked Sendable {
             _ = try metadata.getattr(ino)
             return
         }
-        try f.lock.withLock {
+        try locked(f) {
             // fdatasync may skip a commit that only changes mtime.
             if dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize {
                 try flushDeviceOrThrow()
@@ -901,6 +1033,7 @@ public final class FileDataTier: @unchecked Sendable {
         for (ino, state) in zip(sorted, states) {
             guard let f = state else { alone.append(ino); continue }   // nothing cached: a getattr says if it exists
             if locked.isEmpty { f.lock.lock() } else if !f.lock.tryLock() { alone.append(ino); continue }
+            guard settleWriteBack(f, waiting: locked.isEmpty) else { f.lock.unlock(); alone.append(ino); continue }
             locked.append(f)
         }
         func fail(_ ino: UInt64, _ error: Error) { for i in wanted[ino]!.items { results[i] = error } }
@@ -969,7 +1102,7 @@ public final class FileDataTier: @unchecked Sendable {
     /// Writes back every file (syncfs, shutdown).
     public func syncAll() throws {
         let all = filesLock.withLock { Array(files.values) }
-        for f in all { try f.lock.withLock { try writeBack(f, flushDevice: false) } }
+        for f in all { try locked(f) { try writeBack(f, flushDevice: false) } }
         try flushDeviceOrThrow()
     }
 }

@@ -20,7 +20,7 @@ extension FileDataTier {
     /// new size, so a later extension can never uncover old bytes.
     func truncate(_ ino: UInt64, size: UInt64, mtime: Timestamp?) throws {
         guard size <= MetadataStore.maxFileSize else { throw Errno.fileTooLarge }
-        try withFile(ino) { f in try f.lock.withLock {
+        try withFile(ino) { f in try locked(f) {
             if size < f.size {
                 let keep = (size + blockSize - 1) / blockSize
                 dropPages(f, from: keep, to: UInt64.max)
@@ -66,7 +66,7 @@ extension FileDataTier {
         guard offset <= MetadataStore.maxFileSize, length <= MetadataStore.maxFileSize - offset else { throw Errno.fileTooLarge }
         let end = offset + length
         let firstFull = (offset + blockSize - 1) / blockSize, endFull = end / blockSize
-        try withFile(ino) { f in try f.lock.withLock {
+        try withFile(ino) { f in try locked(f) {
             if mode.contains(.punchHole) || mode.contains(.zeroRange) {
                 // Partial blocks at the edges are zeroed; whole blocks are unmapped.
                 let limit = mode.contains(.punchHole) ? min(end, f.size) : end
@@ -107,7 +107,7 @@ extension FileDataTier {
     /// lseek SEEK_DATA / SEEK_HOLE: data is a written extent or a cached page;
     /// unwritten extents and holes are holes; EOF is a hole. ENXIO past EOF.
     public func seek(_ ino: UInt64, from offset: UInt64, to target: SeekTarget) throws -> UInt64 {
-        return try withFile(ino) { f in try f.lock.withLock {
+        return try withFile(ino) { f in try locked(f) {
             guard offset < f.size else { throw Errno.noSuchAddressOrDevice }
             let endBlock = (f.size + blockSize - 1) / blockSize
             var block = offset / blockSize
@@ -193,9 +193,9 @@ extension FileDataTier {
 
     /// Holds the data locks of two files (one if they are the same), in inode order.
     private func withFileLocks<T>(_ a: FileData, _ b: FileData, _ body: () throws -> T) throws -> T {
-        if a === b { return try a.lock.withLock(body) }
+        if a === b { return try locked(a, body) }
         let (first, second) = a.ino < b.ino ? (a, b) : (b, a)
-        return try first.lock.withLock { try second.lock.withLock(body) }
+        return try locked(first) { try locked(second, body) }
     }
 
     /// Copies bytes through the cache.
@@ -219,6 +219,6 @@ extension FileDataTier {
     public func abandonForTesting() {
         stopBackgroundWriter()
         let all = takeAllFiles()
-        for f in all { f.lock.withLock { for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) } } }
+        for f in all { locked(f) { for b in cache.cachedBlocks(f, from: 0, to: UInt64.max) { cache.drop(f, b) } } }
     }
 }

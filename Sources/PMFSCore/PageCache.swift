@@ -118,13 +118,22 @@ final class PageCache: @unchecked Sendable {
         }
     }
 
-    func markDirty(_ f: Int32) {
+    /// True if the frame's file had no dirty page before.
+    @discardableResult
+    func markDirty(_ f: Int32) -> Bool {
         lock.withLock {
-            guard !dirty[Int(f)] else { return }
+            guard !dirty[Int(f)] else { return false }
             dirty[Int(f)] = true
             dirtyCount += 1
-            if let file = owner[Int(f)] { file.dirtyBlocks.insert(block[Int(f)]) }
+            guard let file = owner[Int(f)] else { return false }
+            defer { file.dirtyBlocks.insert(block[Int(f)]) }
+            return file.dirtyBlocks.isEmpty
         }
+    }
+
+    /// Whether `blockNumber` of `file` is cached dirty.
+    func isDirty(_ file: FileData, _ blockNumber: UInt64) -> Bool {
+        lock.withLock { file.dirtyBlocks.contains(blockNumber) }
     }
 
     func markClean(_ f: Int32) {
@@ -159,6 +168,11 @@ final class PageCache: @unchecked Sendable {
     /// Whether `file` has any page cached (O(1): the idle-file scan asks it of every file).
     func holdsPages(_ file: FileData) -> Bool {
         lock.withLock { !file.pages.isEmpty }
+    }
+
+    /// Whether more than `ratio` of the frames are dirty and `file` has at least `pages` of them.
+    func dirtyBeyond(_ ratio: Double, andAtLeast pages: Int, of file: FileData) -> Bool {
+        lock.withLock { Double(dirtyCount) > ratio * Double(frameCount) && file.dirtyBlocks.count >= pages }
     }
 
     func holdsDirtyPages(_ file: FileData) -> Bool {

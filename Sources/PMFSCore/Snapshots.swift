@@ -14,11 +14,11 @@ extension FileDataTier {
             // Only files that owe the pool something need a write-back (for the
             // others it does nothing); when none does, as after a quiet spell,
             // the tree is walked once, by the copy, instead of twice.
-            let owing = cachedFiles().filter { f in f.lock.withLock { cache.holdsDirtyPages(f) || f.needsCommit } }
+            let owing = cachedFiles().filter { f in locked(f) { cache.holdsDirtyPages(f) || f.needsCommit } }
             if !owing.isEmpty {
                 let tree = Set(try metadata.regularFiles(inTree: source))
                 for f in owing where tree.contains(f.ino) {
-                    try f.lock.withLock { try writeBack(f, flushDevice: false) }
+                    try locked(f) { try writeBack(f, flushDevice: false) }
                 }
             }
             return try metadata.snapshot(source, into: parent, name: name, readOnly: readOnly)
