@@ -89,20 +89,8 @@ def fsync_rate(d, writers, seconds):
     for p in paths:
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                os.close(counts_r); os.close(go_w)
-                fd = os.open(p, os.O_WRONLY)
-                os.read(go_r, 1)
-                deadline, n = time.perf_counter() + seconds, 0
-                while time.perf_counter() < deadline:
-                    os.pwrite(fd, block, 0)
-                    os.fsync(fd)
-                    n += 1
-                os.write(counts_w, b"%d\n" % n)
-                code = 0
-            finally:
-                os._exit(code)
+            os.close(counts_r); os.close(go_w)
+            fsync_writer(p, block, seconds, go_r, counts_w)
         pids.append(pid)
     os.close(counts_w); os.close(go_r)
     t0 = time.perf_counter()
@@ -119,6 +107,23 @@ def fsync_rate(d, writers, seconds):
     for p in paths:
         os.unlink(p)
     return sum(int(x) for x in out.split()) / elapsed
+
+def fsync_writer(path, block, seconds, go, counts):
+    """A writer process: waits for the start on GO, overwrites and fsyncs
+    PATH for SECONDS, writes its count to COUNTS; exits 0 only if all went well."""
+    code = 1
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        os.read(go, 1)
+        deadline, n = time.perf_counter() + seconds, 0
+        while time.perf_counter() < deadline:
+            os.pwrite(fd, block, 0)
+            os.fsync(fd)
+            n += 1
+        os.write(counts, b"%d\n" % n)
+        code = 0
+    finally:
+        os._exit(code)
 
 def start_pmfsd(bins, env, pool, data, mnt, transport, log_path):
     # --zero-data: the data file written once, as README says to run on a host
