@@ -9,14 +9,22 @@ import VhostUserFrontEnd
 /// end's side (no guest kernel, no emulation): the time from making a request
 /// available and kicking to seeing its reply in the used ring, woken by the
 /// call eventfd as a guest would be. tools/bench/vhost.sh runs it against
-/// pmfsd and virtiofsd on the same media and prints the ratios.
+/// pmfsd and virtiofsd on the same media and prints the ratios. Given several
+/// sockets, it runs each workload on every back end in turns (rounds, the order
+/// reversed every round), so that a disk whose speed drifts by the minute
+/// weighs on each back end alike.
 @main
 struct PmfsVhostBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmfs-bench-vhost",
-        abstract: "Per-request latency of a vhost-user-fs back end (prints TSV: workload, p50 µs, p99 µs, ops/s).")
+        abstract: "Per-request latency of vhost-user-fs back ends (prints TSV: [back end,] workload, p50 µs, p99 µs, ops/s).")
 
-    @Option(help: "The back end's vhost-user socket.") var socket: String
+    @Option(help: "A back end's vhost-user socket; several: measured in turns, a back-end column first.")
+    var socket: [String]
+    @Option(help: "Names of the back ends in the output, one per --socket (default: their sockets).")
+    var label: [String] = []
+    @Option(help: "With several sockets: turns per workload (each back end runs 1/rounds of the requests per turn).")
+    var rounds = 10
     @Option(help: "Requests per workload.") var iterations = 2000
     @Option(help: "Warm-up requests per workload (not measured).") var warmup = 200
     @Option(help: "Writers for the parallel fsync workloads (each a file; all in flight at once).") var writers = 8
@@ -30,19 +38,32 @@ struct PmfsVhostBench: ParsableCommand {
     @Option(help: ArgumentHelp("With --cat and --hold: once this host path exists (looked for while holding), read the file again through the same session and print it again.", valueName: "host-path"))
     var readAgainWhen: String?
 
+    func validate() throws {
+        guard !socket.isEmpty else { throw ValidationError("give at least one --socket") }
+        guard label.isEmpty || label.count == socket.count else { throw ValidationError("give one --label per --socket") }
+        guard cat == nil || socket.count == 1 else { throw ValidationError("--cat takes one --socket") }
+        guard rounds >= 1, iterations >= 1, warmup >= 0, writers >= 1 else { throw ValidationError("counts must be positive") }
+    }
+
     func run() throws {
         var options = VhostUserFrontEnd.Options()
         options.slotsPerQueue = max(16, writers)
         options.slotBytes = 64 << 10
-        let frontEnd = try VhostUserFrontEnd(socketPath: socket, options: options)
-        let client = FUSEClient(frontEnd)
-        _ = try client.initialize()
-        if let cat { return try Self.cat(cat, client, hold: hold, readAgainWhen: readAgainWhen) }
-        let bench = Workloads(client: client, iterations: iterations, warmup: warmup, writers: writers, prefix: prefix)
-        print("workload\tp50_us\tp99_us\tops_per_s")
-        for name in workloads.split(separator: ",").map(String.init) {
-            let result = try bench.run(name)
-            print("\(name)\t\(format(result.p50))\t\(format(result.p99))\t\(format(result.opsPerSecond))")
+        let clients = try socket.map { path -> FUSEClient in
+            let client = FUSEClient(try VhostUserFrontEnd(socketPath: path, options: options))
+            _ = try client.initialize()
+            return client
+        }
+        if let cat { return try Self.cat(cat, clients[0], hold: hold, readAgainWhen: readAgainWhen) }
+        let benches = clients.map { Workloads(client: $0, iterations: iterations, warmup: warmup, writers: writers, prefix: prefix) }
+        let names = label.isEmpty ? socket : label
+        let several = benches.count > 1
+        print((several ? "backend\t" : "") + "workload\tp50_us\tp99_us\tops_per_s")
+        for workload in workloads.split(separator: ",").map(String.init) {
+            let results = try Turns(rounds: several ? rounds : 1).measure(workload, on: benches)
+            for (name, result) in zip(names, results) {
+                print((several ? "\(name)\t" : "") + "\(workload)\t\(format(result.p50))\t\(format(result.p99))\t\(format(result.opsPerSecond))")
+            }
         }
     }
 
@@ -78,6 +99,7 @@ struct PmfsVhostBench: ParsableCommand {
     }
 }
 
+
 struct Result {
     var p50: Double
     var p99: Double
@@ -86,11 +108,50 @@ struct Result {
 
 func now() -> UInt64 { monotonicNanoseconds() }
 
-/// Latency samples in ns → percentiles in µs.
-func summarize(_ samples: [UInt64], operations: Int, elapsed: UInt64) -> Result {
+/// Latency samples in ns → percentiles in µs; ops/s over the time the samples cover.
+func summarize(_ samples: [UInt64], operationsPerSample: Int) -> Result {
     let sorted = samples.sorted()
+    let elapsed = samples.reduce(0, +)
     func at(_ q: Double) -> Double { sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]) / 1000 }
-    return Result(p50: at(0.5), p99: at(0.99), opsPerSecond: elapsed == 0 ? 0 : Double(operations) * 1e9 / Double(elapsed))
+    let operations = Double(samples.count * operationsPerSample)
+    return Result(p50: at(0.5), p99: at(0.99), opsPerSecond: elapsed == 0 ? 0 : operations * 1e9 / Double(elapsed))
+}
+
+/// One workload prepared on one back end: `step(i)` does the i-th timed unit
+/// (negative i: a warm-up) and returns the time it took; `finish` cleans up.
+struct PreparedWorkload {
+    var steps: Int
+    var warmupSteps: Int
+    var operationsPerStep = 1
+    var step: (Int) throws -> UInt64
+    var finish: () throws -> Void = {}
+}
+
+/// Runs a workload on every back end: all warm up first, then they take turns,
+/// each doing the next slice of its steps; the order reverses every round so
+/// that a steady drift of the media favours none.
+struct Turns {
+    let rounds: Int
+
+    func measure(_ name: String, on benches: [Workloads]) throws -> [Result] {
+        let runs = try benches.map { try $0.prepare(name) }
+        for run in runs { for i in 0..<run.warmupSteps { _ = try run.step(-1 - i) } }
+        var samples = runs.map { run -> [UInt64] in
+            var s = [UInt64]()
+            s.reserveCapacity(run.steps)
+            return s
+        }
+        let steps = runs[0].steps
+        let slice = max(1, (steps + rounds - 1) / rounds)
+        for (round, first) in stride(from: 0, to: steps, by: slice).enumerated() {
+            let order = round % 2 == 0 ? Array(runs.indices) : Array(runs.indices.reversed())
+            for k in order {
+                for i in first..<min(steps, first + slice) { samples[k].append(try runs[k].step(i)) }
+            }
+        }
+        for run in runs { try run.finish() }
+        return zip(runs, samples).map { summarize($1, operationsPerSample: $0.operationsPerStep) }
+    }
 }
 
 struct Workloads {
@@ -101,12 +162,12 @@ struct Workloads {
     let prefix: String
     let root: UInt64 = 1
 
-    func run(_ name: String) throws -> Result {
+    func prepare(_ name: String) throws -> PreparedWorkload {
         switch name {
-        case "getattr": return try timed { _ in _ = try client.getattr(root) }
+        case "getattr": return timed { _ in _ = try client.getattr(root) }
         case "lookup": return try lookup()
-        case "create": return try create()
-        case "unlink": return try unlink()
+        case "create": return create()
+        case "unlink": return timed { i in try client.unlink(parent: root, "\(prefix)-c\(i)") }
         case "write-fsync": return try writeFsync()
         case "write-fdatasync": return try writeFsync(dataOnly: true)
         case "fsync-1": return try parallelFsync(writers: 1)
@@ -115,39 +176,30 @@ struct Workloads {
         }
     }
 
-    /// Runs `body` warmup + iterations times, timing each of the last `iterations`.
-    private func timed(_ body: (Int) throws -> Void) throws -> Result {
-        for i in 0..<warmup { try body(-1 - i) }
-        var samples = [UInt64]()
-        samples.reserveCapacity(iterations)
-        let start = now()
-        for i in 0..<iterations {
+    /// `iterations` steps (after `warmup` untimed ones), each `body` timed whole.
+    private func timed(_ body: @escaping (Int) throws -> Void) -> PreparedWorkload {
+        PreparedWorkload(steps: iterations, warmupSteps: warmup) { i in
             let t = now()
             try body(i)
-            samples.append(now() - t)
+            return now() - t
         }
-        return summarize(samples, operations: iterations, elapsed: now() - start)
     }
 
-    private func lookup() throws -> Result {
+    private func lookup() throws -> PreparedWorkload {
         let name = "\(prefix)-lookup"
         let (entry, handle) = try createOrOpen(name)
         try client.release(entry.nodeid, handle: handle)
-        let result = try timed { _ in _ = try client.lookup(parent: root, name) }
-        try client.forget(entry.nodeid, count: UInt64(warmup + iterations + 1))
-        return result
+        var run = timed { [client, root] _ in _ = try client.lookup(parent: root, name) }
+        run.finish = { [client, warmup, iterations] in try client.forget(entry.nodeid, count: UInt64(warmup + iterations + 1)) }
+        return run
     }
 
     /// CREATE + RELEASE of a new file each time (the files stay for `unlink`).
-    private func create() throws -> Result {
-        try timed { i in
+    private func create() -> PreparedWorkload {
+        timed { [client, root, prefix] i in
             let (entry, handle) = try client.create(parent: root, "\(prefix)-c\(i)")
             try client.release(entry.nodeid, handle: handle)
         }
-    }
-
-    private func unlink() throws -> Result {
-        try timed { i in try client.unlink(parent: root, "\(prefix)-c\(i)") }
     }
 
     private func createOrOpen(_ name: String) throws -> (fuse_entry_out, UInt64) {
@@ -159,35 +211,35 @@ struct Workloads {
     /// A durable 4 KiB overwrite: WRITE then FSYNC, one after the other, as a
     /// database's commit; `dataOnly`: the FSYNC is an fdatasync (SQLite's and
     /// PostgreSQL's WAL default on Linux).
-    private func writeFsync(dataOnly: Bool = false) throws -> Result {
+    private func writeFsync(dataOnly: Bool = false) throws -> PreparedWorkload {
         let (entry, handle) = try createOrOpen("\(prefix)-\(dataOnly ? "fdatasync" : "fsync")")
         let block = [UInt8](repeating: 0x5a, count: 4096)
         for i in 0..<256 { try client.write(entry.nodeid, handle: handle, offset: UInt64(i) * 4096, block) }
         try client.fsync(entry.nodeid, handle: handle)
-        let result = try timed { i in
+        var run = timed { [client] i in
             try client.write(entry.nodeid, handle: handle, offset: UInt64((i & 255) * 4096), block)
             try client.fsync(entry.nodeid, handle: handle, dataOnly: dataOnly)
         }
-        try client.release(entry.nodeid, handle: handle)
-        return result
+        run.finish = { [client] in try client.release(entry.nodeid, handle: handle) }
+        return run
     }
 
     /// `writers` files, each written and fsynced in rounds with all fsyncs in
-    /// flight at once (as `writers` guest processes committing together):
-    /// fsyncs per second, and the latency of a whole round.
-    private func parallelFsync(writers: Int) throws -> Result {
+    /// flight at once (as `writers` guest processes committing together): a
+    /// step is one round, its writes untimed; fsyncs per second, and the
+    /// latency of a whole round.
+    private func parallelFsync(writers: Int) throws -> PreparedWorkload {
         var files: [(UInt64, UInt64)] = []
         for w in 0..<writers {
             let (e, h) = try createOrOpen("\(prefix)-p\(w)")
             files.append((e.nodeid, h))
         }
         let block = [UInt8](repeating: 0xa5, count: 4096)
+        let client = self.client
         let ring = client.frontEnd.ring(client.queue)
-        var samples = [UInt64]()
-        let rounds = max(1, iterations / 4)
-        var elapsed: UInt64 = 0
-        for round in 0..<(rounds + warmup / 4) {
-            for (node, handle) in files { try client.write(node, handle: handle, offset: UInt64((round & 63) * 4096), block) }
+        let round = { (index: Int) throws -> UInt64 in
+            let page = UInt64((index & 63) * 4096)
+            for (node, handle) in files { try client.write(node, handle: handle, offset: page, block) }
             let t = now()
             var slots: [Int] = []
             for (node, handle) in files {
@@ -207,10 +259,13 @@ struct Workloads {
                 }
                 if done < slots.count { try ring.waitForCall(timeoutMilliseconds: 10_000) }
             }
-            let d = now() - t
-            if round >= warmup / 4 { samples.append(d); elapsed += d }
+            return now() - t
         }
-        for (node, handle) in files { try client.release(node, handle: handle) }
-        return summarize(samples, operations: samples.count * writers, elapsed: elapsed)
+        return PreparedWorkload(steps: max(1, iterations / 4), warmupSteps: warmup / 4, operationsPerStep: writers, step: { index in
+            // Warm-up steps are negative; the page index wants a non-negative one.
+            try round(index < 0 ? -index : index)
+        }, finish: {
+            for (node, handle) in files { try client.release(node, handle: handle) }
+        })
     }
 }
