@@ -26,6 +26,12 @@ final class FileData: @unchecked Sendable {
     var persistedSize: UInt64
     /// mtime of writes not yet committed.
     var pendingMtime: Timestamp?
+    /// The mtime the file has now when known here (read when the record was
+    /// made, or given by a write since), nil when something else set it.
+    var currentMtime: Timestamp?
+    /// Whether a getattr may have shown `currentMtime` (assumed for a new
+    /// record): the next write must then change it, to the nanosecond.
+    var mtimeQueried = true
     /// Dirty blocks that hold a space reservation (they fill holes).
     var reserved: Set<UInt64> = []
     /// When the oldest dirty page was dirtied (monotonic ns), 0 if clean.
@@ -47,11 +53,12 @@ final class FileData: @unchecked Sendable {
     var writeBackToSettle = false
     let writeBackEnd = ConditionLock()
 
-    init(ino: UInt64, generation: UInt64, size: UInt64) {
+    init(ino: UInt64, generation: UInt64, size: UInt64, mtime: Timestamp? = nil) {
         self.ino = ino
         self.generation = generation
         self.size = size
         self.persistedSize = size
+        self.currentMtime = mtime
     }
 
     var needsCommit: Bool { size != persistedSize || pendingMtime != nil }

@@ -151,7 +151,7 @@ public final class FileDataTier: @unchecked Sendable {
                 // An inode of this bucket was freed while the attributes were read:
                 // they may be of a file that is gone, so they are read again.
                 guard releases[releaseBucket(ino)] == releasesSeen else { return nil }
-                let f = FileData(ino: ino, generation: attrs.generation, size: attrs.size)
+                let f = FileData(ino: ino, generation: attrs.generation, size: attrs.size, mtime: attrs.mtime)
                 files[ino] = f
                 f.users += 1
                 return f
@@ -259,6 +259,7 @@ public final class FileDataTier: @unchecked Sendable {
                 settleWriteBack(f, waiting: false)
                 a.size = f.size
                 if let m = f.pendingMtime { a.mtime = m; a.ctime = max(a.ctime, m) }
+                f.mtimeQueried = true
                 a.blocks = a.blocks.addingClamped(UInt64(f.reserved.count) * (blockSize / 512))
             }
         }
@@ -275,7 +276,7 @@ public final class FileDataTier: @unchecked Sendable {
         if rest.mode != nil || rest.uid != nil || rest.gid != nil || rest.atime != nil || rest.mtime != nil || rest.ctime != nil || rest.flags != nil {
             if rest.mtime != nil, let f = filesLock.withLock({ files[ino] }) {
                 // An explicit mtime wins over one a pending write-back would commit.
-                locked(f) { f.pendingMtime = nil }
+                locked(f) { f.pendingMtime = nil; f.currentMtime = nil }
             }
             _ = try metadata.setattr(ino, rest)
         }
@@ -616,10 +617,30 @@ public final class FileDataTier: @unchecked Sendable {
         return try finishWrite(f, written: written, end: end, sync: sync, updateSize: updateSize)
     }
 
+    /// The mtime a write gives `f`, as Linux stamps writes: the clock tick,
+    /// so writes within one tick leave it as it is and an fsync after them
+    /// has no mtime to commit (no transaction, as ext4 commits no journal);
+    /// but after a getattr may have shown the current one, a time to the
+    /// nanosecond and later than it, so that change is seen (as Linux's
+    /// multigrain timestamps). File lock held.
+    func stampWrite(_ f: FileData) {
+        var t: Timestamp
+        if f.mtimeQueried {
+            t = Timestamp.now()
+            if let current = f.currentMtime, t <= current { t = current.next }
+        } else {
+            t = Timestamp.coarseNow()
+            if let current = f.currentMtime, t <= current { return }
+        }
+        f.pendingMtime = t
+        f.currentMtime = t
+        f.mtimeQueried = false
+    }
+
     /// Size and mtime after a write, then write-through or sync if asked.
     private func finishWrite(_ f: FileData, written: Int, end: UInt64, sync: SyncMode, updateSize: Bool) throws -> Int {
         if updateSize && end > f.size { f.size = end }
-        f.pendingMtime = Timestamp.now()
+        stampWrite(f)
         if sync != .none || !options.writeBack {
             try writeBack(f, flushDevice: sync != .none, dataOnly: sync == .data)
             if !options.writeBack { dropClean(f) }

@@ -30,9 +30,10 @@ extension FileDataTier {
             // The zeroed tail and everything else is written back, then one
             // transaction sets the size and frees the blocks past the end.
             try writeBack(f, flushDevice: false)
-            _ = try metadata.setattr(ino, AttributeChanges(size: size, mtime: mtime))
+            let attributes = try metadata.setattr(ino, AttributeChanges(size: size, mtime: mtime))
             f.persistedSize = size
             f.pendingMtime = nil
+            f.currentMtime = attributes.mtime
         } }
     }
 
@@ -96,10 +97,10 @@ extension FileDataTier {
             }
             if !mode.contains(.keepSize) && end > f.size {
                 f.size = end
-                f.pendingMtime = Timestamp.now()
+                stampWrite(f)
                 try writeBack(f, flushDevice: false)
             } else if mode.contains(.punchHole) || mode.contains(.zeroRange) {
-                f.pendingMtime = Timestamp.now()
+                stampWrite(f)
             }
         } }
     }

@@ -1,5 +1,6 @@
 import CPMDK
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// A directory entry name: 1 to 255 bytes, any byte but '/' and NUL.
@@ -62,10 +63,49 @@ public struct Timestamp: Hashable, Sendable, Comparable {
         self.nanoseconds = nanoseconds
     }
 
+    /// The time, to the nanosecond (namespace changes, setattr): also the
+    /// floor `coarseNow` never goes below.
     public static func now() -> Timestamp {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        return Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+        let t = Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+        let nanoseconds = t.sinceEpoch
+        var floor = fineFloor.load(ordering: .relaxed)
+        while floor < nanoseconds {
+            let (exchanged, found) = fineFloor.compareExchange(expected: floor, desired: nanoseconds, ordering: .relaxed)
+            if exchanged { break }
+            floor = found
+        }
+        return t
+    }
+
+    /// The time of the kernel's clock tick (CLOCK_REALTIME_COARSE, 4 ms here),
+    /// as Linux stamps file writes, but never before a `now()` handed out
+    /// already, so a file written after another was created never looks older.
+    public static func coarseNow() -> Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME_COARSE, &ts)
+        let tick = Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+        let floor = fineFloor.load(ordering: .relaxed)
+        return tick.sinceEpoch >= floor ? tick : Timestamp(sinceEpoch: floor)
+    }
+
+    /// The newest time `now()` returned, in ns since the epoch.
+    private static let fineFloor = Atomic<UInt64>(0)
+
+    /// ns since the epoch, clamped to 0 for times before it (clocks only, not stored times).
+    private var sinceEpoch: UInt64 {
+        seconds < 0 ? 0 : UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ UInt64(nanoseconds)
+    }
+
+    private init(sinceEpoch ns: UInt64) {
+        self.init(seconds: Int64(ns / 1_000_000_000), nanoseconds: UInt32(ns % 1_000_000_000))
+    }
+
+    /// One nanosecond later (saturating at the largest time).
+    public var next: Timestamp {
+        if nanoseconds < 999_999_999 { return Timestamp(seconds: seconds, nanoseconds: nanoseconds + 1) }
+        return seconds == Int64.max ? self : Timestamp(seconds: seconds + 1, nanoseconds: 0)
     }
 
     public static func < (a: Timestamp, b: Timestamp) -> Bool {

@@ -296,7 +296,7 @@ import Testing
             try t.fs.fsync(ino)
         }
         let committed = try t.metadata.getattr(a).mtime
-        usleep(2000)
+        waitForTheClock(toPass: committed)
         func expectNoTransaction(_ what: String, _ body: () throws -> Void) throws {
             let transactions = t.metadata.transactionCounts.committed, flushes = t.device.groupFlush.flushes
             try body()
@@ -324,14 +324,14 @@ import Testing
         #expect(t.metadata.transactionCounts.committed == transactions + 1)
         let synced = try t.metadata.getattr(a).mtime
         #expect(synced > committed)
-        usleep(2000)
+        waitForTheClock(toPass: synced)
         _ = try t.write(a, 8192, [6])
         try t.fs.fsync(a, dataOnly: true)
         #expect(try t.metadata.getattr(a).size == 8193)
         #expect(try t.metadata.getattr(a).mtime > synced)
 
         // The background writer commits a pending mtime, with no flush.
-        usleep(2000)
+        waitForTheClock(toPass: try t.metadata.getattr(a).mtime)
         _ = try t.write(a, 0, [7])
         try t.fs.fsync(a, dataOnly: true)
         let pending = try t.fs.getattr(a).mtime
@@ -365,4 +365,67 @@ import Testing
         let f = try t.fs.fileData(ino)
         #expect(f.readAheadBlocks > 8)
     }
+
+    /// Writes are stamped as Linux stamps them: with the clock tick, so an
+    /// fsync after overwrites within one tick has no mtime to commit (no
+    /// transaction, as ext4 commits no journal); a write after a getattr
+    /// changes the mtime to the nanosecond (multigrain), so a change a stat
+    /// could tell apart is never hidden; and a file written after another was
+    /// created is never stamped earlier than that creation.
+    @Test func writesAreStampedWithTheClockTickUnlessTheMtimeWasSeen() throws {
+        var options = FileDataTier.Options()
+        options.backgroundWriterLater = true
+        let t = try CoreFixture(options: options)
+        let f = try t.newFile("f")
+        var seen = try t.fs.getattr(f).mtime
+        for i in 0..<50 {
+            _ = try t.write(f, 0, [UInt8(i)])
+            let now = try t.fs.getattr(f).mtime
+            #expect(now > seen, "write \(i) after a getattr")
+            seen = now
+        }
+
+        // Two overwrites in one tick: the second fsync commits nothing. A tick
+        // may end between them, so this tries again until one does not.
+        var checked = false
+        for _ in 0..<20 where !checked {
+            waitForTheNextClockTick()
+            let tick = coarseClock()
+            _ = try t.write(f, 0, [1])
+            try t.fs.fsync(f)
+            let transactions = t.metadata.transactionCounts.committed
+            _ = try t.write(f, 0, [2])
+            try t.fs.fsync(f)
+            guard coarseClock() == tick else { continue }
+            #expect(t.metadata.transactionCounts.committed == transactions)
+            checked = true
+        }
+        #expect(checked, "no two overwrites fell in one clock tick in 20 tries")
+
+        let other = try t.newFile("created later")
+        _ = try t.write(f, 0, [3])
+        try t.fs.fsync(f)
+        #expect(try t.metadata.getattr(f).mtime >= t.metadata.getattr(other).mtime)
+    }
+}
+
+/// The coarse clock file writes are stamped with (Linux's tick: 4 ms at
+/// HZ=250, 10 ms at HZ=100), in ns.
+private func coarseClock() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// Sleeps until the coarse clock has moved on at least once.
+private func waitForTheNextClockTick() {
+    let start = coarseClock()
+    while coarseClock() == start { usleep(500) }
+}
+
+/// Sleeps until the coarse clock is past `t`, so that a write is stamped
+/// later than `t` (that clock may lag the fine one by more than a tick).
+private func waitForTheClock(toPass t: Timestamp) {
+    let target = t.seconds * 1_000_000_000 + Int64(t.nanoseconds)
+    while coarseClock() <= target { usleep(500) }
 }
