@@ -62,8 +62,11 @@ extension FUSEMount {
     /// rings are off) and waits for the end.
     @discardableResult
     /// `blockingThreads` serve ring requests that may block (fsync, large I/O)
-    /// while other requests wait behind them on the same CPU's queue.
-    public func negotiate(_ choice: FUSETransportChoice, queueDepth: Int = 8, blockingThreads: Int = 4) throws -> String {
+    /// while other requests wait behind them on the same CPU's queue; each
+    /// queue's thread polls up to `pollMicroseconds` for the next request (see
+    /// `PollWindow`).
+    public func negotiate(_ choice: FUSETransportChoice, queueDepth: Int = 8, blockingThreads: Int = 4,
+                          pollMicroseconds: Int = 0) throws -> String {
         // Once INIT agrees on io_uring, the kernel holds every request until
         // all queues are registered: agree only if rings can be made here.
         if choice == .device {
@@ -82,7 +85,8 @@ extension FUSEMount {
         }
         let count = Self.possibleCPUs()
         do {
-            try startQueues(count: count, depth: max(1, min(queueDepth, 64)), blockingThreads: blockingThreads)
+            try startQueues(count: count, depth: max(1, min(queueDepth, 64)), blockingThreads: blockingThreads,
+                            pollMicroseconds: pollMicroseconds)
         } catch {
             if choice == .uring { throw error }
             return "transport /dev/fuse (\(error))"
@@ -125,7 +129,7 @@ extension FUSEMount {
 
     /// One queue thread per possible CPU; waits until each registered its
     /// entries (the kernel switches to the rings once all have).
-    private func startQueues(count: Int, depth: Int, blockingThreads: Int) throws {
+    private func startQueues(count: Int, depth: Int, blockingThreads: Int, pollMicroseconds: Int) throws {
         // The kernel wants room for the largest request and reply it may send.
         let payload = max(8192, Int(server.maxWrite), Int(server.maxPages) * 4096)
         let pool = blockingThreads > 0 ? RequestPool(threads: blockingThreads) : nil
@@ -133,7 +137,7 @@ extension FUSEMount {
         var made: [FUSERingQueue] = []
         for qid in 0..<count {
             made.append(try FUSERingQueue(qid: qid, depth: depth, fd: fd, server: server, payloadSize: payload,
-                                          counters: counters, pool: pool, logger: logger))
+                                          counters: counters, pool: pool, pollMicroseconds: pollMicroseconds, logger: logger))
         }
         let threads = made.compactMap { q in JoinableThread.spawn { q.run() } }
         queues = made

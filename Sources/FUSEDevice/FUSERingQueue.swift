@@ -3,6 +3,7 @@ import CURing
 import FUSEProtocol
 import Glibc
 import Logging
+import PMFSConcurrency
 import Synchronization
 
 /// One ring entry of a FUSE io_uring queue: the header buffer (iovec 0) and the
@@ -189,13 +190,17 @@ final class FUSERingQueue: @unchecked Sendable {
     /// Set while the queue thread commits `fsyncGroup` itself: the replies go
     /// to the mailbox without a wake-up, and are committed right after.
     private var committingInline = false
+    /// The longest the thread polls for the next request after answering,
+    /// before it sleeps in the kernel (ns; 0: never polls).
+    private let pollLimit: UInt64
     /// Set once the thread has its ring and registered its entries (or failed to).
     let registered = Atomic<Int>(0)   // 0 pending, 1 ok, -errno failed
     static let wakeTag = UInt64.max
 
     init(qid: Int, depth: Int, fd: Int32, server: FUSEServer, payloadSize: Int, counters: FUSETransportCounters,
-         pool: RequestPool? = nil, logger: Logger) throws {
+         pool: RequestPool? = nil, pollMicroseconds: Int = 0, logger: Logger) throws {
         self.qid = qid
+        pollLimit = UInt64(max(0, pollMicroseconds)) * 1000
         self.pool = pool
         self.fd = fd
         self.server = server
@@ -248,16 +253,39 @@ final class FUSERingQueue: @unchecked Sendable {
             return failed("registering entries", results[refused])
         }
         registered.store(1, ordering: .releasing)
+        var poll = PollWindow(limit: pollLimit)
         while true {
             live -= complete(&ring, tags, results, n)
             guard live > 0, !stopping.load(ordering: .relaxed) else { break }
+            let polled = pollForNext(&ring, &poll)
             let s = curing_submit_and_wait(&ring, 1)
             if s < 0 && s != -EINTR && s != -EAGAIN && s != -EBUSY {
                 logger.error("FUSE io_uring queue \(qid): \(String(cString: strerror(-s)))")
                 break
             }
+            if poll.limit > 0 && !polled { poll.wokeUp(at: monotonicNanoseconds()) }
             n = Int(curing_reap(&ring, &tags, &results, UInt32(tags.count)))
         }
+    }
+
+    /// After a batch was answered: sends the replies and, if the window says
+    /// so, polls a while for the next request (its task work or completion),
+    /// so that a client asking again at once is served without this thread
+    /// sleeping and being woken. Each turn yields the CPU: the client, on this
+    /// CPU's queue, usually runs on this CPU. True if a request came.
+    private func pollForNext(_ ring: inout io_uring, _ poll: inout PollWindow) -> Bool {
+        guard poll.limit > 0 else { return false }
+        poll.answered(at: monotonicNanoseconds())
+        guard poll.window > 0 else { return false }
+        _ = io_uring_submit(&ring)
+        let deadline = monotonicNanoseconds() + poll.window
+        var came = false
+        while !came && monotonicNanoseconds() < deadline {
+            came = curing_work_pending(&ring) || stopping.load(ordering: .relaxed)
+            if !came { sched_yield() }
+        }
+        poll.polled(success: came)
+        return came
     }
 
     private func failed(_ what: String, _ rc: Int32) {

@@ -195,7 +195,7 @@ extension Pmfsd {
         let mount = try FUSEMount(mountPoint: mountPoint, server: server, fsName: "pmfs")
         let how: String
         do {
-            how = try mount.negotiate(transport, blockingThreads: settings.workers)
+            how = try mount.negotiate(transport, blockingThreads: settings.workers, pollMicroseconds: settings.guest.pollMicroseconds)
         } catch {
             mount.unmount()
             throw error

@@ -230,35 +230,6 @@ extension VhostUserBackend {
     }
 }
 
-/// How long a queue worker polls before it sleeps, adapted as KVM adapts its
-/// halt polling: a wake-up soon after going to sleep (the guest's next request
-/// came just too late) widens the window to cover that gap; a poll that finds
-/// nothing halves it. So a guest issuing requests back to back is served
-/// without wake-ups, and an idle or slow one costs no spinning. Never wider
-/// than `limit` (0: no polling).
-struct PollWindow {
-    let limit: UInt64
-    private(set) var window: UInt64 = 0
-    private var lastAnswered: UInt64 = 0
-    static let smallest: UInt64 = 2_000
-
-    init(limit: UInt64) { self.limit = limit }
-
-    /// After a burst was answered (and before polling).
-    mutating func answered(at now: UInt64) { lastAnswered = now }
-
-    /// Woken by a kick: had the window covered the gap, no wake-up was needed.
-    mutating func wokeUp(at now: UInt64) {
-        guard limit > 0, lastAnswered > 0 else { return }
-        let gap = now &- lastAnswered
-        if gap <= limit { window = min(limit, max(window * 2, gap + gap / 4, Self.smallest)) }
-    }
-
-    mutating func polled(success: Bool) {
-        if !success { window = window / 2 < Self.smallest ? 0 : window / 2 }
-    }
-}
-
 /// A chain's writable guest buffers, valid until the chain is pushed back.
 final class WritableBuffers: @unchecked Sendable {
     let buffers: [UnsafeMutableRawBufferPointer]

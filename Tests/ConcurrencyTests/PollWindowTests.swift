@@ -1,5 +1,5 @@
 import Testing
-@testable import VhostUser
+import PMFSConcurrency
 
 /// How long a queue worker polls before it sleeps, from the guest's pace.
 @Suite struct PollWindowTests {
