@@ -2,13 +2,15 @@
 """Metadata ops/s and 4 KiB write+fsync latency on a pmfs mount, side by side
 with tmpfs, an ext4 loop mount and native ext4, in one run. Run as root after a build:
     python3 tools/bench/mount.py [--files N] [--syncs N] [--fuse-transport uring,device] [--ram]
-                                 [--writers 8] [--seconds 2]
+                                 [--writers 8] [--seconds 2] [--libfuse $(bash tools/bench/libfuse-passthrough.sh)]
 pmfs: pool on /dev/shm with PMEM_IS_PMEM_FORCE=1, data file (mkfs.pmfs --zero-data) on /var/tmp (disk), or on /dev/shm with --ram.
 ext4 (loop): an image on the same media as pmfs's data; ext4 (native): /var/tmp itself (the root disk).
 --fuse-transport: one pmfsd per transport given (auto, uring, device), each measured in its own column.
 Group commit: fsyncs/s of one writer process, then of --writers processes at once (each overwrites
 4 KiB of its own file and fsyncs, for --seconds), and their ratio.
 Ratios are against ext4 on the same media: the loop mount with --ram, native ext4 on disk.
+--libfuse PASSTHROUGH_LL: also libfuse's example server (multithreaded, default_permissions as pmfs's
+mount, /dev/fuse) over that same ext4, with pmfs's ratios to it: what any FUSE server pays here.
 PMFS_BUILD_DIR picks the binaries (default .build/release, else .build/debug)."""
 import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -139,6 +141,19 @@ def start_pmfsd(bins, env, pool, data, mnt, transport, log_path):
         time.sleep(0.1)
     return daemon, wait_for_transport(log_path, transport)
 
+def start_libfuse(binary, source, mnt, log_path):
+    """libfuse's passthrough_ll serving SOURCE at MNT, with the kernel checking
+    permissions as it does for pmfs's mount."""
+    log = open(log_path, "w")
+    daemon = subprocess.Popen([binary, "-f", "-o", "source=%s,default_permissions,allow_other" % source, mnt],
+                              stdout=log, stderr=log)
+    for _ in range(100):
+        if mounted(mnt):
+            return daemon
+        time.sleep(0.1)
+    daemon.kill()
+    sys.exit("%s did not mount %s" % (binary, mnt))
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=5000)
@@ -148,6 +163,8 @@ def main():
     ap.add_argument("--ram", action="store_true", help="pmfs data file and the ext4 loop image on /dev/shm")
     ap.add_argument("--writers", type=int, default=8, help="concurrent fsync writers for the group-commit rows")
     ap.add_argument("--seconds", type=float, default=2.0, help="duration of each group-commit measurement")
+    ap.add_argument("--libfuse", metavar="PASSTHROUGH_LL",
+                    help="libfuse's passthrough_ll (tools/bench/libfuse-passthrough.sh builds it), measured over ext4 too")
     args = ap.parse_args()
     transports = [t for t in args.fuse_transport.split(",") if t]
     if not transports or any(t not in ("auto", "uring", "device") for t in transports):
@@ -158,7 +175,9 @@ def main():
     media = shm if args.ram else work
     env = dict(os.environ, PMEM_IS_PMEM_FORCE="1")
     pmfs_names = ["pmfs (%s)" % t for t in transports]
-    names = pmfs_names + ["tmpfs", "ext4 (loop)", "ext4 (native)"]
+    ref = "ext4 (loop)" if args.ram else "ext4 (native)"
+    fuse_ref = "libfuse over %s" % ref if args.libfuse else None
+    names = pmfs_names + ["tmpfs", "ext4 (loop)", "ext4 (native)"] + ([fuse_ref] if fuse_ref else [])
     mnt = {n: os.path.join(work, "m%d" % i) for i, n in enumerate(names)}
     mnt["ext4 (native)"] = os.path.join(work, "native")
     for p in mnt.values():
@@ -174,19 +193,26 @@ def main():
         subprocess.run(["truncate", "-s", "2G", media + "/ext4.img"], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", media + "/ext4.img"], check=True)
         subprocess.run(["mount", "-o", "loop", media + "/ext4.img", mnt["ext4 (loop)"]], check=True)
+        if fuse_ref:
+            source = os.path.join(mnt[ref], "libfuse-source")
+            os.mkdir(source)
+            daemons.append(start_libfuse(args.libfuse, source, mnt[fuse_ref], "%s/libfuse.log" % shm))
         for name in names:
             results[name] = measure(mnt[name], args.files, args.syncs, max(1, args.writers), args.seconds)
     finally:
-        for name in ("tmpfs", "ext4 (loop)"):
-            subprocess.run(["umount", mnt[name]], stderr=subprocess.DEVNULL)
+        if fuse_ref:
+            subprocess.run(["umount", mnt[fuse_ref]], stderr=subprocess.DEVNULL)
         for d in daemons:
             d.send_signal(signal.SIGTERM)
             d.wait(timeout=60)
+        for name in ("tmpfs", "ext4 (loop)"):
+            subprocess.run(["umount", mnt[name]], stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
-    ref = "ext4 (loop)" if args.ram else "ext4 (native)"
-    print("| measure | " + " | ".join(names) + " | " + " | ".join("%s/%s" % (n, ref) for n in pmfs_names) + " |")
-    print("|---|" + "---:|" * (len(names) + len(pmfs_names)))
+    refs = [ref] + ([fuse_ref] if fuse_ref else [])
+    pairs = [(n, r) for r in refs for n in pmfs_names]
+    print("| measure | " + " | ".join(names) + " | " + " | ".join("%s/%s" % p for p in pairs) + " |")
+    print("|---|" + "---:|" * (len(names) + len(pairs)))
     for key, label, fmt in (("create", "create+close (ops/s)", "%.0f"), ("stat", "stat (ops/s)", "%.0f"),
                             ("unlink", "unlink (ops/s)", "%.0f"), ("p50", "4 KiB write+fsync p50 (µs)", "%.1f"),
                             ("p99", "4 KiB write+fsync p99 (µs)", "%.1f"),
@@ -194,13 +220,15 @@ def main():
                             ("fsyncN", "fsyncs/s, %d writers" % args.writers, "%.0f"),
                             ("group", "%d writers / 1 writer" % args.writers, "%.2f")):
         r = [results[n][key] for n in names]
-        ratios = ["%.2f" % (results[n][key] / results[ref][key]) for n in pmfs_names]
+        ratios = ["%.2f" % (results[n][key] / results[r][key]) for n, r in pairs]
         print("| %s | %s | %s |" % (label, " | ".join(fmt % v for v in r), " | ".join(ratios)))
     print("\n%d files, %d fsyncs; pmfs binaries from %s; pool on /dev/shm (PMEM_IS_PMEM_FORCE=1), pmfs data (written once, "
           "--zero-data) and the ext4 loop image on %s; ext4 (native) is /var/tmp" % (args.files, args.syncs, bins,
                                                                "/dev/shm (RAM)" if args.ram else "/var/tmp (disk)"))
     for n in pmfs_names:
         print("%s: transport %s" % (n, how[n]))
+    if fuse_ref:
+        print("%s: %s (/dev/fuse, multithreaded) serving a directory of %s" % (fuse_ref, args.libfuse, ref))
 
 if __name__ == "__main__":
     main()
