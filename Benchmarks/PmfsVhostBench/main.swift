@@ -29,7 +29,7 @@ struct PmfsVhostBench: ParsableCommand {
     @Option(help: "Warm-up requests per workload (not measured).") var warmup = 200
     @Option(help: "Writers for the parallel fsync workloads (each a file; all in flight at once).") var writers = 8
     @Option(help: "Name prefix for the files it makes (in the root of the export).") var prefix = "vbench"
-    @Option(help: "Workloads, comma-separated (getattr, lookup, create, unlink, write-fsync, write-fdatasync, fsync-1, fsync-N).")
+    @Option(help: "Workloads, comma-separated (getattr, lookup, create, unlink, read, write, write-fsync, write-fdatasync, fsync-1, fsync-N).")
     var workloads = "getattr,lookup,create,unlink,write-fsync,write-fdatasync,fsync-1,fsync-N"
     @Option(help: ArgumentHelp("Instead of benchmarking: look up this path from the export's root (names separated by /, '..' allowed), print the file's first 60 KiB and exit (2 with the errno on stderr if a request fails).", valueName: "path"))
     var cat: String?
@@ -168,6 +168,8 @@ struct Workloads {
         case "lookup": return try lookup()
         case "create": return create()
         case "unlink": return timed { i in try client.unlink(parent: root, "\(prefix)-c\(i)") }
+        case "read": return try readOrWrite(reading: true)
+        case "write": return try readOrWrite(reading: false)
         case "write-fsync": return try writeFsync()
         case "write-fdatasync": return try writeFsync(dataOnly: true)
         case "fsync-1": return try parallelFsync(writers: 1)
@@ -206,6 +208,24 @@ struct Workloads {
         if let e = try? client.lookup(parent: root, name) { return (e, try client.open(e.nodeid)) }
         let (e, h) = try client.create(parent: root, name)
         return (e, h)
+    }
+
+    /// A 4 KiB READ or WRITE (an overwrite, not synced) of a 1 MiB file's
+    /// blocks in turn, the file written once first.
+    private func readOrWrite(reading: Bool) throws -> PreparedWorkload {
+        let (entry, handle) = try createOrOpen("\(prefix)-rw")
+        let block = [UInt8](repeating: 0x3c, count: 4096)
+        for i in 0..<256 { try client.write(entry.nodeid, handle: handle, offset: UInt64(i) * 4096, block) }
+        var run = timed { [client] i in
+            let offset = UInt64((i & 255) * 4096)
+            if reading {
+                _ = try client.read(entry.nodeid, handle: handle, offset: offset, size: 4096)
+            } else {
+                _ = try client.write(entry.nodeid, handle: handle, offset: offset, block)
+            }
+        }
+        run.finish = { [client] in try client.release(entry.nodeid, handle: handle) }
+        return run
     }
 
     /// A durable 4 KiB overwrite: WRITE then FSYNC, one after the other, as a

@@ -194,7 +194,7 @@ public final class FUSEMount: @unchecked Sendable {
         counters.deviceRequests.add(1, ordering: .relaxed)
         let fd = self.fd
         var request = RequestCursor(bytes)
-        let outcome = server.handle(&request, &reply) { late in late.withUnsafeBytes { Self.send(fd, $0) } }
+        let outcome = server.handle(&request, &reply, deferring: { { late in late.withUnsafeBytes { Self.send(fd, $0) } } })
         if case .replied(let length) = outcome { reply.withWritten(length) { Self.send(fd, $0) } }
     }
 

@@ -31,6 +31,9 @@ final class FUSERingEntry: @unchecked Sendable {
     /// The request this entry holds and its reply once the engine gave it:
     /// replies may come from another thread (a lock granted later).
     let state = Mutex<(commitID: UInt64, reply: RingReply?)>((0, nil))
+    /// The commit id of the FSYNC this entry put in its queue's group (set on
+    /// the queue thread before the request is handled; its sink reads it).
+    var fsyncCommitID: UInt64 = 0
 
     var payload: UnsafeMutableRawPointer { region + Self.prefix }
 
@@ -179,6 +182,8 @@ final class FUSERingQueue: @unchecked Sendable {
     private let wakeFD: Int32
     private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private let mailbox = Mutex<[Int]>([])
+    /// The mailbox's other array (the queue thread only).
+    private var mailboxSpare: [Int] = []
     private let stopping = Atomic<Bool>(false)
     private var owner = pthread_t()
     /// The entry whose request the queue thread is handling now (its reply is
@@ -193,6 +198,12 @@ final class FUSERingQueue: @unchecked Sendable {
     /// The longest the thread polls for the next request after answering,
     /// before it sleeps in the kernel (ns; 0: never polls).
     private let pollLimit: UInt64
+    /// Per entry, where the reply of an FSYNC it put in `fsyncGroup` goes: made
+    /// once, so an FSYNC allocates no sink. An entry holds one request at a
+    /// time and a group answers each of its FSYNCs once. In a struct: an array
+    /// of bare closures would hand each out wrapped in an allocated thunk.
+    private struct Sink { let reply: FUSEReplySink }
+    private var fsyncSinks: [Sink] = []
     /// Set once the thread has its ring and registered its entries (or failed to).
     let registered = Atomic<Int>(0)   // 0 pending, 1 ok, -errno failed
     static let wakeTag = UInt64.max
@@ -209,6 +220,7 @@ final class FUSERingQueue: @unchecked Sendable {
         entries = (0..<depth).map { FUSERingEntry(index: $0, payloadSize: payloadSize) }
         wakeFD = curing_eventfd()
         guard wakeFD >= 0 else { throw FUSEMountError.ring("eventfd: \(String(cString: strerror(errno)))") }
+        fsyncSinks = entries.map { e in Sink { [unowned self] late in replied(e, commitID: e.fsyncCommitID, .message(late)) } }
     }
 
     deinit {
@@ -372,7 +384,14 @@ final class FUSERingQueue: @unchecked Sendable {
                        group: FUSEFsyncGroup? = nil) {
         var request = RequestCursor(message)
         var reply = ReplyWriter(e.replyMemory)
-        let outcome = server.handle(&request, &reply, later: { [self] late in replied(e, commitID: commitID, .message(late)) }, group: group)
+        let outcome: FUSEOutcome
+        if group != nil && FUSEServer.joinsFsyncGroup(message) {
+            e.fsyncCommitID = commitID
+            let sink = fsyncSinks[e.index].reply
+            outcome = server.handle(&request, &reply, deferring: { sink }, group: group)
+        } else {
+            outcome = server.handle(&request, &reply, deferring: { self.lateReply(to: e, commitID: commitID) }, group: group)
+        }
         switch outcome {
         case .replied(let length): replied(e, commitID: commitID, .inPlace(length))
         // A request that came by the ring is ended only by a commit, even one
@@ -381,6 +400,11 @@ final class FUSERingQueue: @unchecked Sendable {
         case .noReply: replied(e, commitID: commitID, .ended)
         case .deferred: break
         }
+    }
+
+    /// Where a deferred reply (a SETLKW that waits) to the request held in `e` goes.
+    private func lateReply(to e: FUSERingEntry, commitID: UInt64) -> FUSEReplySink {
+        { [self] late in replied(e, commitID: commitID, .message(late)) }
     }
 
     /// Where the reply to a request held in `e` arrives.
@@ -415,9 +439,14 @@ final class FUSERingQueue: @unchecked Sendable {
 
     /// Commits the replies other threads left for us.
     private func deliverMailbox(_ ring: inout io_uring) {
-        let ready = mailbox.withLock { m -> [Int] in
-            defer { m.removeAll(keepingCapacity: true) }
-            return m
+        // The mailbox's array and a spare trade places, each unshared, so
+        // neither is copied nor grown again once it has its capacity.
+        var ready: [Int] = []
+        swap(&ready, &mailboxSpare)
+        mailbox.withLock { swap(&$0, &ready) }
+        defer {
+            ready.removeAll(keepingCapacity: true)
+            mailboxSpare = ready
         }
         for index in ready {
             let e = entries[index]

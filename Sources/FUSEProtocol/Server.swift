@@ -107,6 +107,14 @@ public final class FUSEServer: @unchecked Sendable {
     /// `group`, an FSYNC joins it (`.deferred`) and is answered by `commit`.
     public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
                        later: @escaping FUSEReplySink, group: FUSEFsyncGroup? = nil) -> FUSEOutcome {
+        handle(&request, &reply, deferring: { later }, group: group)
+    }
+
+    /// `handle`, asking `deferring` for the sink only when a reply must come
+    /// later (a waiting SETLKW, an FSYNC put in `group`): a sink is an
+    /// escaping closure, one allocation each, which most requests never need.
+    public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
+                       deferring later: () -> FUSEReplySink, group: FUSEFsyncGroup? = nil) -> FUSEOutcome {
         guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
         taken.add(1, ordering: .relaxed)
         // Every transport comes through here: the one place requests are counted and timed.
@@ -125,7 +133,7 @@ public final class FUSEServer: @unchecked Sendable {
     }
 
     private func serve(_ header: fuse_in_header, _ request: inout RequestCursor, _ reply: inout ReplyWriter,
-                       later: @escaping FUSEReplySink, group: FUSEFsyncGroup?) -> FUSEOutcome {
+                       later: () -> FUSEReplySink, group: FUSEFsyncGroup?) -> FUSEOutcome {
         let r = FUSERequest(unique: header.unique, nodeid: header.nodeid, uid: header.uid, gid: header.gid,
                             pid: header.pid, opcode: header.opcode)
         guard Int(header.len) == request.total else { return fail(r, EINVAL, &reply) }
@@ -223,7 +231,7 @@ public final class FUSEServer: @unchecked Sendable {
     /// One small method per opcode; each reads all of its arguments before it
     /// writes its reply (over io_uring both share the payload buffer).
     private func dispatch(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter,
-                          later: @escaping FUSEReplySink, group: FUSEFsyncGroup?) throws -> FUSEOutcome {
+                          later: () -> FUSEReplySink, group: FUSEFsyncGroup?) throws -> FUSEOutcome {
         switch fuse_opcode(rawValue: r.opcode) {
         case FUSE_INIT: return try initialize(r, &a, &o)
         case FUSE_DESTROY: operations.destroy(); return try answer(r, &o)
@@ -410,10 +418,10 @@ public final class FUSEServer: @unchecked Sendable {
 
     /// An FSYNC put in its transport's group, answered when the group commits.
     private func join(_ group: FUSEFsyncGroup, _ r: FUSERequest, _ a: inout RequestCursor,
-                      later: @escaping FUSEReplySink) throws -> FUSEOutcome {
+                      later: () -> FUSEReplySink) throws -> FUSEOutcome {
         let f = try a.read(fuse_fsync_in.self)
         let member = FUSEFsync(request: r, nodeid: r.nodeid, handle: f.fh, dataOnly: f.fsync_flags & UInt32(FUSE_FSYNC_FDATASYNC) != 0)
-        group.add(member, reply: later, start: metrics == nil ? 0 : monotonicNanoseconds())
+        group.add(member, reply: later(), start: metrics == nil ? 0 : monotonicNanoseconds())
         return .deferred
     }
 
@@ -478,9 +486,10 @@ public final class FUSEServer: @unchecked Sendable {
     /// SETLK / SETLKW: answered in place when the lock manager decides before
     /// `setlk` returns; otherwise deferred, and the answer goes to `later`.
     private func setlk(_ r: FUSERequest, _ a: inout RequestCursor, _ o: inout ReplyWriter, wait: Bool,
-                       later: @escaping FUSEReplySink) throws -> FUSEOutcome {
+                       later: () -> FUSEReplySink) throws -> FUSEOutcome {
         let l = try a.read(fuse_lk_in.self)
         let decision = LockDecision()
+        let later = later()
         operations.setlk(r, nodeid: r.nodeid, handle: l.fh, owner: l.owner, lock: Self.lock(l.lk),
                          flock: l.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: wait) { [self, unique = r.unique, opcode = r.opcode] error in
             guard decision.settle(error) else { return }

@@ -123,6 +123,7 @@ extension VhostUserBackend {
             // than a whole fsync on RAM media. FSYNCs wait for the pass's end.
             if Self.joinsFsyncGroup(chain) {
                 handle(chain, on: q, group: group)
+                q.recycle(chain)
             } else if let pool, Self.mayBlock(chain), q.hasMore {
                 let generation = q.generation, epoch = memoryEpoch
                 pool.submit { [self] in
@@ -137,6 +138,7 @@ extension VhostUserBackend {
                 }
             } else {
                 handle(chain, on: q)
+                q.recycle(chain)
             }
         }
     }
@@ -193,7 +195,10 @@ extension VhostUserBackend {
         let head = chain.head
         var request = RequestCursor(chain.readable)
         var reply = ReplyWriter(chain.writable)
-        let outcome = server.handle(&request, &reply, later: deferredReply(chain, on: q, generation: generation), group: group)
+        // Only an FSYNC put in the group, or a SETLKW that waits, asks for a sink.
+        let outcome = server.handle(&request, &reply, deferring: {
+            group != nil ? fsyncReply(chain, on: q, generation: generation) : deferredReply(chain, on: q, generation: generation)
+        }, group: group)
         switch outcome {
         case .replied(let length):
             guard q.generation == generation else { return }
@@ -202,6 +207,35 @@ extension VhostUserBackend {
             q.push(head, length: 0)   // FORGET, INTERRUPT, undecodable: the buffers still go back
         case .deferred:
             break                     // a waiting SETLKW answers later
+        }
+    }
+
+    /// Where a grouped FSYNC's reply goes: a reply target the queue reuses, so
+    /// that an FSYNC allocates nothing (a group answers each member once).
+    private func fsyncReply(_ chain: Virtqueue.Chain, on q: Virtqueue, generation: UInt64) -> FUSEReplySink {
+        let target = q.takeFsyncReply { FsyncReply(backend: self, queue: q) }
+        target.head = chain.head
+        target.generation = generation
+        target.epoch = memoryEpoch
+        target.writable.append(contentsOf: chain.writable)
+        return target.sink
+    }
+
+    /// Sends a grouped FSYNC's reply, as `deferredReply` sends a late one.
+    fileprivate func deliver(_ reply: [UInt8], to target: FsyncReply, on q: Virtqueue) {
+        defer { q.giveBack(target) }
+        memoryLock.withReadLock {
+            guard q.generation == target.generation else { return }
+            var out: ReplyWriter
+            if target.epoch == memoryEpoch {
+                out = ReplyWriter(target.writable)
+            } else {
+                guard let current = rewalk(target.head, on: q) else { return }
+                out = ReplyWriter(current.writable)
+            }
+            defer { if q.memory.shrank { memoryShrank(on: q) } }
+            guard (try? reply.withUnsafeBytes { try out.write(bytes: $0) }) != nil else { return q.push(target.head, length: 0) }
+            q.push(target.head, length: out.written)
         }
     }
 
@@ -228,6 +262,29 @@ extension VhostUserBackend {
             }
         }
     }
+}
+
+/// Where a grouped FSYNC's reply goes (its chain's head and writable
+/// buffers), kept by its queue from one FSYNC to the next: its sink is made
+/// once. The sink holds the target (the group keeps only the sink) and the
+/// target its sink: the queue breaks that cycle (`detach`) when it lets the
+/// target go. Weak back end and queue: a group handed to the pool may outlive both.
+final class FsyncReply: @unchecked Sendable {
+    var head: UInt16 = 0
+    var generation: UInt64 = 0
+    var epoch: UInt64 = 0
+    var writable: [UnsafeMutableRawBufferPointer] = []
+    private(set) var sink: FUSEReplySink = { _ in }
+
+    init(backend: VhostUserBackend, queue: Virtqueue) {
+        sink = { [weak backend, weak queue] reply in
+            guard let backend, let queue else { return self.detach() }
+            backend.deliver(reply, to: self, on: queue)
+        }
+    }
+
+    /// Ends the target's cycle with its sink, so it can be freed.
+    func detach() { sink = { _ in } }
 }
 
 /// A chain's writable guest buffers, valid until the chain is pushed back.

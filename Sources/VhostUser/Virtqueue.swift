@@ -35,6 +35,14 @@ final class Virtqueue: @unchecked Sendable {
     }
     /// Members of the last FSYNC group committed (the worker's thread only).
     var lastFsyncGroupSize = 0
+    /// Where grouped FSYNCs' replies go, reused (`takeFsyncReply`).
+    private var fsyncReplies: [FsyncReply] = []
+    private let fsyncRepliesLock = Lock()
+    /// Segment arrays of chains served on the worker's thread, given back by
+    /// `recycle` for the next `pop`: once grown, walking a chain allocates
+    /// nothing (the worker's thread only).
+    private var spareReadable: [UnsafeRawBufferPointer] = []
+    private var spareWritable: [UnsafeMutableRawBufferPointer] = []
     /// Pushes that may not signal the guest yet, and the used index when the
     /// outermost hold began (both under `lock`).
     private var notificationHolds = 0
@@ -63,7 +71,10 @@ final class Virtqueue: @unchecked Sendable {
         stopFlag.initialize(to: 0)
     }
 
-    deinit { stopFlag.deallocate() }
+    deinit {
+        stopFlag.deallocate()
+        fsyncReplies.forEach { $0.detach() }
+    }
 
     var stopRequested: Bool {
         get { cvhost_load_acquire_i32(stopFlag) != 0 }
@@ -139,7 +150,37 @@ final class Virtqueue: @unchecked Sendable {
         let head = (available + 4 + 2 * slot).loadUnaligned(as: UInt16.self)
         lastAvailable &+= 1
         guard head < size else { broken = true; throw ChainError.badHead }
-        return try walk(head)
+        var chain = Chain(head: head, readable: spareReadable, writable: spareWritable)
+        spareReadable = []; spareWritable = []
+        chain.readable.removeAll(keepingCapacity: true)
+        chain.writable.removeAll(keepingCapacity: true)
+        try walk(&chain)
+        return chain
+    }
+
+    /// Gives a chain's segment arrays back for the next `pop`, once it was
+    /// served on the worker's thread and nothing kept them.
+    func recycle(_ chain: consuming Chain) {
+        spareReadable = chain.readable
+        spareWritable = chain.writable
+    }
+
+    /// A grouped FSYNC's reply target, from those answered before when there
+    /// are any (`FsyncReply.made` makes one the first time).
+    func takeFsyncReply(_ make: () -> FsyncReply) -> FsyncReply {
+        fsyncRepliesLock.withLock { fsyncReplies.popLast() } ?? make()
+    }
+
+    /// An answered FSYNC's reply target, kept for the next.
+    func giveBack(_ reply: FsyncReply) {
+        reply.writable.removeAll(keepingCapacity: true)
+        // Bounded: a ring has at most its size of chains in flight.
+        let kept = fsyncRepliesLock.withLock { () -> Bool in
+            guard fsyncReplies.count < Int(size) else { return false }
+            fsyncReplies.append(reply)
+            return true
+        }
+        if !kept { reply.detach() }
     }
 
     /// Collects a chain's buffers: readable ones first, then writable ones.
@@ -147,6 +188,13 @@ final class Virtqueue: @unchecked Sendable {
     /// replaced: its buffers are then found in the new mappings (and checked again).
     func walk(_ head: UInt16) throws -> Chain {
         var chain = Chain(head: head)
+        try walk(&chain)
+        return chain
+    }
+
+    /// `walk` into `chain`'s (empty) arrays.
+    private func walk(_ chain: inout Chain) throws {
+        let head = chain.head
         guard let descriptors else { throw ChainError.detached }
         var table = descriptors
         var tableSize = Int(size)
@@ -190,7 +238,6 @@ final class Virtqueue: @unchecked Sendable {
             guard flags & Self.descriptorNext != 0 else { break }
             index = Int(next)
         }
-        return chain
     }
 
     /// Returns a chain to the guest with `length` bytes written, and signals it

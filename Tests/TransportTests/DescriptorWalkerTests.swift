@@ -15,6 +15,27 @@ import Testing
         #expect(g.usedIndex == 1)
     }
 
+    /// A served chain's arrays go back to the queue for the next pop: the next
+    /// chain holds its own buffers only, whether it has more pieces or fewer.
+    @Test func recycledSegmentArraysHoldOnlyTheNextChain() throws {
+        let g = FakeGuest()
+        g.placeRequestChain()   // head 0: 40 readable bytes, 100 writable
+        // Head 2: three readable pieces, two writable ones.
+        g.descriptor(2, address: g.data + 8192, length: 8, flags: Virtqueue.descriptorNext, next: 3)
+        g.descriptor(3, address: g.data + 8200, length: 8, flags: Virtqueue.descriptorNext, next: 4)
+        g.descriptor(4, address: g.data + 8208, length: 8, flags: Virtqueue.descriptorNext, next: 5)
+        g.descriptor(5, address: g.data + 12288, length: 16, flags: Virtqueue.descriptorNext | Virtqueue.descriptorWrite, next: 6)
+        g.descriptor(6, address: g.data + 12304, length: 32, flags: Virtqueue.descriptorWrite, next: 0)
+        for (head, readable, writable) in [(UInt16(0), [40], [100]), (2, [8, 8, 8], [16, 32]), (0, [40], [100])] {
+            g.offer(head)
+            let c = try #require(try g.queue.pop())
+            #expect(c.head == head)
+            #expect(c.readable.map(\.count) == readable && c.writable.map(\.count) == writable)
+            g.queue.push(c.head, length: 0)
+            g.queue.recycle(c)
+        }
+    }
+
     @Test func hostileChainsAreRefused() throws {
         // A loop.
         var g = FakeGuest()

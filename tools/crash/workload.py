@@ -561,8 +561,10 @@ def main():
         RUN[kind](d, log, random.Random(seed))
     except OSError as e:
         # The dead mount ends every worker; anything else while pmfsd still served is a failure.
+        # A path walked after the lazy unmount ends on the empty mount point
+        # instead (ENOENT): then the worker's own directory is gone too.
         log.f.write(json.dumps({"stopped": e.errno, "error": str(e)}) + "\n")
-        sys.exit(0 if e.errno in GONE else 3)
+        sys.exit(0 if e.errno in GONE or not os.path.isdir(d) else 3)
 
 
 if __name__ == "__main__":
