@@ -66,6 +66,9 @@ public final class FileDataTier: @unchecked Sendable {
     private let cacheCounters: CacheCounters
     /// fsyncs asked for, counted with the metrics registry on or off (pmfsctl stats).
     private let fsyncCount = Atomic<UInt64>(0)
+    /// Tables of finished `fsync(group:)` calls, for the next ones.
+    private var spareFsyncGroupTables: [FsyncGroupTables] = []
+    private let fsyncGroupTablesLock = Lock()
     /// Set while the background writer's queue may be used (after
     /// `startBackgroundWriter`, until `stopBackgroundWriter`).
     private let backgroundWriterStarted = Atomic<Bool>(false)
@@ -1031,89 +1034,113 @@ public final class FileDataTier: @unchecked Sendable {
     /// durable together: each file's writes, then **one** device flush for all
     /// of them, then each file's transaction, so N fsyncs cost one flush and
     /// no thread hand-over. `results[i]` is nil when item i is durable, else
-    /// its error. Only the first file's lock is waited for (no lock is held
-    /// then); the others are tried, and a file another thread holds is synced
-    /// alone afterwards, so this never waits for a lock while holding one.
+    /// its error.
     public func fsync(group items: [(ino: UInt64, dataOnly: Bool)]) -> [Error?] {
-        countFsyncs(items.count)
+        withFsyncGroupTables { t in
+            t.items.append(contentsOf: items)
+            fsync(group: t)
+            return Array(t.results)
+        }
+    }
+
+    /// `fsync(group:)` over tables reused from group to group (see
+    /// `withFsyncGroupTables`): `t.items` in, `t.results` out. Only the
+    /// first file's lock is waited for (no lock is held then); the others are
+    /// tried, and a file another thread holds is synced alone afterwards, so
+    /// this never waits for a lock while holding one.
+    public func fsync(group t: FsyncGroupTables) {
+        countFsyncs(t.items.count)
+        t.results.append(contentsOf: repeatElement(nil, count: t.items.count))
         // A lone fsync (the common case) needs none of the grouping's tables.
-        if items.count == 1 {
-            do { try fsyncAlone(items[0].ino, dataOnly: items[0].dataOnly); return [nil] } catch { return [error] }
+        if t.items.count == 1 {
+            do { try fsyncAlone(t.items[0].ino, dataOnly: t.items[0].dataOnly) } catch { t.results[0] = error }
+            return
         }
-        var results = [Error?](repeating: nil, count: items.count)
-        // One entry per file, in inode order; a full fsync wins over fdatasync.
-        var wanted: [UInt64: (dataOnly: Bool, items: [Int])] = [:]
-        for (i, item) in items.enumerated() {
-            let old = wanted[item.ino]
-            wanted[item.ino] = ((old?.dataOnly ?? true) && item.dataOnly, (old?.items ?? []) + [i])
-        }
-        let sorted = wanted.keys.sorted()
-        var locked: [FileData] = []
-        var alone: [UInt64] = []
-        let states = filesLock.withLock { sorted.map { files[$0] } }
-        for (ino, state) in zip(sorted, states) {
-            guard let f = state else { alone.append(ino); continue }   // nothing cached: a getattr says if it exists
-            if locked.isEmpty { f.lock.lock() } else if !f.lock.tryLock() { alone.append(ino); continue }
-            guard settleWriteBack(f, waiting: locked.isEmpty) else { f.lock.unlock(); alone.append(ino); continue }
-            locked.append(f)
-        }
-        func fail(_ ino: UInt64, _ error: Error) { for i in wanted[ino]!.items { results[i] = error } }
-        // Every file's writes planned, then done as one batch.
-        var pending: [PendingWriteBack] = []
-        var flushing: [UInt64] = []
-        for f in locked {
+        t.planFiles()
+        lockFiles(t)
+        for (f, file) in t.locked {
+            let dataOnly = t.files[file].dataOnly
             // fdatasync may skip a commit that only changes mtime.
-            if wanted[f.ino]!.dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize { flushing.append(f.ino); continue }
+            if dataOnly && f.dirtyBlocks.isEmpty && f.size == f.persistedSize { t.flushing.append(file); continue }
             do {
-                guard let w = try beginWriteBack(f, dataOnly: wanted[f.ino]!.dataOnly) else { flushing.append(f.ino); continue }
-                pending.append(w)
+                guard let w = try beginWriteBack(f, dataOnly: dataOnly) else { t.flushing.append(file); continue }
+                t.pending.append((w, file))
             } catch {
-                fail(f.ino, error)
+                t.fail(file, error)
             }
         }
-        pending = performWrites(of: pending, failing: fail)
-        flushing += pending.map { $0.file.ino }
+        performWrites(t)
+        for p in t.written { t.flushing.append(p.file) }
         // One flush for every file whose writes completed, then the transactions.
         var flushError: Error?
-        if !flushing.isEmpty {
-            do { try flushDeviceOrThrow() } catch { flushError = error; for ino in flushing { fail(ino, error) } }
+        if !t.flushing.isEmpty {
+            do { try flushDeviceOrThrow() } catch { flushError = error; for file in t.flushing { t.fail(file, error) } }
         }
-        for w in pending {
+        for (w, file) in t.written {
             do {
                 if let flushError { throw flushError }
                 try commitWriteBack(w)
             } catch {
-                fail(w.file.ino, failWriteBack(w, error))
+                t.fail(file, failWriteBack(w, error))
             }
             endWriteBack(w)
         }
-        for f in locked { f.lock.unlock() }
-        for ino in alone {
-            do { try fsyncAlone(ino, dataOnly: wanted[ino]!.dataOnly) } catch { fail(ino, error) }
+        for (f, _) in t.locked { f.lock.unlock() }
+        for file in t.alone {
+            do { try fsyncAlone(t.files[file].ino, dataOnly: t.files[file].dataOnly) } catch { t.fail(file, error) }
         }
-        return results
+    }
+
+    /// Locks the group's cached files (the first waited for, the others
+    /// tried); the rest are synced alone.
+    private func lockFiles(_ t: FsyncGroupTables) {
+        filesLock.withLock { for file in t.files { t.states.append(files[file.ino]) } }
+        for (file, state) in t.states.enumerated() {
+            guard let f = state else { t.alone.append(file); continue }   // nothing cached: a getattr says if it exists
+            if t.locked.isEmpty { f.lock.lock() } else if !f.lock.tryLock() { t.alone.append(file); continue }
+            guard settleWriteBack(f, waiting: t.locked.isEmpty) else { f.lock.unlock(); t.alone.append(file); continue }
+            t.locked.append((f, file))
+        }
     }
 
     /// Performs the write-backs' transfers in one batch, so the device works
     /// on every file of a group at once (one submission, one wait, instead
-    /// of one write after another). Returns the write-backs whose writes
-    /// completed; a failed one is failed and ended here.
-    private func performWrites(of pending: [PendingWriteBack], failing fail: (UInt64, Error) -> Void) -> [PendingWriteBack] {
-        if pending.count > 1, (try? device.perform(pending.flatMap { $0.requests })) != nil { return pending }
+    /// of one write after another); what completed goes to `t.written`, a
+    /// failed one is failed and ended here.
+    private func performWrites(_ t: FsyncGroupTables) {
+        if t.pending.count > 1 {
+            // Let go before the write-backs' records are reused (their arrays must be unshared then).
+            defer { t.requests.removeAll(keepingCapacity: true) }
+            for p in t.pending { t.requests.append(contentsOf: p.write.requests) }
+            if (try? device.perform(t.requests)) != nil {
+                t.written.append(contentsOf: t.pending)
+                return
+            }
+        }
         // One by one: a failed batch does not say whose write failed. Writing
         // again is harmless: the files are locked, so each transfer carries
         // the same bytes for the same blocks.
-        var written: [PendingWriteBack] = []
-        for w in pending {
+        for p in t.pending {
             do {
-                try device.perform(w.requests)
-                written.append(w)
+                try device.perform(p.write.requests)
+                t.written.append(p)
             } catch {
-                fail(w.file.ino, failWriteBack(w, error))
-                endWriteBack(w)
+                t.fail(p.file, failWriteBack(p.write, error))
+                endWriteBack(p.write)
             }
         }
-        return written
+    }
+
+    /// Runs `body` with a group's tables, reused: a group of several FSYNCs
+    /// allocates nothing once they have grown. Each caller has its own while
+    /// it runs (groups commit on several threads at once).
+    public func withFsyncGroupTables<T>(_ body: (FsyncGroupTables) throws -> T) rethrows -> T {
+        let t = fsyncGroupTablesLock.withLock { spareFsyncGroupTables.popLast() } ?? FsyncGroupTables()
+        defer {
+            t.reset()
+            fsyncGroupTablesLock.withLock { if spareFsyncGroupTables.count < 8 { spareFsyncGroupTables.append(t) } }
+        }
+        return try body(t)
     }
 
     /// The write-back cache's frames: all of them, those holding a block, and
@@ -1154,5 +1181,68 @@ private struct ReadPlan {
         guard let r = run else { return }
         requests.append(BlockIORequest(kind: .read, segments: r.iov, offset: r.device * blockSize))
         run = nil
+    }
+}
+
+/// The tables of one `FileDataTier.fsync(group:)`: the caller's items (and
+/// its own tag per item), the results, and what the group works through:
+/// the items in inode order, one entry per file, the locked files, the
+/// write-backs. Emptied, not freed, between groups.
+public final class FsyncGroupTables {
+    /// The fsyncs, filled by the caller.
+    public var items: [(ino: UInt64, dataOnly: Bool)] = []
+    /// Whatever the caller keeps per item (PMFSOperations: the member's place in its group).
+    public var tags: [Int] = []
+    /// nil when item i is durable, else its error.
+    public internal(set) var results: [Error?] = []
+    /// Item indices in inode order, then one entry per file (a run of `order`).
+    var order: [Int] = []
+    var files: [(ino: UInt64, dataOnly: Bool, first: Int, end: Int)] = []
+    var states: [FileData?] = []
+    var locked: [(file: FileData, index: Int)] = []
+    var alone: [Int] = []
+    var flushing: [Int] = []
+    var pending: [(write: FileDataTier.PendingWriteBack, file: Int)] = []
+    var written: [(write: FileDataTier.PendingWriteBack, file: Int)] = []
+    var requests: [BlockIORequest] = []
+
+    public init() {}
+
+    /// One entry per file, in inode order; a full fsync wins over fdatasync.
+    func planFiles() {
+        order.append(contentsOf: items.indices)
+        order.sort { items[$0].ino < items[$1].ino }
+        var k = 0
+        while k < order.count {
+            let ino = items[order[k]].ino
+            var end = k, dataOnly = true
+            while end < order.count && items[order[end]].ino == ino {
+                dataOnly = dataOnly && items[order[end]].dataOnly
+                end += 1
+            }
+            files.append((ino, dataOnly, k, end))
+            k = end
+        }
+    }
+
+    /// Every item of file `index` failed with `error`.
+    func fail(_ index: Int, _ error: Error) {
+        for k in files[index].first..<files[index].end { results[order[k]] = error }
+    }
+
+    /// Empties every table, keeping its storage.
+    func reset() {
+        items.removeAll(keepingCapacity: true)
+        tags.removeAll(keepingCapacity: true)
+        results.removeAll(keepingCapacity: true)
+        order.removeAll(keepingCapacity: true)
+        files.removeAll(keepingCapacity: true)
+        states.removeAll(keepingCapacity: true)
+        locked.removeAll(keepingCapacity: true)
+        alone.removeAll(keepingCapacity: true)
+        flushing.removeAll(keepingCapacity: true)
+        pending.removeAll(keepingCapacity: true)
+        written.removeAll(keepingCapacity: true)
+        requests.removeAll(keepingCapacity: true)
     }
 }

@@ -607,15 +607,17 @@ public final class PMFSOperations: FUSEOperations, @unchecked Sendable {
             errors[0] = replyErrno { try fs.fsync(reference(group[0].nodeid), dataOnly: group[0].dataOnly) }
             return
         }
-        // A member naming a node this session holds no reference to fails alone (EBADF).
-        var held: [(UInt64, Bool)] = [], positions: [Int] = []
-        for (i, m) in group.enumerated() {
-            guard let ino = try? reference(m.nodeid) else { errors[i] = EBADF; continue }
-            held.append((ino, m.dataOnly))
-            positions.append(i)
-        }
-        for (k, error) in fs.fsync(group: held).enumerated() {
-            errors[positions[k]] = replyErrno { if let error { throw error } }
+        fs.withFsyncGroupTables { t in
+            // A member naming a node this session holds no reference to fails alone (EBADF).
+            for (i, m) in group.enumerated() {
+                guard let ino = try? reference(m.nodeid) else { errors[i] = EBADF; continue }
+                t.items.append((ino, m.dataOnly))
+                t.tags.append(i)
+            }
+            fs.fsync(group: t)
+            for (k, error) in t.results.enumerated() {
+                errors[t.tags[k]] = replyErrno { if let error { throw error } }
+            }
         }
     }
 
