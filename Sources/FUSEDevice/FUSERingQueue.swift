@@ -220,7 +220,8 @@ final class FUSERingQueue: @unchecked Sendable {
         entries = (0..<depth).map { FUSERingEntry(index: $0, payloadSize: payloadSize) }
         wakeFD = curing_eventfd()
         guard wakeFD >= 0 else { throw FUSEMountError.ring("eventfd: \(String(cString: strerror(errno)))") }
-        fsyncSinks = entries.map { e in Sink { [unowned self] late in replied(e, commitID: e.fsyncCommitID, .message(late)) } }
+        // Weak: a group handed to the pool may be answered after the queue is gone.
+        fsyncSinks = entries.map { e in Sink { [weak self] late in self?.replied(e, commitID: e.fsyncCommitID, .message(late)) } }
     }
 
     deinit {

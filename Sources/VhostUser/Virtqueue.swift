@@ -166,7 +166,7 @@ final class Virtqueue: @unchecked Sendable {
     }
 
     /// A grouped FSYNC's reply target, from those answered before when there
-    /// are any (`FsyncReply.made` makes one the first time).
+    /// are any (`make` builds one the first time).
     func takeFsyncReply(_ make: () -> FsyncReply) -> FsyncReply {
         fsyncRepliesLock.withLock { fsyncReplies.popLast() } ?? make()
     }
