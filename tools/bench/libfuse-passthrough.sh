@@ -10,7 +10,7 @@ OUT=$ROOT/.build-bench/libfuse
 BIN=$OUT/passthrough_ll
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$OUT/lists/partial" "$OUT/src"
-command -v gcc >/dev/null && dpkg -s libfuse3-dev >/dev/null 2>&1 || {
+command -v gcc >/dev/null && command -v pkg-config >/dev/null && dpkg -s libfuse3-dev >/dev/null 2>&1 || {
     apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libfuse3-dev pkg-config xz-utils >&2
 }
 # The source package comes through a list of its own: the machine's
