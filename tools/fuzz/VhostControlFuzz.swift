@@ -438,19 +438,22 @@ final class HostileFrontEnd {
         send(code, flags: flags, payload, fds: descriptors(DescriptorKind.allCases[Int(input.u8()) % DescriptorKind.allCases.count]), claimedSize: claimed)
     }
 
-    /// A FUSE GETATTR of the root posted on queue 0 or 1 as a two-descriptor
-    /// chain (request, reply), with fields the input may bend, then a kick.
+    /// A FUSE GETATTR, or an FSYNC (which joins the pass's group and is
+    /// answered when it commits), of the root posted on queue 0 or 1 as a
+    /// two-descriptor chain (request, reply), with fields the input may bend,
+    /// then a kick. Both are 56 bytes: the in-header and a 16-byte argument.
     private func post(_ input: inout InputReader) {
         let q = Int(input.u8() % 2)
         let size = Int(harnessQueueSize)
         let head = Int(input.u8()) % size
         let second = (head + 1) % size
         let request = memory.request(q)
-        var header = VhostUserMessage.bytes(of: UInt32(56)) + VhostUserMessage.bytes(of: UInt32(3))    // len, GETATTR
+        let bend = input.u8()
+        let opcode: UInt32 = bend & 128 != 0 ? 20 : 3                                                // FSYNC, GETATTR
+        var header = VhostUserMessage.bytes(of: UInt32(56)) + VhostUserMessage.bytes(of: opcode)       // len, opcode
         header += VhostUserMessage.u64(UInt64(input.u16()) + 1) + VhostUserMessage.u64(1)              // unique, root
         header += [UInt8](repeating: 0, count: 56 - header.count)
         for (i, b) in header.enumerated() { memory.store(b, at: request + i) }
-        let bend = input.u8()
         func descriptor(_ index: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
             let at = memory.descriptors(q) + index * 16
             memory.store(address, at: at)
