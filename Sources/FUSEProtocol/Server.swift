@@ -110,9 +110,10 @@ public final class FUSEServer: @unchecked Sendable {
         handle(&request, &reply, deferring: { later }, group: group)
     }
 
-    /// `handle`, asking `deferring` for the sink only when a reply must come
-    /// later (a waiting SETLKW, an FSYNC put in `group`): a sink is an
-    /// escaping closure, one allocation each, which most requests never need.
+    /// `handle`, asking `deferring` for the sink only when a reply may come
+    /// later (a SETLK or SETLKW, whose answer the lock manager may give after
+    /// `setlk` returns; an FSYNC put in `group`): a sink is an escaping
+    /// closure, one allocation each, which most requests never need.
     public func handle(_ request: inout RequestCursor, _ reply: inout ReplyWriter,
                        deferring later: () -> FUSEReplySink, group: FUSEFsyncGroup? = nil) -> FUSEOutcome {
         guard let header = try? request.read(fuse_in_header.self) else { return .noReply }   // cannot even answer
